@@ -1,0 +1,253 @@
+"""Reading, checking and writing images with their geometry kept exactly.
+
+Reads NIfTI, NRRD, MetaImage (MHA/MHD) files and DICOM series folders; writes NIfTI, NRRD, MHA
+and Slicer's `.seg.nrrd`. 2D images come back as single-slice 3D volumes so that everything
+downstream handles one kind of image. Writes go to a temporary name first and are renamed, so a
+crash never leaves a half-written file under the real name.
+"""
+
+import gzip
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in sorted(READ_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def read_image(path, series_uid: str | None = None) -> sitk.Image:
+    """Read an image file or a DICOM series folder; 2D images become single-slice volumes."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder.")
+    if path.is_dir():
+        image = _read_dicom_folder(path, series_uid)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            raise InputError(
+                f"{path}: could not be read as an image ({_first_line(error)}). Supported: "
+                "NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd), DICOM."
+            ) from None
+        if _header_lacks_spacing(path):
+            raise InputError(
+                f"{path}: the file's header gives no voxel spacing, so sizes in mm are unknown. "
+                "Re-export it from the scanner software or viewer with its geometry."
+            )
+    if image.GetDimension() == 2:
+        image = as_single_slice(image)
+    return image
+
+
+def _header_lacks_spacing(path: Path) -> bool:
+    """ITK quietly replaces a missing spacing by 1 mm; look at the header itself instead."""
+    suffix = _suffix(path)
+    if suffix in (".nii", ".nii.gz"):
+        opener = gzip.open if suffix == ".nii.gz" else open
+        with opener(path, "rb") as stream:
+            header = stream.read(540)
+        for order in "<>":
+            size = struct.unpack(order + "i", header[:4])[0]
+            if size == 348:  # NIfTI-1: dim int16[8] at 40, pixdim float32[8] at 76
+                dims = struct.unpack(order + "8h", header[40:56])
+                pixdim = struct.unpack(order + "8f", header[76:108])
+                break
+            if size == 540:  # NIfTI-2: dim int64[8] at 16, pixdim float64[8] at 104
+                dims = struct.unpack(order + "8q", header[16:80])
+                pixdim = struct.unpack(order + "8d", header[104:168])
+                break
+        else:
+            return False
+        return any(not value > 0 for value in pixdim[1:1 + min(dims[0], 3)])
+    if suffix in (".nrrd", ".nhdr"):
+        fields = set()
+        with open(path, "rb") as stream:
+            for raw in stream:
+                line = raw.decode("latin-1").strip()
+                if not line:
+                    break
+                fields.add(line.split(":", 1)[0].strip().lower())
+        return not fields & {"space directions", "spacings"}
+    return False
+
+
+def _read_dicom_folder(folder: Path, series_uid: str | None) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder}: the folder holds no DICOM image series.")
+    if series_uid is None:
+        if len(series) > 1:
+            raise InputError(
+                f"{folder}: the folder holds {len(series)} DICOM series ({', '.join(series)}); "
+                "choose one (series_uid) or put each series in its own folder."
+            )
+        series_uid = series[0]
+    elif series_uid not in series:
+        raise InputError(f"{folder}: no DICOM series {series_uid} (found: {', '.join(series)}).")
+    files = reader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise InputError(f"{folder}: the DICOM series could not be read ({_first_line(error)}).") from None
+
+
+def as_single_slice(image: sitk.Image) -> sitk.Image:
+    """A 2D image as a 3D volume of one slice, same in-plane geometry, unit slice spacing."""
+    volume = sitk.JoinSeries(image)
+    direction = np.eye(3)
+    direction[:2, :2] = np.asarray(image.GetDirection()).reshape(2, 2)
+    volume.SetDirection(direction.ravel().tolist())
+    volume.SetOrigin((*image.GetOrigin(), 0.0))
+    volume.SetSpacing((*image.GetSpacing(), 1.0))
+    for key in image.GetMetaDataKeys():
+        volume.SetMetaData(key, image.GetMetaData(key))
+    return volume
+
+
+def validate_image(image: sitk.Image, name: str = "image") -> sitk.Image:
+    """Refuse what cannot be segmented, with a message saying what is wrong; returns the image."""
+    if not isinstance(image, sitk.Image):
+        raise InputError(f"{name}: expected a SimpleITK image, got {type(image).__name__}.")
+    if image.GetDimension() == 2:
+        image = as_single_slice(image)
+    if image.GetDimension() != 3:
+        raise InputError(
+            f"{name}: a {image.GetDimension()}D image cannot be segmented; give one 3D volume or "
+            "one 2D image (for a time series or multi-echo scan, pick one volume first)."
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or "
+            "vector image); give a single-channel greyscale image."
+        )
+    if 0 in image.GetSize():
+        raise InputError(f"{name}: the image is empty (size {image.GetSize()}).")
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputError(
+            f"{name}: the voxel spacing {tuple(spacing)} is missing or invalid; the file's header "
+            "must give positive spacing in mm."
+        )
+    array = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise InputError(
+            f"{name}: {bad} voxel(s) are NaN or infinite; the image is corrupt or was exported "
+            "wrongly. Re-export it or fill those voxels before segmenting."
+        )
+    if array.min() == array.max():
+        raise InputError(
+            f"{name}: every voxel has the same value ({array.flat[0]}); there is nothing to segment."
+        )
+    return image
+
+
+def write_image(image: sitk.Image, path, compress: bool = True) -> Path:
+    """Write atomically to NIfTI, NRRD or MHA (chosen by the file name)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in WRITE_SUFFIXES:
+        raise InputError(f"{path}: cannot write '{suffix}'; use one of {', '.join(WRITE_SUFFIXES)}.")
+    _atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), compress))
+    return path
+
+
+def write_seg_nrrd(label: sitk.Image, path, labels: dict, colors: dict | None = None) -> Path:
+    """Write a label map as a Slicer segmentation (.seg.nrrd), one segment per label value.
+
+    `labels` maps segment names to label values (background 0 is skipped); `colors` maps names to
+    RGB in 0-1 or 0-255.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(".seg.nrrd"):
+        raise InputError(f"{path}: a Slicer segmentation file name must end with .seg.nrrd.")
+    array = sitk.GetArrayViewFromImage(label)
+    segmentation = sitk.Cast(label, sitk.sitkUInt8 if array.max() < 256 else sitk.sitkUInt16)
+    segments = [(name, int(value)) for name, value in labels.items() if int(value) != 0]
+    size = segmentation.GetSize()
+    extent = f"0 {size[0] - 1} 0 {size[1] - 1} 0 {size[2] - 1}"
+    segmentation.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+    segmentation.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+    segmentation.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    for index, (name, value) in enumerate(segments):
+        rgb = np.asarray((colors or {}).get(name, _default_color(index)), dtype=float)
+        if rgb.max() > 1.0:
+            rgb = rgb / 255.0
+        prefix = f"Segment{index}_"
+        for key, text in (
+            ("ID", f"Segment_{value}"),
+            ("Name", name),
+            ("NameAutoGenerated", "0"),
+            ("Color", " ".join(f"{c:.6g}" for c in rgb)),
+            ("ColorAutoGenerated", "0"),
+            ("LabelValue", str(value)),
+            ("Layer", "0"),
+            ("Extent", extent),
+            ("Tags", "|"),
+        ):
+            segmentation.SetMetaData(prefix + key, text)
+    _atomic_write(path, lambda tmp: sitk.WriteImage(segmentation, str(tmp), True))
+    return path
+
+
+def read_seg_nrrd(path) -> tuple[sitk.Image, dict]:
+    """Read a single-layer Slicer .seg.nrrd: the label map and {segment name: label value}."""
+    path = Path(path)
+    image = read_image(path)
+    labels = {}
+    index = 0
+    while image.HasMetaDataKey(f"Segment{index}_Name"):
+        layer = image.GetMetaData(f"Segment{index}_Layer") if image.HasMetaDataKey(
+            f"Segment{index}_Layer") else "0"
+        if layer.strip() != "0":
+            raise InputError(f"{path}: segmentations with overlapping layers are not supported.")
+        labels[image.GetMetaData(f"Segment{index}_Name")] = int(
+            image.GetMetaData(f"Segment{index}_LabelValue"))
+        index += 1
+    if not labels:
+        raise InputError(f"{path}: not a Slicer segmentation (no Segment0_Name in its header).")
+    return image, labels
+
+
+def _default_color(index: int) -> tuple:
+    palette = [(0.85, 0.35, 0.25), (0.3, 0.7, 0.3), (0.25, 0.45, 0.85), (0.95, 0.85, 0.2),
+               (0.7, 0.3, 0.8), (0.2, 0.8, 0.8)]
+    return palette[index % len(palette)]
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = _suffix(path) if not path.name.lower().endswith(".seg.nrrd") else ".seg.nrrd"
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
