@@ -1,0 +1,656 @@
+"""The Slicer module's Logic driven headless against Slicer's real MRML (slicer-core wheel).
+
+Volumes are loaded by Slicer's own reader, segmentations are read back with Slicer's own export,
+and every geometric check compares MRML's IJK-to-RAS with SimpleITK's index-to-LPS, so a sign or
+axis mix-up anywhere between MRML and the engine fails here.
+"""
+
+import contextlib
+import importlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import vtk
+
+import slicer
+from slicer_shim import headless_slicer, install_module_stand_ins
+
+from crossdomainseg import imageio
+from crossdomainseg.bundle import load_bundle, make_random_bundle, update_bundle
+from crossdomainseg.engine import Engine, SegmentationCancelled
+from crossdomainseg.errors import BundleError, InputError
+from crossdomainseg.registry import ModelRegistry
+from crossdomainseg.store import AcceptedCaseStore
+from CrossDomainSegLib import nodes
+from CrossDomainSegLib.logic import CrossDomainSegLogic, uncertainty_hint
+
+LABELS = {"background": 0, "liver": 1, "kidney": 2}
+MODULE_DIR = Path(__file__).resolve().parents[1] / "SlicerCrossDomainSeg"
+BLOB_CENTER = (12, 20, 24)  # (z, y, x) voxel of the bright ball in the test image
+BLOB_RADIUS = 7
+
+
+def make_image() -> sitk.Image:
+    """A ball on a noisy background, anisotropic voxels and an oblique direction."""
+    rng = np.random.default_rng(1)
+    z, y, x = np.ogrid[:24, :40, :48]
+    ball = ((z - BLOB_CENTER[0]) ** 2 + (y - BLOB_CENTER[1]) ** 2 + (x - BLOB_CENTER[2]) ** 2
+            <= BLOB_RADIUS ** 2)
+    array = (100.0 * ball + rng.normal(0, 2.0, ball.shape)).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.5, 1.25, 2.5))
+    image.SetOrigin((-31.0, 17.5, 42.0))
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    return image
+
+
+def ras_of_index(volume_node, index_xyz) -> np.ndarray:
+    """Slicer's own IJK -> RAS of a voxel."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return np.array(matrix.MultiplyPoint((*[float(i) for i in index_xyz], 1.0))[:3])
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """A random-weight bundle (mixed labels), and a copy whose segmenter says background
+    everywhere, so that clicks start from an empty segmentation."""
+    root = tmp_path_factory.mktemp("bundles")
+    mixed = make_random_bundle(root / "mixed", task="test-task", labels=LABELS)
+    empty = make_random_bundle(root / "empty", task="test-empty", labels=LABELS)
+    return {"mixed": mixed.path, "empty": background_everywhere(empty)}
+
+
+def background_everywhere(bundle) -> Path:
+    """Make the bundle's segmenter answer background for every voxel; returns its path."""
+    state = bundle.network("segmenter").state_dict()
+    last_bias = [k for k, v in state.items() if k.endswith("bias") and v.shape == (3,)][-1]
+    state[last_bias] = torch.tensor([50.0, -50.0, -50.0])
+    update_bundle(bundle.path, networks={"segmenter": state})
+    return bundle.path
+
+
+@pytest.fixture
+def app():
+    return headless_slicer()
+
+
+@pytest.fixture
+def volume(app, tmp_path):
+    """The test image written to NRRD and loaded by Slicer's own volume reader."""
+    image = make_image()
+    path = tmp_path / "input.nrrd"
+    sitk.WriteImage(image, str(path))
+    node = app.volumes.AddArchetypeVolume(str(path), "input", 0)
+    assert node is not None
+    return node
+
+
+def make_logic(app, tmp_path, bundle_path) -> CrossDomainSegLogic:
+    logic = CrossDomainSegLogic(app.scene, app.segmentations, workspace=tmp_path / "workspace",
+                                threads=1)
+    logic.load_bundle(bundle_path)
+    return logic
+
+
+def segment_label_via_slicer(app, segmentation_node, volume_node, segment_ids) -> np.ndarray:
+    """Slicer's own export of the segments (value i+1 for the i-th id) on the volume's grid."""
+    label_node = app.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    for segment_id in segment_ids:
+        ids.InsertNextValue(segment_id)
+    assert app.segmentations.ExportSegmentsToLabelmapNode(segmentation_node, ids, label_node,
+                                                          volume_node)
+    return slicer.util.arrayFromVolume(label_node).copy()
+
+
+def test_volume_node_converts_to_the_same_image_and_back(volume):
+    image = make_image()
+    converted = nodes.image_from_volume_node(volume)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(converted), sitk.GetArrayFromImage(image))
+    np.testing.assert_allclose(converted.GetSpacing(), image.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(converted.GetOrigin(), image.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(converted.GetDirection(), image.GetDirection(), atol=1e-6)
+    # a voxel's RAS position in Slicer is its LPS position in SimpleITK with x and y negated
+    lps = image.TransformIndexToPhysicalPoint((5, 7, 3))
+    np.testing.assert_allclose(ras_of_index(volume, (5, 7, 3)), nodes.lps_to_ras(lps), atol=1e-5)
+
+    back = volume.GetScene().AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    nodes.update_volume_node(back, converted)
+    np.testing.assert_allclose(ras_of_index(back, (5, 7, 3)), ras_of_index(volume, (5, 7, 3)), atol=1e-5)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(back), slicer.util.arrayFromVolume(volume))
+
+
+def test_non_scalar_empty_or_transformed_nodes_are_refused(app):
+    with pytest.raises(InputError, match="select a scalar volume"):
+        nodes.image_from_volume_node(None)
+    empty = app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(InputError, match="holds no voxels"):
+        nodes.image_from_volume_node(empty)
+    colour = app.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
+    data = vtk.vtkImageData()
+    data.SetDimensions(6, 5, 4)
+    data.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    colour.SetAndObserveImageData(data)
+    with pytest.raises(InputError, match="3 components per voxel"):
+        nodes.image_from_volume_node(colour)
+    volume = nodes.add_volume_node(app.scene, make_image(), "moved")
+    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(InputError, match="harden it"):
+        nodes.image_from_volume_node(volume)
+
+
+def test_segment_puts_engine_results_on_the_input_grid(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["mixed"])
+    progress = []
+    outcome = logic.segment(volume, progress=lambda f, m: progress.append(f))
+    expected = Engine(bundles["mixed"], threads=1).segment(make_image())
+
+    # segments: the bundle's names and colours, in label order
+    segmentation = outcome.segmentation_node.GetSegmentation()
+    assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == \
+        ["liver", "kidney"]
+    colors = load_bundle(bundles["mixed"]).colors
+    for name in ("liver", "kidney"):
+        np.testing.assert_allclose(segmentation.GetSegment(name).GetColor(),
+                                   np.asarray(colors[name]) / 255.0, atol=1e-6)
+    # content: Slicer's own export on the input grid equals the engine's label
+    exported = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver", "kidney"])
+    truth = sitk.GetArrayFromImage(expected.label)
+    assert len(np.unique(truth)) == 3  # the check below compares something
+    np.testing.assert_array_equal(exported, truth)
+
+    # preview and heatmap: own volume nodes, same geometry as the input, engine's values
+    for node, image in ((outcome.preview_node, expected.preview),
+                        (outcome.heatmap_node, expected.uncertainty)):
+        for index in ((0, 0, 0), (47, 39, 23), (10, 30, 5)):
+            np.testing.assert_allclose(ras_of_index(node, index), ras_of_index(volume, index), atol=1e-5)
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(node), sitk.GetArrayFromImage(image),
+                                   rtol=1e-5, atol=1e-5)
+    assert outcome.U == pytest.approx(expected.U, rel=1e-5)
+    assert outcome.hint == uncertainty_hint(outcome.U)
+    assert outcome.model_version == "v0001"
+    assert progress and progress[-1] == 1.0
+
+
+def test_heatmap_overlay_and_flick_between_real_and_synthetic(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["mixed"])
+    outcome = logic.segment(volume)
+    display = outcome.heatmap_node.GetDisplayNode()
+    assert display.GetColorNode().GetName() == "CrossDomainSeg uncertainty"
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(outcome.heatmap_node)
+    assert legend is not None and legend.GetTitleText() == "Uncertainty" and legend.GetVisibility()
+    heat = slicer.util.arrayFromVolume(outcome.heatmap_node)
+    assert display.GetWindowLevelMax() == pytest.approx(float(heat.max()))
+
+    composites = [app.scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode") for i in range(3)]
+    for composite in composites:
+        assert composite.GetBackgroundVolumeID() == volume.GetID()
+        assert composite.GetForegroundVolumeID() == outcome.heatmap_node.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.5)
+    logic.show_layers(synthetic=True, heatmap=False)
+    for composite in composites:
+        assert composite.GetBackgroundVolumeID() == outcome.preview_node.GetID()
+        assert composite.GetForegroundVolumeID() is None
+    logic.show_layers(synthetic=False, heatmap=True, heatmap_opacity=0.8)
+    logic.set_heatmap_opacity(0.3)
+    for composite in composites:
+        assert composite.GetBackgroundVolumeID() == volume.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+
+
+def test_placed_points_refine_at_once_and_undo_redo_moves_them(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    outcome = logic.segment(volume)
+    assert not segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver"]).any()
+    include, exclude = logic.click_nodes()
+    assert (include.GetName(), exclude.GetName()) == ("CrossDomainSeg include", "CrossDomainSeg exclude")
+
+    # a point placed in RAS at the ball's centre voxel, as the Markups place mode would
+    center_xyz = BLOB_CENTER[::-1]
+    ras = ras_of_index(volume, center_xyz)
+    logic.active_label = "liver"
+    include.AddControlPoint(vtk.vtkVector3d(*ras))
+    assert logic.last_error == ""
+    assert len(logic.clicks) == 1
+    click = logic.clicks[0]
+    np.testing.assert_allclose(click.point_lps, (-ras[0], -ras[1], ras[2]), atol=1e-9)
+    assert logic.session.index_of(click.point_lps) == BLOB_CENTER  # RAS -> LPS -> the same voxel
+
+    liver = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver"])
+    ball = sitk.GetArrayFromImage(make_image()) > 50
+    assert liver[BLOB_CENTER] == 1
+    # one click grew a region of the ball (the refiner leaves out its blurred rim), nothing outside
+    assert (liver.astype(bool) & ball).sum() > 0.3 * ball.sum()
+    assert not (liver.astype(bool) & ~ball).any()
+
+    assert logic.undo()
+    assert include.GetNumberOfControlPoints() == 0
+    assert not segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver"]).any()
+    assert logic.redo()
+    assert include.GetNumberOfControlPoints() == 1
+    np.testing.assert_allclose(include.GetNthControlPointPositionWorld(0), ras, atol=1e-6)
+    np.testing.assert_array_equal(
+        segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver"]), liver)
+    assert not logic.redo()  # nothing left to redo
+    logic.segment(volume)  # a new result starts a new case: no clicks, no points
+    assert logic.clicks == [] and include.GetNumberOfControlPoints() == 0
+
+
+def test_mrml_holds_the_session_label_after_a_click_across_segments(app, volume, bundles, tmp_path):
+    """Only the segments whose voxels changed are re-imported; a click may take voxels of
+    another segment, and both must then match."""
+    logic = make_logic(app, tmp_path, bundles["mixed"])
+    outcome = logic.segment(volume)
+    before = np.asarray(logic.session.label).copy()
+    logic.add_click(ras_of_index(volume, BLOB_CENTER[::-1]), True, "kidney")
+    assert (np.asarray(logic.session.label) != before).any()
+    np.testing.assert_array_equal(
+        segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver", "kidney"]),
+        np.asarray(logic.session.label))
+
+
+def test_a_point_outside_the_volume_is_dropped_with_a_message(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    logic.segment(volume)
+    messages = []
+    logic.on_error = messages.append
+    include, _ = logic.click_nodes()
+    include.AddControlPoint(vtk.vtkVector3d(500.0, 500.0, 500.0))
+    assert include.GetNumberOfControlPoints() == 0
+    assert logic.clicks == []
+    assert messages and "outside" in messages[0]
+    with pytest.raises(InputError, match="Unknown segment"):
+        logic.add_click(ras_of_index(volume, (24, 20, 12)), True, "spleen")
+
+
+def test_hand_edits_in_the_segmentation_stay_locked(app, volume, bundles, tmp_path, monkeypatch):
+    install_module_stand_ins(app, monkeypatch)  # slicer.util's segment array helpers look up module logics
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    outcome = logic.segment(volume)
+    # the user paints liver by hand on the top cap of the ball (as a Segment Editor stroke does)
+    ball = sitk.GetArrayFromImage(make_image()) > 50
+    cap = ball.copy()
+    cap[BLOB_CENTER[0] - 2:] = False
+    slicer.util.updateSegmentBinaryLabelmapFromArray(cap.astype(np.uint8), outcome.segmentation_node,
+                                                     "liver", volume)
+    center_ras = ras_of_index(volume, BLOB_CENTER[::-1])
+    logic.add_click(center_ras, True, "liver")  # grows liver over the whole ball
+    assert logic.session.locked.sum() == cap.sum()
+    liver = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver"]).astype(bool)
+    assert (liver & ~cap).sum() > 0.2 * ball.sum()
+    logic.add_click(center_ras, False, "liver")  # removes the ball again, except what was painted
+    liver = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver"]).astype(bool)
+    np.testing.assert_array_equal(liver, cap)
+
+
+def test_erasing_everything_by_hand_locks_every_erased_voxel(app, volume, bundles, tmp_path,
+                                                            monkeypatch):
+    install_module_stand_ins(app, monkeypatch)
+    logic = make_logic(app, tmp_path, bundles["mixed"])
+    outcome = logic.segment(volume)
+    before = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver", "kidney"])
+    assert logic.lock_from_segmentation() == 0  # nothing edited by hand yet
+    for name in ("liver", "kidney"):
+        slicer.util.updateSegmentBinaryLabelmapFromArray(np.zeros(before.shape, np.uint8),
+                                                         outcome.segmentation_node, name, volume)
+    assert logic.lock_from_segmentation() == np.count_nonzero(before)
+    assert not np.asarray(logic.session.label).any()
+    assert logic.undo()  # the module's Undo takes back a hand edit like a click
+    np.testing.assert_array_equal(
+        segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver", "kidney"]), before)
+    assert logic.session.locked.sum() == 0
+
+
+def test_exports_reopen_with_the_same_labels_and_geometry(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["mixed"])
+    outcome = logic.segment(volume)
+    expected = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver", "kidney"])
+    image = make_image()
+
+    seg_path = logic.export(tmp_path / "out" / "case.seg.nrrd")
+    reread, names = imageio.read_seg_nrrd(seg_path)
+    assert names == {"liver": 1, "kidney": 2}
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(reread), expected)
+    np.testing.assert_allclose(reread.GetDirection(), image.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(reread.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    # Slicer itself reads it back as a segmentation with the same segments and voxels
+    reopened = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = app.scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(seg_path))
+    assert storage.ReadData(reopened)
+    segmentation = reopened.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert [segmentation.GetSegment(i).GetName() for i in ids] == ["liver", "kidney"]
+    np.testing.assert_array_equal(segment_label_via_slicer(app, reopened, volume, ids), expected)
+
+    nii_path = logic.export(tmp_path / "out" / "case.nii.gz")
+    nii = sitk.ReadImage(str(nii_path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(nii), expected)
+    np.testing.assert_allclose(nii.GetSpacing(), image.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(nii.GetDirection(), image.GetDirection(), atol=1e-5)
+    np.testing.assert_allclose(nii.GetOrigin(), image.GetOrigin(), atol=1e-4)
+
+    with pytest.raises(InputError, match="choose a name ending"):
+        logic.export(tmp_path / "out" / "case.png")
+
+
+def test_accept_stores_the_corrected_case_with_its_clicks(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    outcome = logic.segment(volume)
+    center_ras = ras_of_index(volume, BLOB_CENTER[::-1])
+    logic.add_click(center_ras, True, "kidney")
+    case_id = logic.accept()
+    store = AcceptedCaseStore(tmp_path / "workspace" / "store" / "test-empty")
+    assert logic.store_dir == store.root
+    assert store.cases() == [case_id]
+    case = store.load(case_id)
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(case.label),
+        segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver", "kidney"]))
+    assert sitk.GetArrayFromImage(case.label)[BLOB_CENTER] == 2
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(case.image), sitk.GetArrayFromImage(make_image()))
+    assert case.clicks == [{"point": [-center_ras[0], -center_ras[1], center_ras[2]],
+                            "positive": True, "label": "kidney"}]
+    assert case.model_version == "v0001"
+    assert logic.trainer_status()["accepted_cases"] == 1
+
+
+def test_cancel_stops_a_running_segmentation(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["mixed"])
+    job = logic.start_segment(volume)
+    job.cancel()
+    with pytest.raises(SegmentationCancelled):
+        logic.finish(job)
+    assert logic.segmentation_node is None
+
+
+def test_a_2d_image_segments_and_refines_as_a_single_slice(app, tmp_path):
+    bundle = background_everywhere(make_random_bundle(tmp_path / "xray", task="test-2d",
+                                                      spatial_dims=2, labels=LABELS, spacing=1.0))
+    y, x = np.ogrid[:64, :80]
+    disc = (y - 30) ** 2 + (x - 40) ** 2 <= 12 ** 2
+    rng = np.random.default_rng(2)
+    image = sitk.GetImageFromArray((100.0 * disc + rng.normal(0, 2, disc.shape)).astype(np.float32)[None])
+    image.SetSpacing((0.8, 0.8, 1.0))
+    node = nodes.add_volume_node(app.scene, image, "xray")
+    logic = make_logic(app, tmp_path, bundle)
+    outcome = logic.segment(node)
+    assert slicer.util.arrayFromVolume(outcome.preview_node).shape == (1, 64, 80)
+    logic.add_click(ras_of_index(node, (40, 30, 0)), True, "kidney")
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(logic.export(tmp_path / "xray.nii.gz"))))
+    assert label.shape == (1, 64, 80) and label[0, 30, 40] == 2
+    assert not label[0][~disc].any()  # grew inside the disc only
+
+
+def test_a_bundle_without_generator_segments_without_a_preview(app, volume, tmp_path):
+    bundle = make_random_bundle(tmp_path / "plain", labels=LABELS, with_generator=False)
+    logic = make_logic(app, tmp_path, bundle.path)
+    outcome = logic.segment(volume)
+    assert outcome.preview_node is None and outcome.heatmap_node is not None
+    logic.show_layers(synthetic=True)  # nothing to flick to: the real image stays
+    composite = app.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+    assert composite.GetBackgroundVolumeID() == volume.GetID()
+
+
+def test_bad_bundles_and_missing_steps_say_what_to_do(app, volume, tmp_path):
+    logic = CrossDomainSegLogic(app.scene, app.segmentations, workspace=tmp_path / "ws")
+    with pytest.raises(BundleError, match="pick a model bundle"):
+        logic.start_segment(volume)
+    with pytest.raises(BundleError, match="metadata.json is missing"):
+        logic.load_bundle(tmp_path)
+    with pytest.raises(InputError, match="Segment a volume first"):
+        logic.accept()
+    with pytest.raises(BundleError, match="Load a model bundle"):
+        logic.rollback()
+
+
+def test_model_versions_and_rollback_follow_the_registry(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["mixed"])
+    registry = ModelRegistry(logic.bundle_path)
+    assert logic.trainer_status()["versions"] == ["v0001"]
+    registry.publish(bundles["empty"])  # as the trainer does with a better student
+    status = logic.trainer_status()
+    assert (status["current_version"], status["versions"]) == ("v0002", ["v0001", "v0002"])
+    assert logic.segment(volume).model_version == "v0002"  # picked up without a restart
+    assert logic.rollback() == "v0001"
+    assert logic.segment(volume).model_version == "v0001"
+    assert logic.trainer_status()["state"] == "not started"
+
+
+def test_a_bundle_rebuilt_under_the_same_version_gets_its_own_registry(app, bundles, tmp_path):
+    path = tmp_path / "bundle"
+    shutil.copytree(bundles["mixed"], path)
+    logic = CrossDomainSegLogic(app.scene, app.segmentations, workspace=tmp_path / "ws", threads=1)
+    logic.load_bundle(path)
+    first = logic.bundle_path
+    logic.load_bundle(path)
+    assert logic.bundle_path == first  # the same bundle keeps its versions
+    make_random_bundle(path, task="test-task", labels=LABELS, seed=1)  # same version, new weights
+    logic.load_bundle(path)
+    assert logic.bundle_path != first
+    assert load_bundle(ModelRegistry(logic.bundle_path).current_path()).metadata["weights"] == \
+        load_bundle(path).metadata["weights"]
+
+
+@pytest.fixture
+def module_file(app, monkeypatch):
+    """CrossDomainSeg.py imported with Qt's pieces stood in (all undone after the test)."""
+    install_module_stand_ins(app, monkeypatch)
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    monkeypatch.delitem(sys.modules, "CrossDomainSeg", raising=False)
+    module = importlib.import_module("CrossDomainSeg")
+    monkeypatch.setitem(sys.modules, "CrossDomainSeg", module)
+    return module
+
+
+def test_module_file_imports_and_its_slicer_self_test_passes(module_file, tmp_path):
+    """The module's Logic and its ScriptedLoadableModuleTest (the same workflow a real Slicer
+    runs) on the wheel's MRML."""
+    module = module_file
+    parameters = module.CrossDomainSegLogic(workspace=tmp_path).getParameterNode()
+    assert parameters.heatmapOpacity == 0.5 and parameters.showHeatmap is True
+    parameters.heatmapOpacity = 0.25
+    assert parameters.parameterNode.GetParameter("heatmapOpacity") == "0.25"
+
+    test = module.CrossDomainSegTest("test_CrossDomainSeg_workflow")
+    test.setUp()
+    test.test_CrossDomainSeg_workflow()
+
+
+def test_every_widget_the_module_uses_is_in_the_ui_file():
+    import re
+    import xml.etree.ElementTree as ET
+
+    ui = ET.parse(MODULE_DIR / "Resources" / "UI" / "CrossDomainSeg.ui")
+    names = {w.get("name") for w in ui.iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "CrossDomainSeg.py").read_text()))
+    assert used and used <= names, sorted(used - names)
+    parameters = {p.find("string").text for p in ui.iter("property")
+                  if p.get("name") == "SlicerParameterName"}
+    assert parameters == {"inputVolume", "showSynthetic", "showHeatmap", "heatmapOpacity"}
+
+
+STUB_SLICER_CONFIG = r"""
+# Records what the extension asks of Slicer's build macros, for the test to read.
+set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)
+set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/GenerateConfig.cmake)
+set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/Empty.cmake)
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer/qt-scripted-modules)
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer/qt-scripted-modules)
+set(BUILD_TESTING ON)
+"""
+STUB_USE_SLICER = r"""
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  file(APPEND ${CMAKE_BINARY_DIR}/record.txt "NAME=${MY_NAME}\nGENERIC=${MY_WITH_GENERIC_TESTS}\n")
+  foreach(f ${MY_SCRIPTS})
+    file(APPEND ${CMAKE_BINARY_DIR}/record.txt "SCRIPT=${CMAKE_CURRENT_SOURCE_DIR}/${f}\n")
+  endforeach()
+  foreach(f ${MY_RESOURCES})
+    file(APPEND ${CMAKE_BINARY_DIR}/record.txt "RESOURCE=${CMAKE_CURRENT_SOURCE_DIR}/${f}\n")
+  endforeach()
+endmacro()
+macro(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "" ${ARGN})
+  file(APPEND ${CMAKE_BINARY_DIR}/record.txt "UNITTEST=${MY_SCRIPT}\n")
+endmacro()
+"""
+STUB_GENERATE_CONFIG = r"""
+foreach(key HOMEPAGE CATEGORY CONTRIBUTORS DESCRIPTION ICONURL SCREENSHOTURLS DEPENDS)
+  file(APPEND ${CMAKE_BINARY_DIR}/record.txt "EXTENSION_${key}=${EXTENSION_${key}}\n")
+endforeach()
+"""
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_cmake_lists_declare_the_extension_and_every_module_file(tmp_path):
+    stub = tmp_path / "slicer"
+    stub.mkdir()
+    (stub / "SlicerConfig.cmake").write_text(STUB_SLICER_CONFIG)
+    (stub / "UseSlicer.cmake").write_text(STUB_USE_SLICER)
+    (stub / "GenerateConfig.cmake").write_text(STUB_GENERATE_CONFIG)
+    (stub / "Empty.cmake").write_text("")
+    build = tmp_path / "build"
+    done = subprocess.run(["cmake", "-S", str(MODULE_DIR.parent), "-B", str(build),
+                           f"-DSlicer_DIR={stub}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    record = {}
+    for line in (build / "record.txt").read_text().splitlines():
+        key, _, value = line.partition("=")
+        record.setdefault(key, []).append(value)
+
+    assert record["NAME"] == ["CrossDomainSeg"] and record["GENERIC"] == ["TRUE"]
+    assert record["UNITTEST"] == ["CrossDomainSeg.py"]
+    assert record["EXTENSION_CATEGORY"] == ["Segmentation"]
+    for key in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert record[f"EXTENSION_{key}"][0], key
+    scripts = {Path(p).resolve() for p in record["SCRIPT"]}
+    wanted = {MODULE_DIR / "CrossDomainSeg.py"} | set(MODULE_DIR.glob("CrossDomainSegLib/*.py")) \
+        | set(MODULE_DIR.glob("crossdomainseg/**/*.py"))
+    assert wanted <= scripts, sorted(map(str, wanted - scripts))
+    resources = [Path(p) for p in record["RESOURCE"]]
+    assert {p.name for p in resources} == {"CrossDomainSeg.png", "CrossDomainSeg.ui"}
+    assert all(p.is_file() for p in resources)
+
+
+def write_dicom_series(image: sitk.Image, folder: Path) -> None:
+    """The image as an MR DICOM series, one file per slice (as a scanner would send it)."""
+    import pydicom.uid
+
+    folder.mkdir(parents=True)
+    volume = sitk.Cast(sitk.Round(image), sitk.sitkInt16)
+    direction = image.GetDirection()
+    series, study, frame = (pydicom.uid.generate_uid() for _ in range(3))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(volume.GetDepth()):
+        plane = volume[:, :, k]
+        for tag, value in (("0010|0010", "Test^Patient"), ("0010|0020", "CDS-1"),
+                           ("0008|0060", "MR"), ("0020|000e", series), ("0020|000d", study),
+                           ("0020|0052", frame), ("0008|0016", "1.2.840.10008.5.1.4.1.1.4"),
+                           ("0008|0018", pydicom.uid.generate_uid()), ("0020|0013", str(k + 1)),
+                           ("0020|0037", "\\".join(f"{v:.9f}" for v in (*direction[0::3], *direction[1::3]))),
+                           ("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))),
+                           ("0018|0050", str(image.GetSpacing()[2]))):
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(plane)
+
+
+def test_dicom_input_exports_a_dicom_seg_on_its_series(app, bundles, tmp_path):
+    import pydicom
+
+    series = tmp_path / "series"
+    write_dicom_series(make_image(), series)
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    volume = logic.load_volume(series)
+    assert logic.came_from_dicom(volume)
+    outcome = logic.segment(volume)
+    with pytest.raises(InputError, match="empty"):
+        logic.export(tmp_path / "empty.dcm")
+    logic.add_click(ras_of_index(volume, BLOB_CENTER[::-1]), True, "kidney")
+    expected = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver", "kidney"])
+    assert expected.any()
+
+    seg = pydicom.dcmread(logic.export(tmp_path / "out" / "case.dcm"))
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.Modality == "SEG"
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["kidney"]
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    sources = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f) for f in series.iterdir()}
+    assert seg.StudyInstanceUID == next(iter(sources.values())).StudyInstanceUID
+    # rebuild the label from the frames: each frame's source instance gives its slice
+    rebuilt = np.zeros_like(expected)
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        source = sources[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        np.testing.assert_allclose([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
+                                   [float(v) for v in source.ImagePositionPatient], atol=1e-3)
+        rebuilt[int(source.InstanceNumber) - 1][frame.astype(bool)] = 2
+    np.testing.assert_array_equal(rebuilt, expected)
+
+    # loaded by Slicer's DICOM module instead: instance UIDs on the node, files from its database
+    by_uid = {uid: series / f"slice{int(ds.InstanceNumber) - 1:03d}.dcm" for uid, ds in sources.items()}
+    volume.RemoveAttribute("CrossDomainSeg.source")
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(by_uid))
+    logic.dicom_file_for_instance = lambda uid: str(by_uid[uid])
+    again = pydicom.dcmread(logic.export(tmp_path / "out" / "again.dcm"))
+    assert again.pixel_array.tobytes() == seg.pixel_array.tobytes()
+
+    logic_nrrd = make_logic(app, tmp_path / "other", bundles["empty"])
+    nrrd = tmp_path / "input.nrrd"
+    sitk.WriteImage(make_image(), str(nrrd))
+    logic_nrrd.segment(logic_nrrd.load_volume(nrrd))
+    with pytest.raises(InputError, match="needs an image loaded from DICOM"):
+        logic_nrrd.export(tmp_path / "x.dcm")
+
+
+@pytest.mark.slow
+def test_trainer_panel_starts_and_stops_the_background_process(app, volume, bundles, tmp_path):
+    import time
+
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    logic.segment(volume)
+    logic.add_click(ras_of_index(volume, BLOB_CENTER[::-1]), True, "liver")
+    logic.accept()
+    status = logic.start_trainer()
+    try:
+        assert status["running"] and status["accepted_cases"] == 1
+        deadline = time.monotonic() + 240  # it imports torch and loads the model first
+        while logic.trainer_status()["state"] == "starting" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert logic.trainer_status()["state"] in ("training", "idle")
+    finally:
+        status = logic.stop_trainer()
+    assert not status["running"] and status["state"] in ("stopped", "finished")
+    assert status["current_version"] == "v0001" and 0.0 <= status["progress"] <= 1.0
+
+
+def test_missing_packages_are_installed_only_after_asking_and_never_replace_shipped_ones(
+        module_file, monkeypatch):
+    from importlib.metadata import version
+
+    module = module_file
+    monkeypatch.setitem(module.REQUIREMENTS, "cds_not_installed_pkg", "cds-not-installed-pkg>=1")
+    installs, answers = [], []
+    monkeypatch.setattr(slicer.util, "pip_install", installs.append)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text: answers.pop(0))
+    monkeypatch.setattr(slicer.util, "WaitCursor", contextlib.nullcontext)
+
+    assert module.missingRequirements() == ["cds_not_installed_pkg"]
+    answers.append(False)
+    assert module.ensureDependencies() is False and installs == []  # declined: nothing installed
+    answers.append(True)
+    assert module.ensureDependencies() is False  # the stand-in pip installs nothing
+    (arguments,) = installs
+    assert arguments[0] == "cds-not-installed-pkg>=1" and arguments[1] == "-c"
+    pins = Path(arguments[2]).read_text().lower().splitlines()  # pip names are case-blind
+    assert f"numpy=={version('numpy')}" in pins and f"simpleitk=={version('SimpleITK')}" in pins
