@@ -1,0 +1,64 @@
+"""`crossdomainseg web`: serve the browser front end (trame-slicer) on localhost.
+
+The engine never imports trame: this module finds the web app package next to the engine and
+imports it only when the command runs, so the `web` extra is needed only by those who use it.
+"""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from .errors import InputError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+WEB_PACKAGE = "CrossDomainSegWeb"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "web",
+        help="serve the segmentation app in the browser (trame-slicer)",
+        description="Serve the web app on this machine: load a volume (upload, or the embedded "
+        "demo case), segment, preview, click-correct, accept and export. Prints the URL.",
+    )
+    parser.add_argument("--case", type=Path, default=None,
+                        help="volume loaded when the page opens (default: the embedded demo case)")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="model bundle or registry folder (default: the shipped bundle)")
+    parser.add_argument("--workspace", type=Path, default=None,
+                        help="accepted cases and model versions "
+                        "(default: $CROSSDOMAINSEG_HOME or ~/.crossdomainseg)")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default 127.0.0.1: this machine only)")
+    parser.set_defaults(func=run)
+
+
+def web_arguments(args: argparse.Namespace) -> list[str]:
+    """The web app's own command line (python -m CrossDomainSegWeb) for the parsed arguments."""
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port}: choose a TCP port between 1 and 65535 (0 picks a free one).")
+    argv = ["--host", args.host, "--port", str(args.port)]
+    for flag, value in (("--case", args.case), ("--bundle", args.bundle), ("--workspace", args.workspace)):
+        if value is None:
+            continue
+        if flag != "--workspace" and not Path(value).exists():
+            raise InputError(f"{flag} {value}: no such file or folder.")
+        argv += [flag, str(Path(value).expanduser().resolve())]
+    return argv
+
+
+def run(args: argparse.Namespace) -> int:
+    argv = web_arguments(args)
+    if not (PACKAGE_ROOT / WEB_PACKAGE / "__main__.py").is_file():
+        raise InputError(f"The web app package {WEB_PACKAGE} is not next to the engine in {PACKAGE_ROOT}; "
+                         "run from a checkout or reinstall the project.")
+    if importlib.util.find_spec("trame_slicer") is None:
+        raise InputError("The web front end needs trame-slicer: pip install '.[web]' "
+                         "(or `make demo`, which installs it).")
+    if str(PACKAGE_ROOT) not in sys.path:
+        sys.path.insert(0, str(PACKAGE_ROOT))
+    from CrossDomainSegWeb.__main__ import main
+
+    return main(argv)
