@@ -1,0 +1,258 @@
+"""`crossdomainseg train source|translator`: train a bundle from a task directory or any folders.
+
+  crossdomainseg train source --images SRC_IMG --labels SRC_LAB --out BUNDLE \
+      --source-modality CT --target-modality MR --spacing 3
+  crossdomainseg train translator --bundle BUNDLE --source-images SRC_IMG --source-labels SRC_LAB \
+      --target-images TGT_IMG
+  (or --task-dir DIR instead of the folders, for data made by `crossdomainseg data make`)
+
+Both are seeded, show a progress bar, log losses per epoch into the bundle's metadata and resume
+from their last checkpoint with --resume.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+
+from ..device import configure
+from ..errors import InputError
+from ..imageio import read_image
+from .datasets import labelled_cases, read_task, task_cases, unlabelled_cases
+from .source import SourceConfig, train_source
+from .translator import TranslatorConfig, train_translator
+
+# How each modality's intensities are normalised unless --source-norm/--target-norm say otherwise:
+# CT in a fixed HU window (soft tissue and bone contrast), everything else by per-image percentiles.
+DEFAULT_NORMALIZATION = {"CT": {"kind": "window", "low": -400, "high": 600}}
+PERCENTILE = {"kind": "percentile", "lower": 1, "upper": 99}
+
+
+def default_normalization(modality: str) -> dict:
+    return dict(DEFAULT_NORMALIZATION.get(modality.upper(), PERCENTILE))
+
+
+def parse_normalization(text: str) -> dict:
+    """`window:LOW:HIGH`, `percentile:LOWER:UPPER` or `minmax`."""
+    parts = text.split(":")
+    try:
+        if parts[0] == "window" and len(parts) == 3:
+            return {"kind": "window", "low": float(parts[1]), "high": float(parts[2])}
+        if parts[0] == "percentile" and len(parts) == 3:
+            return {"kind": "percentile", "lower": float(parts[1]), "upper": float(parts[2])}
+        if parts == ["minmax"]:
+            return {"kind": "minmax"}
+    except ValueError:
+        pass
+    raise InputError(f"Bad normalisation {text!r}: use window:LOW:HIGH, percentile:LOWER:UPPER or minmax.")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"Expected comma-separated integers, got {text!r}.") from None
+
+
+def _command(args) -> str:
+    """An equivalent command line, rebuilt from the parsed options (recorded in the bundle)."""
+    words = ["crossdomainseg", "train", args.stage]
+    for key, value in vars(args).items():
+        if key in ("func", "command", "stage") or value is None or value is False:
+            continue
+        words.append("--" + key.replace("_", "-"))
+        if value is not True:
+            words += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _per_axis(values, dims, what):
+    values = list(values)
+    if len(values) == 1:
+        values *= dims
+    if len(values) != dims:
+        raise InputError(f"{what} needs 1 or {dims} values, got {values}.")
+    return values
+
+
+def _label_names(text: str | None, cases) -> dict:
+    if text:
+        try:
+            pairs = [item.split("=") for item in text.split(",")]
+            labels = {name.strip(): int(value) for name, value in pairs}
+        except ValueError:
+            raise InputError(f"--label-names must look like liver=1,spleen=2; got {text!r}.") from None
+    else:  # name the values found in the label maps
+        found = set()
+        for _, _, label in cases:
+            found |= set(np.unique(_array(label)).tolist())
+        labels = {f"label_{v}": int(v) for v in sorted(found) if v != 0}
+    return {"background": 0, **{k: v for k, v in labels.items() if v != 0}}
+
+
+def _array(path):
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(read_image(path))
+
+
+def _source_inputs(args):
+    """(train cases, val cases, task dict or None) from --task-dir or the folder arguments."""
+    if args.task_dir:
+        task = read_task(args.task_dir)
+        return (task_cases(args.task_dir, "train", "source"),
+                task_cases(args.task_dir, "val", "source"), task)
+    if not (args.images and args.labels):
+        raise InputError("Give --task-dir, or --images and --labels (source images and label maps).")
+    val = labelled_cases(args.val_images, args.val_labels) if args.val_images else []
+    return labelled_cases(args.images, args.labels), val, None
+
+
+def run_source(args) -> int:
+    configure(args.threads)
+    train, val, task = _source_inputs(args)
+    first = read_image(train[0][1])
+    dims = args.dims or (task or {}).get("spatial_dims") or (2 if first.GetSize()[2] == 1 else 3)
+    src_mod = args.source_modality or (task or {}).get("source_modality") or "source"
+    tgt_mod = args.target_modality or (task or {}).get("target_modality") or "target"
+    labels = task["labels"] if task and not args.label_names else _label_names(args.label_names, train)
+    if args.spacing:
+        spacing = _per_axis(args.spacing, dims, "--spacing")
+    else:  # the median spacing of the training images
+        spacings = np.array([read_image(c[1]).GetSpacing()[:dims] for c in train])
+        spacing = np.median(spacings, axis=0).round(3).tolist()
+    config = SourceConfig(
+        task=args.task or (task or {}).get("task") or "custom",
+        labels=labels,
+        colors=(task or {}).get("colors", {}),
+        spatial_dims=dims,
+        spacing=[float(s) for s in spacing],
+        roi_size=_per_axis(_ints(args.roi), dims, "--roi"),
+        normalization={
+            "source": parse_normalization(args.source_norm) if args.source_norm else default_normalization(src_mod),
+            "target": parse_normalization(args.target_norm) if args.target_norm else default_normalization(tgt_mod),
+        },
+        input_modality=tgt_mod,
+        output_modality=src_mod,
+        channels=_ints(args.channels),
+        strides=[2] * (len(_ints(args.channels)) - 1),
+        num_res_units=args.res_units,
+        rotated_copies=args.rotated_copies,
+        max_degrees=args.max_degrees,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps,
+        batch_size=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        version=args.version,
+        data=(f"task dir {Path(args.task_dir).name} (seed {task.get('seed')}, {len(train)} train / "
+              f"{len(val)} val source cases)" if task else
+              f"{len(train)} labelled {src_mod} images from {args.images}"),
+    )
+    bundle = train_source(config, train, val, args.out, args.checkpoint_dir, args.resume,
+                          args.device, not args.no_progress, _command(args))
+    print(f"bundle written: {bundle.path} (metrics {bundle.metrics})")
+    return 0
+
+
+def run_translator(args) -> int:
+    configure(args.threads)
+    if args.task_dir:
+        source = task_cases(args.task_dir, "train", "source")
+        target = task_cases(args.task_dir, "train", "target", labelled=False)
+        val = task_cases(args.task_dir, "val", "target")
+        val = [c for c in val if c[2] is not None][: args.val_cases]
+    elif args.source_images and args.source_labels and args.target_images:
+        source = labelled_cases(args.source_images, args.source_labels)
+        target = unlabelled_cases(args.target_images)
+        val = labelled_cases(args.val_target_images, args.val_target_labels) if args.val_target_images else []
+        val = val[: args.val_cases]
+    else:
+        raise InputError("Give --task-dir, or --source-images, --source-labels and --target-images.")
+    from ..bundle import load_bundle
+
+    dims = load_bundle(args.bundle).spatial_dims
+    config = TranslatorConfig(
+        patch_size=_per_axis(_ints(args.patch), dims, "--patch"),
+        generator_channels=args.gen_channels, n_down=args.n_down, n_blocks=args.blocks,
+        stem_kernel=args.stem_kernel, residual=args.residual,
+        discriminator_channels=args.disc_channels, discriminator_layers=args.disc_layers,
+        epochs=args.epochs, steps_per_epoch=args.steps, batch_size=args.batch, lr=args.lr,
+        lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
+        lambda_seg=args.lambda_seg, seed=args.seed,
+        rotated_copies=args.rotated_copies, max_degrees=args.max_degrees,
+    )
+    bundle = train_translator(args.bundle, config, source, target, val, args.checkpoint_dir,
+                              args.resume, args.device, not args.no_progress, _command(args))
+    print(f"generator written to {bundle.path} (metrics {bundle.metrics})")
+    return 0
+
+
+def _common(p):
+    p.add_argument("--task-dir", help="task directory made by `crossdomainseg data make`")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="optimiser steps per epoch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--checkpoint-dir", help="default: BUNDLE.ckpt beside the bundle")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--rotated-copies", type=int, default=0,
+                   help="augment: this many randomly rotated copies of each source image")
+    p.add_argument("--max-degrees", type=float, default=15.0, help="rotation range of those copies")
+
+
+def add_parser(subparsers) -> None:
+    train = subparsers.add_parser("train", help="train a model bundle (source segmenter, translator)")
+    stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    src = stages.add_parser("source", help="train the reference segmenter on labelled source images")
+    _common(src)
+    src.add_argument("--images", help="folder of labelled source images")
+    src.add_argument("--labels", help="folder of label maps, same file names as the images")
+    src.add_argument("--val-images", help="optional validation images (picks the best epoch)")
+    src.add_argument("--val-labels")
+    src.add_argument("--out", required=True, help="bundle folder to write")
+    src.add_argument("--task", help="task name recorded in the bundle")
+    src.add_argument("--label-names", help="e.g. liver=1,spleen=2 (default: from the label maps)")
+    src.add_argument("--source-modality", help="e.g. CT (default from task.json)")
+    src.add_argument("--target-modality", help="e.g. MR (default from task.json)")
+    src.add_argument("--source-norm", help="window:LOW:HIGH | percentile:LO:HI | minmax")
+    src.add_argument("--target-norm", help="window:LOW:HIGH | percentile:LO:HI | minmax")
+    src.add_argument("--dims", type=int, choices=(2, 3), help="default: from the images")
+    src.add_argument("--spacing", type=float, nargs="+", help="working grid mm (default: median)")
+    src.add_argument("--roi", default="64", help="patch size, one or per-axis comma list")
+    src.add_argument("--channels", default="8,16,32,64", help="UNet channels per level")
+    src.add_argument("--res-units", type=int, default=1)
+    src.add_argument("--batch", type=int, default=2)
+    src.add_argument("--lr", type=float, default=1e-3)
+    src.add_argument("--version", default="0.1.0", help="model version recorded in the bundle")
+    src.set_defaults(func=run_source)
+
+    tr = stages.add_parser("translator", help="train the TD-GAN translator into an existing bundle")
+    _common(tr)
+    tr.add_argument("--bundle", required=True, help="bundle with a trained segmenter")
+    tr.add_argument("--source-images")
+    tr.add_argument("--source-labels")
+    tr.add_argument("--target-images", help="unlabelled target-modality images")
+    tr.add_argument("--val-target-images", help="optional labelled target images, only logged")
+    tr.add_argument("--val-target-labels")
+    tr.add_argument("--val-cases", type=int, default=3, help="labelled target cases logged per epoch")
+    tr.add_argument("--patch", default="48", help="training crop, divisible by 2**n_down")
+    tr.add_argument("--gen-channels", type=int, default=16)
+    tr.add_argument("--n-down", type=int, default=2)
+    tr.add_argument("--blocks", type=int, default=3)
+    tr.add_argument("--stem-kernel", type=int, default=7, help="generator's first/last conv width")
+    tr.add_argument("--residual", action="store_true",
+                    help="generators predict a change to their input (start as the identity)")
+    tr.add_argument("--disc-channels", type=int, default=16)
+    tr.add_argument("--disc-layers", type=int, default=3)
+    tr.add_argument("--batch", type=int, default=1)
+    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--lambda-cycle", type=float, default=10.0)
+    tr.add_argument("--lambda-identity", type=float, default=5.0)
+    tr.add_argument("--lambda-seg", type=float, default=1.0)
+    tr.set_defaults(func=run_translator)

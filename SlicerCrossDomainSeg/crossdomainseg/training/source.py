@@ -1,0 +1,200 @@
+"""Training the reference segmenter S_s^pretrain on labelled source images (Dice + CE).
+
+The bundle is (re)written after every epoch with the best weights so far (by Dice on the
+validation cases, or the last epoch when there are none) and the per-epoch losses in
+`metadata["training"]["source"]["history"]`; a checkpoint beside it makes the run resumable.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..bundle import load_bundle, save_bundle
+from ..device import pick_device
+from ..errors import InputError
+from ..networks import build_network
+from .datasets import load_samples
+from .loops import (Checkpoint, batch, epoch_rng, predict_probabilities, random_patch, same_run,
+                    seed_everything)
+
+PALETTE = [[0, 0, 0], [230, 80, 60], [80, 180, 90], [70, 110, 220], [230, 200, 60], [180, 90, 200],
+           [60, 200, 200], [240, 150, 40]]
+
+
+@dataclass
+class SourceConfig:
+    """What defines the bundle and the run (all JSON-able; recorded in metadata.training)."""
+
+    task: str
+    labels: dict  # name -> value, background 0
+    spatial_dims: int
+    spacing: list  # working grid mm, (x, y[, z])
+    roi_size: list  # training patch / inference window, array order
+    normalization: dict  # {"source": spec, "target": spec}
+    input_modality: str = "target"
+    output_modality: str = "source"
+    colors: dict = field(default_factory=dict)
+    channels: list = field(default_factory=lambda: [8, 16, 32, 64])
+    strides: list = field(default_factory=lambda: [2, 2, 2])
+    num_res_units: int = 1
+    rotated_copies: int = 0  # augmentation: randomly rotated copies of each training image
+    max_degrees: float = 0.0
+    epochs: int = 20
+    steps_per_epoch: int = 20
+    batch_size: int = 2
+    lr: float = 1e-3
+    seed: int = 0
+    version: str = "0.1.0"
+    data: str = ""  # description of the training data, recorded in the bundle
+
+
+def segmenter_spec(config: SourceConfig) -> dict:
+    return {
+        "kind": "segmenter", "spatial_dims": config.spatial_dims, "in_channels": 1,
+        "out_channels": max(config.labels.values()) + 1, "channels": list(config.channels),
+        "strides": list(config.strides), "num_res_units": config.num_res_units, "norm": "instance",
+    }
+
+
+def mean_dice(probabilities: np.ndarray, label: np.ndarray, n_classes: int) -> float:
+    """Mean Dice over foreground classes of the argmax (classes absent in both count as 1)."""
+    pred = probabilities.argmax(0)
+    scores = []
+    for c in range(1, n_classes):
+        a, b = pred == c, label == c
+        total = a.sum() + b.sum()
+        scores.append(1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total)
+    return float(np.mean(scores))
+
+
+def evaluate_segmenter(network, samples, roi, n_classes, device) -> float:
+    network.eval()
+    return float(np.mean([
+        mean_dice(predict_probabilities(network, s.image, roi, device), s.label, n_classes)
+        for s in samples
+    ]))
+
+
+def _metadata(config: SourceConfig, history, metrics, command) -> dict:
+    colors = dict(config.colors)
+    for name, value in config.labels.items():
+        colors.setdefault(name, PALETTE[value % len(PALETTE)])
+    return {
+        "version": config.version,
+        "task": config.task,
+        "spatial_dims": config.spatial_dims,
+        "input_modality": config.input_modality,
+        "output_modality": config.output_modality,
+        "labels": dict(config.labels),
+        "colors": colors,
+        "spacing": list(config.spacing),
+        "roi_size": list(config.roi_size),
+        "normalization": copy.deepcopy(config.normalization),
+        "training": {
+            "data": config.data,
+            "seed": config.seed,
+            "command": command,
+            "source": {"config": asdict(config), "history": history},
+        },
+        "metrics": metrics,
+    }
+
+
+def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
+                 checkpoint_dir: str | Path | None = None, resume: bool = False,
+                 device: str | None = None, progress: bool = True, command: str | None = None):
+    """Train the segmenter on (id, image, label) cases and write the bundle at `out`."""
+    out = Path(out)
+    if not train_cases:
+        raise InputError("No labelled source images to train on.")
+    device = pick_device(device)
+    label_values = sorted(config.labels.values())
+    norm = config.normalization["source"]
+    train = load_samples(train_cases, config.spacing, norm, config.spatial_dims, label_values,
+                         config.rotated_copies, config.max_degrees, config.seed)
+    val = load_samples(val_cases, config.spacing, norm, config.spatial_dims, label_values)
+    n_classes = max(label_values) + 1
+
+    extras = _networks_to_keep(out, config)
+    seed_everything(config.seed)
+    network = build_network(segmenter_spec(config)).to(device)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=1e-4)
+    from monai.losses import DiceCELoss
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    checkpoint = Checkpoint(checkpoint_dir or out.with_name(out.name + ".ckpt"), "source")
+    start, history, best = 0, [], {"score": -1.0, "state": None, "epoch": -1}
+    state = checkpoint.load() if resume else None
+    if state is not None:
+        if not same_run(state["config"], asdict(config)):
+            raise InputError(f"Checkpoint {checkpoint.file} was made with other settings; "
+                             "rerun without --resume or with the same settings.")
+        network.load_state_dict(state["network"])
+        optimiser.load_state_dict(state["optimiser"])
+        start, history, best = state["epoch"] + 1, state["history"], state["best"]
+
+    for epoch in range(start, config.epochs):
+        rng = epoch_rng(config.seed, epoch)
+        network.train()
+        losses, began = [], time.time()
+        bar = tqdm(range(config.steps_per_epoch), desc=f"source {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False)
+        for _ in bar:
+            picks = rng.integers(len(train), size=config.batch_size)
+            images, labels = batch([random_patch(train[i], config.roi_size, rng) for i in picks], device)
+            images = _intensity_jitter(images, rng)
+            loss = loss_fn(network(images), labels)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - began, 2)}
+        score = evaluate_segmenter(network, val, config.roi_size, n_classes, device) if val else epoch
+        if val:
+            entry["val_dice"] = round(score, 4)
+        history.append(entry)
+        if progress:
+            tqdm.write(f"source epoch {epoch + 1}: " + ", ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"))
+        if score >= best["score"]:
+            best = {"score": float(score), "epoch": epoch + 1,
+                    "state": {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}}
+        metrics = {"source_val_dice": round(best["score"], 4)} if val else {}
+        metrics["best_epoch"] = best["epoch"]
+        saved_network = build_network(segmenter_spec(config))
+        saved_network.load_state_dict(best["state"])
+        save_bundle(out, _metadata(config, history, metrics, command), {"segmenter": saved_network, **extras})
+        checkpoint.save({"epoch": epoch, "config": asdict(config), "network": network.state_dict(),
+                         "optimiser": optimiser.state_dict(), "history": history, "best": best})
+    return load_bundle(out)
+
+
+def _networks_to_keep(out: Path, config: SourceConfig) -> dict:
+    """Networks added to an existing bundle at `out` by other trainers (e.g. the click refiner),
+    kept when the bundle is retrained on the same grid and labels. The generator is not kept: it
+    was trained against the old segmenter and must be retrained."""
+    try:
+        old = load_bundle(out)
+    except InputError:
+        return {}
+    if old.spacing != list(config.spacing) or old.labels != dict(config.labels):
+        return {}
+    return {name: old.network(name) for name in old.network_names
+            if name not in ("segmenter", "generator")}
+
+
+def _intensity_jitter(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Small per-sample contrast/brightness changes: robustness to scanner variation within the
+    source modality (kept small: the domain gap is the translator's job)."""
+    n = images.shape[0]
+    shape = (n,) + (1,) * (images.ndim - 1)
+    scale = torch.from_numpy(rng.uniform(0.9, 1.1, n)).float().view(shape).to(images.device)
+    shift = torch.from_numpy(rng.uniform(-0.05, 0.05, n)).float().view(shape).to(images.device)
+    return images * scale + shift

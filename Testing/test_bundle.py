@@ -1,0 +1,137 @@
+"""Bundle save/load/update and the loader's failure modes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from crossdomainseg.bundle import (
+    METADATA_FILE, load_bundle, make_random_bundle, save_bundle, update_bundle,
+)
+from crossdomainseg.errors import BundleError
+from crossdomainseg.networks import build_network
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return make_random_bundle(tmp_path / "b", task="t", spatial_dims=2,
+                              labels={"background": 0, "heart": 1, "lung": 2})
+
+
+def test_roundtrip_gives_same_outputs(bundle, tmp_path):
+    loaded = load_bundle(bundle.path)
+    assert loaded.task == "t" and loaded.spatial_dims == 2 and loaded.num_classes == 3
+    x = torch.rand(1, 1, 32, 32)
+    seg = loaded.network("segmenter")
+    assert not seg.training
+    assert seg is loaded.network("segmenter")  # cached
+    with torch.no_grad():
+        assert seg(x).shape == (1, 3, 32, 32)
+        assert torch.allclose(seg(x), bundle.network("segmenter")(x))
+    norm = loaded.normalize(np.array([-250.0, 250.0]), "source")
+    np.testing.assert_allclose(norm, [0, 1])
+    with pytest.raises(BundleError):
+        loaded.normalize(np.zeros(3), "ultrasound")
+    with pytest.raises(BundleError, match="no network 'refiner'"):
+        loaded.network("refiner")
+
+
+def test_missing_metadata_or_folder(tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="metadata.json is missing"):
+        load_bundle(tmp_path / "empty")
+
+
+def test_missing_weight_file(bundle):
+    (bundle.path / "models" / "generator.pt").unlink()
+    with pytest.raises(BundleError, match="missing weight file models/generator.pt"):
+        load_bundle(bundle.path)
+
+
+def test_checksum_mismatch(bundle):
+    file = bundle.path / "models" / "segmenter.pt"
+    data = bytearray(file.read_bytes())
+    data[-10] ^= 0xFF
+    file.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="Checksum mismatch"):
+        load_bundle(bundle.path)
+
+
+def _edit_metadata(bundle, **changes):
+    file = bundle.path / METADATA_FILE
+    meta = json.loads(file.read_text())
+    meta.update(changes)
+    file.write_text(json.dumps(meta))
+    return meta
+
+
+@pytest.mark.parametrize("fmt", ["2", None, "0.9"])
+def test_unsupported_bundle_format(bundle, fmt):
+    _edit_metadata(bundle, bundle_format=fmt)
+    with pytest.raises(BundleError, match="Unsupported bundle_format"):
+        load_bundle(bundle.path)
+
+
+def test_corrupt_json_and_missing_keys(bundle):
+    meta = _edit_metadata(bundle)
+    del meta["labels"]
+    (bundle.path / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="lacks required keys"):
+        load_bundle(bundle.path)
+    (bundle.path / METADATA_FILE).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle.path)
+
+
+def test_corrupt_pt_with_matching_checksum_fails_on_network(bundle):
+    """A file that is not a state dict (checksum recorded for it) fails clearly when built."""
+    file = bundle.path / "models" / "generator.pt"
+    file.write_bytes(b"garbage, not a torch file")
+    update = _edit_metadata(bundle)
+    import hashlib
+    update["weights"]["models/generator.pt"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    (bundle.path / METADATA_FILE).write_text(json.dumps(update))
+    loaded = load_bundle(bundle.path)
+    with pytest.raises(BundleError, match="Cannot load weights"):
+        loaded.network("generator")
+
+
+def test_weights_of_another_spec_fail_on_network(bundle):
+    meta = _edit_metadata(bundle)
+    meta["networks"]["segmenter"]["channels"] = [8, 16, 32, 64]
+    (bundle.path / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="Cannot load weights"):
+        load_bundle(bundle.path).network("segmenter")
+
+
+def test_update_bundle_adds_network_and_keeps_others(bundle):
+    before = bundle.path.joinpath("models/segmenter.pt").read_bytes()
+    refiner = build_network({"kind": "refiner", "spatial_dims": 2, "in_channels": 5,
+                             "out_channels": 2, "channels": [4, 8], "strides": [2]})
+    updated = update_bundle(bundle.path, networks={"refiner": refiner},
+                            metadata={"version": "v2", "metrics": {"click_dice": 0.9}})
+    assert updated.version == "v2" and updated.metrics == {"click_dice": 0.9}
+    assert set(updated.network_names) == {"segmenter", "generator", "refiner"}
+    assert "models/refiner.pt" in updated.metadata["weights"]
+    assert bundle.path.joinpath("models/segmenter.pt").read_bytes() == before
+    out = load_bundle(bundle.path).network("refiner")(torch.rand(1, 5, 16, 16))
+    assert out.shape == (1, 2, 16, 16)
+    assert not list(bundle.path.rglob("*.tmp"))
+
+
+def test_save_bundle_replaces_existing_and_validates(tmp_path, bundle):
+    seg = build_network({"kind": "segmenter", "spatial_dims": 2, "out_channels": 3,
+                         "channels": [4, 8], "strides": [2]})
+    meta = dict(bundle.metadata, version="new")
+    meta.pop("weights")
+    meta["networks"] = {}
+    saved = save_bundle(bundle.path, meta, {"segmenter": seg})
+    assert saved.version == "new" and saved.network_names == ["segmenter"]
+    assert not (bundle.path / "models" / "generator.pt").exists()
+    bad = dict(meta, labels={"background": 1})
+    with pytest.raises(BundleError):
+        save_bundle(tmp_path / "bad", bad, {"segmenter": seg})
+    assert not (tmp_path / "bad").exists()

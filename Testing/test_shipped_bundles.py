@@ -1,0 +1,59 @@
+"""The shipped default bundles: they load (checksums, format), and on freshly generated subjects
+(seeds never used for training) the segmenter reaches the Dice recorded in the bundle, and
+translating target images first (TD-GAN) beats segmenting them directly (vanilla) on
+phantom-ct-mr and does no harm on xray-drr."""
+
+import numpy as np
+import pytest
+
+from crossdomainseg import metrics
+from crossdomainseg.bundle import load_bundle
+from crossdomainseg.data import generate_case
+from crossdomainseg.resources import shipped_bundles
+from crossdomainseg.training.evaluate import CaseRunner
+
+TASKS = ["phantom-ct-mr", "xray-drr"]
+FRESH_SEEDS = [900001, 900002]  # outside the training task's subject seeds
+TOLERANCE = 0.06  # two fresh subjects vary around the 6-case validation mean
+
+
+def _bundle(task):
+    bundles = shipped_bundles()
+    if task not in bundles:
+        pytest.fail(f"no shipped bundle for {task} in Resources/bundles")
+    return load_bundle(bundles[task])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_shipped_bundle_is_complete_and_small(task):
+    bundle = _bundle(task)
+    assert bundle.task == task
+    assert {"segmenter", "generator"} <= set(bundle.network_names)
+    assert bundle.metrics["source_val_dice"] > 0.5
+    total = sum((bundle.path / rel).stat().st_size for rel in bundle.metadata["weights"])
+    assert total < 20e6  # all shipped bundles together must stay under 40 MB
+    for key in ("data", "seed", "command", "source", "translator"):
+        assert key in bundle.metadata["training"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS)
+def test_shipped_bundle_reaches_recorded_dice_on_fresh_subjects(task):
+    bundle = _bundle(task)
+    runner = CaseRunner(bundle)
+    labels = [v for v in bundle.labels.values() if v]
+    source, vanilla, tdgan = [], [], []
+    for seed in FRESH_SEEDS:
+        case = generate_case(task, seed, "source")
+        pred, _ = runner.segment(case.image, "source")
+        source.append(metrics.dice(pred, case.label, labels))
+        case = generate_case(task, seed, "target")
+        pred, _ = runner.segment(case.image, "target")
+        vanilla.append(metrics.dice(pred, case.label, labels))
+        pred, _ = runner.segment(case.image, "target", via_generator=True)
+        tdgan.append(metrics.dice(pred, case.label, labels))
+    assert np.mean(source) >= bundle.metrics["source_val_dice"] - TOLERANCE
+    if task == "phantom-ct-mr":  # a large gap (CT -> MR): translating first must win
+        assert np.mean(tdgan) > np.mean(vanilla)
+    else:  # xray-drr's gap is small (vanilla ~0.85): the translator must at least do no harm
+        assert np.mean(tdgan) >= np.mean(vanilla) - 0.02

@@ -1,0 +1,173 @@
+"""The `train source` / `train translator` commands on user folders of mixed formats, sizes,
+spacings and orientations: they run, log, resume, and reject bad folders clearly."""
+
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from crossdomainseg.bundle import load_bundle, update_bundle
+from crossdomainseg.cli import main
+from crossdomainseg.errors import InputError
+from crossdomainseg.networks import build_network
+from crossdomainseg.training.datasets import labelled_cases, load_sample, unlabelled_cases
+
+
+def _phantom(rng, size, spacing, flip, target):
+    """A box body with a sphere 'organ' (label 1); CT-like in HU, or MR-like with other contrast."""
+    z, y, x = np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij")
+    centre = [n / 2 + rng.uniform(-2, 2) for n in size[::-1]]
+    radius = min(size) / 4
+    organ = ((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) < radius**2
+    label = organ.astype(np.uint8)
+    image = np.where(organ, 300.0, 0.0) if not target else np.where(organ, 100.0, 800.0)
+    image = image + rng.normal(0, 20, image.shape)
+    img, lab = sitk.GetImageFromArray(image.astype(np.float32)), sitk.GetImageFromArray(label)
+    direction = np.diag([-1.0, 1.0, 1.0]) if flip else np.eye(3)
+    for im in (img, lab):
+        im.SetSpacing(spacing)
+        im.SetDirection(direction.ravel().tolist())
+        im.SetOrigin((10.0, -5.0, 3.0))
+    return img, lab
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    rng = np.random.default_rng(0)
+    for sub in ("src_img", "src_lab", "tgt_img", "tgt_lab"):
+        (root / sub).mkdir()
+    formats = [".nii.gz", ".nrrd", ".mha"]
+    for i in range(3):
+        size = (24 + 4 * i, 24, 20 + 2 * i)
+        spacing = (1.5 + 0.25 * i, 1.5, 2.0)
+        img, lab = _phantom(rng, size, spacing, flip=i == 1, target=False)
+        sitk.WriteImage(img, str(root / "src_img" / f"case{i}{formats[i]}"))
+        sitk.WriteImage(lab, str(root / "src_lab" / f"case{i}{formats[(i + 1) % 3]}"))
+        img, lab = _phantom(rng, size, spacing, flip=i == 2, target=True)
+        sitk.WriteImage(img, str(root / "tgt_img" / f"t{i}.nii.gz"))
+        sitk.WriteImage(lab, str(root / "tgt_lab" / f"t{i}.nii.gz"))
+    return root
+
+
+def test_folders_pair_by_name_and_load_on_working_grid(folders):
+    cases = labelled_cases(folders / "src_img", folders / "src_lab")
+    assert [c[0] for c in cases] == ["case0", "case1", "case2"]
+    sample = load_sample(cases[1], [3.0, 3.0, 3.0], {"kind": "window", "low": 0, "high": 300}, 3, [0, 1])
+    assert sample.image.dtype == np.float32 and 0 <= sample.image.min() and sample.image.max() <= 1
+    assert sample.image.shape == sample.label.shape == (15, 12, 16)  # extent 44 x 36 x 49 mm at 3 mm
+    # the flipped-direction case lands the right way up: organ voxels are bright
+    assert sample.image[sample.label == 1].mean() > 0.8 > 0.2 > sample.image[sample.label == 0].mean()
+
+
+def test_rotated_copy_keeps_image_and_label_together(folders):
+    from crossdomainseg.training.datasets import random_rotation
+
+    case = labelled_cases(folders / "src_img", folders / "src_lab")[0]
+    spec = {"kind": "window", "low": 0, "high": 300}
+    plain = load_sample(case, [2.0] * 3, spec, 3, [0, 1])
+    turned = load_sample(case, [2.0] * 3, spec, 3, [0, 1],
+                         random_rotation(np.random.default_rng(3), 30, 3))
+    assert turned.image.shape != plain.image.shape  # the bounding box grew: it did rotate
+    assert abs(int(turned.label.sum()) - int(plain.label.sum())) < 0.1 * plain.label.sum()
+    assert turned.image[turned.label == 1].mean() > 0.8  # label still on the bright organ
+
+
+def test_gan_patches_are_centred_inside_the_body():
+    from crossdomainseg.training.datasets import Sample
+    from crossdomainseg.training.loops import body_voxels, random_patch
+
+    image = np.zeros((40, 40), np.float32)
+    image[30:38, 30:38] = 0.5  # a small "body" in a corner of air
+    sample = Sample("s", image, None, (1.0, 1.0))
+    centres = body_voxels(sample, step=1)
+    assert len(centres) == 64 and all(image[tuple(c)] > 0 for c in centres)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        patch, _ = random_patch(sample, (8, 8), rng, centres=centres)
+        assert patch.max() > 0  # never a patch of air only
+
+
+def test_bad_folders_give_input_errors(folders, tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        labelled_cases(tmp_path / "nope", folders / "src_lab")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no images"):
+        unlabelled_cases(tmp_path / "empty")
+    with pytest.raises(InputError, match="No label map"):
+        labelled_cases(folders / "src_img", folders / "tgt_lab")
+    # a label map of another region is refused rather than trained on
+    img = sitk.ReadImage(str(folders / "src_img" / "case0.nii.gz"))
+    lab = sitk.ReadImage(str(folders / "src_lab" / "case0.nrrd"))
+    lab.SetOrigin((500.0, 0.0, 0.0))
+    sitk.WriteImage(lab, str(tmp_path / "moved.nrrd"))
+    with pytest.raises(InputError, match="same region"):
+        load_sample(("c", folders / "src_img" / "case0.nii.gz", tmp_path / "moved.nrrd"), [3, 3, 3],
+                    {"kind": "minmax"}, 3)
+    assert img.GetSize()[0] == 24
+
+
+def _train_source(folders, out, extra=()):
+    return main(["train", "source", "--images", str(folders / "src_img"), "--labels",
+                 str(folders / "src_lab"), "--val-images", str(folders / "src_img"), "--val-labels",
+                 str(folders / "src_lab"), "--out", str(out), "--source-modality", "CT",
+                 "--target-modality", "MR", "--spacing", "3", "--roi", "16", "--channels", "4,8,16",
+                 "--steps", "3", "--seed", "1", "--no-progress", "--threads", "1", "--rotated-copies", "1",
+                 *extra])
+
+
+@pytest.mark.slow
+def test_train_source_then_translator_and_resume(folders, tmp_path):
+    out = tmp_path / "bundle"
+    assert _train_source(folders, out, ["--epochs", "2"]) == 0
+    bundle = load_bundle(out)
+    meta = bundle.metadata
+    assert meta["labels"] == {"background": 0, "label_1": 1}
+    assert meta["normalization"]["source"]["kind"] == "window"
+    assert meta["normalization"]["target"]["kind"] == "percentile"
+    history = meta["training"]["source"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and all(np.isfinite(h["loss"]) for h in history)
+    assert 0 <= meta["metrics"]["source_val_dice"] <= 1
+    assert meta["training"]["command"].startswith("crossdomainseg train source")
+
+    # resume to 3 epochs: continues at epoch 3 and matches an uninterrupted 3-epoch run exactly
+    assert _train_source(folders, out, ["--epochs", "3", "--resume"]) == 0
+    resumed = load_bundle(out).metadata["training"]["source"]["history"]
+    assert [h["epoch"] for h in resumed] == [1, 2, 3] and resumed[:2] == history
+    straight = tmp_path / "straight"
+    assert _train_source(folders, straight, ["--epochs", "3"]) == 0
+    again = load_bundle(straight).metadata["training"]["source"]["history"]
+    assert [h["loss"] for h in again] == pytest.approx([h["loss"] for h in resumed], rel=1e-4)
+
+    code = main(["train", "translator", "--bundle", str(out), "--source-images", str(folders / "src_img"),
+                 "--source-labels", str(folders / "src_lab"), "--target-images", str(folders / "tgt_img"),
+                 "--val-target-images", str(folders / "tgt_img"), "--val-target-labels",
+                 str(folders / "tgt_lab"), "--patch", "16", "--gen-channels", "4", "--blocks", "1", "--residual",
+                 "--disc-channels", "4", "--disc-layers", "2", "--epochs", "2", "--steps", "2",
+                 "--no-progress", "--threads", "1"])
+    assert code == 0
+    bundle = load_bundle(out)
+    assert bundle.has_network("segmenter") and bundle.has_network("generator")
+    log = bundle.metadata["training"]["translator"]["history"]
+    assert len(log) == 2
+    for key in ("adversarial", "cycle", "identity", "segmentation", "discriminator", "val_tdgan_dice"):
+        assert np.isfinite(log[-1][key])
+    assert "target_val_tdgan_dice" in bundle.metrics
+    assert bundle.network_spec("generator")["residual"] is True
+    assert (tmp_path / "bundle.ckpt" / "translator.ckpt").is_file()
+
+    # retraining the segmenter keeps a refiner added by another trainer, drops the stale generator
+    refiner = build_network({"kind": "refiner", "spatial_dims": 3, "in_channels": 4,
+                             "out_channels": 2, "channels": [4, 8], "strides": [2]})
+    update_bundle(out, networks={"refiner": refiner})
+    assert _train_source(folders, out, ["--epochs", "1"]) == 0
+    assert set(load_bundle(out).network_names) == {"segmenter", "refiner"}
+
+
+def test_cli_rejects_missing_inputs(tmp_path, capsys):
+    assert main(["train", "source", "--out", str(tmp_path / "b")]) == 2
+    assert "--task-dir" in capsys.readouterr().err
+    assert main(["train", "source", "--images", str(tmp_path), "--labels", str(tmp_path),
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    assert main(["train", "translator", "--bundle", str(tmp_path / "none"), "--task-dir", str(tmp_path)]) == 2

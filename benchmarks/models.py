@@ -1,0 +1,82 @@
+"""Models benchmark (issue 3): the shipped bundles on each task's held-out test split.
+
+For each task: the reference segmenter's Dice on the source test split; Dice/HD95/ASSD on the
+target test split of the reference applied directly ("vanilla") and to G(target) ("TD-GAN");
+translation quality against the paired ground-truth source rendering (Dice between the
+segmenter's output on the real source rendering and on the translation; MAE, PSNR, SSIM in the
+bundle's normalised source units, [0, 1]); the size of the shipped weights.
+Writes benchmarks/results/models.json and benchmarks/results/domain_gap.json.
+
+  python benchmarks/models.py [--tasks phantom-ct-mr xray-drr] [--data-root DIR] [--threads 2]
+
+The task folders are the ones the shipped bundles were trained from (scripts/
+train_default_bundles.sh: seed 0, n 30 / 60), generated under --data-root when missing; only
+their test split is scored here.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from common import write_result
+
+from crossdomainseg.bundle import load_bundle
+from crossdomainseg.data import TaskDir, make_task
+from crossdomainseg.device import configure, pick_device
+from crossdomainseg.resources import shipped_bundle
+from crossdomainseg.training.evaluate import evaluate_source, evaluate_target
+
+ROOT = Path(__file__).resolve().parents[1]
+N_CASES = {"phantom-ct-mr": 30, "xray-drr": 60}  # as in scripts/train_default_bundles.sh
+DATA_SEED = 0
+
+
+def task_dir(root: Path, task: str) -> TaskDir:
+    folder = root / task
+    if not (folder / "task.json").exists():
+        make_task(task, N_CASES[task], DATA_SEED, folder)
+    return TaskDir(folder)
+
+
+def weights_mb(bundle) -> float:
+    return sum((bundle.path / rel).stat().st_size for rel in bundle.metadata["weights"]) / 1e6
+
+
+def run_task(task: str, root: Path, device) -> dict:
+    bundle = load_bundle(shipped_bundle(task))
+    data = task_dir(root, task)
+    began = time.time()
+    source = evaluate_source(bundle, list(data.cases("test", "source")), device)
+    target_cases = [c for c in data.cases("test", "target") if c[2] is not None]
+    paired = {cid: data.paired_source(cid) for cid, _, _ in target_cases}
+    target = evaluate_target(bundle, target_cases, {k: v for k, v in paired.items() if v}, device)
+    result = {**source, **target, "weights_mb": round(weights_mb(bundle), 3),
+              "bundle_version": bundle.version, "eval_seconds": round(time.time() - began, 1)}
+    result["tdgan_gain_dice"] = result["tdgan_dice"] - result["vanilla_dice"]
+    print(f"{task}: source Dice {result['source_dice']:.3f}, vanilla {result['vanilla_dice']:.3f}, "
+          f"TD-GAN {result['tdgan_dice']:.3f}", file=sys.stderr)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["phantom-ct-mr", "xray-drr"])
+    parser.add_argument("--data-root", default=str(ROOT / "build" / "default-bundle-data"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    threads = configure(args.threads)
+    device = pick_device()
+    results = {task: run_task(task, Path(args.data_root), device) for task in args.tasks}
+    write_result("models", results, threads)
+    gap_task = "phantom-ct-mr" if "phantom-ct-mr" in results else args.tasks[0]
+    gap = {"task": gap_task, "source_dice": results[gap_task]["source_dice"],
+           "target_dice_vanilla": results[gap_task]["vanilla_dice"],
+           "per_task": {t: {"source_dice": r["source_dice"], "target_dice_vanilla": r["vanilla_dice"]}
+                        for t, r in results.items()}}
+    write_result("domain_gap", gap, threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
