@@ -1,0 +1,104 @@
+"""`crossdomainseg eval clicks` (robot-user evaluation) and `crossdomainseg train-refiner`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+METHODS = ("learned", "sphere", "region_growing")
+
+
+def _eval_subparsers(subparsers):
+    """The `eval` command's own subparsers, shared with other modules that add `eval X`."""
+    if "eval" not in subparsers.choices:
+        parser = subparsers.add_parser("eval", help="evaluate models and interaction")
+        parser.add_subparsers(dest="evaluation", metavar="WHAT", required=True)
+    parser = subparsers.choices["eval"]
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def add_parser(subparsers) -> None:
+    clicks = _eval_subparsers(subparsers).add_parser(
+        "clicks", help="robot-user click correction: Dice after clicks, NoC@85/90, drops, latency",
+        description="Start from the bundle's automatic result on each labelled target case and let "
+        "a simulated user click up to --max-clicks times per label at the interior of the largest "
+        "error region. Compares the learned refiner with the sphere and region-growing baselines.")
+    clicks.add_argument("--bundle", required=True, help="model bundle folder (with a refiner)")
+    clicks.add_argument("--data", required=True, help="task folder (crossdomainseg data make)")
+    clicks.add_argument("--split", default="test", choices=("val", "test"))
+    clicks.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated, from {', '.join(METHODS)}")
+    clicks.add_argument("--max-clicks", type=int, default=20)
+    clicks.add_argument("--limit", type=int, default=None, help="first N cases only")
+    clicks.add_argument("--threads", type=int, default=None)
+    clicks.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    clicks.add_argument("--mode", default="tdgan", choices=("tdgan", "vanilla"),
+                        help="how the engine makes the automatic result the robot starts from")
+    clicks.add_argument("--out", default=None, help="write the full results as JSON here")
+    clicks.set_defaults(func=run_eval)
+
+    train = subparsers.add_parser(
+        "train-refiner", help="train the click refiner with a simulated user and add it to a bundle",
+        description="Trains on the task's labelled source training cases only (simulated automatic "
+        "results and robot clicks) and writes models/refiner.pt into the bundle.")
+    train.add_argument("--bundle", required=True, help="model bundle folder to add the refiner to")
+    train.add_argument("--data", required=True, help="task folder (crossdomainseg data make)")
+    train.add_argument("--minutes", type=float, default=12.0, help="training CPU time (all threads)")
+    train.add_argument("--steps", type=int, default=None, help="train this many steps (overrides --minutes)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--batch", type=int, default=4)
+    train.set_defaults(func=run_train)
+
+
+def build_refiners(bundle, methods, device=None) -> dict:
+    from ..errors import InputError
+    from .baselines import RegionGrowingRefiner, SphereRefiner
+    from .refiner import LearnedRefiner
+
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise InputError(f"Unknown click methods {sorted(unknown)}; choose from {', '.join(METHODS)}.")
+    makers = {"learned": lambda: LearnedRefiner.from_bundle(bundle, device),
+              "sphere": SphereRefiner, "region_growing": RegionGrowingRefiner}
+    return {name: makers[name]() for name in methods}
+
+
+def run_eval(args) -> int:
+    from ..engine import Engine
+    from .evaluate import evaluate
+
+    engine = Engine(args.bundle, device=args.device, threads=args.threads, mode=args.mode)
+    refiners = build_refiners(engine.bundle, [m for m in args.methods.split(",") if m], args.device)
+    results = evaluate(engine, args.data, refiners, args.split, args.max_clicks, args.limit,
+                       log=lambda m: print(m, file=sys.stderr))
+    for name, r in results.items():
+        print(f"{name:15s} NoC@85 {r['noc85_mean']:.2f}  NoC@90 {r['noc90_mean']:.2f}  never@90 "
+              f"{r['never_90_share']:.0%}  max drop {r['max_dice_drop']:.4f}  Dice@" + " ".join(
+                  f"{k}:{v:.3f}" for k, v in r["dice_at_clicks"].items())
+              + f"  latency p50/p95 {r['latency_ms_p50']}/{r['latency_ms_p95']} ms")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def run_train(args) -> int:
+    import signal
+
+    from .train_refiner import train_and_ship
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGINT / SIGTERM end training early and still write the network trained so far
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    command = "crossdomainseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    train_and_ship(args.bundle, args.data, args.minutes, args.seed, args.threads, args.batch, args.steps,
+                   command=command, log=lambda m: print(m, file=sys.stderr))
+    return 0

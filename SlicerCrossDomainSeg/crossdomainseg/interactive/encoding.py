@@ -1,0 +1,85 @@
+"""Crops around a click and the click maps fed to the refiner.
+
+All indices here are (z, y, x) voxel indices of one grid; the session converts patient-space clicks
+to them just before use and never stores them.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CLICK_SIGMA_VOXELS = 2.0  # on the refiner's grid
+# The refiner's grid: a crop of NET_SIZE voxels at NET_SPACING mm, (z, y, x). A click may change
+# only the crop around it, of the same physical size (DEFAULT_CROP_MM) whatever the image grid.
+NET_SIZE = (32, 48, 48)
+NET_SPACING = (3.0, 2.4, 2.4)
+DEFAULT_CROP_MM = tuple(n * s for n, s in zip(NET_SIZE, NET_SPACING))
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box of voxels [start, stop) on the session grid, (z, y, x)."""
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(b - a for a, b in zip(self.start, self.stop))
+
+    def contains(self, index) -> bool:
+        return all(a <= int(i) < b for a, i, b in zip(self.start, index, self.stop))
+
+    def local(self, index) -> tuple[int, int, int]:
+        return tuple(int(i) - a for i, a in zip(index, self.start))
+
+
+def crop_box(center, size, shape) -> Box:
+    """The box of `size` centred on `center`, shifted to lie inside a volume of `shape`
+    (clipped where the volume is smaller than the crop)."""
+    start, stop = [], []
+    for c, s, n in zip(center, size, shape):
+        s = min(int(s), int(n))
+        a = int(np.clip(int(c) - s // 2, 0, n - s))
+        start.append(a)
+        stop.append(a + s)
+    return Box(tuple(start), tuple(stop))
+
+
+def crop_voxels(crop_mm, spacing) -> tuple[int, int, int]:
+    """Voxels per axis covering `crop_mm` (z, y, x) on a grid of `spacing` (z, y, x) mm."""
+    return tuple(max(1, int(np.ceil(m / s - 1e-6))) for m, s in zip(crop_mm, spacing))
+
+
+def pad_to(array: np.ndarray, size, value=0.0) -> np.ndarray:
+    """Pad the trailing three axes at their end to `size` (crops of small volumes)."""
+    pads = [(0, 0)] * (array.ndim - 3) + [(0, max(0, int(s) - n)) for s, n in zip(size, array.shape[-3:])]
+    if all(p == (0, 0) for p in pads):
+        return array
+    return np.pad(array, pads, constant_values=value)
+
+
+def click_maps(shape, positive, negative, sigma=CLICK_SIGMA_VOXELS) -> np.ndarray:
+    """(2, *shape) float32: Gaussian bumps (peak 1) at positive and at negative clicks.
+
+    Clicks outside `shape` are ignored; several clicks combine by maximum so each keeps peak 1.
+    """
+    maps = np.zeros((2, *shape), np.float32)
+    radius = int(np.ceil(3 * sigma))
+    for channel, clicks in enumerate((positive, negative)):
+        for click in clicks:
+            idx = [int(round(c)) for c in click]
+            if not all(0 <= i < n for i, n in zip(idx, shape)):
+                continue
+            lo = [max(0, i - radius) for i in idx]
+            hi = [min(n, i + radius + 1) for i, n in zip(idx, shape)]
+            grids = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
+            d2 = sum((g - i) ** 2 for g, i in zip(grids, idx))
+            bump = np.exp(-d2 / (2.0 * sigma**2)).astype(np.float32)
+            view = maps[channel][tuple(slice(a, b) for a, b in zip(lo, hi))]
+            np.maximum(view, bump, out=view)
+    return maps

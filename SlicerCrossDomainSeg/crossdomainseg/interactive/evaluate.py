@@ -1,0 +1,94 @@
+"""Robot-user evaluation of click correction (`crossdomainseg eval clicks`).
+
+Every (case, label) of the split is one object, as in interactive-segmentation benchmarks. Each
+session starts from the engine's automatic result; the robot clicks up to `max_clicks` times on
+the label, always at the interior of its largest error region. A click only changes its own
+label, so one session per case serves all its labels and all refiners see the same start.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from .simulate import noc, robot_on_label
+
+CHECKPOINTS = (0, 1, 2, 3, 5, 10)
+
+
+def summarise(curves: list, latencies: list, names: list, other_drops: list | None = None) -> dict:
+    """The RESULTS.md figures for one method from per-object Dice curves."""
+    arr = np.asarray(curves)
+    n90 = [noc(c, 0.90, arr.shape[1] - 1) for c in curves]
+    n85 = [noc(c, 0.85, arr.shape[1] - 1) for c in curves]
+    drops = arr[:, :-1] - arr[:, 1:]
+    worst = np.unravel_index(int(np.argmax(drops)), drops.shape)
+    ms = np.asarray(latencies) * 1000.0
+    return {
+        "objects": len(curves),
+        "dice_at_clicks": {str(k): round(float(arr[:, k].mean()), 4) for k in CHECKPOINTS if k < arr.shape[1]},
+        "noc85_mean": round(float(np.mean([k for k, _ in n85])), 3),
+        "noc90_mean": round(float(np.mean([k for k, _ in n90])), 3),
+        "never_90_share": round(float(np.mean([not ok for _, ok in n90])), 4),
+        "max_dice_drop": round(max(0.0, float(drops[worst])), 4),
+        "max_dice_drop_where": {"object": names[worst[0]], "click": int(worst[1]) + 1},
+        "max_other_label_drop": round(max(other_drops or [0.0]), 4),
+        "latency_ms_p50": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
+        "latency_ms_p95": round(float(np.percentile(ms, 95)), 1) if len(ms) else None,
+        "clicks_timed": int(len(ms)),
+    }
+
+
+def evaluate(engine, data_dir, refiners: dict, split: str = "test", max_clicks: int = 20,
+             limit: int | None = None, log=print) -> dict:
+    """Per method name in `refiners`: summary (see `summarise`) plus per-label NoC@90 and the
+    Dice curves, over the target cases of `split` with labels. `max_other_label_drop`: the largest
+    Dice drop a click on one label caused to another (a positive click may take their voxels)."""
+    from ..data import TaskDir
+    from ..imageio import read_image
+    from .session import InteractiveSession
+
+    task = TaskDir(data_dir)
+    bundle = engine.bundle
+    label_names = {v: k for k, v in bundle.labels.items() if v != 0}
+    curves = {name: [] for name in refiners}
+    latencies = {name: [] for name in refiners}
+    other_drops = {name: [] for name in refiners}
+    objects = []
+    cases = [c for c in task.cases(split, "target") if c[2] is not None][: limit or None]
+    if not cases:
+        raise InputError(f"{data_dir} has no labelled target cases in split {split!r}: the robot "
+                         "user needs reference labels to click against.")
+    for i, (case_id, image_path, label_path) in enumerate(cases):
+        image = read_image(image_path)
+        truth_image = read_image(label_path)
+        if truth_image.GetSize() != image.GetSize():
+            raise InputError(f"Label {label_path} is not on the grid of {image_path}.")
+        truth = sitk.GetArrayFromImage(truth_image).astype(np.int16)
+        result = engine.segment(image, preview=True, uncertainty=False)
+        values = [v for v in label_names if (truth == v).any()]
+        objects += [f"{case_id}/{label_names[v]}" for v in values]
+        for name, refiner in refiners.items():
+            session = InteractiveSession.from_result(image, result, bundle, refiner)
+            for value in values:
+                curve, times, other_drop = robot_on_label(session, truth, value, max_clicks)
+                curves[name].append(curve)
+                latencies[name] += times
+                other_drops[name].append(other_drop)
+        log(f"[{i + 1}/{len(cases)}] {case_id}: " + "  ".join(
+            f"{name} {np.mean([c[-1] for c in curves[name][-len(values):]]):.3f}" for name in refiners))
+    out = {}
+    for name in refiners:
+        summary = summarise(curves[name], latencies[name], objects, other_drops[name])
+        per_label = {}
+        for value, label_name in label_names.items():
+            rows = [c for c, o in zip(curves[name], objects) if o.endswith(f"/{label_name}")]
+            if rows:
+                per_label[label_name] = {
+                    "dice_0": round(float(np.mean([r[0] for r in rows])), 4),
+                    "noc90_mean": round(float(np.mean([noc(r, 0.9, max_clicks)[0] for r in rows])), 3)}
+        summary["per_label"] = per_label
+        summary["curves"] = {o: [round(v, 4) for v in c] for o, c in zip(objects, curves[name])}
+        out[name] = summary
+    return out

@@ -1,0 +1,356 @@
+"""The interactive click session: one image, its current label, the clicks and the locked voxels.
+
+The session works on the input image's own grid, so the label it returns needs no resampling.
+Clicks are kept as patient-space points (LPS mm, SimpleITK physical space) and turned into voxel
+indices only when applied, so they survive a model reload and a move to another grid (`rebase`).
+
+A click moves voxels into or out of the label being corrected only, only inside the crop around
+it, and only in a region connected to the click: a positive click adds voxels to the label (taking
+them from background or from another label), a negative click returns the label's voxels to
+background. Locked voxels (painted or confirmed by hand) are never changed by a click.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from ..errors import InputError
+from .encoding import Box, crop_box, crop_voxels
+
+
+@dataclass(frozen=True)
+class Click:
+    point: tuple[float, float, float]  # LPS mm
+    positive: bool
+    label: int
+
+
+@dataclass
+class CropInputs:
+    """What a refiner sees of one click: arrays on the crop, clicks as crop indices."""
+
+    image: np.ndarray
+    preview: np.ndarray
+    probability: np.ndarray  # current probability of the label being corrected
+    current: np.ndarray  # bool, the label's voxels now
+    positive: list
+    negative: list
+    click: tuple[int, int, int]
+    click_positive: bool
+    spacing: tuple[float, float, float]  # (z, y, x) mm
+
+
+@dataclass(frozen=True)
+class ClickResult:
+    label: np.ndarray  # the session's whole label array (z, y, x) after the action
+    box: Box | None  # the voxels that changed lie inside it; None when nothing changed
+    changed: int
+
+
+@dataclass
+class _Action:
+    kind: str  # "click" or "paint"
+    box: Box | None
+    before: dict = field(default_factory=dict)  # patches inside box before the action
+    after: dict = field(default_factory=dict)
+    click: Click | None = None
+    paint: tuple | None = None  # (mask image, label, lock) for replay on another grid
+
+
+def _as_array(image_or_array, name: str) -> np.ndarray:
+    if isinstance(image_or_array, sitk.Image):
+        return sitk.GetArrayFromImage(image_or_array)
+    if image_or_array is None:
+        raise InputError(f"The click session needs a {name}.")
+    return np.asarray(image_or_array)
+
+
+def _robust_normalize(array: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(array, [0.5, 99.5])
+    return ((array - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+
+
+class InteractiveSession:
+    """Click correction of one image.
+
+    image: SimpleITK image (any grid); label: label image or (z, y, x) array on its grid;
+    probabilities: (C, z, y, x) or (z, y, x, C) array or vector image, C = number of labels
+    including background (one-hot of `label` when None); image_features, preview: the refiner's
+    intensity channels on the same grid, already normalised (robust rescale of the image when None);
+    refiner: an object with `crop_mm` (z, y, x) and `propose(CropInputs) -> probability array`.
+    """
+
+    def __init__(self, image, label, probabilities=None, image_features=None, preview=None,
+                 refiner=None, label_values=None):
+        if refiner is None:
+            from .baselines import SphereRefiner
+
+            refiner = SphereRefiner()
+        self.refiner = refiner
+        self.clicks: list[Click] = []
+        self._done: list[_Action] = []
+        self._undone: list[_Action] = []
+        self._set_grid(image, label, probabilities, image_features, preview, label_values)
+
+    @classmethod
+    def from_result(cls, image: sitk.Image, result, bundle, refiner=None) -> "InteractiveSession":
+        """A session on an engine SegmentationResult for `image` (the input the engine got).
+
+        The refiner's intensity channels are normalised exactly as the bundle's networks saw
+        them: the image as "target", the preview (given in source units) as "source"."""
+        features = bundle.normalize(sitk.GetArrayFromImage(image), "target")
+        preview = None
+        if result.preview is not None:
+            preview = bundle.normalize(sitk.GetArrayFromImage(result.preview), "source")
+        values = [v for v in bundle.labels.values() if v != 0]
+        return cls(image, result.label, result.probabilities, features, preview, refiner, values)
+
+    def _set_grid(self, image, label, probabilities, image_features, preview, label_values):
+        if not isinstance(image, sitk.Image):
+            raise InputError("The click session needs the image as a SimpleITK image (its geometry "
+                             "maps clicks in patient coordinates to voxels).")
+        if image.GetDimension() != 3:
+            raise InputError(f"Click correction works on 3D images (2D as one slice); got "
+                             f"{image.GetDimension()}D.")
+        shape = tuple(reversed(image.GetSize()))
+        label = _as_array(label, "label").astype(np.int16)
+        if label.shape != shape:
+            raise InputError(f"The label grid {label.shape} differs from the image grid {shape}; "
+                             "resample the label onto the image first.")
+        values = sorted(int(v) for v in (label_values if label_values is not None else np.unique(label)))
+        self.label_values = [v for v in values if v != 0]
+        n_classes = max([int(label.max())] + values) + 1
+        if probabilities is None:
+            probs = np.stack([(label == c) for c in range(n_classes)]).astype(np.float32)
+        else:
+            probs = _as_array(probabilities, "probability map").astype(np.float32)
+            if probs.shape[1:] != shape and probs.shape[:3] == shape:
+                probs = np.moveaxis(probs, -1, 0)
+            if probs.shape[1:] != shape or probs.shape[0] < n_classes:
+                raise InputError(f"The probability map {probs.shape} does not match the image grid "
+                                 f"{shape} with {n_classes} labels.")
+            probs = np.ascontiguousarray(probs)
+        base = sitk.GetArrayFromImage(image).astype(np.float32)
+        features = _robust_normalize(base) if image_features is None else _as_array(image_features, "image")
+        preview = features if preview is None else _as_array(preview, "preview")
+        for name, array in (("normalised image", features), ("preview", preview)):
+            if array.shape != shape:
+                raise InputError(f"The {name} grid {array.shape} differs from the image grid {shape}.")
+        self.image = image
+        self.label = label
+        self.probabilities = probs
+        self.features = features.astype(np.float32, copy=False)
+        self.preview = preview.astype(np.float32, copy=False)
+        self.locked = np.zeros(shape, bool)
+        self.spacing = tuple(reversed(image.GetSpacing()))
+
+    # ---- clicks -----------------------------------------------------------------------------
+
+    def index_of(self, point) -> tuple[int, int, int]:
+        """(z, y, x) voxel of an LPS point on this session's grid; InputError outside it."""
+        try:
+            continuous = self.image.TransformPhysicalPointToContinuousIndex([float(p) for p in point])
+        except (TypeError, ValueError) as error:
+            raise InputError(f"A click needs a point (x, y, z) in mm; got {point!r}.") from error
+        index = tuple(int(round(c)) for c in reversed(continuous))
+        if not all(0 <= i < n for i, n in zip(index, self.label.shape)):
+            raise InputError(f"The click at {tuple(round(float(p), 1) for p in point)} mm (LPS) is outside "
+                             "the image; click inside the volume.")
+        return index
+
+    def add_click(self, point, positive: bool, label: int) -> ClickResult:
+        """Correct `label` around `point` (LPS mm): add to it (positive) or remove from it."""
+        label = int(label)
+        if label not in self.label_values:
+            raise InputError(f"Label {label} is not one of this segmentation's labels "
+                             f"{self.label_values}; pick a label to correct.")
+        click = Click(tuple(float(p) for p in point), bool(positive), label)
+        action = self._apply_click(click)
+        self._done.append(action)
+        self._undone.clear()
+        self.clicks.append(click)
+        return ClickResult(self.label, action.box, self._changed(action))
+
+    def _apply_click(self, click: Click) -> _Action:
+        index = self.index_of(click.point)
+        box = crop_box(index, crop_voxels(self.refiner.crop_mm, self.spacing), self.label.shape)
+        sl = box.slices
+        label_crop = self.label[sl]
+        current = label_crop == click.label
+        # positive: any unlocked voxel may join the label (a lesion inside the liver's label);
+        # negative: only the label's own voxels may leave it, to background
+        free = ~self.locked[sl] & (~current if click.positive else current)
+        local = box.local(index)
+        if not free[local]:
+            return _Action("click", None, click=click)
+        pos, neg = [local] if click.positive else [], [] if click.positive else [local]
+        for earlier in self.clicks:
+            if earlier.label != click.label:
+                continue
+            try:
+                other = self.index_of(earlier.point)
+            except InputError:
+                continue
+            if box.contains(other):
+                (pos if earlier.positive else neg).append(box.local(other))
+        inputs = CropInputs(self.features[sl], self.preview[sl], self.probabilities[click.label][sl],
+                            current, pos, neg, local, click.positive, self.spacing)
+        proposal = np.asarray(self.refiner.propose(inputs)) >= 0.5
+        change = free & (proposal if click.positive else ~proposal)
+        change[local] = True  # a click always changes at least the voxel clicked
+        components, _ = ndimage.label(change)
+        change = components == components[local]
+        return self._write(box, change, click)
+
+    def _write(self, box: Box, change: np.ndarray, click: Click) -> _Action:
+        """Apply `change` (bool, on `box`) for the click's label; keep patches of the tight box."""
+        if not change.any():
+            return _Action("click", None, click=click)
+        tight = ndimage.find_objects(change.astype(np.uint8))[0]
+        abs_box = Box(tuple(b + s.start for b, s in zip(box.start, tight)),
+                      tuple(b + s.stop for b, s in zip(box.start, tight)))
+        before = self._patch(abs_box)
+        mask = change[tight]
+        label_view = self.label[abs_box.slices]
+        prob_view = self.probabilities[(slice(None),) + abs_box.slices]
+        new_value = click.label if click.positive else 0
+        label_view[mask] = new_value
+        prob_view[:, mask] = 0.0
+        prob_view[new_value, mask] = 1.0
+        return _Action("click", abs_box, before, self._patch(abs_box), click=click)
+
+    def _patch(self, box: Box) -> dict:
+        return {"label": self.label[box.slices].copy(),
+                "probabilities": self.probabilities[(slice(None),) + box.slices].copy(),
+                "locked": self.locked[box.slices].copy()}
+
+    def _restore(self, box: Box, patch: dict):
+        self.label[box.slices] = patch["label"]
+        self.probabilities[(slice(None),) + box.slices] = patch["probabilities"]
+        self.locked[box.slices] = patch["locked"]
+
+    @staticmethod
+    def _changed(action: _Action) -> int:
+        if action.box is None:
+            return 0
+        return int((action.before["label"] != action.after["label"]).sum()
+                   + (action.before["locked"] != action.after["locked"]).sum())
+
+    # ---- hand edits -------------------------------------------------------------------------
+
+    def paint(self, mask, label: int, lock: bool = True) -> ClickResult:
+        """Set `label` (0 erases) on `mask` (bool array on this grid, or a mask image on any grid)
+        by hand; painted voxels are locked against clicks unless `lock` is False."""
+        label = int(label)
+        if label != 0 and label not in self.label_values:
+            raise InputError(f"Label {label} is not one of this segmentation's labels {self.label_values}.")
+        mask_image = self._mask_image(mask)
+        mask_array = sitk.GetArrayFromImage(self._on_grid(mask_image)).astype(bool)
+        action = self._apply_paint(mask_array, label, lock)
+        action.paint = (mask_image, label, lock)
+        self._done.append(action)
+        self._undone.clear()
+        return ClickResult(self.label, action.box, self._changed(action))
+
+    def _mask_image(self, mask) -> sitk.Image:
+        if isinstance(mask, sitk.Image):
+            return sitk.Cast(mask != 0, sitk.sitkUInt8)
+        array = np.asarray(mask)
+        if array.shape != self.label.shape:
+            raise InputError(f"The painted mask {array.shape} does not match the image grid "
+                             f"{self.label.shape}.")
+        image = sitk.GetImageFromArray(array.astype(np.uint8))
+        image.CopyInformation(self.image)
+        return image
+
+    def _on_grid(self, image: sitk.Image) -> sitk.Image:
+        same = (image.GetSize() == self.image.GetSize()
+                and np.allclose(image.GetOrigin(), self.image.GetOrigin())
+                and np.allclose(image.GetSpacing(), self.image.GetSpacing())
+                and np.allclose(image.GetDirection(), self.image.GetDirection()))
+        if same:
+            return image
+        return sitk.Resample(image, self.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                             sitk.sitkUInt8)
+
+    def _apply_paint(self, mask: np.ndarray, label: int, lock: bool) -> _Action:
+        if not mask.any():
+            return _Action("paint", None)
+        tight = ndimage.find_objects(mask.astype(np.uint8))[0]
+        box = Box(tuple(s.start for s in tight), tuple(s.stop for s in tight))
+        before = self._patch(box)
+        local = mask[tight]
+        self.label[box.slices][local] = label
+        prob_view = self.probabilities[(slice(None),) + box.slices]
+        prob_view[:, local] = 0.0
+        prob_view[label, local] = 1.0
+        if lock:
+            self.locked[box.slices] |= local
+        return _Action("paint", box, before, self._patch(box))
+
+    def set_locked(self, mask, locked: bool = True) -> None:
+        """Lock (or unlock) voxels confirmed by hand: clicks never change locked voxels."""
+        mask_array = sitk.GetArrayFromImage(self._on_grid(self._mask_image(mask))).astype(bool)
+        self.locked[mask_array] = locked
+
+    # ---- history ----------------------------------------------------------------------------
+
+    def undo(self) -> ClickResult | None:
+        """Take back the last click or paint; None when there is nothing to undo."""
+        if not self._done:
+            return None
+        action = self._done.pop()
+        if action.box is not None:
+            self._restore(action.box, action.before)
+        if action.kind == "click":
+            self.clicks.pop()
+        self._undone.append(action)
+        return ClickResult(self.label, action.box, self._changed(action))
+
+    def redo(self) -> ClickResult | None:
+        """Apply again the last action undone; None when there is nothing to redo."""
+        if not self._undone:
+            return None
+        action = self._undone.pop()
+        if action.box is not None:
+            self._restore(action.box, action.after)
+        if action.kind == "click":
+            self.clicks.append(action.click)
+        self._done.append(action)
+        return ClickResult(self.label, action.box, self._changed(action))
+
+    def set_refiner(self, refiner) -> None:
+        """Use another refiner (a reloaded model) for the next clicks; clicks so far stay."""
+        self.refiner = refiner
+
+    def rebase(self, image, label, probabilities=None, image_features=None, preview=None,
+               refiner=None) -> ClickResult:
+        """Start again from a new automatic result (new model or another grid) and replay every
+        click and hand edit from their patient-space positions. Undone actions are dropped."""
+        history = list(self._done)
+        if refiner is not None:
+            self.refiner = refiner
+        self._set_grid(image, label, probabilities, image_features, preview, self.label_values)
+        self.clicks, self._done, self._undone = [], [], []
+        for action in history:
+            if action.kind == "click":
+                try:
+                    replayed = self._apply_click(action.click)
+                except InputError:  # the new grid does not cover this click: keep it, change nothing
+                    replayed = _Action("click", None, click=action.click)
+                self.clicks.append(action.click)
+            else:
+                mask_image, value, lock = action.paint
+                replayed = self._apply_paint(
+                    sitk.GetArrayFromImage(self._on_grid(mask_image)).astype(bool), value, lock)
+                replayed.paint = action.paint
+            self._done.append(replayed)
+        return ClickResult(self.label, Box((0, 0, 0), self.label.shape), sum(map(self._changed, self._done)))
+
+    def label_image(self) -> sitk.Image:
+        """The current label as an image on the input grid."""
+        image = sitk.GetImageFromArray(self.label)
+        image.CopyInformation(self.image)
+        return image

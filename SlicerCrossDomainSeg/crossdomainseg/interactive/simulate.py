@@ -1,0 +1,114 @@
+"""The simulated user (robot): where a careful user would click next, for training and evaluation.
+
+Each click goes to the interior (distance-transform maximum) of the largest error region:
+positive in a false-negative region, negative in a false-positive one. With an empty prediction
+the whole object is the error region, so the first click lands at the object's deepest point.
+"""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class RobotClick:
+    index: tuple[int, int, int]  # (z, y, x) on the grid of the arrays given
+    positive: bool
+    size: int  # voxels in the error region clicked
+    region: tuple  # slices of the region's bounding box, with `mask` below
+    mask: np.ndarray  # the error region inside `region`
+
+
+def _interior_point(component: np.ndarray, spacing) -> tuple[int, int, int]:
+    padded = np.pad(component, 1)
+    dist = ndimage.distance_transform_edt(padded, sampling=spacing)
+    flat = int(np.argmax(dist))
+    return tuple(int(i) - 1 for i in np.unravel_index(flat, padded.shape))
+
+
+def next_click(truth: np.ndarray, pred: np.ndarray, spacing=(1.0, 1.0, 1.0),
+               addable: np.ndarray | None = None) -> RobotClick | None:
+    """The robot's next click for one label (boolean arrays, same shape); None when no error.
+
+    `spacing` is (z, y, x) mm so the interior is measured in physical distance. `addable` limits
+    false negatives to voxels a positive click may take (not locked by hand).
+    """
+    best = None
+    missing = truth & ~pred if addable is None else truth & ~pred & addable
+    for positive, errors in ((True, missing), (False, pred & ~truth)):
+        if not errors.any():
+            continue
+        labels, n = ndimage.label(errors)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        k = int(np.argmax(sizes))
+        if best is None or sizes[k] > best[0]:
+            best = (int(sizes[k]), positive, labels, k)
+    if best is None:
+        return None
+    size, positive, labels, k = best
+    region = ndimage.find_objects(labels, max_label=k)[k - 1]
+    component = labels[region] == k
+    local = _interior_point(component, spacing)
+    index = tuple(int(s.start) + i for s, i in zip(region, local))
+    return RobotClick(index, positive, size, region, component)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def training_clicks(truth: np.ndarray, pred: np.ndarray, n: int, spacing=(1.0, 1.0, 1.0)):
+    """Clicks of a simulated session on one crop, for training the refiner.
+
+    The robot clicks `n` times; after each click but the last, the region it clicked is
+    corrected (as a perfect refiner would). Returns (clicks, pred before the last click): the
+    network input is then exactly what it sees in use, the label after earlier clicks plus all
+    clicks so far.
+    """
+    pred = pred.copy()
+    clicks = []
+    for i in range(n):
+        click = next_click(truth, pred, spacing)
+        if click is None:
+            break
+        clicks.append(click)
+        if i < n - 1:
+            pred[click.region][click.mask] = click.positive
+    return clicks, pred
+
+
+def noc(dice_curve, threshold: float, cap: int = 20) -> tuple[int, bool]:
+    """(clicks needed to reach `threshold`, reached) with the count capped at `cap`."""
+    for k, value in enumerate(dice_curve[: cap + 1]):
+        if value >= threshold:
+            return k, True
+    return cap, False
+
+
+def robot_on_label(session, truth: np.ndarray, label: int, max_clicks: int = 20):
+    """The robot correcting `label` of an InteractiveSession for `max_clicks` clicks.
+
+    `truth` is the reference label array on the session grid. Clicks reach the session in
+    patient coordinates, as a front end sends them. Returns (Dice of the label after 0..max_clicks
+    clicks, seconds per click, largest Dice drop any click caused to another label)."""
+    target = truth == label
+    others = [int(v) for v in np.unique(truth) if v not in (0, label)]
+    curve = [dice(target, session.label == label)]
+    other = [dice(truth == v, session.label == v) for v in others]
+    latencies, other_drop = [], 0.0
+    for _ in range(max_clicks):
+        click = next_click(target, session.label == label, session.spacing, ~session.locked)
+        if click is not None:
+            point = session.image.TransformIndexToPhysicalPoint(tuple(int(i) for i in reversed(click.index)))
+            start = time.perf_counter()
+            session.add_click(point, click.positive, label)
+            latencies.append(time.perf_counter() - start)
+            now = [dice(truth == v, session.label == v) for v in others]
+            other_drop = max([other_drop] + [a - b for a, b in zip(other, now)])
+            other = now
+        curve.append(dice(target, session.label == label))
+    return curve, latencies, other_drop

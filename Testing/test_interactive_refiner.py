@@ -1,0 +1,166 @@
+"""The learned refiner: its grid handling, its bundle round trip, its training samples and the
+train-refiner / eval clicks commands end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from crossdomainseg.bundle import load_bundle, make_random_bundle, update_bundle
+from crossdomainseg.errors import BundleError
+from crossdomainseg.interactive import CropInputs, InteractiveSession
+from crossdomainseg.interactive.encoding import NET_SIZE
+from crossdomainseg.interactive.refiner import REFINER_SPEC, LearnedRefiner, to_net_index
+from crossdomainseg.interactive.train_refiner import TrainCase, corrupt, make_sample
+from crossdomainseg.networks import build_network
+
+LABELS = {"background": 0, "organ": 1, "lesion": 2}
+
+
+class _Recorder(torch.nn.Module):
+    """Stand-in network: records its input and answers "label" inside the positive click bump."""
+
+    def forward(self, x):
+        self.seen = x.clone()
+        return torch.where(x[:, 3:4] > 0.5, 10.0, -10.0)
+
+
+def test_propose_rescales_the_crop_to_the_refiner_grid_and_back():
+    recorder = _Recorder()
+    refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu")
+    shape = (8, 32, 16)  # a crop at 4 x 1 x 2 mm covers 32 x 32 x 32 mm: 16^3 on the refiner grid
+    zeros = np.zeros(shape, np.float32)
+    click = (4, 16, 8)
+    inputs = CropInputs(zeros + 0.5, zeros, zeros, zeros.astype(bool), [click], [], click, True, (4.0, 1.0, 2.0))
+    prob = refiner.propose(inputs)
+    assert prob.shape == shape
+    assert recorder.seen.shape == (1, 5, 16, 16, 16)
+    assert torch.allclose(recorder.seen[0, 0], torch.tensor(0.5))
+    net_click = tuple(int(round(v)) for v in to_net_index(click, shape, (16, 16, 16)))
+    assert recorder.seen[0, 3][net_click] == pytest.approx(1.0)
+    assert prob[click] > 0.99 and prob[0, 0, 0] < 0.01
+
+
+def test_small_volumes_are_padded_for_the_network():
+    recorder = _Recorder()
+    refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(1.0, 1.0, 1.0), device="cpu")
+    zeros = np.zeros((5, 9, 16), np.float32)
+    out = refiner.propose(CropInputs(zeros, zeros, zeros, zeros.astype(bool), [(2, 4, 8)], [], (2, 4, 8),
+                                     True, (1.0, 1.0, 1.0)))
+    assert out.shape == (5, 9, 16) and recorder.seen.shape[2:] == (16, 16, 16)
+
+
+def test_refiner_round_trips_through_a_bundle(tmp_path):
+    make_random_bundle(tmp_path / "b", labels=LABELS)
+    with pytest.raises(BundleError, match="no click refiner"):
+        LearnedRefiner.from_bundle(load_bundle(tmp_path / "b"))
+    torch.manual_seed(0)
+    network = build_network(REFINER_SPEC)
+    update_bundle(tmp_path / "b", networks={"refiner": network},
+                  metadata={"refiner": {"size": [16, 24, 24], "spacing": [3.0, 2.0, 2.0]}})
+    refiner = LearnedRefiner.from_bundle(load_bundle(tmp_path / "b"), device="cpu")
+    assert refiner.size == (16, 24, 24) and refiner.crop_mm == (48.0, 48.0, 48.0)
+    x = torch.randn(1, 5, 16, 24, 24)
+    with torch.inference_mode():
+        assert torch.allclose(refiner.network(x), network.eval()(x))
+
+
+def test_copy_refiner_needs_the_same_normalisation(tmp_path):
+    from crossdomainseg.interactive.train_refiner import copy_refiner
+
+    make_random_bundle(tmp_path / "a", labels=LABELS)
+    make_random_bundle(tmp_path / "b", labels=LABELS, seed=1)
+    make_random_bundle(tmp_path / "c", labels=LABELS)
+    update_bundle(tmp_path / "c", metadata={"normalization": {
+        "source": {"kind": "window", "low": -400, "high": 600}, "target": {"kind": "minmax"}}})
+    update_bundle(tmp_path / "a", networks={"refiner": build_network(REFINER_SPEC)},
+                  metadata={"refiner": {"size": [16, 16, 16], "spacing": [2.0, 2.0, 2.0], "training": {}}})
+    copied = copy_refiner(tmp_path / "a", tmp_path / "b", note="copied")
+    assert copied.metadata["refiner"]["training"]["note"] == "copied"
+    original = load_bundle(tmp_path / "a").network("refiner").state_dict()
+    for name, tensor in copied.network("refiner").state_dict().items():
+        assert torch.equal(tensor, original[name])
+    with pytest.raises(BundleError, match="normalisation"):
+        copy_refiner(tmp_path / "a", tmp_path / "c")
+
+
+def _case(rng):
+    shape = (40, 56, 56)
+    g = np.ogrid[tuple(slice(0, n) for n in shape)]
+    organ = ((g[0] - 20) / 12.0) ** 2 + ((g[1] - 28) / 16.0) ** 2 + ((g[2] - 28) / 18.0) ** 2 <= 1
+    lesion = (g[0] - 20) ** 2 + (g[1] - 28) ** 2 + (g[2] - 34) ** 2 <= 9
+    label = organ.astype(np.int16)
+    label[lesion] = 2
+    image = (0.3 + 0.3 * organ + 0.3 * lesion + rng.normal(0, 0.02, shape)).astype(np.float32)
+    return TrainCase(image, label)
+
+
+def test_training_samples_put_clicks_where_the_target_agrees():
+    rng = np.random.default_rng(0)
+    case = _case(rng)
+    clicked = 0
+    for _ in range(12):
+        x, y = make_sample(case, rng)
+        assert x.shape == (5, *NET_SIZE) and y.shape == (1, *NET_SIZE)
+        positive, negative = x[3] > 0.99, x[4] > 0.99
+        assert (y[0][positive] == 1).all() and (y[0][negative] == 0).all()
+        clicked += int(positive.any() or negative.any())
+    assert clicked >= 6  # most samples carry clicks (10% have none)
+
+
+def test_corruptions_differ_from_the_truth():
+    rng = np.random.default_rng(1)
+    truth = _case(rng).label == 1
+    changed = [int((corrupt(truth, rng) != truth).sum()) for _ in range(10)]
+    assert sum(c > 0 for c in changed) >= 9
+
+
+@pytest.mark.slow
+def test_train_refiner_and_eval_clicks_commands(tmp_path):
+    from crossdomainseg.cli import main
+    from crossdomainseg.data import make_task
+
+    data = make_task("phantom-ct-mr", 3, 0, tmp_path / "task")
+    bundle = tmp_path / "bundle"
+    make_random_bundle(bundle, labels={"background": 0, "liver": 1, "kidneys": 2, "spleen": 3, "lesion": 4},
+                       spacing=4.0)
+    assert main(["train-refiner", "--bundle", str(bundle), "--data", str(data), "--steps", "2",
+                 "--threads", "1", "--batch", "1"]) == 0
+    meta = load_bundle(bundle).metadata
+    assert meta["refiner"]["training"]["steps"] == 2 and "models/refiner.pt" in meta["weights"]
+    out = tmp_path / "clicks.json"
+    assert main(["eval", "clicks", "--bundle", str(bundle), "--data", str(data), "--max-clicks", "3",
+                 "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {"learned", "sphere", "region_growing"}
+    for r in results.values():
+        assert set(r["dice_at_clicks"]) == {"0", "1", "2", "3"}
+        assert r["objects"] >= 3 and 0 <= r["never_90_share"] <= 1
+        assert all(len(c) == 4 for c in r["curves"].values())
+    # sphere clicks are deterministic given the same start: two runs agree
+    assert main(["eval", "clicks", "--bundle", str(bundle), "--data", str(data), "--max-clicks", "3",
+                 "--methods", "sphere", "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["sphere"]["curves"] == results["sphere"]["curves"]
+
+
+def test_session_from_an_engine_result(tmp_path):
+    from crossdomainseg.engine import Engine
+
+    make_random_bundle(tmp_path / "b", labels=LABELS, spacing=4.0)
+    array = np.zeros((24, 32, 32), np.float32)
+    array[8:16, 10:22, 10:22] = 100.0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 2.0, 3.0))
+    engine = Engine(tmp_path / "b", device="cpu", threads=1, tta_n=1)
+    result = engine.segment(image, preview=True, uncertainty=False)
+    session = InteractiveSession.from_result(image, result, engine.bundle)
+    assert session.label_values == [1, 2]
+    assert np.array_equal(session.label, sitk.GetArrayFromImage(result.label))
+    assert session.features.max() <= 1.0 and session.preview.shape == array.shape
+    free = np.argwhere(session.label == 0)
+    assert len(free), "the random segmenter left no background to click on"
+    zyx = tuple(int(i) for i in free[len(free) // 2])
+    session.add_click(image.TransformIndexToPhysicalPoint(zyx[::-1]), True, 2)
+    assert session.label[zyx] == 2

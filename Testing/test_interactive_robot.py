@@ -1,0 +1,73 @@
+"""The simulated user and the click metrics."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from crossdomainseg.interactive import InteractiveSession
+from crossdomainseg.interactive.baselines import SphereRefiner
+from crossdomainseg.interactive.simulate import next_click, noc, robot_on_label, training_clicks
+
+SHAPE = (32, 32, 32)
+
+
+def _ball(center, radius):
+    g = np.ogrid[tuple(slice(0, n) for n in SHAPE)]
+    return sum((a - c) ** 2 for a, c in zip(g, center)) <= radius**2
+
+
+def test_first_click_goes_to_the_object_interior():
+    truth = _ball((16, 14, 18), 6)
+    click = next_click(truth, np.zeros_like(truth))
+    assert click.positive and click.index == (16, 14, 18)
+
+
+def test_click_goes_to_the_largest_error_region():
+    truth = _ball((16, 16, 16), 8)
+    pred = truth.copy()
+    pred[_ball((16, 16, 16), 3)] = False  # small hole: false negative
+    fp = _ball((5, 5, 26), 4) & ~truth  # larger false-positive blob
+    pred |= fp
+    click = next_click(truth, pred)
+    assert not click.positive and fp[click.index]
+    assert click.size == int(fp.sum())
+
+
+def test_training_clicks_fix_earlier_regions():
+    truth = _ball((16, 16, 16), 8)
+    pred = truth & ~_ball((16, 16, 22), 4)
+    pred |= _ball((16, 16, 4), 3) & ~truth
+    clicks, current = training_clicks(truth, pred, 2)
+    assert len(clicks) == 2
+    assert clicks[0].positive != clicks[1].positive
+    # before the last click, the first click's region is already corrected
+    first = clicks[0]
+    assert (current[first.region][first.mask] == first.positive).all()
+
+
+def test_noc_counts_clicks_and_caps():
+    assert noc([0.5, 0.8, 0.91, 0.95], 0.9) == (2, True)
+    assert noc([0.95], 0.9) == (0, True)
+    assert noc([0.5] * 25, 0.9, cap=20) == (20, False)
+
+
+def test_robot_session_with_sphere_clicks_improves_dice():
+    truth = _ball((16, 16, 16), 9).astype(np.int16)
+    pred = _ball((16, 16, 16), 6).astype(np.int16)
+    image = sitk.GetImageFromArray(truth.astype(np.float32) * 50)
+    session = InteractiveSession(image, pred, refiner=SphereRefiner(radius_mm=3))
+    curve, latencies, other_drop = robot_on_label(session, truth, 1, max_clicks=5)
+    assert len(curve) == 6 and len(latencies) == 5 and other_drop == 0.0
+    assert curve[-1] > curve[0] + 0.05
+    assert all(b >= a - 1e-9 for a, b in zip(curve, curve[1:]))
+    assert len(session.clicks) == 5
+
+
+def test_robot_does_not_click_where_it_cannot_add():
+    truth = _ball((16, 16, 16), 8)
+    other_label = _ball((16, 16, 16), 8) & ~_ball((16, 16, 16), 5)  # most of the miss is another label
+    pred = _ball((16, 16, 16), 5)
+    small_gap = _ball((16, 16, 24), 2) & truth & ~pred
+    addable = ~other_label | small_gap
+    click = next_click(truth, pred, addable=addable)
+    assert click.positive and small_gap[click.index]

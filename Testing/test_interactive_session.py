@@ -1,0 +1,163 @@
+"""The click session: patient-space clicks, locality, locked voxels, undo/redo, replay."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from crossdomainseg.errors import InputError
+from crossdomainseg.interactive import InteractiveSession
+from crossdomainseg.interactive.baselines import RegionGrowingRefiner, SphereRefiner
+from crossdomainseg.interactive.encoding import Box, click_maps, crop_box
+
+SHAPE = (40, 48, 56)  # z, y, x
+
+
+def _ball(center, radius, shape=SHAPE):
+    g = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((a - c) ** 2 for a, c in zip(g, center)) <= radius**2
+
+
+def _image(array, spacing=(1.0, 1.2, 1.5), origin=(-20.0, 10.0, 5.0), direction=None):
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+def _point(image, zyx):
+    return image.TransformIndexToPhysicalPoint(tuple(int(i) for i in reversed(zyx)))
+
+
+@pytest.fixture
+def case():
+    truth = _ball((20, 24, 28), 10).astype(np.int16)
+    rng = np.random.default_rng(0)
+    image = _image(truth * 100.0 + rng.normal(0, 5, SHAPE))
+    pred = _ball((20, 24, 28), 7).astype(np.int16)
+    return image, truth, pred
+
+
+def test_click_maps_peak_at_clicks_and_ignore_outside():
+    maps = click_maps((10, 10, 10), [(2, 3, 4)], [(7, 7, 7), (50, 0, 0)])
+    assert maps.shape == (2, 10, 10, 10)
+    assert maps[0, 2, 3, 4] == pytest.approx(1.0) and maps[1, 7, 7, 7] == pytest.approx(1.0)
+    assert maps[0, 9, 9, 9] == 0.0 and maps[1, 0, 0, 0] == 0.0
+
+
+def test_crop_box_stays_inside_the_volume():
+    box = crop_box((1, 50, 20), (16, 16, 16), (30, 52, 8))
+    assert box.start == (0, 36, 0) and box.stop == (16, 52, 8)
+
+
+def test_positive_click_adds_only_near_the_click_and_reports_the_box(case):
+    image, truth, pred = case
+    session = InteractiveSession(image, pred, refiner=SphereRefiner(radius_mm=4, crop_mm=(24.0, 19.2, 16.0)))
+    before = session.label.copy()
+    click = (20, 24, 36)  # inside the truth, outside the prediction
+    result = session.add_click(_point(image, click), True, 1)
+    changed = result.label != before
+    assert result.changed == int(changed.sum()) > 0
+    assert result.label[click] == 1
+    inside = np.zeros(SHAPE, bool)
+    inside[result.box.slices] = True
+    assert not (changed & ~inside).any()
+    assert (result.label[changed] == 1).all()
+    assert all(b - a <= 16 for a, b in zip(result.box.start, result.box.stop))
+
+
+def test_negative_click_removes_only_its_label(case):
+    image, truth, _ = case
+    pred = truth.copy()
+    pred[_ball((20, 24, 16), 4)] = 2  # a second label next to the first
+    pred[_ball((20, 24, 38), 3) & (truth == 0)] = 1  # a false-positive bump
+    session = InteractiveSession(image, pred, refiner=SphereRefiner(radius_mm=8))
+    result = session.add_click(_point(image, (20, 24, 39)), False, 1)
+    assert result.changed > 0
+    assert (result.label == 2).sum() == (pred == 2).sum()
+    assert ((pred == 1) & (result.label != 1) | (result.label == pred)).all()
+    assert not ((pred != 1) & (result.label != pred)).any()
+
+
+def test_locked_voxels_are_never_changed_by_a_click(case):
+    image, truth, pred = case
+    session = InteractiveSession(image, pred, refiner=SphereRefiner(radius_mm=12))
+    hand = _ball((20, 24, 34), 3) & (pred == 0)
+    session.paint(hand, 0)  # the user confirms these voxels as background
+    session.add_click(_point(image, (20, 24, 31)), True, 1)
+    assert (session.label[hand] == 0).all()
+    assert (session.label[_ball((20, 24, 31), 2) & ~hand] == 1).all()
+    # a click right on a locked voxel changes nothing
+    assert session.add_click(_point(image, (20, 24, 34)), True, 1).changed == 0
+
+
+def test_undo_redo_restore_exact_states(case):
+    image, truth, pred = case
+    session = InteractiveSession(image, pred, refiner=SphereRefiner(radius_mm=4))
+    states = [session.label.copy()]
+    for zyx, positive in (((20, 24, 36), True), ((20, 15, 28), True), ((20, 24, 22), False)):
+        session.add_click(_point(image, zyx), positive, 1)
+        states.append(session.label.copy())
+    assert len(session.clicks) == 3
+    for expected in reversed(states[:-1]):
+        session.undo()
+        assert np.array_equal(session.label, expected)
+    assert session.undo() is None and session.clicks == []
+    session.redo()
+    session.redo()
+    assert np.array_equal(session.label, states[2]) and len(session.clicks) == 2
+    session.add_click(_point(image, (20, 24, 36)), False, 1)  # a new click drops the redo branch
+    assert session.redo() is None
+
+
+def test_bad_clicks_raise_input_errors(case):
+    image, _, pred = case
+    session = InteractiveSession(image, pred)
+    with pytest.raises(InputError, match="outside"):
+        session.add_click((1e4, 0, 0), True, 1)
+    with pytest.raises(InputError, match="not one of"):
+        session.add_click(_point(image, (20, 24, 28)), True, 7)
+    with pytest.raises(InputError, match="grid"):
+        InteractiveSession(image, pred[:-1])
+
+
+def test_clicks_replay_in_patient_space_on_another_grid(case):
+    image, truth, pred = case
+    session = InteractiveSession(image, pred, refiner=SphereRefiner(radius_mm=4))
+    click_zyx = (20, 24, 37)
+    point = _point(image, click_zyx)
+    session.add_click(point, True, 1)
+    session.paint(_ball((20, 24, 12), 2), 1)
+    # another grid: coarser, shifted, with flipped axes (a different displayed volume)
+    other = sitk.Resample(image, [30, 30, 32], sitk.Transform(), sitk.sitkLinear,
+                          (36.0, 67.0, 4.0), (2.0, 2.0, 2.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    label_other = sitk.Resample(_image(pred), other, sitk.Transform(), sitk.sitkNearestNeighbor)
+    session.rebase(other, label_other)
+    assert len(session.clicks) == 1 and session.clicks[0].point == tuple(point)
+    new_index = session.index_of(point)
+    assert session.label[new_index] == 1
+    painted_point = _point(image, (20, 24, 12))
+    assert session.label[session.index_of(painted_point)] == 1
+    assert session.locked[session.index_of(painted_point)]
+
+
+def test_region_growing_follows_the_image(case):
+    image, truth, pred = case
+    session = InteractiveSession(image, pred, refiner=RegionGrowingRefiner())
+    session.add_click(_point(image, (20, 24, 36)), True, 1)
+    added = (session.label == 1) & (pred == 0)
+    assert added.sum() > 100
+    assert (truth[added] == 1).mean() > 0.95  # it stops at the object's edge
+
+
+def test_positive_click_takes_voxels_from_another_label(case):
+    image, truth, _ = case
+    pred = truth.copy()  # the lesion below is labelled as the organ around it
+    lesion = _ball((20, 24, 28), 3)
+    session = InteractiveSession(image, pred, refiner=SphereRefiner(radius_mm=5.0), label_values=[1, 2])
+    result = session.add_click(_point(image, (20, 24, 28)), True, 2)
+    assert (result.label[lesion] == 2).mean() > 0.9
+    assert ((result.label == 2) <= (pred == 1)).all()  # only the organ's voxels moved
+    session.add_click(_point(image, (20, 24, 28)), False, 2)
+    assert session.label[20, 24, 28] == 0  # negative: back to background, not to the organ
