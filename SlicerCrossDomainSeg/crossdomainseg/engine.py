@@ -1,0 +1,369 @@
+"""Inference: label map, class probabilities, synthetic-modality preview, uncertainty heatmap and
+per-image U for one image, all returned on the input's own grid.
+
+Pipeline: validate -> working grid at the bundle's spacing -> normalise as "target" -> generator
+G gives the preview x_s = G(x_t) -> reference segmenter on the preview ("tdgan", default) or on the
+raw target ("vanilla") -> softmax, with test-time augmentation when uncertainty is asked for ->
+heatmap and U (uncertainty.py) -> probabilities, preview and heatmap resampled linearly to the
+input grid, label = argmax there.
+
+`Engine` loads the networks once and keeps them on the device; given a model registry folder it
+re-reads `CURRENT` on every call (one small file read) and reloads when a new version is current.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.inferers import sliding_window_inference
+
+from . import geometry
+from . import uncertainty as unc
+from .bundle import Bundle, load_bundle
+from .device import configure, pick_device
+from .errors import BundleError, InputError
+from .imageio import read_image, validate_image
+from .normalize import denormalize
+
+# Chosen by measurement on the xray-drr test split (benchmarks/uncertainty.py, by_config): with
+# flips last, n = 6 is the smallest count whose error AUROC passed 0.85 (entropy 0.855, n = 8:
+# 0.860) with U clearly ranking bad cases (Spearman vs Dice -0.66). The three heatmap kinds were
+# within 0.006 AUROC of each other; entropy was best with the current bundle and, unlike the
+# others, also shows the soft boundaries on which all augmentations agree.
+DEFAULT_TTA_N = 6
+DEFAULT_HEATMAP = "entropy"
+
+# Input spacing more than this many times finer or coarser than the bundle's (any in-plane axis,
+# or slice axis for 3D bundles) is refused: structures would be invented or lost in resampling.
+MAX_SPACING_RATIO = 6.0
+MODES = ("tdgan", "vanilla")
+# Sliding windows per forward pass, and TTA images per batch: batching the small training-sized
+# windows was 4x faster per window on CPU than one at a time (measured, 2 threads).
+WINDOW_BATCH = 8
+TTA_CHUNK = 4
+
+Progress = Callable[[float, str], None]
+
+
+class SegmentationCancelled(Exception):
+    """Raised inside `Engine.segment` when the caller's cancel check returns True."""
+
+
+@dataclass
+class WorkingArrays:
+    """What the networks saw and produced, on the working grid (for click refinement in a crop).
+
+    reference: empty image defining the working grid (identity direction, bundle spacing);
+        arrays below are in its SimpleITK array order (z, y, x), a single slice for 2D images.
+    image: the target image normalised as "target" (float32).
+    preview: G(image) in source-normalised units (float32), None for bundles without a generator
+        when mode is "vanilla".
+    probabilities: (C, z, y, x) float32 class probabilities (TTA mean when uncertainty was asked).
+    heatmap: (z, y, x) float32 per-voxel uncertainty in [0, 1], or None.
+    segmenter_input: "preview" (tdgan) or "image" (vanilla): which array the segmenter read.
+    """
+
+    reference: sitk.Image
+    image: np.ndarray
+    preview: np.ndarray | None
+    probabilities: np.ndarray
+    heatmap: np.ndarray | None
+    segmenter_input: str
+
+
+@dataclass
+class SegmentationResult:
+    """Outputs on the input image's own grid (spacing, origin, direction, size preserved).
+
+    label: UInt8 label map (values as in `labels`). probabilities: float32 vector image, one
+    component per class. preview: synthetic source-modality image in source units (e.g. HU when
+    the bundle's source normalisation is a window), None unless asked. uncertainty: float32
+    heatmap in [0, 1], None unless asked. U: per-image uncertainty (patent eq. 1), None unless
+    asked. timings: seconds per stage and "total". model_version: the bundle version used.
+    """
+
+    label: sitk.Image
+    probabilities: sitk.Image
+    preview: sitk.Image | None
+    uncertainty: sitk.Image | None
+    U: float | None
+    timings: dict
+    model_version: str
+    labels: dict
+    colors: dict
+    tta_n: int
+    working: WorkingArrays = field(repr=False)
+
+
+def _available_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+class Engine:
+    """Segments images with one model bundle (or the current version of a registry), kept warm.
+
+    bundle_or_path_or_registry: a `Bundle`, a bundle folder, or a registry folder (has `CURRENT`).
+    device: "cuda", "cpu", ... (default: CUDA when available). threads: torch CPU threads.
+    tta_n: test-time augmentations for the uncertainty (default DEFAULT_TTA_N).
+    mode: "tdgan" segments the synthetic preview, "vanilla" the raw target image.
+    heatmap: one of uncertainty.HEATMAP_KINDS. memory_limit_bytes: refuse images whose estimated
+    working memory exceeds it (default: 80% of the memory available at the call).
+    """
+
+    def __init__(self, bundle_or_path_or_registry, device=None, threads: int | None = None,
+                 tta_n: int | None = None, mode: str = "tdgan", heatmap: str = DEFAULT_HEATMAP,
+                 memory_limit_bytes: int | None = None, max_spacing_ratio: float = MAX_SPACING_RATIO):
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}.")
+        if heatmap not in unc.HEATMAP_KINDS:
+            raise InputError(f"heatmap must be one of {unc.HEATMAP_KINDS}, got {heatmap!r}.")
+        self.device = pick_device(device)
+        if self.device.type == "cpu" or threads is not None:
+            configure(threads)
+        self.tta_n = DEFAULT_TTA_N if tta_n is None else int(tta_n)
+        if self.tta_n < 1:
+            raise InputError(f"tta_n must be at least 1, got {tta_n}.")
+        self.mode = mode
+        self.heatmap_kind = heatmap
+        self.memory_limit_bytes = memory_limit_bytes
+        self.max_spacing_ratio = max_spacing_ratio
+        self.registry: Path | None = None
+        self._registry_version: str | None = None
+        self.bundle: Bundle | None = None
+        self.load_seconds = 0.0
+        source = bundle_or_path_or_registry
+        if isinstance(source, Bundle):
+            self._use(source)
+        else:
+            path = Path(source)
+            if (path / "CURRENT").is_file():
+                self.registry = path
+                self._follow_registry()
+            else:
+                self._use(load_bundle(path))
+
+    # -- model ------------------------------------------------------------------------------
+    def _use(self, bundle: Bundle) -> None:
+        start = time.perf_counter()
+        if self.mode == "tdgan" and not bundle.has_network("generator"):
+            raise BundleError(
+                f"Bundle {bundle.path} has no generator, so the synthetic preview (tdgan mode) is "
+                "impossible; use mode='vanilla' or a bundle with a trained generator."
+            )
+        self.segmenter = bundle.network("segmenter", self.device)
+        self.generator = bundle.network("generator", self.device) if bundle.has_network("generator") else None
+        self.bundle = bundle
+        self.load_seconds = time.perf_counter() - start
+
+    def _follow_registry(self) -> bool:
+        """Reload when the registry's CURRENT names a new version; True if it did."""
+        try:
+            version = (self.registry / "CURRENT").read_text().strip()
+        except OSError as error:
+            raise BundleError(f"Model registry {self.registry}: cannot read CURRENT ({error}).") from None
+        if version == self._registry_version:
+            return False
+        path = self.registry / "versions" / version
+        if not path.is_dir():
+            raise BundleError(f"Model registry {self.registry}: CURRENT names '{version}', which is missing.")
+        self._use(load_bundle(path))
+        self._registry_version = version
+        return True
+
+    @property
+    def model_version(self) -> str:
+        return str(self.bundle.version)
+
+    # -- checks -----------------------------------------------------------------------------
+    def _check_image(self, image: sitk.Image, name: str) -> sitk.Image:
+        image = validate_image(image, name)
+        dims = self.bundle.spatial_dims
+        single_slice = image.GetSize()[2] == 1
+        if dims == 2 and not single_slice:
+            raise InputError(
+                f"{name}: this model ({self.bundle.task}) segments 2D images, but a 3D volume of "
+                f"{image.GetSize()[2]} slices was given; give one 2D image (e.g. one X-ray)."
+            )
+        if dims == 3 and single_slice:
+            raise InputError(
+                f"{name}: this model ({self.bundle.task}) segments 3D volumes, but a single 2D "
+                "slice was given; give the whole volume."
+            )
+        spacing = np.asarray(image.GetSpacing(), dtype=float)[:dims]
+        wanted = np.asarray(self.bundle.spacing, dtype=float)[:dims]
+        ratio = spacing / wanted
+        if np.any(ratio > self.max_spacing_ratio) or np.any(ratio < 1.0 / self.max_spacing_ratio):
+            raise InputError(
+                f"{name}: voxel spacing {tuple(np.round(spacing, 3))} mm is far from the "
+                f"{tuple(wanted)} mm this model works at (more than {self.max_spacing_ratio:g}x "
+                "apart); resample the image nearer to the model's spacing first, or use a model "
+                "trained at this resolution. Check the file's header spacing if this is unexpected."
+            )
+        return image
+
+    def _check_memory(self, image: sitk.Image, reference: sitk.Image, tta: int) -> None:
+        classes = self.bundle.num_classes
+        work = int(np.prod(reference.GetSize()))
+        # float32 arrays: image, preview, heatmap, TTA stack + mean on the working grid; on the
+        # input grid the probabilities twice (resample + array), label, preview, heatmap.
+        estimate = 4 * (work * (classes * (tta + 2) + 4) + int(np.prod(image.GetSize())) * (2 * classes + 4))
+        limit = self.memory_limit_bytes or int(0.8 * _available_memory_bytes())
+        if estimate > limit:
+            raise InputError(
+                f"The image ({'x'.join(map(str, image.GetSize()))} voxels, "
+                f"{'x'.join(map(str, reference.GetSize()))} at the model's spacing) needs about "
+                f"{estimate / 2**30:.1f} GiB to segment but only {limit / 2**30:.1f} GiB is "
+                "available; crop it to the region of interest, lower the uncertainty "
+                "augmentations (tta_n), or close other programs."
+            )
+
+    # -- networks ---------------------------------------------------------------------------
+    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        """(z, y, x) array -> (1, 1, *spatial) tensor on the device; 2D bundles drop the slice."""
+        if self.bundle.spatial_dims == 2:
+            array = array[0]
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(self.device)
+
+    def _from_tensor(self, tensor: torch.Tensor) -> np.ndarray:
+        """(1, C, *spatial) -> (C, z, y, x) float32 numpy."""
+        out = tensor[0].float().cpu().numpy()
+        return out[:, None] if self.bundle.spatial_dims == 2 else out
+
+    def _run(self, network: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+        roi = self.bundle.roi_size
+        return sliding_window_inference(
+            tensor, roi, sw_batch_size=WINDOW_BATCH, predictor=network,
+            overlap=0.25, mode="gaussian", padding_mode="replicate",
+        )
+
+    def _segment_probabilities(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self._run(self.segmenter, tensor), dim=1)
+
+    def _prepare(self, image_or_path, passes: int):
+        """Checked float image, working-grid reference, normalised working-grid array; `passes`
+        segmenter runs are planned (for the memory estimate)."""
+        name = str(image_or_path) if not isinstance(image_or_path, sitk.Image) else "image"
+        image = image_or_path if isinstance(image_or_path, sitk.Image) else read_image(image_or_path)
+        image = sitk.Cast(self._check_image(image, name), sitk.sitkFloat32)
+        reference = geometry.working_reference(image, self.bundle.spacing)
+        self._check_memory(image, reference, passes)
+        # Exactly as training prepares images (training/datasets.py): resample with the image
+        # minimum as padding, then normalise the working-grid array.
+        working = geometry.to_working_grid(image, self.bundle.spacing)
+        return image, reference, self.bundle.normalize(sitk.GetArrayViewFromImage(working), "target")
+
+    def tta_predictions(self, image_or_path, transforms: list[unc.Transform] | None = None):
+        """Each TTA prediction separately, for evaluating heatmap kinds and transform sets without
+        rerunning (benchmarks/uncertainty.py): returns (checked input image, working reference,
+        list of (C, z, y, x) probabilities), one per transform (default: the engine's own)."""
+        transforms = transforms or unc.default_transforms(self.tta_n, self.bundle.spatial_dims)
+        image, reference, normalized = self._prepare(image_or_path, len(transforms))
+        with torch.inference_mode():
+            x = self._to_tensor(normalized)
+            seg_input = self._run(self.generator, x) if self.mode == "tdgan" else x
+            predictions = unc.tta_probabilities(self._segment_probabilities, seg_input, transforms,
+                                                chunk=TTA_CHUNK)
+            return image, reference, [self._from_tensor(p) for p in predictions]
+
+    # -- the call ---------------------------------------------------------------------------
+    def segment(self, image_or_path, preview: bool = True, uncertainty: bool = True,
+                progress: Progress | None = None,
+                cancel: Callable[[], bool] | None = None) -> SegmentationResult:
+        """Segment one image (SimpleITK image or file/DICOM folder path); see SegmentationResult.
+
+        progress(fraction, message) is called between stages; cancel() is polled between stages
+        and TTA passes and raises SegmentationCancelled when it returns True.
+        """
+        timings: dict[str, float] = {}
+        start = clock = time.perf_counter()
+
+        def stage(name: str, fraction: float, message: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + now - clock
+            clock = now
+            if cancel is not None and cancel():
+                raise SegmentationCancelled("segmentation cancelled")
+            if progress is not None:
+                progress(fraction, message)
+
+        if self.registry is not None and self._follow_registry():
+            timings["load"] = self.load_seconds
+            clock = time.perf_counter()
+        image, reference, normalized = self._prepare(image_or_path, self.tta_n if uncertainty else 1)
+        stage("prepare", 0.1, "checked the image, resampled it to the model grid, normalised it")
+
+        with torch.inference_mode():
+            x = self._to_tensor(normalized)
+            x_s = None
+            if self.generator is not None and (self.mode == "tdgan" or preview):
+                x_s = self._run(self.generator, x)
+                stage("preview", 0.3, "made the synthetic preview")
+            seg_input = x_s if self.mode == "tdgan" else x
+            if uncertainty:
+                transforms = unc.default_transforms(self.tta_n, self.bundle.spatial_dims)
+
+                def step(i):
+                    stage("tta", 0.3 + 0.5 * (i + 1) / len(transforms),
+                          f"segmented augmentation {i + 1} of {len(transforms)}")
+
+                predictions = unc.tta_probabilities(self._segment_probabilities, seg_input, transforms,
+                                                    step, chunk=TTA_CHUNK)
+                mean = torch.stack(predictions).mean(0)
+                heat = unc.heatmap(predictions, self.heatmap_kind)
+                u_value = float(unc.image_uncertainty(predictions)[0])
+                del predictions
+                stage("uncertainty", 0.85, "computed the uncertainty")
+            else:
+                mean = self._segment_probabilities(seg_input)
+                heat, u_value = None, None
+                stage("segment", 0.8, "segmented")
+            probabilities = self._from_tensor(mean)
+            preview_array = self._from_tensor(x_s)[0] if x_s is not None else None
+            heat_array = self._from_tensor(heat)[0] if heat is not None else None
+        del mean, x, x_s, seg_input, heat
+
+        probs_image = to_input_grid(np.moveaxis(probabilities, 0, -1), reference, image, vector=True)
+        # Outside the working grid every class got 0, and argmax of all-zero is 0: background.
+        label = sitk.GetImageFromArray(np.argmax(sitk.GetArrayViewFromImage(probs_image), axis=-1).astype(np.uint8))
+        label.CopyInformation(image)
+        preview_image = None
+        if preview and preview_array is not None:
+            display = denormalize(preview_array, self.bundle.metadata["normalization"]["source"])
+            preview_image = to_input_grid(display, reference, image, default=float(display.min()))
+        heat_image = to_input_grid(heat_array, reference, image) if heat_array is not None else None
+        stage("resample_out", 1.0, "done")
+        timings["total"] = time.perf_counter() - start
+        return SegmentationResult(
+            label=label, probabilities=probs_image, preview=preview_image, uncertainty=heat_image,
+            U=u_value, timings=timings, model_version=self.model_version, labels=self.bundle.labels,
+            colors=self.bundle.colors, tta_n=self.tta_n if uncertainty else 1,
+            working=WorkingArrays(
+                reference=reference, image=normalized, preview=preview_array,
+                probabilities=probabilities, heatmap=heat_array,
+                segmenter_input="preview" if self.mode == "tdgan" else "image",
+            ),
+        )
+
+
+def to_input_grid(array: np.ndarray, reference: sitk.Image, image: sitk.Image, default: float = 0.0,
+                  vector: bool = False) -> sitk.Image:
+    """A working-grid array ((z, y, x), or (z, y, x, C) with vector=True) resampled linearly onto
+    the input image's grid."""
+    working_image = sitk.GetImageFromArray(array, isVector=vector)
+    working_image.CopyInformation(reference)
+    return geometry.resample_to_reference(working_image, image, sitk.sitkLinear, default)
