@@ -11,8 +11,13 @@ import sys
 from .errors import InputError
 
 COMMANDS = [
+    "crossdomainseg.interactive.cli",
+    "crossdomainseg.training.cli",
     "crossdomainseg.web_cli",
     "crossdomainseg.data.cli",
+    "crossdomainseg.curriculum.cli",
+    "crossdomainseg.segment_cli",
+    "crossdomainseg.demo",
 ]
 
 

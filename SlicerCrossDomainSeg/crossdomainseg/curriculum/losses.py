@@ -1,0 +1,46 @@
+"""Losses of the curriculum: D (eq. 1, 3) and D~ (eq. 2) of the patent.
+
+D is a Dice-like distance between two probability maps (1 - soft Dice over foreground classes,
+uncertainty.soft_dice). D~ is cross-entropy plus soft Dice loss of the student's logits against a
+hard one-hot target: the teacher's argmax H(S_tea) for the consistency loss, the clinician's label
+for the supervised loss on accepted cases and the source label for replay.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..uncertainty import soft_dice
+
+
+def dice_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """D(p, q) per batch item, in [0, 1]."""
+    return (1.0 - soft_dice(p, q)).clamp_min(0.0)
+
+
+def hard_labels(logits: torch.Tensor) -> torch.Tensor:
+    """H: class index per voxel (B, *spatial) from logits or probabilities (B, C, *spatial)."""
+    return logits.argmax(dim=1)
+
+
+def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """D~(one_hot(target), softmax(logits)): mean cross-entropy + mean soft Dice loss.
+
+    `target` holds class indices (B, *spatial). The Dice term is per item over foreground classes
+    present in the target or the prediction, so an empty class does not dominate.
+    """
+    ce = F.cross_entropy(logits, target)
+    probs = torch.softmax(logits, dim=1)
+    one_hot = F.one_hot(target, probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    dims = tuple(range(2, probs.dim()))
+    inter = (probs[:, 1:] * one_hot[:, 1:]).sum(dims)
+    total = probs[:, 1:].sum(dims) + one_hot[:, 1:].sum(dims)
+    dice = 1.0 - (2 * inter + eps) / (total + eps)
+    return ce + dice.mean()
+
+
+def consistency_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 for a batch of augmented views: D~(H(S_tea(T_i x)), S_stu(T_i x)); no gradient to
+    the teacher."""
+    return ce_dice_loss(student_logits, hard_labels(teacher_logits.detach()))

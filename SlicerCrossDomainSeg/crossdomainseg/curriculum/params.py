@@ -1,0 +1,92 @@
+"""Every constant of the curriculum, with where it comes from; schedules of the two thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+
+@dataclass
+class CurriculumParams:
+    epochs: int = 20
+    batch_size: int = 2  # unlabelled target images per step
+    lr: float = 1e-3  # AdamW, patent implementation section
+    weight_decay: float = 1e-4
+    # Eq. 4: theta_tea = (1 - alpha - beta) theta_tea + alpha theta_stu + beta theta_pre, per step.
+    alpha: float = 0.001
+    beta: float = 0.001
+    # Source uncertainty tolerance tau_u (eq. 1 gate): starts at 0.05, rises linearly per epoch.
+    tau_u0: float = 0.05
+    lambda_u: float = 0.02
+    # Warm-up gate tau_ts (eq. 3, teacher vs reference-on-translation disagreement): from 0.3, rising.
+    tau_ts0: float = 0.3
+    lambda_ts: float = 0.05
+    # Memory bank: an image judged suitable in this many epochs skips U and the gate (patent: 5).
+    confident_after: int = 5
+    tta_n: int = 4  # transforms for U(x_t) (uncertainty.default_transforms)
+    n_weak: int = 2  # m = n_weak + n_strong augmented views per image in the consistency loss
+    n_strong: int = 2
+    strong_ops: int = 2  # RandAugment: ops drawn per strong view
+    strong_magnitude: float = 0.5  # RandAugment magnitude in [0, 1]
+    consistency_weight: float = 1.0
+    supervised_weight: float = 1.0  # accepted (clinician-corrected) labels, patent Fig. 5
+    supervised_batch: int = 2
+    replay_weight: float = 0.05  # labelled source data, low weight against forgetting (METHOD.md 3)
+    replay_batch: int = 1
+    # Every holdout_every-th accepted case (second, then every k-th) is kept out of training and
+    # decides promotion: publish when held-out Dice >= current model's - promotion_tolerance.
+    # 0: train on every accepted case (nothing held out, so nothing can be published).
+    holdout_every: int = 3
+    promotion_tolerance: float = 0.005
+    publish_every: int = 5  # epochs between promotion checks (each publication is a version)
+    # What teacher and student read: "preview" = G(x) (the Engine's tdgan path) or "image" = raw
+    # target x (patent; needs a reference that is already fair on raw target images).
+    student_input: str = "preview"
+    curriculum: bool = True  # False: plain mean teacher (every image, every epoch, no U, no gate)
+    steps_per_epoch: int = 0  # 0: one pass over the target images
+    crop_size: int = 0  # training crop edge in voxels; 0: the bundle's roi_size
+    seed: int = 0
+
+    def tau_u(self, epoch: int) -> float:
+        return self.tau_u0 + self.lambda_u * epoch
+
+    def tau_ts(self, epoch: int) -> float:
+        return self.tau_ts0 + self.lambda_ts * epoch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "CurriculumParams":
+        values = dict(values or {})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InputError(f"Unknown curriculum parameters {unknown}; known: {sorted(known)}.")
+        out = {}
+        for name, value in values.items():
+            kind = type(getattr(cls(), name))
+            try:
+                if kind is bool and isinstance(value, str):
+                    value = value.lower() in ("1", "true", "yes", "on")
+                out[name] = kind(value)
+            except (TypeError, ValueError):
+                raise InputError(f"Curriculum parameter {name} must be {kind.__name__}, got {value!r}.") from None
+        params = cls(**out)
+        params.check()
+        return params
+
+    def check(self) -> None:
+        if not (0 <= self.alpha and 0 <= self.beta and self.alpha + self.beta <= 1):
+            raise InputError("Teacher update needs alpha, beta >= 0 and alpha + beta <= 1.")
+        if self.epochs < 0 or self.batch_size < 1 or self.n_weak + self.n_strong < 1:
+            raise InputError("Curriculum needs epochs >= 0, batch_size >= 1 and at least one view.")
+        if self.confident_after < 1 or self.tta_n < 2:
+            raise InputError("confident_after must be >= 1 and tta_n >= 2 (U compares predictions).")
+        if self.student_input not in ("preview", "image"):
+            raise InputError("student_input must be 'preview' (G(x)) or 'image' (raw target).")
+        if self.holdout_every < 0 or self.holdout_every == 1:
+            raise InputError("holdout_every must be 0 (no hold-out) or >= 2 so that some accepted "
+                             "cases are trained on.")

@@ -1,0 +1,346 @@
+"""The curriculum training loop of the patent (Fig. 4 with the semi-supervised Fig. 5 variant).
+
+Networks (all built from the bundle): the reference S_pre is the bundle's source-trained segmenter
+(frozen), G its generator (frozen); teacher and student start as copies of the model being
+fine-tuned. Per step, for each unlabelled target image of the batch (Fig. 4 lines 7-14):
+  memory-bank counter >= confident_after -> train on it directly; else
+  U(x) = max_i D(T_i^-1 S_pre(T_i G(x)), mean) (eq. 1) must be <= tau_u, and the warm-up gate
+  D(S_tea(x'), S_pre(G(x))) <= tau_ts (eq. 3); passing both increments the counter.
+Loss: consistency D~(H(S_tea(T_i x')), S_stu(T_i x')) over m weak + strong views (eq. 2),
++ supervised CE + Dice on accepted (clinician-corrected) cases, + low-weight replay of labelled
+source images. After the optimiser step the teacher follows eq. 4. tau_u and tau_ts rise per epoch.
+G and S_pre are frozen, so U(x) and S_pre(G(x)) are computed once per image and cached.
+
+x' is what teacher and student read (`params.student_input`): the raw target image x as in the
+patent ("image"), or the synthetic preview G(x) ("preview", the Engine's default tdgan path).
+The patent's warm start (teacher = S_pre on raw x) only works where that "vanilla" prediction is
+already fair (patent: Dice 0.78); on the phantom CT->MR task it is near 0, so "preview" is the
+default. Published bundles record it as metadata `segmenter_input` and keep the source-trained
+reference as network `reference`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.inferers import sliding_window_inference
+
+from .. import geometry
+from ..bundle import Bundle, save_bundle
+from ..errors import InputError
+from ..metrics import dice
+from ..uncertainty import default_transforms, image_uncertainty, tta_probabilities
+from .augment import flip_pair, views
+from .losses import ce_dice_loss, consistency_loss, dice_distance
+from .memory_bank import MemoryBank
+from .params import CurriculumParams
+from .teacher import update_teacher
+
+REFERENCE = "reference"  # network name of the source-trained S_pre inside fine-tuned bundles
+
+
+@dataclass
+class Volume:
+    """One image on the bundle's working grid: x (1, *spatial) normalised, y (*spatial) or None."""
+
+    key: str
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    domain: str = "target"
+
+
+def prepare(bundle: Bundle, image: sitk.Image, key: str, domain: str = "target",
+            label: sitk.Image | None = None) -> Volume:
+    """Resample to the working grid and normalise as the bundle's `domain`."""
+    single = image.GetSize()[2] == 1 if image.GetDimension() == 3 else True
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+        label = sitk.JoinSeries(label) if label is not None else None
+    if (bundle.spatial_dims == 2) != single:
+        raise InputError(
+            f"Image {key} is {'2D' if single else '3D'} but the model segments "
+            f"{bundle.spatial_dims}D images; keep only images of the model's kind in the folder."
+        )
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    work = geometry.to_working_grid(image, bundle.spacing)
+    array = bundle.normalize(sitk.GetArrayViewFromImage(work), domain)
+    if bundle.spatial_dims == 2:
+        array = array[0]
+    y = None
+    if label is not None:
+        lab = geometry.resample_to_reference(sitk.Cast(label, sitk.sitkUInt8), work, sitk.sitkNearestNeighbor, 0)
+        lab_array = sitk.GetArrayFromImage(lab).astype(np.int64)
+        if lab_array.max() >= bundle.num_classes:
+            raise InputError(
+                f"Label of {key} holds value {lab_array.max()} but the model has only "
+                f"{bundle.num_classes - 1} foreground labels."
+            )
+        y = torch.from_numpy(lab_array[0] if bundle.spatial_dims == 2 else lab_array)
+    return Volume(key, torch.from_numpy(np.ascontiguousarray(array))[None], y, domain)
+
+
+def segmenter_input(bundle: Bundle) -> str:
+    """"image" when the bundle's segmenter reads the raw target (fine-tuned), else "preview"."""
+    return bundle.metadata.get("segmenter_input", "preview")
+
+
+class CurriculumTrainer:
+    def __init__(self, bundle: Bundle, params: CurriculumParams, target: list[Volume],
+                 accepted: list[Volume] = (), source: list[Volume] = (), device=None):
+        self.bundle, self.params = bundle, params
+        self.device = torch.device(device or "cpu")
+        self.target = list(target)
+        self.accepted = [v for v in accepted if v.y is not None]
+        self.source = [v for v in source if v.y is not None]
+        self.roi = bundle.roi_size
+        ref_name = REFERENCE if bundle.has_network(REFERENCE) else "segmenter"
+        self.reference = self._frozen(bundle.network(ref_name, self.device))
+        self.generator = self._frozen(bundle.network("generator", self.device)) if bundle.has_network("generator") else None
+        if (params.curriculum or params.student_input == "preview") and self.generator is None:
+            raise InputError("The curriculum needs the bundle's generator G (eq. 1, 3); this bundle has none.")
+        start = bundle.network("segmenter", self.device)
+        self.student = copy.deepcopy(start).train()
+        for p in self.student.parameters():
+            p.requires_grad_(True)
+        self.teacher = self._frozen(copy.deepcopy(start))
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+        self.bank = MemoryBank(params.confident_after)
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict] = []
+        self.rng = random.Random(params.seed)
+        self._ref_cache: dict[str, torch.Tensor] = {}
+        self._translated: dict[str, torch.Tensor] = {}
+        sizes = [v.x.shape[1:] for v in self.target + self.accepted + self.source]
+        biggest = np.max(np.asarray(sizes), axis=0) if sizes else np.asarray(self.roi)
+        # Crops as big as the roi, or as the largest image rounded up to the networks' stride.
+        edges = [params.crop_size or r for r in self.roi]
+        self.crop = [int(min(e, 16 * math.ceil(s / 16))) for e, s in zip(edges, biggest)]
+
+    @staticmethod
+    def _frozen(module: torch.nn.Module) -> torch.nn.Module:
+        module = module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
+
+    # -- networks on whole images ---------------------------------------------------------------
+    def run(self, network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return sliding_window_inference(x.to(self.device), self.roi, sw_batch_size=4, predictor=network,
+                                        overlap=0.25, mode="gaussian", padding_mode="replicate")
+
+    def probs(self, network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.run(network, x), dim=1)
+
+    @torch.no_grad()
+    def translated(self, volume: Volume) -> torch.Tensor:
+        """G(x) (1, *spatial) of a target volume, cached (G is frozen)."""
+        if volume.key not in self._translated:
+            self._translated[volume.key] = self.run(self.generator, volume.x[None])[0].cpu()
+        return self._translated[volume.key]
+
+    def inputs(self, volume: Volume) -> torch.Tensor:
+        """x': what teacher and student read for this volume (1, *spatial)."""
+        if volume.domain == "target" and self.params.student_input == "preview":
+            return self.translated(volume)
+        return volume.x
+
+    def network_input(self, volume: Volume, reads: str) -> torch.Tensor:
+        """The input of a segmenter that reads `reads` ("image" or "preview")."""
+        if volume.domain != "target" or reads == "image":
+            return volume.x
+        return self.translated(volume)
+
+    @torch.no_grad()
+    def reference_view(self, volume: Volume) -> tuple[torch.Tensor, float]:
+        """S_pre(G(x)) probabilities and U(x) (eq. 1), cached: both networks are frozen."""
+        if volume.key not in self._ref_cache:
+            translated = self.translated(volume)[None]
+            predictions = tta_probabilities(
+                lambda t: self.probs(self.reference, t), translated,
+                default_transforms(self.params.tta_n, self.bundle.spatial_dims))
+            self.bank.uncertainty[volume.key] = float(image_uncertainty(predictions)[0])
+            self._ref_cache[volume.key] = torch.stack(predictions).mean(0).half()
+        return self._ref_cache[volume.key].float(), self.bank.uncertainty[volume.key]
+
+    @torch.no_grad()
+    def suitable(self, volume: Volume) -> bool:
+        """Fig. 4 lines 8-12 with the memory bank; increments the counter when suitable."""
+        if not self.params.curriculum:
+            return True
+        if self.bank.is_consistently_confident(volume.key):
+            return True
+        p_ref, u = self.reference_view(volume)
+        if u > self.params.tau_u(self.epoch):
+            return False
+        # Eq. 3 on the two predicted segmentations (one-hot): soft Dice of two soft maps is
+        # below 1 even for identical maps, which would gate out every unsure-but-agreeing image.
+        p_tea = self.probs(self.teacher, self.inputs(volume)[None])
+        if float(dice_distance(one_hot(p_tea), one_hot(p_ref))[0]) > self.params.tau_ts(self.epoch):
+            return False
+        self.bank.mark_suitable(volume.key, self.epoch)
+        return True
+
+    # -- training ---------------------------------------------------------------------------
+    def _crop(self, volume: Volume) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y = self.inputs(volume), volume.y
+        pads = []
+        for size, want in zip(reversed(x.shape[1:]), reversed(self.crop)):
+            pads += [0, max(0, want - size)]
+        if any(pads):
+            x = torch.nn.functional.pad(x[None], pads, mode="replicate")[0]
+            y = torch.nn.functional.pad(y, pads, value=0) if y is not None else None
+        slices = []
+        for size, want in zip(x.shape[1:], self.crop):
+            start = self.rng.randrange(size - want + 1)
+            slices.append(slice(start, start + want))
+        return x[(slice(None), *slices)], (y[tuple(slices)] if y is not None else None)
+
+    def _labelled_batch(self, volumes: list[Volume], n: int):
+        picked = [self._crop(self.rng.choice(volumes)) for _ in range(n)]
+        x = torch.stack([p[0] for p in picked]).to(self.device)
+        y = torch.stack([p[1] for p in picked]).to(self.device)
+        return flip_pair(x, y, self.rng)
+
+    def train_step(self, batch: list[Volume]) -> dict:
+        p = self.params
+        selected = [v for v in batch if self.suitable(v)]
+        losses, total = {}, None
+        if selected:
+            x = torch.stack([self._crop(v)[0] for v in selected]).to(self.device)
+            with torch.no_grad():
+                v_all = views(x, p.n_weak, p.n_strong, self.rng, p.strong_ops, p.strong_magnitude)
+                t_logits = self.teacher(v_all)
+            loss = consistency_loss(t_logits, self.student(v_all))
+            losses["consistency"] = float(loss.detach())
+            total = p.consistency_weight * loss
+        train_cases = self.train_accepted()
+        if train_cases and p.supervised_weight > 0:
+            x, y = self._labelled_batch(train_cases, p.supervised_batch)
+            loss = ce_dice_loss(self.student(x), y)
+            losses["supervised"] = float(loss.detach())
+            total = p.supervised_weight * loss + (total if total is not None else 0)
+        if self.source and p.replay_weight > 0 and total is not None:
+            x, y = self._labelled_batch(self.source, p.replay_batch)
+            loss = ce_dice_loss(self.student(x), y)
+            losses["replay"] = float(loss.detach())
+            total = total + p.replay_weight * loss
+        if total is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            update_teacher(self.teacher, self.student, self.reference, p.alpha, p.beta)
+            losses["total"] = float(total.detach())
+        self.step += 1
+        return {"selected": [v.key for v in selected], "losses": losses}
+
+    def train_accepted(self) -> list[Volume]:
+        return [v for i, v in enumerate(self.accepted) if not is_heldout(i, self.params.holdout_every)]
+
+    def heldout_accepted(self) -> list[Volume]:
+        return [v for i, v in enumerate(self.accepted) if is_heldout(i, self.params.holdout_every)]
+
+    def epoch_batches(self) -> list[list[Volume]]:
+        p = self.params
+        order = list(self.target)
+        self.rng.shuffle(order)
+        batches = [order[i:i + p.batch_size] for i in range(0, len(order), p.batch_size)]
+        if not batches and self.train_accepted():
+            batches = [[] for _ in range(max(1, math.ceil(len(self.train_accepted()) / p.supervised_batch)))]
+        if p.steps_per_epoch:
+            batches = [batches[i % len(batches)] for i in range(p.steps_per_epoch)] if batches else []
+        return batches
+
+    def run_epoch(self, stop: Callable[[], bool] = lambda: False,
+                  on_step: Callable[[dict], None] | None = None) -> dict | None:
+        """One epoch; returns its summary, or None when `stop()` interrupted it (state unchanged
+        apart from the steps taken, so the epoch reruns on resume)."""
+        confident: set[str] = set()
+        sums: dict[str, float] = {}
+        steps = 0
+        for batch in self.epoch_batches():
+            if stop():
+                return None
+            result = self.train_step(batch)
+            confident.update(result["selected"])
+            for name, value in result["losses"].items():
+                sums[name] = sums.get(name, 0.0) + value
+            steps += 1
+            if on_step is not None:
+                on_step({"epoch": self.epoch, "step": self.step, "losses": result["losses"],
+                         "confident": len(confident), **self.thresholds()})
+        summary = {
+            "epoch": self.epoch,
+            "steps": steps,
+            "confident": len(confident),
+            "consistently_confident": self.bank.n_consistently_confident(),
+            "losses": {k: v / max(steps, 1) for k, v in sums.items()},
+            **self.thresholds(),
+        }
+        self.history.append(summary)
+        self.epoch += 1
+        return summary
+
+    def thresholds(self) -> dict:
+        return {"tau_u": self.params.tau_u(self.epoch), "tau_ts": self.params.tau_ts(self.epoch)}
+
+    # -- evaluation and export -------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, network: torch.nn.Module, volume: Volume, reads: str | None = None) -> np.ndarray:
+        """Label map on the working grid; `reads` defaults to the student's input kind."""
+        x = self.network_input(volume, reads or self.params.student_input)
+        return self.run(network, x[None]).argmax(1)[0].cpu().numpy()
+
+    def mean_dice(self, network: torch.nn.Module, volumes: list[Volume], reads: str | None = None) -> float:
+        labels = [v for v in self.bundle.labels.values() if v != 0]
+        scores = [dice(self.predict(network, v, reads), v.y.numpy(), labels) for v in volumes]
+        return float(np.mean(scores)) if scores else float("nan")
+
+    def export(self, path: Path, network: str = "student") -> Bundle:
+        """A bundle whose segmenter is the student (or teacher), reading raw target images."""
+        metadata = copy.deepcopy(self.bundle.metadata)
+        networks = {name: self.bundle.network(name) for name in self.bundle.network_names}
+        networks.setdefault(REFERENCE, self.bundle.network("segmenter"))  # S_pre stays for U(x)
+        networks["segmenter"] = copy.deepcopy(getattr(self, network)).cpu().eval()
+        metadata["segmenter_input"] = self.params.student_input
+        metadata.setdefault("training", {})["curriculum"] = {
+            "params": self.params.to_dict(), "epochs_done": self.epoch, "steps_done": self.step,
+            "base_version": self.bundle.version,
+        }
+        return save_bundle(path, metadata, networks)
+
+    def state_dict(self) -> dict:
+        return {
+            "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "bank": self.bank.state_dict(),
+            "epoch": self.epoch, "step": self.step, "history": self.history,
+            "rng": self.rng.getstate(), "params": self.params.to_dict(),
+            "base_version": self.bundle.version,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.bank.load_state_dict(state["bank"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = list(state["history"])
+        self.rng.setstate(state["rng"])
+
+
+def one_hot(probabilities: torch.Tensor) -> torch.Tensor:
+    classes = probabilities.shape[1]
+    return torch.nn.functional.one_hot(probabilities.argmax(1), classes).movedim(-1, 1).float()
+
+
+def is_heldout(index: int, every: int) -> bool:
+    """Accepted case number `index` (acceptance order) is held out: the 2nd, then every k-th."""
+    return every > 0 and index % every == 1

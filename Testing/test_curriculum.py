@@ -1,0 +1,196 @@
+"""Curriculum pieces checked numerically: eq. 4 teacher update, memory bank and its skip rule,
+eq. 1/3 gates, the losses, augmentations, schedules, and the promotion gate."""
+
+import random
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from crossdomainseg.bundle import make_random_bundle
+from crossdomainseg.curriculum.augment import flip_pair, views
+from crossdomainseg.curriculum.losses import ce_dice_loss, consistency_loss, dice_distance
+from crossdomainseg.curriculum.memory_bank import MemoryBank
+from crossdomainseg.curriculum.params import CurriculumParams
+from crossdomainseg.curriculum.promotion import promote_if_not_worse
+from crossdomainseg.curriculum.teacher import update_teacher
+from crossdomainseg.curriculum.trainer import CurriculumTrainer, is_heldout, prepare
+from crossdomainseg.errors import InputError
+from crossdomainseg.registry import ModelRegistry
+
+
+def _const_net(value):
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(value)
+        net[1].running_mean.fill_(value)
+        net[1].num_batches_tracked.fill_(int(value))
+    return net
+
+
+def test_teacher_update_follows_equation_4():
+    teacher, student, reference = _const_net(1.0), _const_net(3.0), _const_net(-2.0)
+    update_teacher(teacher, student, reference, alpha=0.1, beta=0.2)
+    expected = 0.7 * 1.0 + 0.1 * 3.0 + 0.2 * -2.0
+    for p in teacher.parameters():
+        assert torch.allclose(p, torch.full_like(p, expected))
+    assert torch.allclose(teacher[1].running_mean, torch.full((2,), expected))
+    assert int(teacher[1].num_batches_tracked) == 3
+    # Student and reference are left alone; repeated updates converge to the fixed point.
+    assert all(torch.all(p == 3.0) for p in student.parameters())
+    for _ in range(400):
+        update_teacher(teacher, student, reference, alpha=0.1, beta=0.2)
+    fixed = (0.1 * 3.0 + 0.2 * -2.0) / 0.3
+    assert torch.allclose(next(teacher.parameters()), torch.tensor(fixed), atol=1e-4)
+
+
+def test_patent_defaults_and_schedules():
+    p = CurriculumParams()
+    assert (p.alpha, p.beta, p.tau_u0, p.tau_ts0, p.confident_after) == (0.001, 0.001, 0.05, 0.3, 5)
+    assert p.tau_u(0) == 0.05 and p.tau_u(3) == pytest.approx(0.05 + 3 * p.lambda_u)
+    assert p.tau_ts(2) == pytest.approx(0.3 + 2 * p.lambda_ts)
+    q = CurriculumParams.from_dict({"epochs": "7", "alpha": "0.01", "curriculum": "false"})
+    assert (q.epochs, q.alpha, q.curriculum) == (7, 0.01, False)
+    with pytest.raises(InputError, match="Unknown"):
+        CurriculumParams.from_dict({"tau": 1})
+    with pytest.raises(InputError):
+        CurriculumParams.from_dict({"alpha": 0.7, "beta": 0.6})
+
+
+def test_memory_bank_counts_to_confident():
+    bank = MemoryBank(confident_after=3)
+    for epoch in range(2):
+        bank.mark_suitable("a", epoch)
+    bank.mark_suitable("b", 1)
+    assert bank.counter("a") == 2 and not bank.is_consistently_confident("a")
+    bank.mark_suitable("a", 4)
+    assert bank.is_consistently_confident("a") and bank.n_consistently_confident() == 1
+    assert bank.first_confident_epoch == {"a": 0, "b": 1}
+    restored = MemoryBank()
+    restored.load_state_dict(bank.state_dict())
+    assert restored.counters == {"a": 3, "b": 1} and restored.confident_after == 3
+
+
+def test_losses():
+    p = torch.zeros(1, 2, 4, 4)
+    p[:, 1, :2] = 1
+    p[:, 0, 2:] = 1
+    q = torch.flip(p, dims=(2,))
+    assert float(dice_distance(p, p)[0]) == pytest.approx(0.0, abs=1e-5)
+    assert float(dice_distance(p, q)[0]) == pytest.approx(1.0, abs=1e-5)
+    target = p.argmax(1)
+    good, bad = 20 * (p - 0.5), 20 * (q - 0.5)
+    assert float(ce_dice_loss(good, target)) < 0.01 < 5 < float(ce_dice_loss(bad, target))
+    # Consistency: the student is pulled to the teacher's hard labels; no gradient to the teacher.
+    teacher = (0.3 * p + 0.1).requires_grad_(True)
+    student = bad.clone().requires_grad_(True)
+    consistency_loss(teacher, student).backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+    assert float(consistency_loss(teacher, good)) < 0.01
+
+
+def test_views_and_flip_pair():
+    x = torch.rand(2, 1, 8, 8, 8)
+    out = views(x, n_weak=2, n_strong=3, rng=random.Random(0), ops=2, magnitude=0.5)
+    assert out.shape == (10, 1, 8, 8, 8)
+    assert torch.equal(out[:2], x)  # the first weak view is the image itself
+    assert not torch.allclose(out[4:], x.repeat(3, 1, 1, 1, 1))
+    again = views(x, 2, 3, random.Random(0), 2, 0.5)
+    assert torch.allclose(out, again)
+    y = (x[:, 0] > 0.5).long()
+    fx, fy = flip_pair(x, y, random.Random(3))
+    assert torch.equal((fx[:, 0] > 0.5).long(), fy)  # image and label stay paired
+
+
+def _volume(seed, shift=0):
+    rng = np.random.default_rng(seed)
+    array = rng.normal(0, 0.3, size=(16, 16, 16)).astype(np.float32)
+    array[4 + shift:12, 4:12, 4:12] += 3
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((4.0, 4.0, 4.0))
+    label = sitk.GetImageFromArray((array > 1.5).astype(np.uint8))
+    label.CopyInformation(image)
+    return image, label
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_random_bundle(tmp_path_factory.mktemp("b") / "b", spacing=4.0, roi=16, seed=3)
+
+
+def test_uncertainty_gate_warmup_gate_and_memory_bank_skip(bundle):
+    params = CurriculumParams(confident_after=2, tau_u0=0.05, lambda_u=0.0, tau_ts0=0.3)
+    vol = prepare(bundle, _volume(0)[0], "x")
+    trainer = CurriculumTrainer(bundle, params, [vol])
+    p_ref, u = trainer.reference_view(vol)
+    assert p_ref.shape == (1, 2, 16, 16, 16) and 0.0 <= u <= 1.0
+    teacher_probs = trainer.probs(trainer.teacher, trainer.inputs(vol)[None])
+    # Hard case: U above tau_u -> skipped, counter unchanged.
+    trainer.bank.uncertainty["x"] = 0.5
+    assert not trainer.suitable(vol) and trainer.bank.counter("x") == 0
+    # Easy for the reference, but the teacher disagrees with S_pre(G(x)) -> warm-up gate refuses.
+    trainer.bank.uncertainty["x"] = 0.01
+    trainer._ref_cache["x"] = (1.0 - teacher_probs).half()
+    assert not trainer.suitable(vol) and trainer.bank.counter("x") == 0
+    # Agreement -> suitable, counted; after confident_after epochs U and the gate are skipped.
+    trainer._ref_cache["x"] = teacher_probs.half()
+    assert trainer.suitable(vol) and trainer.bank.counter("x") == 1
+    assert trainer.suitable(vol) and trainer.bank.counter("x") == 2
+    trainer.bank.uncertainty["x"] = 0.99
+    trainer._ref_cache["x"] = (1.0 - teacher_probs).half()
+    assert trainer.suitable(vol) and trainer.bank.counter("x") == 2
+    plain = CurriculumTrainer(bundle, CurriculumParams(curriculum=False), [vol])
+    plain.bank.uncertainty["x"] = 0.99
+    assert plain.suitable(vol)
+
+
+def test_training_on_accepted_cases_improves_heldout_dice_and_moves_teacher_by_eq4(bundle):
+    torch.manual_seed(0)
+    params = CurriculumParams(epochs=0, lr=3e-3, holdout_every=4, tau_u0=1.0, tau_ts0=1.0, student_input="image",
+                              alpha=0.05, beta=0.001, steps_per_epoch=8, supervised_batch=2)
+    target = [prepare(bundle, _volume(10 + i)[0], f"t{i}") for i in range(2)]
+    accepted = [prepare(bundle, *_volume(20 + i, shift=i % 2)[:1], f"a{i}", label=_volume(20 + i, i % 2)[1])
+                for i in range(4)]
+    trainer = CurriculumTrainer(bundle, params, target, accepted)
+    assert [is_heldout(i, 4) for i in range(6)] == [False, True, False, False, False, True]
+    assert [v.key for v in trainer.heldout_accepted()] == ["a1"]
+    before = trainer.mean_dice(trainer.student, trainer.train_accepted())
+    teacher_before = [p.clone() for p in trainer.teacher.parameters()]
+    for _ in range(4):
+        summary = trainer.run_epoch()
+    assert summary["confident"] == 2 and summary["losses"]["supervised"] > 0
+    after = trainer.mean_dice(trainer.student, trainer.train_accepted())
+    assert after > before + 0.2 and after > 0.7
+    moved = sum(float((a - b).abs().sum()) for a, b in zip(trainer.teacher.parameters(), teacher_before))
+    assert moved > 0
+
+
+def test_promotion_gate_refuses_a_worse_student(tmp_path, bundle):
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.init_from(bundle.path)
+    params = CurriculumParams(holdout_every=2)
+    accepted = [prepare(bundle, _volume(i)[0], f"a{i}", label=_volume(i)[1]) for i in range(2)]
+    trainer = CurriculumTrainer(bundle, params, [], accepted)
+    # The student starts as a copy of the current model: equal Dice passes the gate.
+    same = promote_if_not_worse(trainer, registry, tmp_path / "candidate")
+    assert same["published"] == "v0002" and same["student_dice"] == pytest.approx(same["current_dice"], abs=0.05)
+    from crossdomainseg.bundle import load_bundle
+
+    published = load_bundle(registry.current_path())
+    assert published.metadata["segmenter_input"] == "preview" and published.has_network("reference")
+    # A student that predicts background everywhere is worse: not published, CURRENT unchanged.
+    with torch.no_grad():
+        for p in trainer.student.parameters():
+            p.zero_()
+        last = [m for m in trainer.student.modules() if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)][-1]
+        last.bias[0] = 5.0
+    worse = promote_if_not_worse(trainer, registry, tmp_path / "candidate")
+    assert worse["current_dice"] > 0.05 and worse["student_dice"] == 0.0
+    assert worse["published"] is None and registry.current_version() == "v0002"
+    assert registry.versions() == ["v0001", "v0002"]
+    # No held-out case yet -> nothing is published.
+    lonely = CurriculumTrainer(bundle, params, [], accepted[:1])
+    assert promote_if_not_worse(lonely, registry, tmp_path / "candidate")["published"] is None

@@ -1,0 +1,175 @@
+"""The trainer as an OS process: start, status, stop, resume, the CLI, and SIGKILL at random
+moments (of the trainer and of case writers) leaving every accepted case and the model intact."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from crossdomainseg.bundle import load_bundle, make_random_bundle
+from crossdomainseg.curriculum import process
+from crossdomainseg.registry import ModelRegistry
+from crossdomainseg.store import AcceptedCaseStore
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "SlicerCrossDomainSeg"
+FAST = {"tau_u0": 1.0, "tau_ts0": 1.0, "holdout_every": 2, "publish_every": 1, "n_strong": 1}
+
+
+def _pair(seed):
+    rng = np.random.default_rng(seed)
+    array = rng.normal(0, 0.3, size=(16, 16, 16)).astype(np.float32)
+    array[4:12, 5:12, 4:11] += 3
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((4.0, 4.0, 4.0))
+    label = sitk.GetImageFromArray((array > 1.5).astype(np.uint8))
+    label.CopyInformation(image)
+    return image, label
+
+
+def _setup(tmp_path, n_unlabelled=3, n_accepted=2):
+    bundle = make_random_bundle(tmp_path / "bundle", spacing=4.0, roi=16, seed=1)
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for i in range(n_unlabelled):
+        sitk.WriteImage(_pair(100 + i)[0], str(folder / f"u{i}.nii.gz"))
+    store = AcceptedCaseStore(tmp_path / "store")
+    for i in range(n_accepted):
+        store.accept(*_pair(i), clicks=[{"point": [0.0, 0.0, 0.0], "positive": True}], model_version="random-0")
+    return bundle.path, folder, store
+
+
+@pytest.fixture(autouse=True)
+def stop_trainers_afterwards(tmp_path):
+    """A failing test must not leave its trainer running on the shared cores."""
+    yield
+    for pid_file in tmp_path.glob("**/trainer/trainer.pid"):
+        process.stop(pid_file.parents[1], timeout=5)
+
+
+# Generous: on a loaded 2-core machine a niced trainer needs a while to import torch.
+def _wait(predicate, timeout=300.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_start_status_stop_resume(tmp_path):
+    bundle, folder, store = _setup(tmp_path)
+    pid = process.start(store.root, tmp_path / "reg", bundle=bundle, unlabelled=folder,
+                        params={**FAST, "epochs": 1000}, threads=1, nice=7)
+    assert process.is_running(store.root)
+    with pytest.raises(Exception, match="already running"):
+        process.start(store.root, tmp_path / "reg")
+    status = _wait(lambda: (s := process.status(store.root)).get("epoch", 0) >= 2 and s, what="2 epochs")
+    for key in ("epoch", "step", "losses", "confident", "tau_u", "tau_ts", "model_version",
+                "confident_per_epoch", "consistently_confident"):
+        assert key in status, key
+    assert status["state"] == "training" and status["running"] and status["pid"] == pid
+    assert status["nice"] >= 7 and status["threads"] == 1
+    assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) >= 7
+    assert status["n_target"] == 3 and status["n_accepted"] == 2 and status["n_heldout"] == 1
+    assert status["tau_u"] == pytest.approx(1.0 + status["epoch"] * 0.02)
+    final = process.stop(store.root, timeout=60)
+    assert final["state"] == "stopped" and not final["running"]
+    assert not process.is_running(store.root)
+    stopped_epoch = final["epoch"]
+    assert ModelRegistry(tmp_path / "reg").versions()[0] == "v0001"
+    # Restart: resumes from the checkpoint instead of epoch 0.
+    process.start(store.root, tmp_path / "reg", params={**FAST, "epochs": stopped_epoch + 1}, nice=1)
+    done = _wait(lambda: (s := process.status(store.root))["state"] in ("finished", "failed") and s,
+                 what="finish")
+    assert done["state"] == "finished" and done["epoch"] == stopped_epoch + 1
+    log = (store.root / "trainer" / "trainer.log").read_text()
+    assert f"resumed at epoch {stopped_epoch}" in log
+    assert load_bundle(ModelRegistry(tmp_path / "reg").current_path())
+
+
+@pytest.mark.slow
+def test_cli_start_status_stop_rollback(tmp_path):
+    bundle, folder, store = _setup(tmp_path, n_unlabelled=1)
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "crossdomainseg.cli", "trainer", *args],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    params = [f"--param={k}={v}" for k, v in {**FAST, "epochs": 2}.items()]
+    started = cli("start", "--store", str(store.root), "--registry", str(tmp_path / "reg"),
+                  "--bundle", str(bundle), "--unlabelled", str(folder), "--nice", "1", *params)
+    assert started["started"] > 0
+    _wait(lambda: process.status(store.root)["state"] == "finished", what="finish")
+    assert cli("status", "--store", str(store.root))["state"] == "finished"
+    registry = ModelRegistry(tmp_path / "reg")
+    assert registry.current_version() != "v0001"  # the student passed the gate and was published
+    before = registry.current_version()
+    rolled = cli("rollback", "--registry", str(registry.root))
+    assert rolled["from"] == before and rolled["current"] == registry.current_version() != before
+    assert cli("stop", "--store", str(store.root))["running"] is False
+    bad = subprocess.run([sys.executable, "-m", "crossdomainseg.cli", "trainer", "start", "--store",
+                          str(tmp_path / "s2"), "--registry", str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "not a model registry" in bad.stderr
+
+
+WRITER = r"""
+import sys
+import numpy as np, SimpleITK as sitk
+from crossdomainseg.store import AcceptedCaseStore
+store = AcceptedCaseStore(sys.argv[1])
+rng = np.random.default_rng(int(sys.argv[2]))
+while True:
+    array = rng.normal(0, 0.3, size=(16, 16, 16)).astype(np.float32)
+    array[4:12, 4:12, 4:12] += 3
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((4.0, 4.0, 4.0))
+    label = sitk.GetImageFromArray((array > 1.5).astype(np.uint8))
+    label.CopyInformation(image)
+    print(store.accept(image, label, [], "v0001"), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_trainer_and_writers_at_random_moments(tmp_path):
+    bundle, folder, store = _setup(tmp_path)
+    rng = random.Random(99)
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    accepted = set(store.cases())
+    registry = ModelRegistry(tmp_path / "reg")
+    for round_ in range(2):
+        pid = process.start(store.root, registry.root, bundle=bundle, unlabelled=folder,
+                            params={**FAST, "epochs": 1000}, nice=1)
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store.root), str(round_)],
+                                  stdout=subprocess.PIPE, text=True, env=env)
+        accepted.add(writer.stdout.readline().strip())
+        _wait(lambda: process.status(store.root).get("step", 0) > 0, what="a training step")
+        time.sleep(rng.uniform(0.0, 3.0))
+        os.kill(pid, signal.SIGKILL)
+        os.kill(writer.pid, signal.SIGKILL)
+        accepted.update(writer.stdout.read().split())
+        writer.wait()
+        _wait(lambda: not process.is_running(store.root), what="trainer death")
+        assert process.status(store.root)["state"] == "crashed"
+        assert set(accepted) <= set(store.cases())
+        for case_id in store.cases():
+            store.load(case_id)  # checksums verified
+        current = load_bundle(registry.current_path())
+        current.network("segmenter")
+    # And it resumes after the crashes.
+    process.start(store.root, registry.root, params={**FAST, "epochs": 1000}, nice=1)
+    _wait(lambda: process.status(store.root).get("state") == "training", what="resume")
+    assert process.stop(store.root)["state"] == "stopped"

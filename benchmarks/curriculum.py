@@ -1,0 +1,268 @@
+"""Curriculum benchmark (issue 6): the table of METHOD.md section 7 on the target test split, the
+confident samples per epoch, Dice after 0/1/3/5 accepted corrected cases, and the click latency
+while the background trainer runs compared with idle. Writes benchmarks/results/curriculum.json
+and benchmarks/results/curriculum_confident.png.
+
+  nice -n 15 python benchmarks/curriculum.py [--task-dir /work/data/phantom-ct-mr]
+      [--bundle Resources/bundles/phantom-ct-mr] [--epochs 8] [--threads 2]
+
+Methods, all from the same bundle and data in one run:
+  vanilla       reference segmenter on the raw target image
+  tdgan         reference segmenter on G(target) (the Engine's default path)
+  mean_teacher  plain mean teacher: every unlabelled target image every epoch, no U, no gate
+  curriculum    the patent's curriculum (memory bank, U with TTA, tau_u, warm-up gate tau_ts)
+  supervised    upper bound: the segmenter fine-tuned on the labelled target val split
+The unlabelled data are the target train split (labels never read); the target val split stands
+in for the clinician's accepted corrected cases; everything is scored on the target test split,
+on each image's own grid (Dice, HD95 and ASSD in mm over the foreground labels).
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from common import RESULTS, write_result
+
+from crossdomainseg import geometry
+from crossdomainseg.bundle import load_bundle
+from crossdomainseg.curriculum import process
+from crossdomainseg.curriculum.params import CurriculumParams
+from crossdomainseg.curriculum.trainer import CurriculumTrainer, prepare
+from crossdomainseg.data import TaskDir
+from crossdomainseg.device import configure
+from crossdomainseg.imageio import read_image
+from crossdomainseg.metrics import assd, dice, hd95
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_split(bundle, task, split, domain, labelled=True, limit=None):
+    out = []
+    for case_id, image_path, label_path in list(task.cases(split, domain))[:limit]:
+        image = read_image(image_path)
+        label = read_image(label_path) if labelled else None
+        out.append((prepare(bundle, image, f"{domain}:{case_id}", domain, label), image, label))
+    return out
+
+
+def score(trainer, network, test, reads):
+    """Mean Dice / HD95 / ASSD of `network` on the test cases, on each image's own grid."""
+    labels = [v for v in trainer.bundle.labels.values() if v != 0]
+    rows = []
+    for volume, image, label in test:
+        work = sitk.GetImageFromArray(trainer.predict(network, volume, reads).astype(np.uint8))
+        work.CopyInformation(geometry.working_reference(image, trainer.bundle.spacing))
+        pred = geometry.resample_to_reference(work, image, sitk.sitkNearestNeighbor, 0)
+        ref = sitk.Cast(label, sitk.sitkUInt8)
+        rows.append((dice(pred, ref, labels), hd95(pred, ref, labels=labels), assd(pred, ref, labels=labels)))
+    dice_m, hd_m, assd_m = (float(np.mean(col)) for col in zip(*rows))
+    return {"dice": round(dice_m, 4), "hd95": round(hd_m, 2), "assd": round(assd_m, 2)}
+
+
+def share_caches(trainer, probe):
+    """G and S_pre are frozen and shared by every method: translate and compute U once."""
+    trainer._translated, trainer._ref_cache = probe._translated, probe._ref_cache
+    trainer.bank.uncertainty = probe.bank.uncertainty
+
+
+def train(bundle, params, target, accepted, source, epochs, probe, start=None, label=""):
+    trainer = CurriculumTrainer(bundle, params, target, accepted, source)
+    if start is not None:
+        trainer.student.load_state_dict(start.student.state_dict())
+        trainer.teacher.load_state_dict(start.teacher.state_dict())
+        trainer.bank.load_state_dict(start.bank.state_dict())
+        trainer.epoch = start.epoch
+    share_caches(trainer, probe)
+    began = time.perf_counter()
+    for _ in range(epochs):
+        summary = trainer.run_epoch()
+        print(f"  {label} epoch {summary['epoch']}: confident {summary['confident']} "
+              f"losses {({k: round(v, 3) for k, v in summary['losses'].items()})} "
+              f"({time.perf_counter() - began:.0f} s)", flush=True)
+    return trainer
+
+
+def click_latency(bundle_path, test, store_root, registry_root, unlabelled, params, n_clicks):
+    """p50 of one click (InteractiveSession.add_click) idle, then with the trainer process running."""
+    from crossdomainseg.engine import Engine
+    from crossdomainseg.interactive.session import InteractiveSession
+
+    bundle = load_bundle(bundle_path)
+    refiner = None
+    if bundle.has_network("refiner"):
+        from crossdomainseg.interactive.refiner import LearnedRefiner
+
+        refiner = LearnedRefiner.from_bundle(bundle)
+    engine = Engine(bundle, device="cpu", threads=1)
+    _, image, label = test[0]
+    result = engine.segment(image, preview=True, uncertainty=False)
+    rng = np.random.default_rng(0)
+    label_array = sitk.GetArrayFromImage(label)
+    values = [int(v) for v in np.unique(label_array) if v != 0]
+
+    def measure():
+        session = InteractiveSession.from_result(image, result, bundle, refiner)
+        times = []
+        for _ in range(n_clicks):
+            value = int(rng.choice(values))
+            zyx = np.argwhere(label_array == value)
+            z, y, x = zyx[rng.integers(len(zyx))]
+            point = image.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
+            began = time.perf_counter()
+            session.add_click(point, positive=True, label=value)
+            times.append(time.perf_counter() - began)
+        return 1000 * statistics.median(times)
+
+    measure()  # warm-up
+    idle = measure()
+    process.start(store_root, registry_root, bundle=bundle_path, unlabelled=unlabelled, params=params)
+    try:
+        # Measure once it works on the data (U, gate, steps: all CPU-bound network passes).
+        deadline = time.monotonic() + 600
+        while process.status(store_root).get("state") != "training" and time.monotonic() < deadline:
+            time.sleep(1.0)
+        state = process.status(store_root)
+        if state.get("state") != "training":
+            raise RuntimeError(f"trainer did not start training: {state}")
+        time.sleep(5.0)
+        training = measure()
+        if not process.status(store_root)["running"]:
+            raise RuntimeError("the trainer stopped while clicks were measured")
+    finally:
+        process.stop(store_root, timeout=120)
+    return idle, training, "learned refiner" if refiner else "SphereRefiner (bundle has no refiner)"
+
+
+def plot(confident, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(range(1, len(confident) + 1), confident, marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("confident samples")
+    ax.set_title("Curriculum: unlabelled target images used per epoch")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task-dir", default="/work/data/phantom-ct-mr")
+    parser.add_argument("--bundle", default=str(ROOT / "Resources" / "bundles" / "phantom-ct-mr"))
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of mean teacher and curriculum")
+    parser.add_argument("--accept-epochs", type=int, default=2,
+                        help="further curriculum epochs after accepting 1/3/5 corrected cases")
+    parser.add_argument("--supervised-epochs", type=int, default=8)
+    parser.add_argument("--supervised-steps", type=int, default=10, help="steps per supervised epoch")
+    parser.add_argument("--replay", type=int, default=4, help="labelled source cases for replay")
+    parser.add_argument("--unlabelled", type=int, default=None, help="at most this many unlabelled images")
+    parser.add_argument("--clicks", type=int, default=15, help="clicks per latency measurement")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--auto-lambda-u", action="store_true",
+                        help="set lambda_u so that tau_u reaches the 90th percentile of U at the last epoch")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many cases per split (smoke runs)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="curriculum parameter override for all trained methods")
+    args = parser.parse_args()
+    threads = configure(args.threads)
+    torch.manual_seed(0)
+    began = time.perf_counter()
+    bundle = load_bundle(args.bundle)
+    task = TaskDir(args.task_dir)
+    overrides = dict(p.split("=", 1) for p in args.param)
+    target = [v for v, _, _ in load_split(bundle, task, "train", "target", labelled=False,
+                                          limit=args.unlabelled or args.limit)]
+    accepted = [v for v, _, _ in load_split(bundle, task, "val", "target", limit=args.limit)]
+    source = [v for v, _, _ in load_split(bundle, task, "train", "source", limit=args.replay)]
+    test = load_split(bundle, task, "test", "target", limit=args.limit)
+    print(f"data: {len(target)} unlabelled, {len(accepted)} accepted, {len(test)} test "
+          f"({time.perf_counter() - began:.0f} s)", flush=True)
+
+    base = CurriculumParams.from_dict({**overrides, "holdout_every": 0})
+    probe = CurriculumTrainer(bundle, base, [], [])
+    began_u = time.perf_counter()
+    u_values = [probe.reference_view(v)[1] for v in target]
+    print(f"U of the unlabelled images ({time.perf_counter() - began_u:.0f} s): "
+          f"{sorted(round(u, 3) for u in u_values)}", flush=True)
+    if args.auto_lambda_u:
+        # Linear tau_u schedule from tau_u0 that admits the 90th-percentile image by the last epoch.
+        rate = max(0.0, (float(np.quantile(u_values, 0.9)) - base.tau_u0) / max(1, args.epochs - 1))
+        base = CurriculumParams(**{**base.to_dict(), "lambda_u": round(rate, 4)})
+        print(f"lambda_u = {base.lambda_u}", flush=True)
+    table = {
+        "vanilla": score(probe, probe.reference, test, "image"),
+        "tdgan": score(probe, probe.reference, test, "preview"),
+    }
+    print(table, flush=True)
+    plain = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False}), target, [], source,
+                  args.epochs, probe, label="mean teacher")
+    table["mean_teacher"] = score(plain, plain.student, test, None)
+    print("mean_teacher", table["mean_teacher"], flush=True)
+    curriculum = train(bundle, base, target, [], source, args.epochs, probe, label="curriculum")
+    table["curriculum"] = score(curriculum, curriculum.student, test, None)
+    print("curriculum", table["curriculum"], flush=True)
+    confident = [h["confident"] for h in curriculum.history]
+    # Same input (preview) and start as the curriculum; true labels instead of the teacher's.
+    supervised_params = CurriculumParams(**{**base.to_dict(), "curriculum": False, "consistency_weight": 0.0,
+                                            "replay_weight": 0.0, "steps_per_epoch": args.supervised_steps})
+    supervised = train(bundle, supervised_params, [], accepted, [], args.supervised_epochs, probe,
+                       label="supervised")
+    table["supervised"] = score(supervised, supervised.student, test, None)
+    print("supervised", table["supervised"], flush=True)
+
+    after = {"0": table["curriculum"]["dice"]}
+    for k in (1, 3, 5):
+        tuned = train(bundle, base, target, accepted[:k], source, args.accept_epochs, probe,
+                      start=curriculum, label=f"{k} accepted")
+        after[str(k)] = score(tuned, tuned.student, test, None)["dice"]
+        print(f"after {k} accepted: {after[str(k)]}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        unlabelled = Path(tmp) / "unlabelled"
+        unlabelled.mkdir()
+        for case_id, image_path, _ in task.cases("train", "target"):
+            (unlabelled / image_path.name).symlink_to(image_path)
+        idle, training, refiner = click_latency(args.bundle, test, Path(tmp) / "store", Path(tmp) / "registry",
+                                                unlabelled, {**overrides, "epochs": 1000}, args.clicks)
+    plot(confident, RESULTS / "curriculum_confident.png")
+    payload = {
+        "task": task.name,
+        "bundle_version": bundle.version,
+        "table": table,
+        "confident_per_epoch": confident,
+        "dice_after_accepted": after,
+        "click_latency_ratio_training_vs_idle": round(training / idle, 3),
+        "click_latency_ms_p50_idle": round(idle, 2),
+        "click_latency_ms_p50_training": round(training, 2),
+        "click_refiner": refiner,
+        "trainer_process": {"threads": process.DEFAULT_THREADS, "nice": process.DEFAULT_NICE},
+        "params": base.to_dict(),
+        "epochs": {"mean_teacher": args.epochs, "curriculum": args.epochs,
+                   "supervised": args.supervised_epochs, "supervised_steps_per_epoch": args.supervised_steps,
+                   "after_accepting": args.accept_epochs},
+        "u_unlabelled": sorted(round(u, 4) for u in u_values),
+        "splits": {"unlabelled": "target train", "accepted": "target val", "scored": "target test"},
+        "targets_met": {
+            "curriculum_beats_vanilla_by_0.10": table["curriculum"]["dice"] - table["vanilla"]["dice"] >= 0.10,
+            "curriculum_beats_mean_teacher": table["curriculum"]["dice"] > table["mean_teacher"]["dice"],
+            "curriculum_within_0.03_of_supervised": table["supervised"]["dice"] - table["curriculum"]["dice"] <= 0.03,
+            "latency_ratio_at_most_1.5": training / idle <= 1.5,
+        },
+        "wall_s": round(time.perf_counter() - began, 1),
+        "note": "timings taken on a shared 2-core machine while other work ran",
+    }
+    write_result("curriculum", payload, threads)
+
+
+if __name__ == "__main__":
+    main()
