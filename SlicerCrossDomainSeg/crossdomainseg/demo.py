@@ -8,6 +8,7 @@ the same case unless --no-serve.
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 
@@ -35,8 +36,13 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    task_dir = make_task("phantom-ct-mr", n=3, seed=0, out=out / "phantom-ct-mr")
-    print(f"generated a 3-subject phantom-ct-mr task in {task_dir}")
+    task_dir = out / "phantom-ct-mr"
+    if (task_dir / "task.json").exists():  # written last: the folder is complete, reuse it
+        print(f"phantom-ct-mr task already in {task_dir}")
+    else:
+        shutil.rmtree(task_dir, ignore_errors=True)  # a run stopped half-way
+        make_task("phantom-ct-mr", n=3, seed=0, out=task_dir)
+        print(f"generated a 3-subject phantom-ct-mr task in {task_dir}")
 
     case = resources.demo_case()
     bundle = resources.shipped_bundle("phantom-ct-mr")
