@@ -2,7 +2,7 @@
 against the sphere and region-growing baselines (same run, same automatic starts), and latency
 per click on a 128^3 volume with a warm model. Writes benchmarks/results/clicks.json.
 
-    python benchmarks/clicks.py --bundle Resources/bundles/phantom-ct-mr --data /work/data/phantom-ct-mr
+    python benchmarks/clicks.py --bundle Resources/bundles/phantom-ct-mr [--data DIR]
 """
 
 import argparse
@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from common import write_result
+from common import task_dir, write_result
 
 from crossdomainseg.device import configure  # noqa: E402  (common puts the package on sys.path)
 
@@ -43,7 +43,7 @@ def latency_128(engine, refiner, seed: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="Resources/bundles/phantom-ct-mr")
-    parser.add_argument("--data", default="/work/data/phantom-ct-mr")
+    parser.add_argument("--data", default=None, help="task folder (default: generated like the bundles' training data)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--latency-seed", type=int, default=12345)
@@ -59,7 +59,7 @@ def main() -> int:
     engine = Engine(args.bundle, device="cpu", threads=args.threads, mode=args.mode)
     refiners = build_refiners(engine.bundle, ["learned", "sphere", "region_growing"], "cpu")
     start = time.time()
-    results = evaluate(engine, args.data, refiners, "test", args.max_clicks)
+    results = evaluate(engine, task_dir("phantom-ct-mr", args.data).path, refiners, "test", args.max_clicks)
     learned = results.pop("learned")
     latency = latency_128(engine, refiners["learned"], args.latency_seed)
     payload = {

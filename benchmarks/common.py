@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = ROOT / "build" / "default-bundle-data"  # what scripts/train_default_bundles.sh makes
+N_CASES = {"phantom-ct-mr": 30, "xray-drr": 60}  # as in scripts/train_default_bundles.sh
+DATA_SEED = 0
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SlicerCrossDomainSeg"))
 
 
@@ -41,3 +45,13 @@ def write_result(name: str, payload: dict, threads: int) -> Path:
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(payload, indent=2))
     return path
+
+
+def task_dir(task: str, folder=None):
+    """The benchmark's task folder (default: the bundles' training data), generated when missing."""
+    from crossdomainseg.data import TaskDir, make_task
+
+    folder = Path(folder) if folder else DATA_ROOT / task
+    if not (folder / "task.json").exists():
+        make_task(task, N_CASES[task], DATA_SEED, folder)
+    return TaskDir(folder)

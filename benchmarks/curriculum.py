@@ -3,7 +3,7 @@ confident samples per epoch, Dice after 0/1/3/5 accepted corrected cases, and th
 while the background trainer runs compared with idle. Writes benchmarks/results/curriculum.json
 and benchmarks/results/curriculum_confident.png.
 
-  nice -n 15 python benchmarks/curriculum.py [--task-dir /work/data/phantom-ct-mr]
+  nice -n 15 python benchmarks/curriculum.py [--task-dir DIR]
       [--bundle Resources/bundles/phantom-ct-mr] [--epochs 8] [--threads 2]
 
 Methods, all from the same bundle and data in one run:
@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-from common import RESULTS, write_result
+from common import RESULTS, task_dir, write_result
 
 from crossdomainseg import geometry
 from crossdomainseg.bundle import load_bundle
 from crossdomainseg.curriculum import process
 from crossdomainseg.curriculum.params import CurriculumParams
 from crossdomainseg.curriculum.trainer import CurriculumTrainer, prepare
-from crossdomainseg.data import TaskDir
 from crossdomainseg.device import configure
 from crossdomainseg.imageio import read_image
 from crossdomainseg.metrics import assd, dice, hd95
@@ -157,7 +156,7 @@ def plot(confident, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task-dir", default="/work/data/phantom-ct-mr")
+    parser.add_argument("--task-dir", default=None, help="task folder (default: generated like the bundles' training data)")
     parser.add_argument("--bundle", default=str(ROOT / "Resources" / "bundles" / "phantom-ct-mr"))
     parser.add_argument("--epochs", type=int, default=8, help="epochs of mean teacher and curriculum")
     parser.add_argument("--accept-epochs", type=int, default=2,
@@ -178,7 +177,7 @@ def main():
     torch.manual_seed(0)
     began = time.perf_counter()
     bundle = load_bundle(args.bundle)
-    task = TaskDir(args.task_dir)
+    task = task_dir("phantom-ct-mr", args.task_dir)
     overrides = dict(p.split("=", 1) for p in args.param)
     target = [v for v, _, _ in load_split(bundle, task, "train", "target", labelled=False,
                                           limit=args.unlabelled or args.limit)]

@@ -19,24 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from common import write_result
+from common import DATA_ROOT, task_dir, write_result
 
 from crossdomainseg.bundle import load_bundle
-from crossdomainseg.data import TaskDir, make_task
 from crossdomainseg.device import configure, pick_device
 from crossdomainseg.resources import shipped_bundle
 from crossdomainseg.training.evaluate import evaluate_source, evaluate_target
 
-ROOT = Path(__file__).resolve().parents[1]
-N_CASES = {"phantom-ct-mr": 30, "xray-drr": 60}  # as in scripts/train_default_bundles.sh
-DATA_SEED = 0
-
-
-def task_dir(root: Path, task: str) -> TaskDir:
-    folder = root / task
-    if not (folder / "task.json").exists():
-        make_task(task, N_CASES[task], DATA_SEED, folder)
-    return TaskDir(folder)
 
 
 def weights_mb(bundle) -> float:
@@ -45,7 +34,7 @@ def weights_mb(bundle) -> float:
 
 def run_task(task: str, root: Path, device) -> dict:
     bundle = load_bundle(shipped_bundle(task))
-    data = task_dir(root, task)
+    data = task_dir(task, root / task)
     began = time.time()
     source = evaluate_source(bundle, list(data.cases("test", "source")), device)
     target_cases = [c for c in data.cases("test", "target") if c[2] is not None]
@@ -62,7 +51,7 @@ def run_task(task: str, root: Path, device) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["phantom-ct-mr", "xray-drr"])
-    parser.add_argument("--data-root", default=str(ROOT / "build" / "default-bundle-data"))
+    parser.add_argument("--data-root", default=str(DATA_ROOT))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     threads = configure(args.threads)

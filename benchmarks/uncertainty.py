@@ -2,7 +2,7 @@
 the probabilities calibrated (ECE), and does the per-image U rank the bad cases (Spearman of U
 against per-case Dice, which must be negative)?
 
-    python benchmarks/uncertainty.py [--task-dir /work/data/phantom-ct-mr] [--bundle B] [--extra 0]
+    python benchmarks/uncertainty.py [--task-dir DIR] [--bundle B] [--extra 0]
 
 Each case is segmented once under every defined TTA transform; each configuration (transform
 ordering, count n, heatmap kind) is then scored from those same predictions on the input grid
@@ -22,7 +22,7 @@ import argparse
 
 import numpy as np
 import SimpleITK as sitk
-from common import write_result
+from common import task_dir, write_result
 
 NEAR_MM = 10.0
 COUNTS = (1, 2, 3, 4, 6, 8)
@@ -95,7 +95,8 @@ def summarize(slots: list[dict], extra: list[dict], kind: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task-dir", default="/work/data/phantom-ct-mr")
+    parser.add_argument("--task", default="xray-drr", choices=("phantom-ct-mr", "xray-drr"))
+    parser.add_argument("--task-dir", default=None, help="task folder (default: generated like the bundles' training data)")
     parser.add_argument("--bundle", help="bundle folder (default: the shipped bundle of the task)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--extra", type=int, default=0, help="extra generated target cases for Spearman")
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from crossdomainseg.data import TaskDir, generate_case
+    from crossdomainseg.data import generate_case
     from crossdomainseg.device import configure
     from crossdomainseg.engine import Engine
     from crossdomainseg.imageio import read_image
@@ -112,7 +113,7 @@ def main() -> None:
     from crossdomainseg.uncertainty import HEATMAP_KINDS
 
     threads = configure(args.threads)
-    task = TaskDir(args.task_dir)
+    task = task_dir(args.task, args.task_dir)
     bundle = args.bundle or shipped_bundle(task.name)
     engine = Engine(bundle, threads=threads, mode=args.mode)
     labels = [v for v in task.labels.values() if v != 0]
