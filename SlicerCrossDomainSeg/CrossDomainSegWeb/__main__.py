@@ -4,22 +4,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from crossdomainseg import resources
+from crossdomainseg import resources, web_cli
 from crossdomainseg.errors import InputError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m CrossDomainSegWeb",
                                      description="Serve the CrossDomainSeg web app (trame-slicer).")
-    parser.add_argument("--case", type=Path, default=None,
-                        help="volume loaded when the page opens (default: the embedded demo case)")
-    parser.add_argument("--bundle", type=Path, default=None,
-                        help="model bundle or registry folder (default: the shipped phantom-ct-mr bundle)")
-    parser.add_argument("--workspace", type=Path, default=None,
-                        help="accepted cases and model versions "
-                        "(default: $CROSSDOMAINSEG_HOME or ~/.crossdomainseg)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    web_cli.add_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -22,17 +22,22 @@ def add_parser(subparsers) -> None:
         description="Serve the web app on this machine: load a volume (upload, or the embedded "
         "demo case), segment, preview, click-correct, accept and export. Prints the URL.",
     )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the web app, shared by `crossdomainseg web` and `python -m CrossDomainSegWeb`."""
     parser.add_argument("--case", type=Path, default=None,
                         help="volume loaded when the page opens (default: the embedded demo case)")
     parser.add_argument("--bundle", type=Path, default=None,
-                        help="model bundle or registry folder (default: the shipped bundle)")
+                        help="model bundle or registry folder (default: the shipped phantom-ct-mr bundle)")
     parser.add_argument("--workspace", type=Path, default=None,
                         help="accepted cases and model versions "
                         "(default: $CROSSDOMAINSEG_HOME or ~/.crossdomainseg)")
     parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default 127.0.0.1: this machine only)")
-    parser.set_defaults(func=run)
 
 
 def web_arguments(args: argparse.Namespace) -> list[str]:
