@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from crossdomainseg import metrics
-from crossdomainseg.bundle import make_random_bundle
+from crossdomainseg.bundle import make_random_bundle, update_bundle
 from crossdomainseg.engine import Engine, SegmentationCancelled
 from crossdomainseg.errors import BundleError
 
@@ -209,10 +209,31 @@ def test_progress_and_cancel(bundle3d):
 def test_vanilla_without_generator(tmp_path):
     bundle = make_random_bundle(tmp_path / "nogen", spacing=2.0, roi=32, with_generator=False)
     with pytest.raises(BundleError, match="generator"):
-        Engine(bundle)
+        Engine(bundle, mode="tdgan")
     image, _ = sphere_image(size=(20, 20, 20))
-    result = Engine(bundle, mode="vanilla").segment(image, preview=True)
-    assert result.preview is None and result.label.GetSize() == image.GetSize()
+    for mode in ("vanilla", "auto"):
+        result = Engine(bundle, mode=mode).segment(image, preview=True)
+        assert result.preview is None and result.label.GetSize() == image.GetSize()
+        assert result.working.segmenter_input == "image"
+
+
+def test_auto_mode_follows_each_versions_segmenter_input(bundle3d, tmp_path):
+    """A fine-tuned version whose segmenter reads the raw image is fed the raw image once it is
+    current, while the preview is still made; an explicit mode overrides the metadata."""
+    registry = tmp_path / "registry"
+    (registry / "versions").mkdir(parents=True)
+    shutil.copytree(bundle3d.path, registry / "versions" / "v0001")
+    tuned = update_bundle(shutil.copytree(bundle3d.path, tmp_path / "tuned"),
+                          metadata={"segmenter_input": "image"})
+    shutil.copytree(tuned.path, registry / "versions" / "v0002")
+    (registry / "CURRENT").write_text("v0001\n")
+    image, _ = sphere_image(size=(20, 20, 20))
+    engine = Engine(registry)
+    assert engine.segment(image, uncertainty=False).working.segmenter_input == "preview"
+    (registry / "CURRENT").write_text("v0002\n")
+    result = engine.segment(image, uncertainty=False, preview=True)
+    assert result.working.segmenter_input == "image" and result.preview is not None
+    assert Engine(tuned.path, mode="tdgan").segment(image, uncertainty=False).working.segmenter_input == "preview"
 
 
 def test_tta_predictions_are_what_segment_averages(bundle3d):

@@ -43,6 +43,36 @@ def test_propose_rescales_the_crop_to_the_refiner_grid_and_back():
     assert prob[click] > 0.99 and prob[0, 0, 0] < 0.01
 
 
+class _Stubborn(torch.nn.Module):
+    """Stand-in network that only repeats the current probability, whatever the clicks say."""
+
+    def forward(self, x):
+        return (x[:, 2:3] - 0.5) * 20.0
+
+
+def test_a_click_the_network_contradicts_goes_to_the_fallback():
+    """A negative click inside the label that the network keeps inside goes to region growing."""
+    shape = (12, 12, 12)
+    image = np.random.default_rng(0).normal(0, 0.05, shape).astype(np.float32)
+    image[:, :6] += 1.0  # two noisy regions: region growing from a click fills its half
+    current = np.ones(shape, bool)
+    click = (6, 3, 6)
+    negative = CropInputs(image, image, current.astype(np.float32), current, [], [click], click, False,
+                          (2.0, 2.0, 2.0))
+    refiner = LearnedRefiner(_Stubborn(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu")
+    removed = refiner.propose(negative) < 0.5
+    assert refiner.fallbacks == 1
+    assert removed[:, :4].all() and not removed[:, 6:].any()  # the clicked half (edge blurred), grown in the image
+    network_only = LearnedRefiner(_Stubborn(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu",
+                                  fallback=None)
+    assert not (network_only.propose(negative) < 0.5).any() and network_only.fallbacks == 0
+    # a positive click the network agrees with (the recorder answers "label" at positive clicks)
+    agreeing = LearnedRefiner(_Recorder(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu")
+    positive = CropInputs(image, image, np.zeros(shape, np.float32), ~current, [click], [], click, True,
+                          (2.0, 2.0, 2.0))
+    assert agreeing.propose(positive)[click] >= 0.5 and agreeing.fallbacks == 0
+
+
 def test_small_volumes_are_padded_for_the_network():
     recorder = _Recorder()
     refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(1.0, 1.0, 1.0), device="cpu")
@@ -134,7 +164,7 @@ def test_train_refiner_and_eval_clicks_commands(tmp_path):
     assert main(["eval", "clicks", "--bundle", str(bundle), "--data", str(data), "--max-clicks", "3",
                  "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert set(results) == {"learned", "sphere", "region_growing"}
+    assert set(results) == {"learned", "learned_network_only", "sphere", "region_growing"}
     for r in results.values():
         assert set(r["dice_at_clicks"]) == {"0", "1", "2", "3"}
         assert r["objects"] >= 3 and 0 <= r["never_90_share"] <= 1

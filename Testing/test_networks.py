@@ -33,7 +33,23 @@ def test_spec_rebuilds_identical_architecture():
     assert torch.allclose(a.eval()(x), b.eval()(x))
 
 
+def test_generator_without_norm_keeps_absolute_intensity():
+    """Instance norm after the one-channel stem makes the output blind to a constant offset of
+    the input (what an intensity-mapping translator must see); norm "none" is not."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 8, 8)
+    for norm, blind in (("instance", True), ("none", False)):
+        gen = build_network({"kind": "generator", "spatial_dims": 2, "channels": 4, "n_blocks": 1,
+                             "norm": norm, "stem_kernel": 1}).eval()
+        with torch.no_grad():
+            same = torch.allclose(gen(x), gen(x + 0.5), atol=1e-4)
+        assert same is blind, norm
+    disc = build_network({"kind": "discriminator", "spatial_dims": 2, "channels": 4, "n_layers": 2, "norm": "none"})
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in disc.modules())
+
+
 @pytest.mark.parametrize("spec", [
+    {"kind": "generator", "norm": "batch"},
     {"kind": "transformer"},
     {"spatial_dims": 3},
     {"kind": "segmenter", "chanels": [4, 8]},

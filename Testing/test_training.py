@@ -5,6 +5,7 @@ spacings and orientations: they run, log, resume, and reject bad folders clearly
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from crossdomainseg.bundle import load_bundle, update_bundle
 from crossdomainseg.cli import main
@@ -156,12 +157,55 @@ def test_train_source_then_translator_and_resume(folders, tmp_path):
     assert bundle.network_spec("generator")["residual"] is True
     assert (tmp_path / "bundle.ckpt" / "translator.ckpt").is_file()
 
+    # weight averaging ships the average, not the last weights; semantic consistency is logged
+    code = main(["train", "translator", "--bundle", str(out), "--source-images", str(folders / "src_img"),
+                 "--source-labels", str(folders / "src_lab"), "--target-images", str(folders / "tgt_img"),
+                 "--patch", "16", "--gen-channels", "4", "--blocks", "1", "--norm", "none",
+                 "--disc-channels", "4", "--disc-layers", "2", "--epochs", "1", "--steps", "3",
+                 "--average-decay", "0.5", "--lambda-semantic", "1", "--lambda-class-intensity", "1", "--lr", "1e-2",
+                 "--checkpoint-dir", str(tmp_path / "avg"), "--no-progress", "--threads", "1"])
+    assert code == 0
+    bundle = load_bundle(out)
+    last = bundle.metadata["training"]["translator"]["history"][-1]
+    assert np.isfinite(last["semantic"]) and np.isfinite(last["class_intensity"])
+    assert bundle.network_spec("generator")["norm"] == "none"
+    state = torch.load(tmp_path / "avg" / "translator.ckpt", weights_only=False)
+    shipped = bundle.network("generator").state_dict()
+    assert all(torch.equal(shipped[k], state["g_avg"][k]) for k in shipped)
+    assert not all(torch.equal(shipped[k], state["g_ts"][k]) for k in shipped)
+
     # retraining the segmenter keeps a refiner added by another trainer, drops the stale generator
     refiner = build_network({"kind": "refiner", "spatial_dims": 3, "in_channels": 4,
                              "out_channels": 2, "channels": [4, 8], "strides": [2]})
     update_bundle(out, networks={"refiner": refiner})
-    assert _train_source(folders, out, ["--epochs", "1"]) == 0
+    assert _train_source(folders, out, ["--epochs", "1", "--intensity-remap", "1"]) == 0
     assert set(load_bundle(out).network_names) == {"segmenter", "refiner"}
+    assert load_bundle(out).metadata["training"]["source"]["config"]["intensity_remap"] == 1.0
+
+
+def test_intensity_remap_gives_other_contrasts_on_the_same_anatomy():
+    from crossdomainseg.training.intensity import remap_intensity
+
+    rng = np.random.default_rng(0)
+    x = np.repeat(np.linspace(0, 1, 16, dtype=np.float32)[None, None], 8, axis=0).repeat(8, axis=1)
+    outs = [remap_intensity(x, rng) for _ in range(4)]
+    assert all(o.shape == x.shape and o.dtype == np.float32 for o in outs)
+    assert not np.allclose(outs[0], outs[1], atol=0.05)  # a different transfer function each time
+    # not just a rescaling: the order of intensities changes somewhere along the ramp
+    assert any((np.diff(o[4, 4]) < -0.02).any() for o in outs)
+
+
+def test_class_intensity_loss_compares_region_means_only():
+    from crossdomainseg.training.translator import _class_intensity_loss
+
+    pseudo = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    pseudo[..., :2, :] = 1
+    means = torch.tensor([float("nan"), 0.6, 0.3])  # class 2 absent from pseudo: ignored
+    textured = torch.zeros(1, 1, 4, 4)
+    textured[..., :2, :] = torch.tensor([0.5, 0.7, 0.5, 0.7])  # mean 0.6, with texture
+    assert float(_class_intensity_loss(textured, pseudo, means)) == pytest.approx(0.0, abs=1e-6)
+    assert float(_class_intensity_loss(textured + 0.1, pseudo, means)) == pytest.approx(0.1, abs=1e-5)
+    assert float(_class_intensity_loss(textured, torch.zeros_like(pseudo), means)) == 0.0
 
 
 def test_cli_rejects_missing_inputs(tmp_path, capsys):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the default bundles shipped in Resources/bundles/ from generated phantom data, with the
-# committed seeds. Usage: scripts/train_default_bundles.sh [phantom-ct-mr|xray-drr ...] [--stage source|translator]
+# committed seeds. Usage: scripts/train_default_bundles.sh [phantom-ct-mr|xray-drr ...] [--stage source|translator|refiner]
 # Env: DATA_ROOT (task folders; made with `crossdomainseg data make` when missing, default
 # build/default-bundle-data), THREADS (torch threads, default 2), OUT_ROOT (default Resources/bundles).
 # --resume continues each stage from its checkpoint (BUNDLE.ckpt, removed once both stages ran).
@@ -33,13 +33,13 @@ data_dir() {  # task, cases per domain: the task folder, generated once (same se
   echo "$dir"
 }
 
-train() {  # task, cases per domain, source options, translator options
-  local task=$1 n=$2 src_opts=$3 tr_opts=$4 data out
+train() {  # task, version, cases per domain, source options, translator options
+  local task=$1 version=$2 n=$3 src_opts=$4 tr_opts=$5 data out
   data=$(data_dir "$task" "$n")
   out="$OUT_ROOT/$task"
   if [ "$STAGE" = all ] || [ "$STAGE" = source ]; then
     # shellcheck disable=SC2086
-    cdseg train source --task-dir "$data" --out "$out" --threads "$THREADS" --version "$task-1.0" $src_opts $RESUME
+    cdseg train source --task-dir "$data" --out "$out" --threads "$THREADS" --version "$version" $src_opts $RESUME
   fi
   if [ "$STAGE" = all ] || [ "$STAGE" = translator ]; then
     # shellcheck disable=SC2086
@@ -48,15 +48,28 @@ train() {  # task, cases per domain, source options, translator options
   [ "$STAGE" = source ] || rm -rf "$out.ckpt"
 }
 
+refiner() {  # task, cases per domain, refiner options: the click refiner (3D tasks)
+  if [ "$STAGE" = all ] || [ "$STAGE" = refiner ]; then
+    # shellcheck disable=SC2086
+    cdseg train-refiner --bundle "$OUT_ROOT/$1" --data "$(data_dir "$1" "$2")" --threads "$THREADS" $3
+  fi
+}
+
 for task in "${TASKS[@]}"; do
   case "$task" in
     phantom-ct-mr)
-      train phantom-ct-mr 30 \
-        "--spacing 3 --roi 40 --channels 8,16,32,64 --res-units 1 --batch 2 --lr 2e-3 --rotated-copies 2 --max-degrees 20 --epochs 50 --steps 25 --seed 1" \
-        "--patch 32 --gen-channels 8 --n-down 2 --blocks 2 --stem-kernel 3 --disc-channels 8 --disc-layers 3 --lr 3e-4 --lambda-identity 5 --lambda-seg 5 --rotated-copies 1 --max-degrees 20 --epochs 30 --steps 20 --val-cases 2 --seed 2"
+      # CT in the abdominal soft-tissue window (W400 L40): liver, spleen and lesion differ by a few
+      # tens of HU, 2.5x more contrast than in the default -400..600 window. Half the crops get a
+      # random intensity transfer function, so the reference leans on shape too and is fair on MR
+      # from the start; the translator starts as the identity and is pulled towards CT organ
+      # intensities (class-intensity and semantic consistency under the reference's own labels).
+      train phantom-ct-mr phantom-ct-mr-1.1 30 \
+        "--source-norm window:-160:240 --intensity-remap 0.5 --spacing 3 --roi 40 --channels 8,16,32,64 --res-units 1 --batch 2 --lr 2e-3 --rotated-copies 2 --max-degrees 20 --epochs 120 --steps 25 --seed 1" \
+        "--patch 32 --gen-channels 8 --n-down 2 --blocks 2 --stem-kernel 3 --residual --disc-channels 8 --disc-layers 3 --lr 1e-3 --lambda-identity 0 --lambda-seg 5 --lambda-semantic 1 --lambda-class-intensity 10 --average-decay 0.99 --rotated-copies 1 --max-degrees 20 --epochs 40 --steps 20 --val-cases 2 --seed 2"
+      refiner phantom-ct-mr 30 "--steps 1132 --batch 4 --seed 0"
       ;;
     xray-drr)
-      train xray-drr 60 \
+      train xray-drr xray-drr-1.0 60 \
         "--spacing 2.8 --roi 128 --channels 8,16,32,64,128 --res-units 1 --batch 8 --lr 2e-3 --epochs 12 --steps 20 --seed 1" \
         "--patch 128 --gen-channels 16 --n-down 2 --blocks 3 --stem-kernel 7 --residual --disc-channels 16 --disc-layers 3 --batch 4 --lr 2e-4 --lambda-identity 5 --lambda-seg 2 --epochs 7 --steps 20 --val-cases 4 --seed 2"
       ;;

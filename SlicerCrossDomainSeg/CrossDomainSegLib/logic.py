@@ -188,9 +188,9 @@ class CrossDomainSegLogic:
                 registry.init_from(path)
         current = load_bundle(ModelRegistry(registry_dir).current_path())
         self.metadata = dict(current.metadata)
-        # a bundle without a generator still segments (the raw image), just without a preview
-        mode = "tdgan" if current.has_network("generator") else "vanilla"
-        self.engine = Engine(registry_dir, threads=self.threads, mode=mode)
+        # the engine follows each version's own segmenter input (raw image or synthetic preview);
+        # a bundle without a generator still segments the raw image, just without a preview
+        self.engine = Engine(registry_dir, threads=self.threads)
         self.bundle_path = registry_dir
         self.trainer.registry_dir, self.trainer.task = registry_dir, self.metadata["task"]
         self.active_label = self.label_names()[0] if self.label_names() else None

@@ -43,7 +43,7 @@ DEFAULT_HEATMAP = "entropy"
 # Input spacing more than this many times finer or coarser than the bundle's (any in-plane axis,
 # or slice axis for 3D bundles) is refused: structures would be invented or lost in resampling.
 MAX_SPACING_RATIO = 6.0
-MODES = ("tdgan", "vanilla")
+MODES = ("auto", "tdgan", "vanilla")
 # Sliding windows per forward pass, and TTA images per batch: batching the small training-sized
 # windows was 4x faster per window on CPU than one at a time (measured, 2 threads).
 WINDOW_BATCH = 8
@@ -113,19 +113,29 @@ def _available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+def bundle_mode(bundle: Bundle) -> str:
+    """What the bundle's segmenter reads: its metadata `segmenter_input` ("image": the raw target,
+    e.g. a student fine-tuned on it, or a reference measured better there than on G(x)), else the
+    synthetic preview when it has a generator."""
+    if bundle.metadata.get("segmenter_input") == "image" or not bundle.has_network("generator"):
+        return "vanilla"
+    return "tdgan"
+
+
 class Engine:
     """Segments images with one model bundle (or the current version of a registry), kept warm.
 
     bundle_or_path_or_registry: a `Bundle`, a bundle folder, or a registry folder (has `CURRENT`).
     device: "cuda", "cpu", ... (default: CUDA when available). threads: torch CPU threads.
     tta_n: test-time augmentations for the uncertainty (default DEFAULT_TTA_N).
-    mode: "tdgan" segments the synthetic preview, "vanilla" the raw target image.
+    mode: "tdgan" segments the synthetic preview, "vanilla" the raw target image, "auto" (default)
+    what each loaded bundle says (`bundle_mode`), also after a registry switches versions.
     heatmap: one of uncertainty.HEATMAP_KINDS. memory_limit_bytes: refuse images whose estimated
     working memory exceeds it (default: 80% of the memory available at the call).
     """
 
     def __init__(self, bundle_or_path_or_registry, device=None, threads: int | None = None,
-                 tta_n: int | None = None, mode: str = "tdgan", heatmap: str = DEFAULT_HEATMAP,
+                 tta_n: int | None = None, mode: str = "auto", heatmap: str = DEFAULT_HEATMAP,
                  memory_limit_bytes: int | None = None, max_spacing_ratio: float = MAX_SPACING_RATIO):
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -137,6 +147,7 @@ class Engine:
         self.tta_n = DEFAULT_TTA_N if tta_n is None else int(tta_n)
         if self.tta_n < 1:
             raise InputError(f"tta_n must be at least 1, got {tta_n}.")
+        self.requested_mode = mode
         self.mode = mode
         self.heatmap_kind = heatmap
         self.memory_limit_bytes = memory_limit_bytes
@@ -159,6 +170,7 @@ class Engine:
     # -- model ------------------------------------------------------------------------------
     def _use(self, bundle: Bundle) -> None:
         start = time.perf_counter()
+        self.mode = self.requested_mode if self.requested_mode != "auto" else bundle_mode(bundle)
         if self.mode == "tdgan" and not bundle.has_network("generator"):
             raise BundleError(
                 f"Bundle {bundle.path} has no generator, so the synthetic preview (tdgan mode) is "

@@ -16,6 +16,8 @@ A spec is a dict with a `kind` and the kind's parameters; `build_network(spec)` 
   Input sizes must be divisible by 2**n_down (pad first). With `residual` the net predicts a
   change to its input (added before the output activation, last conv zero-initialised), so an
   untrained generator is the identity and training starts from "no translation" rather than noise.
+  `norm` "instance" (CycleGAN's) or "none": instance norm after the single-channel stem discards
+  each patch's absolute intensity level, which an intensity-mapping task (MR -> CT) needs.
 - `discriminator`: PatchGAN (LSGAN logits per patch): `n_layers` stride-2 conv blocks.
 """
 
@@ -48,12 +50,14 @@ _GENERATOR_DEFAULTS = {
     "stem_kernel": 7,
     "output": "sigmoid",
     "residual": False,
+    "norm": "instance",
 }
 _DISCRIMINATOR_DEFAULTS = {
     "spatial_dims": 3,
     "in_channels": 1,
     "channels": 16,
     "n_layers": 3,
+    "norm": "instance",
 }
 _DEFAULTS = {
     "segmenter": _UNET_DEFAULTS,
@@ -116,19 +120,27 @@ def _unet(spec: dict) -> nn.Module:
     )
 
 
-def _layers(spatial_dims: int):
+def _layers(spatial_dims: int, norm_kind: str = "instance"):
+    """(conv, transposed conv, norm factory taking a channel count, replication pad)."""
+    if norm_kind not in ("instance", "none"):
+        raise BundleError(f"Generator/discriminator norm must be instance or none, not {norm_kind!r}.")
+    instance = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
+
+    def norm(channels):
+        return instance(channels, affine=True) if norm_kind == "instance" else nn.Identity()
+
     if spatial_dims == 3:
-        return nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d, nn.ReplicationPad3d
-    return nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, nn.ReplicationPad2d
+        return nn.Conv3d, nn.ConvTranspose3d, norm, nn.ReplicationPad3d
+    return nn.Conv2d, nn.ConvTranspose2d, norm, nn.ReplicationPad2d
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, channels: int, spatial_dims: int):
+    def __init__(self, channels: int, spatial_dims: int, norm_kind: str):
         super().__init__()
-        conv, _, norm, pad = _layers(spatial_dims)
+        conv, _, norm, pad = _layers(spatial_dims, norm_kind)
         self.body = nn.Sequential(
-            pad(1), conv(channels, channels, 3), norm(channels, affine=True), nn.ReLU(inplace=True),
-            pad(1), conv(channels, channels, 3), norm(channels, affine=True),
+            pad(1), conv(channels, channels, 3), norm(channels), nn.ReLU(inplace=True),
+            pad(1), conv(channels, channels, 3), norm(channels),
         )
 
     def forward(self, x):
@@ -141,18 +153,18 @@ class ResnetGenerator(nn.Module):
     def __init__(self, spec: dict):
         super().__init__()
         dims, ch = spec["spatial_dims"], spec["channels"]
-        conv, convt, norm, pad = _layers(dims)
+        conv, convt, norm, pad = _layers(dims, spec["norm"])
         k = spec["stem_kernel"]
-        layers = [pad(k // 2), conv(spec["in_channels"], ch, k), norm(ch, affine=True), nn.ReLU(True)]
+        layers = [pad(k // 2), conv(spec["in_channels"], ch, k), norm(ch), nn.ReLU(True)]
         for i in range(spec["n_down"]):
             c = ch * 2**i
-            layers += [conv(c, 2 * c, 3, stride=2, padding=1), norm(2 * c, affine=True), nn.ReLU(True)]
+            layers += [conv(c, 2 * c, 3, stride=2, padding=1), norm(2 * c), nn.ReLU(True)]
         c = ch * 2 ** spec["n_down"]
-        layers += [_ResidualBlock(c, dims) for _ in range(spec["n_blocks"])]
+        layers += [_ResidualBlock(c, dims, spec["norm"]) for _ in range(spec["n_blocks"])]
         for _ in range(spec["n_down"]):
             layers += [
                 convt(c, c // 2, 3, stride=2, padding=1, output_padding=1),
-                norm(c // 2, affine=True),
+                norm(c // 2),
                 nn.ReLU(True),
             ]
             c //= 2
@@ -188,13 +200,13 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, spec: dict):
         super().__init__()
-        conv, _, norm, _ = _layers(spec["spatial_dims"])
+        conv, _, norm, _ = _layers(spec["spatial_dims"], spec["norm"])
         ch = spec["channels"]
         layers = [conv(spec["in_channels"], ch, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
         c = ch
         for i in range(1, spec["n_layers"]):
             nxt = ch * min(2**i, 8)
-            layers += [conv(c, nxt, 4, stride=2, padding=1), norm(nxt, affine=True), nn.LeakyReLU(0.2, True)]
+            layers += [conv(c, nxt, 4, stride=2, padding=1), norm(nxt), nn.LeakyReLU(0.2, True)]
             c = nxt
         layers += [conv(c, 1, 3, padding=1)]
         self.model = nn.Sequential(*layers)

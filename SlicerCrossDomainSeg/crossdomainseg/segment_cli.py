@@ -39,8 +39,9 @@ def add_parser(subparsers) -> None:
                         help="test-time augmentations for the uncertainty (default: the engine's)")
     parser.add_argument("--no-uncertainty", action="store_true",
                         help="skip test-time augmentation (fastest; no U, no heatmap)")
-    parser.add_argument("--mode", choices=("tdgan", "vanilla"), default="tdgan",
-                        help="tdgan: segment the synthetic preview (default); vanilla: the raw image")
+    parser.add_argument("--mode", choices=("auto", "tdgan", "vanilla"), default="auto",
+                        help="tdgan: segment the synthetic preview; vanilla: the raw image; "
+                             "auto (default): what the bundle's metadata says")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--force", action="store_true", help="batch: redo cases already finished")

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-METHODS = ("learned", "sphere", "region_growing")
+METHODS = ("learned", "learned_network_only", "sphere", "region_growing")
 
 
 def _eval_subparsers(subparsers):
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
     clicks.add_argument("--limit", type=int, default=None, help="first N cases only")
     clicks.add_argument("--threads", type=int, default=None)
     clicks.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
-    clicks.add_argument("--mode", default="tdgan", choices=("tdgan", "vanilla"),
+    clicks.add_argument("--mode", default="auto", choices=("auto", "tdgan", "vanilla"),
                         help="how the engine makes the automatic result the robot starts from")
     clicks.add_argument("--out", default=None, help="write the full results as JSON here")
     clicks.set_defaults(func=run_eval)
@@ -63,6 +63,7 @@ def build_refiners(bundle, methods, device=None) -> dict:
     if unknown:
         raise InputError(f"Unknown click methods {sorted(unknown)}; choose from {', '.join(METHODS)}.")
     makers = {"learned": lambda: LearnedRefiner.from_bundle(bundle, device),
+              "learned_network_only": lambda: LearnedRefiner.from_bundle(bundle, device, fallback=None),
               "sphere": SphereRefiner, "region_growing": RegionGrowingRefiner}
     return {name: makers[name]() for name in methods}
 

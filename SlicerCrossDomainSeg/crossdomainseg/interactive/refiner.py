@@ -4,6 +4,11 @@ Input channels: normalised image, synthetic preview, current probability of the 
 and negative click maps. Output: one logit per voxel, "belongs to the label being corrected".
 The crop arrives on the image's own grid; it is rescaled per axis to the refiner's spacing
 (the spacing it was trained at) and the probability is rescaled back.
+
+A click is the user's ground truth at that voxel. Where the network's answer contradicts it
+(a positive click it still calls outside the label, a negative one it still calls inside), the
+network has not understood this image, and the click goes to `fallback` (seeded region growing
+by default) instead of changing a single voxel.
 """
 
 import numpy as np
@@ -36,15 +41,22 @@ def to_net_index(index, crop_shape, net_shape):
 class LearnedRefiner:
     name = "learned"
 
-    def __init__(self, network: torch.nn.Module, size=NET_SIZE, spacing=NET_SPACING, device=None):
+    def __init__(self, network: torch.nn.Module, size=NET_SIZE, spacing=NET_SPACING, device=None,
+                 fallback="region_growing"):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.network = network.to(self.device).eval()
         self.size = tuple(int(s) for s in size)
         self.spacing = tuple(float(s) for s in spacing)
         self.crop_mm = tuple(n * s for n, s in zip(self.size, self.spacing))
+        if fallback == "region_growing":
+            from .baselines import RegionGrowingRefiner
+
+            fallback = RegionGrowingRefiner(crop_mm=self.crop_mm)
+        self.fallback = fallback
+        self.fallbacks = 0  # clicks handed to the fallback so far
 
     @classmethod
-    def from_bundle(cls, bundle, device=None) -> "LearnedRefiner":
+    def from_bundle(cls, bundle, device=None, fallback="region_growing") -> "LearnedRefiner":
         """The bundle's refiner, loaded once and warmed up so the first click pays no loading."""
         if not bundle.has_network("refiner"):
             raise BundleError(f"The model bundle {bundle.path} has no click refiner; "
@@ -52,7 +64,7 @@ class LearnedRefiner:
         device = device if isinstance(device, torch.device) else pick_device(device)
         grid = bundle.metadata.get("refiner", {})
         refiner = cls(bundle.network("refiner", device), grid.get("size", NET_SIZE),
-                      grid.get("spacing", NET_SPACING), device)
+                      grid.get("spacing", NET_SPACING), device, fallback)
         refiner.warm()
         return refiner
 
@@ -67,6 +79,13 @@ class LearnedRefiner:
                      for c, s, t, n in zip(crop_shape, spacing, self.spacing, self.size))
 
     def propose(self, inputs: CropInputs) -> np.ndarray:
+        probability = self.network_probability(inputs)
+        if self.fallback is not None and (probability[inputs.click] >= 0.5) != inputs.click_positive:
+            self.fallbacks += 1
+            return self.fallback.propose(inputs)
+        return probability
+
+    def network_probability(self, inputs: CropInputs) -> np.ndarray:
         crop_shape = inputs.image.shape
         shape = self.net_shape(crop_shape, inputs.spacing)
         dense = torch.from_numpy(np.stack([inputs.image, inputs.preview, inputs.probability])

@@ -27,6 +27,7 @@ from .. import geometry
 from ..bundle import load_bundle, update_bundle
 from ..errors import InputError
 from ..networks import build_network
+from ..training.intensity import remap_intensity
 from .encoding import NET_SIZE, NET_SPACING, click_maps, crop_box, pad_to
 from .refiner import REFINER_SPEC
 from .simulate import training_clicks
@@ -88,14 +89,14 @@ def _blob(shape, center, radii):
 
 def corrupt(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A plausible wrong automatic mask for `truth` (bool)."""
-    if rng.random() < 0.12:
+    if rng.random() < 0.2:
         return np.zeros_like(truth)  # missed object: the first click starts from nothing
     pred = truth.copy()
     edge = np.argwhere(truth ^ ndimage.binary_erosion(truth))
     for kind in rng.choice(["morph", "shift", "blobs", "island"], size=rng.integers(1, 3), replace=False,
                            p=[0.35, 0.2, 0.35, 0.1]):
         if kind == "morph":
-            r = int(rng.integers(1, 4))
+            r = int(rng.integers(1, 6))  # drafts on a new modality can be far off
             op = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
             pred = op(pred, ndimage.generate_binary_structure(3, 1), iterations=r)
         elif kind == "shift":
@@ -103,7 +104,7 @@ def corrupt(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         elif kind == "blobs" and len(edge):
             for _ in range(int(rng.integers(1, 4))):
                 c = edge[rng.integers(len(edge))] + rng.integers(-2, 3, size=3)
-                blob = _blob(pred.shape, c, rng.uniform(2, 7, size=3))
+                blob = _blob(pred.shape, c, rng.uniform(2, 10, size=3))
                 pred = (pred | blob) if rng.random() < 0.5 else (pred & ~blob)
         elif kind == "island":
             c = [rng.integers(n) for n in pred.shape]
@@ -119,25 +120,12 @@ def soften(mask: np.ndarray, rng) -> np.ndarray:
     return prob
 
 
-def remap_intensity(x: np.ndarray, rng) -> np.ndarray:
-    """An unknown modality: a random transfer function of the source intensities, bias, noise.
-
-    Half the knots sit at quantiles of the crop, so tissues a few HU apart in the source (liver,
-    spleen, lesion) can get any contrast, as they do in MR; the rest are spread evenly."""
-    knots = np.unique(np.concatenate([np.quantile(x, np.linspace(0, 1, 8)),
-                                      rng.uniform(float(x.min()), float(x.max()) + 1e-3, size=8)]))
-    y = np.interp(x, knots, rng.uniform(0, 1, size=len(knots))).astype(np.float32)
-    grids = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in x.shape], indexing="ij")
-    y *= 1.0 + sum(float(rng.uniform(-0.15, 0.15)) * g for g in grids)
-    if rng.random() < 0.4:
-        y = ndimage.gaussian_filter(y, rng.uniform(0.3, 1.0))
-    y += rng.normal(0, rng.uniform(0, 0.05), size=y.shape).astype(np.float32)
-    return y
-
-
 def perturb_preview(x: np.ndarray, rng) -> np.ndarray:
-    """The translator's preview is imperfect: blur, contrast change, noise."""
-    if rng.random() < 0.5:
+    """The translator's preview is imperfect: blur, contrast change, noise; and sometimes plain
+    wrong (tissues given other intensities), so the refiner learns not to trust it blindly."""
+    if rng.random() < 0.3:
+        return remap_intensity(x, rng)
+    if rng.random() < 0.3:
         return x
     y = ndimage.gaussian_filter(x, rng.uniform(0, 1.0)) * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05)
     return (y + rng.normal(0, 0.02, size=x.shape)).astype(np.float32)

@@ -141,6 +141,7 @@ def run_source(args) -> int:
         num_res_units=args.res_units,
         rotated_copies=args.rotated_copies,
         max_degrees=args.max_degrees,
+        intensity_remap=args.intensity_remap,
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         batch_size=args.batch,
@@ -181,8 +182,10 @@ def run_translator(args) -> int:
         discriminator_channels=args.disc_channels, discriminator_layers=args.disc_layers,
         epochs=args.epochs, steps_per_epoch=args.steps, batch_size=args.batch, lr=args.lr,
         lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
-        lambda_seg=args.lambda_seg, seed=args.seed,
+        lambda_seg=args.lambda_seg, lambda_semantic=args.lambda_semantic,
+        lambda_class_intensity=args.lambda_class_intensity, seed=args.seed,
         rotated_copies=args.rotated_copies, max_degrees=args.max_degrees,
+        average_decay=args.average_decay, norm=args.norm,
     )
     bundle = train_translator(args.bundle, config, source, target, val, args.checkpoint_dir,
                               args.resume, args.device, not args.no_progress, _command(args))
@@ -229,6 +232,8 @@ def add_parser(subparsers) -> None:
     src.add_argument("--res-units", type=int, default=1)
     src.add_argument("--batch", type=int, default=2)
     src.add_argument("--lr", type=float, default=1e-3)
+    src.add_argument("--intensity-remap", type=float, default=0.0,
+                     help="share of crops given a random intensity transfer function (0-1)")
     src.add_argument("--version", default="0.1.0", help="model version recorded in the bundle")
     src.set_defaults(func=run_source)
 
@@ -248,6 +253,8 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--stem-kernel", type=int, default=7, help="generator's first/last conv width")
     tr.add_argument("--residual", action="store_true",
                     help="generators predict a change to their input (start as the identity)")
+    tr.add_argument("--norm", choices=("instance", "none"), default="instance",
+                    help="normalisation layers of generators and discriminators")
     tr.add_argument("--disc-channels", type=int, default=16)
     tr.add_argument("--disc-layers", type=int, default=3)
     tr.add_argument("--batch", type=int, default=1)
@@ -255,4 +262,10 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--lambda-cycle", type=float, default=10.0)
     tr.add_argument("--lambda-identity", type=float, default=5.0)
     tr.add_argument("--lambda-seg", type=float, default=1.0)
+    tr.add_argument("--lambda-semantic", type=float, default=0.0,
+                    help="weight of S(G(target)) = S(target) consistency on real target images")
+    tr.add_argument("--lambda-class-intensity", type=float, default=0.0,
+                    help="weight of matching organ mean intensities of G(target) to the source's")
+    tr.add_argument("--average-decay", type=float, default=0.0,
+                    help="ship an exponential moving average of the generator (e.g. 0.99; 0 = off)")
     tr.set_defaults(func=run_translator)

@@ -21,6 +21,7 @@ from ..device import pick_device
 from ..errors import InputError
 from ..networks import build_network
 from .datasets import load_samples
+from .intensity import remap_intensity
 from .loops import (Checkpoint, batch, epoch_rng, predict_probabilities, random_patch, same_run,
                     seed_everything)
 
@@ -46,6 +47,10 @@ class SourceConfig:
     num_res_units: int = 1
     rotated_copies: int = 0  # augmentation: randomly rotated copies of each training image
     max_degrees: float = 0.0
+    # Share of training crops whose intensities go through a random transfer function
+    # (intensity.remap_intensity): a reference that leans on shape as well as on source contrast
+    # is fair on the target modality from the start and gives the translator useful gradients.
+    intensity_remap: float = 0.0
     epochs: int = 20
     steps_per_epoch: int = 20
     batch_size: int = 2
@@ -148,7 +153,10 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
                    disable=not progress, leave=False)
         for _ in bar:
             picks = rng.integers(len(train), size=config.batch_size)
-            images, labels = batch([random_patch(train[i], config.roi_size, rng) for i in picks], device)
+            patches = [random_patch(train[i], config.roi_size, rng) for i in picks]
+            patches = [(remap_intensity(x, rng) if rng.random() < config.intensity_remap else x, y)
+                       for x, y in patches]
+            images, labels = batch(patches, device)
             images = _intensity_jitter(images, rng)
             loss = loss_fn(network(images), labels)
             optimiser.zero_grad(set_to_none=True)

@@ -1,9 +1,13 @@
 """Training the translator G_t->s as a TD-GAN: a CycleGAN (two generators, two PatchGAN
 discriminators; LSGAN adversarial, cycle and identity losses) whose source half is tied to the
 bundle's frozen reference segmenter: S(G_t->s(G_s->t(x_s))) must still segment as the source
-label y_s (segmentation consistency through the cycle, Zhang et al. 2018).
+label y_s (segmentation consistency through the cycle, Zhang et al. 2018). Optionally
+(`lambda_semantic`) also S(G_t->s(x_t)) must match S(x_t) on real target images (CyCADA's
+semantic consistency), for a reference trained to be fair on the target modality; and
+(`lambda_class_intensity`) the regions S(x_t) labels as an organ must have, in G_t->s(x_t), that
+organ's mean source intensity (the labelled source images give it).
 
-Only G_t->s is stored in the bundle (`models/generator.pt`: target-normalised image in,
+Only G_t->s (its weight average when `average_decay` > 0) is stored in the bundle (`models/generator.pt`: target-normalised image in,
 source-normalised image in [0, 1] out, the "synthetic-modality preview"); the other three
 networks live in the resumable checkpoint. The bundle is updated after every epoch with the
 losses in `metadata["training"]["translator"]["history"]`.
@@ -39,6 +43,7 @@ class TranslatorConfig:
     n_blocks: int = 3
     stem_kernel: int = 7
     residual: bool = False
+    norm: str = "instance"  # "none" keeps absolute intensities (see networks.py)
     discriminator_channels: int = 16
     discriminator_layers: int = 3
     epochs: int = 20
@@ -48,8 +53,17 @@ class TranslatorConfig:
     lambda_cycle: float = 10.0
     lambda_identity: float = 5.0  # CycleGAN: half the cycle weight
     lambda_seg: float = 1.0
+    # Semantic consistency on real target images (CyCADA): S(G_t->s(x_t)) must segment as S(x_t)
+    # does. Useful when the reference is already fair on raw target images (intensity_remap).
+    lambda_semantic: float = 0.0
+    # Organ intensities: in G_t->s(x_t), the mean of each region S(x_t) labels as organ c must be
+    # the mean source intensity of organ c (from the labelled source images).
+    lambda_class_intensity: float = 0.0
     rotated_copies: int = 0  # source augmentation, so orientation is no cue for the discriminator
     max_degrees: float = 0.0
+    # Exponential moving average of G_t->s weights (0 = off): GAN weights oscillate from step to
+    # step; the average is what is evaluated and shipped.
+    average_decay: float = 0.0
     seed: int = 0
     losses: list = field(default_factory=lambda: ["adversarial", "cycle", "identity", "segmentation"])
 
@@ -57,12 +71,13 @@ class TranslatorConfig:
 def generator_spec(config: TranslatorConfig, spatial_dims: int) -> dict:
     return {"kind": "generator", "spatial_dims": spatial_dims, "channels": config.generator_channels,
             "n_down": config.n_down, "n_blocks": config.n_blocks, "stem_kernel": config.stem_kernel,
-            "output": "sigmoid", "residual": config.residual}
+            "output": "sigmoid", "residual": config.residual, "norm": config.norm}
 
 
 def discriminator_spec(config: TranslatorConfig, spatial_dims: int) -> dict:
     return {"kind": "discriminator", "spatial_dims": spatial_dims,
-            "channels": config.discriminator_channels, "n_layers": config.discriminator_layers}
+            "channels": config.discriminator_channels, "n_layers": config.discriminator_layers,
+            "norm": config.norm}
 
 
 def evaluate_translation(segmenter, generator, samples, roi, n_classes, device) -> float:
@@ -109,6 +124,7 @@ def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_c
                           config.rotated_copies, config.max_degrees, config.seed)
     target = load_samples([(c[0], c[1], None) for c in target_cases], spacing, norms["target"], dims)
     val = load_samples(val_target_cases, spacing, norms["target"], dims, values)
+    class_means = _class_means(source, values, device)
     source_centres = [body_voxels(s) for s in source]
     target_centres = [body_voxels(s) for s in target]
 
@@ -119,6 +135,7 @@ def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_c
     vanilla = evaluate_vanilla(segmenter, val, bundle.roi_size, bundle.num_classes, device) if val else None
     g_ts = build_network(generator_spec(config, dims)).to(device)
     g_st = build_network(generator_spec(config, dims)).to(device)
+    g_avg = copy.deepcopy(g_ts).requires_grad_(False)
     d_s = build_network(discriminator_spec(config, dims)).to(device)
     d_t = build_network(discriminator_spec(config, dims)).to(device)
     opt_g = torch.optim.Adam(list(g_ts.parameters()) + list(g_st.parameters()), lr=config.lr, betas=(0.5, 0.999))
@@ -126,7 +143,8 @@ def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_c
     from monai.losses import DiceCELoss
 
     seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
-    modules = {"g_ts": g_ts, "g_st": g_st, "d_s": d_s, "d_t": d_t, "opt_g": opt_g, "opt_d": opt_d}
+    modules = {"g_ts": g_ts, "g_st": g_st, "d_s": d_s, "d_t": d_t, "g_avg": g_avg,
+               "opt_g": opt_g, "opt_d": opt_d}
     checkpoint = Checkpoint(checkpoint_dir or bundle_path.with_name(bundle_path.name + ".ckpt"), "translator")
     start, history = 0, []
     state = checkpoint.load() if resume else None
@@ -160,10 +178,19 @@ def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_c
                 "identity": config.lambda_identity * (F.l1_loss(g_ts(xs), xs) + F.l1_loss(g_st(xt), xt)),
                 "segmentation": config.lambda_seg * seg_loss(segmenter(rec_s), ys),
             }
+            if config.lambda_semantic > 0 or config.lambda_class_intensity > 0:
+                with torch.no_grad():
+                    pseudo = segmenter(xt).argmax(1, keepdim=True)
+            if config.lambda_semantic > 0:
+                losses["semantic"] = config.lambda_semantic * seg_loss(segmenter(fake_s), pseudo)
+            if config.lambda_class_intensity > 0:
+                losses["class_intensity"] = config.lambda_class_intensity * _class_intensity_loss(
+                    fake_s, pseudo, class_means)
             generator_loss = sum(losses.values())
             opt_g.zero_grad(set_to_none=True)
             generator_loss.backward()
             opt_g.step()
+            _average_into(g_avg, g_ts, config.average_decay)
             for p in list(d_s.parameters()) + list(d_t.parameters()):
                 p.requires_grad_(True)
             disc_loss = 0.5 * (
@@ -179,19 +206,48 @@ def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_c
             bar.set_postfix(seg=f"{losses['segmentation'].item():.3f}", cyc=f"{losses['cycle'].item():.3f}")
         entry = {"epoch": epoch + 1, **{k: round(v / config.steps_per_epoch, 5) for k, v in sums.items()},
                  "seconds": round(time.time() - began, 2)}
+        shipped = g_avg if config.average_decay > 0 else g_ts
         if val:
-            g_ts.eval()
+            shipped.eval()
             entry["val_vanilla_dice"] = vanilla
-            entry["val_tdgan_dice"] = evaluate_translation(segmenter, g_ts, val, bundle.roi_size,
+            entry["val_tdgan_dice"] = evaluate_translation(segmenter, shipped, val, bundle.roi_size,
                                                            bundle.num_classes, device)
         history.append(entry)
         if progress:
             tqdm.write(f"translator epoch {epoch + 1}: " + ", ".join(
                 f"{k}={v}" for k, v in entry.items() if k != "epoch"))
-        _store(bundle_path, g_ts, config, history, command)
+        _store(bundle_path, shipped, config, history, command)
         checkpoint.save({"epoch": epoch, "config": asdict(config), "history": history,
                          **{name: m.state_dict() for name, m in modules.items()}})
     return load_bundle(bundle_path)
+
+
+def _class_means(samples, values, device) -> torch.Tensor:
+    """Mean normalised source intensity of each label value (index = value; NaN if absent)."""
+    means = torch.full((max(values) + 1,), float("nan"))
+    for v in values:
+        voxels = np.concatenate([s.image[s.label == v] for s in samples])
+        if voxels.size:
+            means[v] = float(voxels.mean())
+    return means.to(device)
+
+
+def _class_intensity_loss(image: torch.Tensor, pseudo: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """Mean over foreground classes present in `pseudo` of |mean(image in class) - source mean|:
+    region means only, so texture inside an organ stays free."""
+    terms = [(image[pseudo == v].mean() - means[v]).abs()
+             for v in range(1, len(means)) if not torch.isnan(means[v]) and (pseudo == v).any()]
+    return torch.stack(terms).mean() if terms else image.sum() * 0.0
+
+
+@torch.no_grad()
+def _average_into(average, network, decay: float) -> None:
+    if decay <= 0:
+        return
+    for a, p in zip(average.parameters(), network.parameters()):
+        a.lerp_(p, 1.0 - decay)
+    for a, b in zip(average.buffers(), network.buffers()):
+        a.copy_(b)
 
 
 def _store(bundle_path: Path, generator, config: TranslatorConfig, history: list, command) -> None:
