@@ -13,8 +13,10 @@ from crossdomainseg.resources import shipped_bundles
 from crossdomainseg.training.evaluate import CaseRunner
 
 TASKS = ["phantom-ct-mr", "xray-drr"]
-FRESH_SEEDS = [900001, 900002]  # outside the training task's subject seeds
-TOLERANCE = 0.06  # two fresh subjects vary around the 6-case validation mean
+# Outside the training task's subject seeds. Eight, because one subject's mean Dice swings by
+# 0.15 with whether its small lesion is found (phantom-ct-mr 1.2 misses it in 2 of these 8).
+FRESH_SEEDS = list(range(900001, 900009))
+TOLERANCE = 0.06  # fresh subjects vary around the 6-case validation mean
 
 
 def _bundle(task):

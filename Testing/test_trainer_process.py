@@ -78,7 +78,7 @@ def test_start_status_stop_resume(tmp_path):
                 "confident_per_epoch", "consistently_confident"):
         assert key in status, key
     assert status["state"] == "training" and status["running"] and status["pid"] == pid
-    assert status["nice"] >= 7 and status["threads"] == 1
+    assert status["nice"] >= 7 and status["threads"] == 1 and status["image_threads"] == 1
     assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) >= 7
     assert status["n_target"] == 3 and status["n_accepted"] == 2 and status["n_heldout"] == 1
     assert status["tau_u"] == pytest.approx(1.0 + status["epoch"] * 0.02)

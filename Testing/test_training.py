@@ -89,6 +89,25 @@ def test_gan_patches_are_centred_inside_the_body():
         assert patch.max() > 0  # never a patch of air only
 
 
+def test_class_balanced_crops_find_a_small_label():
+    from crossdomainseg.training.datasets import Sample
+    from crossdomainseg.training.loops import random_patch
+
+    label = np.zeros((60, 60), np.int64)
+    label[5:45, 5:45] = 1  # a big organ
+    label[52:55, 52:55] = 2  # a 9-pixel lesion far from it
+    sample = Sample("s", label.astype(np.float32), label, (1.0, 1.0))
+
+    def lesion_share(balanced):
+        rng = np.random.default_rng(0)
+        crops = [random_patch(sample, (8, 8), rng, foreground_share=1.0, class_balanced=balanced)[1]
+                 for _ in range(200)]
+        return np.mean([(c == 2).any() for c in crops])
+
+    assert lesion_share(False) < 0.05  # one foreground voxel in 180 is lesion
+    assert 0.35 < lesion_share(True) < 0.65  # each label centred about equally often
+
+
 def test_bad_folders_give_input_errors(folders, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         labelled_cases(tmp_path / "nope", folders / "src_lab")
@@ -193,6 +212,23 @@ def test_intensity_remap_gives_other_contrasts_on_the_same_anatomy():
     assert not np.allclose(outs[0], outs[1], atol=0.05)  # a different transfer function each time
     # not just a rescaling: the order of intensities changes somewhere along the ramp
     assert any((np.diff(o[4, 4]) < -0.02).any() for o in outs)
+
+
+def test_intensity_remap_keeps_tissues_smooth():
+    """Two flat noisy tissues stay two smooth regions: the map must not amplify the noise."""
+    from crossdomainseg.training.intensity import remap_intensity
+
+    x = np.full((24, 24, 24), 0.3, np.float32)
+    x[:, :, 12:] = 0.7
+    x += np.random.default_rng(0).normal(0, 0.02, x.shape).astype(np.float32)
+    ratios = []
+    for seed in range(40):
+        y = remap_intensity(x, np.random.default_rng(seed))
+        inside = [y[2:22, 2:22, 2:10], y[2:22, 2:22, 14:22]]
+        roughness = np.mean([np.abs(np.diff(r, axis=a)).mean() for r in inside for a in range(3)])
+        contrast = abs(inside[0][2:-2, 2:-2, 2:-2].mean() - inside[1][2:-2, 2:-2, 2:-2].mean())
+        ratios.append(roughness / max(contrast, 1e-3))
+    assert np.median(ratios) < 0.9  # about 0.6; a map of the raw noisy voxels gives about 1.3
 
 
 def test_class_intensity_loss_compares_region_means_only():

@@ -83,6 +83,11 @@ def test_image_uncertainty_follows_eq1():
     shifted = torch.roll(a, 2, dims=-1)
     u_shift = unc.image_uncertainty([p_a, torch.cat([1 - shifted, shifted], 1)]).item()
     assert 0.05 < u_shift < 0.5
+    # Agreeing segmentations are certain however soft the maps, and a label no prediction
+    # segments (a lesion absent from this image, a little probability everywhere) adds nothing.
+    diffuse = [torch.cat([0.75 - 0.5 * a, 0.2 + 0.5 * a, torch.full_like(a, 0.05 + 0.01 * k)], 1)
+               for k in range(3)]
+    assert unc.image_uncertainty(diffuse).item() == pytest.approx(0.0, abs=1e-5)
 
 
 def test_heatmap_kinds_locate_disagreement():

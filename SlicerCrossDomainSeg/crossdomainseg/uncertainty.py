@@ -177,10 +177,20 @@ def soft_dice(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-6) -> torch.Tens
     return ((2 * inter + eps) / (total + eps)).mean(dim=1)
 
 
+def one_hot(probabilities: torch.Tensor) -> torch.Tensor:
+    """H: the one-hot segmentation (argmax) of (B, C, *spatial) probabilities."""
+    classes = probabilities.shape[1]
+    return torch.nn.functional.one_hot(probabilities.argmax(1), classes).movedim(-1, 1).float()
+
+
 def image_uncertainty(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
-    """U per batch item: max over TTA predictions of 1 - softDice(p_i, p_bar) (patent eq. 1)."""
-    mean = torch.stack(list(probabilities)).mean(0)
-    distances = torch.stack([1.0 - soft_dice(p, mean) for p in probabilities])
+    """U per batch item: max over TTA predictions of the Dice distance between the segmentation
+    of p_i and that of p_bar (patent eq. 1). On segmentations, not on the soft maps: the soft
+    Dice of a soft map with itself is below 1, and a label no voxel belongs to (a lesion absent
+    from this image) still spreads a little probability over the whole volume, which alone would
+    put every image's U near 1/C; a label absent from both segmentations counts as agreement."""
+    mean = one_hot(torch.stack(list(probabilities)).mean(0))
+    distances = torch.stack([1.0 - soft_dice(one_hot(p), mean) for p in probabilities])
     return distances.max(0).values.clamp_min(0.0)
 
 

@@ -12,7 +12,10 @@ from ..errors import InputError
 class CurriculumParams:
     epochs: int = 20
     batch_size: int = 2  # unlabelled target images per step
-    lr: float = 1e-3  # AdamW, patent implementation section
+    # AdamW as in the patent, whose 1e-3 trains from scratch; the student here starts as the
+    # shipped model, and 1e-3 first undid part of it (phantom-ct-mr bundle 1.1, mean teacher:
+    # 0.452 -> 0.443 Dice after 5 epochs; 2e-4: 0.456)
+    lr: float = 2e-4
     weight_decay: float = 1e-4
     # Eq. 4: theta_tea = (1 - alpha - beta) theta_tea + alpha theta_stu + beta theta_pre, per step.
     alpha: float = 0.001

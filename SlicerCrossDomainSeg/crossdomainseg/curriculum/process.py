@@ -243,7 +243,10 @@ class _Run:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         atomic_write_bytes(self.workdir / "trainer.pid", f"{os.getpid()}\n".encode())
-        self.write_status(state="starting", nice=os.nice(0), threads=torch.get_num_threads())
+        import SimpleITK as sitk
+
+        self.write_status(state="starting", nice=os.nice(0), threads=torch.get_num_threads(),
+                          image_threads=sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
         params = CurriculumParams.from_dict(config["params"])
         registry = ModelRegistry(config["registry"])
         if not registry.is_initialised():

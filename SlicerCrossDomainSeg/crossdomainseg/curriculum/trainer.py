@@ -14,8 +14,10 @@ G and S_pre are frozen, so U(x) and S_pre(G(x)) are computed once per image and 
 x' is what teacher and student read (`params.student_input`): the raw target image x as in the
 patent ("image"), or the synthetic preview G(x) ("preview", the Engine's default tdgan path).
 The patent's warm start (teacher = S_pre on raw x) only works where that "vanilla" prediction is
-already fair (patent: Dice 0.78); on the phantom CT->MR task it is near 0, so "preview" is the
-default. Published bundles record it as metadata `segmenter_input` and keep the source-trained
+already fair (patent: Dice 0.78), which a reference trained on plain source images is not (the
+first phantom CT->MR reference: 0.05), so "preview" is the default; references trained with
+random intensity transfer functions are fair on raw MR (phantom-ct-mr 1.2: about 0.5) and the
+curriculum benchmark reads "image". Published bundles record it as metadata `segmenter_input` and keep the source-trained
 reference as network `reference`.
 """
 
@@ -37,7 +39,7 @@ from .. import geometry
 from ..bundle import Bundle, save_bundle
 from ..errors import InputError
 from ..metrics import dice
-from ..uncertainty import default_transforms, image_uncertainty, tta_probabilities
+from ..uncertainty import default_transforms, image_uncertainty, one_hot, tta_probabilities
 from .augment import flip_pair, views
 from .losses import ce_dice_loss, consistency_loss, dice_distance
 from .memory_bank import MemoryBank
@@ -334,11 +336,6 @@ class CurriculumTrainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = list(state["history"])
         self.rng.setstate(state["rng"])
-
-
-def one_hot(probabilities: torch.Tensor) -> torch.Tensor:
-    classes = probabilities.shape[1]
-    return torch.nn.functional.one_hot(probabilities.argmax(1), classes).movedim(-1, 1).float()
 
 
 def is_heldout(index: int, every: int) -> bool:

@@ -142,6 +142,7 @@ def run_source(args) -> int:
         rotated_copies=args.rotated_copies,
         max_degrees=args.max_degrees,
         intensity_remap=args.intensity_remap,
+        class_balanced=args.class_balanced,
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         batch_size=args.batch,
@@ -234,6 +235,8 @@ def add_parser(subparsers) -> None:
     src.add_argument("--lr", type=float, default=1e-3)
     src.add_argument("--intensity-remap", type=float, default=0.0,
                      help="share of crops given a random intensity transfer function (0-1)")
+    src.add_argument("--class-balanced", action="store_true",
+                     help="centre foreground crops on each label equally often (small structures)")
     src.add_argument("--version", default="0.1.0", help="model version recorded in the bundle")
     src.set_defaults(func=run_source)
 

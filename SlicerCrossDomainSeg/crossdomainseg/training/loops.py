@@ -34,10 +34,12 @@ def pad_to(array: np.ndarray, shape, value: float = 0.0) -> np.ndarray:
 
 
 def random_patch(sample: Sample, roi, rng: np.random.Generator, foreground_share: float = 0.5,
-                 centres: np.ndarray | None = None):
+                 centres: np.ndarray | None = None, class_balanced: bool = False):
     """A roi-sized (image, label-or-None) crop; with probability `foreground_share` centred on a
     random labelled voxel (so small structures are seen often enough), or, when `centres`
-    (voxel indices, e.g. `body_voxels`) are given, always on one of those."""
+    (voxel indices, e.g. `body_voxels`) are given, always on one of those. `class_balanced`
+    first draws one of the labels present, then a voxel of it: a lesion of a few dozen voxels
+    is then centred as often as the liver, not once in hundreds of crops."""
     image = pad_to(sample.image, roi)
     label = None if sample.label is None else pad_to(sample.label, roi)
     starts = []
@@ -45,7 +47,10 @@ def random_patch(sample: Sample, roi, rng: np.random.Generator, foreground_share
     if centres is not None and len(centres):
         centre = centres[rng.integers(len(centres))]
     elif label is not None and rng.random() < foreground_share:
-        foreground = np.argwhere(label > 0)
+        inside = label > 0
+        if class_balanced and inside.any():
+            inside = label == rng.choice(np.unique(label[inside]))
+        foreground = np.argwhere(inside)
         if len(foreground):
             centre = foreground[rng.integers(len(foreground))]
     for axis, (n, r) in enumerate(zip(image.shape, roi)):

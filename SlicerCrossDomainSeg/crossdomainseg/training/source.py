@@ -51,6 +51,8 @@ class SourceConfig:
     # (intensity.remap_intensity): a reference that leans on shape as well as on source contrast
     # is fair on the target modality from the start and gives the translator useful gradients.
     intensity_remap: float = 0.0
+    # Foreground crops centred on a label drawn uniformly among those present (small labels).
+    class_balanced: bool = False
     epochs: int = 20
     steps_per_epoch: int = 20
     batch_size: int = 2
@@ -153,7 +155,8 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
                    disable=not progress, leave=False)
         for _ in bar:
             picks = rng.integers(len(train), size=config.batch_size)
-            patches = [random_patch(train[i], config.roi_size, rng) for i in picks]
+            patches = [random_patch(train[i], config.roi_size, rng, class_balanced=config.class_balanced)
+                       for i in picks]
             patches = [(remap_intensity(x, rng) if rng.random() < config.intensity_remap else x, y)
                        for x, y in patches]
             images, labels = batch(patches, device)
