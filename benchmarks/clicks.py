@@ -41,6 +41,36 @@ def latency_128(engine, refiner, seed: int) -> dict:
             "first_click_ms": round(first * 1000, 1)}
 
 
+def oracle_noc(engine, data_dir, max_clicks: int) -> dict:
+    """The same robot on the same automatic starts, but every click fixes the whole error region
+    it lands in, however large (no refiner can do better one region per click): how far the
+    NoC target is from the starting segmentations."""
+    import SimpleITK as sitk
+
+    from crossdomainseg.data import TaskDir
+    from crossdomainseg.imageio import read_image
+    from crossdomainseg.interactive.simulate import dice, next_click, noc
+
+    curves = []
+    for _, image_path, label_path in TaskDir(data_dir).cases("test", "target"):
+        image = read_image(image_path)
+        truth = sitk.GetArrayFromImage(read_image(label_path))
+        label = sitk.GetArrayFromImage(engine.segment(image, preview=False, uncertainty=False).label)
+        spacing = tuple(reversed(image.GetSpacing()))
+        for value in (v for v in engine.bundle.labels.values() if v != 0 and (truth == v).any()):
+            target, pred = truth == value, label == value
+            curve = [dice(target, pred)]
+            for _ in range(max_clicks):
+                click = next_click(target, pred, spacing)
+                if click is not None:
+                    pred[click.region][click.mask] = click.positive
+                curve.append(dice(target, pred))
+            curves.append(curve)
+    arr = np.asarray(curves)
+    return {"noc90_mean": round(float(np.mean([noc(c, 0.9, max_clicks)[0] for c in curves])), 3),
+            "dice_at_clicks": {str(k): round(float(arr[:, k].mean()), 4) for k in (0, 1, 2, 3, 5, 10)}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="Resources/bundles/phantom-ct-mr")
@@ -65,6 +95,7 @@ def main() -> int:
     network_only = results.pop("learned_network_only")
     fallback_share = refiners["learned"].fallbacks / max(1, learned["clicks_timed"])
     latency = latency_128(engine, refiners["learned"], args.latency_seed)
+    oracle = oracle_noc(engine, task_dir("phantom-ct-mr", args.data).path, args.max_clicks)
     payload = {
         "task": engine.bundle.task,
         "split": "test (target domain)",
@@ -89,6 +120,7 @@ def main() -> int:
         "baselines": {name: {k: r[k] for k in ("noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop",
                                                 "dice_at_clicks", "per_label")}
                       for name, r in results.items()},
+        "oracle_region_fix": oracle,
         "model_version": engine.model_version,
         "refiner_training": engine.bundle.metadata.get("refiner", {}).get("training"),
         "eval_seconds": round(time.time() - start, 1),

@@ -39,9 +39,9 @@ from .. import geometry
 from ..bundle import Bundle, save_bundle
 from ..errors import InputError
 from ..metrics import dice
-from ..uncertainty import default_transforms, image_uncertainty, one_hot, tta_probabilities
+from ..uncertainty import default_transforms, image_uncertainty, label_dice, segmentation, tta_probabilities
 from .augment import flip_pair, views
-from .losses import ce_dice_loss, consistency_loss, dice_distance
+from .losses import ce_dice_loss, consistency_loss
 from .memory_bank import MemoryBank
 from .params import CurriculumParams
 from .teacher import update_teacher
@@ -183,10 +183,11 @@ class CurriculumTrainer:
         p_ref, u = self.reference_view(volume)
         if u > self.params.tau_u(self.epoch):
             return False
-        # Eq. 3 on the two predicted segmentations (one-hot): soft Dice of two soft maps is
-        # below 1 even for identical maps, which would gate out every unsure-but-agreeing image.
+        # Eq. 3 on the two predicted segmentations: soft Dice of two soft maps is below 1 even
+        # for identical maps, which would gate out every unsure-but-agreeing image.
         p_tea = self.probs(self.teacher, self.inputs(volume)[None])
-        if float(dice_distance(one_hot(p_tea), one_hot(p_ref))[0]) > self.params.tau_ts(self.epoch):
+        agreement = label_dice(segmentation(p_tea), segmentation(p_ref), p_ref.shape[1])
+        if 1.0 - float(agreement[0]) > self.params.tau_ts(self.epoch):
             return False
         self.bank.mark_suitable(volume.key, self.epoch)
         return True
