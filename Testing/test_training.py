@@ -231,6 +231,29 @@ def test_intensity_remap_keeps_tissues_smooth():
     assert np.median(ratios) < 0.9  # about 0.6; a map of the raw noisy voxels gives about 1.3
 
 
+def test_label_contrast_gives_an_invisible_structure_its_own_brightness():
+    """A labelled blob with the same source intensity as its surroundings stays invisible under
+    the transfer function alone, and gets a contrast of its own with `label`."""
+    from crossdomainseg.training.intensity import remap_intensity
+
+    x = np.full((24, 24, 24), 0.5, np.float32)
+    label = np.zeros(x.shape, np.int16)
+    label[9:15, 9:15, 9:15] = 4
+    ring = np.zeros(x.shape, bool)
+    ring[6:18, 6:18, 6:18] = True
+    ring[8:16, 8:16, 8:16] = False
+
+    def contrast(with_label: bool) -> float:
+        values = []
+        for seed in range(20):
+            y = remap_intensity(x, np.random.default_rng(seed), label if with_label else None)
+            values.append(abs(y[10:14, 10:14, 10:14].mean() - y[ring].mean()))
+        return float(np.mean(values))
+
+    assert contrast(False) < 0.03
+    assert contrast(True) > 0.08  # half the draws shift it by U(-0.5, 0.5): about 0.12
+
+
 def test_class_intensity_loss_compares_region_means_only():
     from crossdomainseg.training.translator import _class_intensity_loss
 

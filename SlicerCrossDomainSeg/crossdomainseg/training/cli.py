@@ -143,6 +143,7 @@ def run_source(args) -> int:
         max_degrees=args.max_degrees,
         intensity_remap=args.intensity_remap,
         class_balanced=args.class_balanced,
+        label_contrast=args.label_contrast,
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         batch_size=args.batch,
@@ -237,6 +238,8 @@ def add_parser(subparsers) -> None:
                      help="share of crops given a random intensity transfer function (0-1)")
     src.add_argument("--class-balanced", action="store_true",
                      help="centre foreground crops on each label equally often (small structures)")
+    src.add_argument("--label-contrast", action="store_true",
+                     help="remapped crops also shift each labelled structure's brightness at random")
     src.add_argument("--version", default="0.1.0", help="model version recorded in the bundle")
     src.set_defaults(func=run_source)
 
