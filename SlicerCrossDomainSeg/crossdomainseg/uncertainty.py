@@ -164,19 +164,6 @@ def tta_probabilities(
     return outputs
 
 
-def soft_dice(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Soft Dice per batch item, averaged over foreground channels (channel 0 is background).
-
-    Summed over the whole image, so a tiny structure weighs as much as a large one; a class that
-    neither map predicts counts as full agreement.
-    """
-    dims = tuple(range(2, p.dim()))
-    fg_p, fg_q = p[:, 1:], q[:, 1:]
-    inter = (fg_p * fg_q).sum(dims)
-    total = fg_p.sum(dims) + fg_q.sum(dims)
-    return ((2 * inter + eps) / (total + eps)).mean(dim=1)
-
-
 def segmentation(probabilities: torch.Tensor) -> torch.Tensor:
     """Label per voxel (B, *spatial) of (B, C, *spatial) probabilities; argmax over a channels-last
     copy, as argmax across the strided channel axis is about 5x slower on CPU."""

@@ -1,7 +1,7 @@
 """Losses of the curriculum: D (eq. 1, 3) and D~ (eq. 2) of the patent.
 
-D is a Dice-like distance between two probability maps (1 - soft Dice over foreground classes,
-uncertainty.soft_dice). D~ is cross-entropy plus soft Dice loss of the student's logits against a
+D is 1 - Dice between the segmentations (argmax) of two probability maps, over foreground
+classes (uncertainty.label_dice): the soft Dice of a soft map with itself is below 1. D~ is cross-entropy plus soft Dice loss of the student's logits against a
 hard one-hot target: the teacher's argmax H(S_tea) for the consistency loss, the clinician's label
 for the supervised loss on accepted cases and the source label for replay.
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..uncertainty import soft_dice
+from ..uncertainty import label_dice, segmentation
 
 
 def dice_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """D(p, q) per batch item, in [0, 1]."""
-    return (1.0 - soft_dice(p, q)).clamp_min(0.0)
+    """D(p, q) per batch item, in [0, 1], for (B, C, *spatial) probability maps."""
+    return (1.0 - label_dice(segmentation(p), segmentation(q), p.shape[1])).clamp_min(0.0)
 
 
 def hard_labels(logits: torch.Tensor) -> torch.Tensor:

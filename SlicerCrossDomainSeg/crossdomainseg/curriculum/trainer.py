@@ -17,8 +17,8 @@ The patent's warm start (teacher = S_pre on raw x) only works where that "vanill
 already fair (patent: Dice 0.78), which a reference trained on plain source images is not (the
 first phantom CT->MR reference: 0.05), so "preview" is the default; references trained with
 random intensity transfer functions are fair on raw MR (phantom-ct-mr 1.2: about 0.5) and the
-curriculum benchmark reads "image". Published bundles record it as metadata `segmenter_input` and keep the source-trained
-reference as network `reference`.
+curriculum benchmark reads "image". Published bundles record it as metadata `segmenter_input`
+and keep the source-trained reference as network `reference`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from .. import geometry
 from ..bundle import Bundle, save_bundle
 from ..errors import InputError
 from ..metrics import dice
-from ..uncertainty import default_transforms, image_uncertainty, label_dice, segmentation, tta_probabilities
+from ..uncertainty import default_transforms, image_uncertainty, tta_probabilities
 from .augment import flip_pair, views
-from .losses import ce_dice_loss, consistency_loss
+from .losses import ce_dice_loss, consistency_loss, dice_distance
 from .memory_bank import MemoryBank
 from .params import CurriculumParams
 from .teacher import update_teacher
@@ -186,8 +186,7 @@ class CurriculumTrainer:
         # Eq. 3 on the two predicted segmentations: soft Dice of two soft maps is below 1 even
         # for identical maps, which would gate out every unsure-but-agreeing image.
         p_tea = self.probs(self.teacher, self.inputs(volume)[None])
-        agreement = label_dice(segmentation(p_tea), segmentation(p_ref), p_ref.shape[1])
-        if 1.0 - float(agreement[0]) > self.params.tau_ts(self.epoch):
+        if float(dice_distance(p_tea, p_ref)[0]) > self.params.tau_ts(self.epoch):
             return False
         self.bank.mark_suitable(volume.key, self.epoch)
         return True
