@@ -1,7 +1,6 @@
 """The shipped default bundles: they load (checksums, format), and on freshly generated subjects
 (seeds never used for training) the segmenter reaches the Dice recorded in the bundle, and
-translating target images first (TD-GAN) beats segmenting them directly (vanilla) on
-phantom-ct-mr and does no harm on xray-drr."""
+translating target images first (TD-GAN) beats segmenting them directly (vanilla) on both tasks."""
 
 import numpy as np
 import pytest
@@ -13,9 +12,11 @@ from crossdomainseg.resources import shipped_bundles
 from crossdomainseg.training.evaluate import CaseRunner
 
 TASKS = ["phantom-ct-mr", "xray-drr"]
-# Outside the training task's subject seeds. Eight, because one subject's mean Dice swings by
-# 0.15 with whether its small lesion is found (phantom-ct-mr 1.2 misses it in 2 of these 8).
-FRESH_SEEDS = list(range(900001, 900009))
+# Outside the training task's subject seeds. Eight 3D subjects, because one subject's mean Dice
+# swings by 0.15 with whether its small lesion is found (phantom-ct-mr 1.2 misses it in 2 of these
+# 8); 32 radiographs (a second each), because xray-drr's translator gains ~0.01 on average but
+# +-0.03 per subject.
+FRESH_SEEDS = {"phantom-ct-mr": list(range(900001, 900009)), "xray-drr": list(range(900001, 900033))}
 TOLERANCE = 0.06  # fresh subjects vary around the 6-case validation mean
 
 
@@ -45,7 +46,7 @@ def test_shipped_bundle_reaches_recorded_dice_on_fresh_subjects(task):
     runner = CaseRunner(bundle)
     labels = [v for v in bundle.labels.values() if v]
     source, vanilla, tdgan = [], [], []
-    for seed in FRESH_SEEDS:
+    for seed in FRESH_SEEDS[task]:
         case = generate_case(task, seed, "source")
         pred, _ = runner.segment(case.image, "source")
         source.append(metrics.dice(pred, case.label, labels))
@@ -55,7 +56,4 @@ def test_shipped_bundle_reaches_recorded_dice_on_fresh_subjects(task):
         pred, _ = runner.segment(case.image, "target", via_generator=True)
         tdgan.append(metrics.dice(pred, case.label, labels))
     assert np.mean(source) >= bundle.metrics["source_val_dice"] - TOLERANCE
-    if task == "phantom-ct-mr":  # a large gap (CT -> MR): translating first must win
-        assert np.mean(tdgan) > np.mean(vanilla)
-    else:  # xray-drr's gap is small (vanilla ~0.85): the translator must at least do no harm
-        assert np.mean(tdgan) >= np.mean(vanilla) - 0.02
+    assert np.mean(tdgan) > np.mean(vanilla)

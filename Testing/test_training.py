@@ -168,6 +168,7 @@ def test_train_source_then_translator_and_resume(folders, tmp_path):
     assert code == 0
     bundle = load_bundle(out)
     assert bundle.has_network("segmenter") and bundle.has_network("generator")
+    assert bundle.version == meta["version"]  # no --version: kept
     log = bundle.metadata["training"]["translator"]["history"]
     assert len(log) == 2
     for key in ("adversarial", "cycle", "identity", "segmentation", "discriminator", "val_tdgan_dice"):
@@ -182,12 +183,15 @@ def test_train_source_then_translator_and_resume(folders, tmp_path):
                  "--patch", "16", "--gen-channels", "4", "--blocks", "1", "--norm", "none",
                  "--disc-channels", "4", "--disc-layers", "2", "--epochs", "1", "--steps", "3",
                  "--average-decay", "0.5", "--lambda-semantic", "1", "--lambda-class-intensity", "1", "--lr", "1e-2",
+                 "--seg-detached", "--seg-noise", "0.05", "--version", "test-1.1",
                  "--checkpoint-dir", str(tmp_path / "avg"), "--no-progress", "--threads", "1"])
     assert code == 0
     bundle = load_bundle(out)
     last = bundle.metadata["training"]["translator"]["history"][-1]
     assert np.isfinite(last["semantic"]) and np.isfinite(last["class_intensity"])
     assert bundle.network_spec("generator")["norm"] == "none"
+    assert bundle.metadata["training"]["translator"]["config"]["seg_detached"] is True
+    assert bundle.version == "test-1.1" and load_bundle(out).metadata["labels"] == meta["labels"]
     state = torch.load(tmp_path / "avg" / "translator.ckpt", weights_only=False)
     shipped = bundle.network("generator").state_dict()
     assert all(torch.equal(shipped[k], state["g_avg"][k]) for k in shipped)
@@ -265,6 +269,23 @@ def test_class_intensity_loss_compares_region_means_only():
     assert float(_class_intensity_loss(textured, pseudo, means)) == pytest.approx(0.0, abs=1e-6)
     assert float(_class_intensity_loss(textured + 0.1, pseudo, means)) == pytest.approx(0.1, abs=1e-5)
     assert float(_class_intensity_loss(textured, torch.zeros_like(pseudo), means)) == 0.0
+
+
+def test_detached_segmentation_consistency_trains_only_the_target_to_source_generator():
+    from crossdomainseg.training.translator import TranslatorConfig, _seg_input, generator_spec
+
+    config = TranslatorConfig(patch_size=[16, 16], generator_channels=4, n_blocks=1)
+    g_ts, g_st = (build_network(generator_spec(config, 2)) for _ in range(2))
+    xs = torch.rand(1, 1, 16, 16)
+    for detached in (False, True):
+        config.seg_detached, config.seg_noise = detached, 0.05 * detached
+        for net in (g_ts, g_st):
+            net.zero_grad(set_to_none=True)
+        fake_t = g_st(xs)
+        _seg_input(g_ts, fake_t, g_ts(fake_t), config).square().mean().backward()
+        reached_st = any(p.grad is not None and p.grad.abs().sum() > 0 for p in g_st.parameters())
+        assert reached_st is not detached  # G_s->t gets no gradient to hide the source in
+        assert all(p.grad is not None for p in g_ts.parameters())
 
 
 def test_cli_rejects_missing_inputs(tmp_path, capsys):

@@ -188,9 +188,10 @@ def run_translator(args) -> int:
         lambda_class_intensity=args.lambda_class_intensity, seed=args.seed,
         rotated_copies=args.rotated_copies, max_degrees=args.max_degrees,
         average_decay=args.average_decay, norm=args.norm,
+        seg_detached=args.seg_detached, seg_noise=args.seg_noise,
     )
     bundle = train_translator(args.bundle, config, source, target, val, args.checkpoint_dir,
-                              args.resume, args.device, not args.no_progress, _command(args))
+                              args.resume, args.device, not args.no_progress, _command(args), args.version)
     print(f"generator written to {bundle.path} (metrics {bundle.metrics})")
     return 0
 
@@ -274,4 +275,9 @@ def add_parser(subparsers) -> None:
                     help="weight of matching organ mean intensities of G(target) to the source's")
     tr.add_argument("--average-decay", type=float, default=0.0,
                     help="ship an exponential moving average of the generator (e.g. 0.99; 0 = off)")
+    tr.add_argument("--version", help="model version recorded in the bundle (default: keep the bundle's)")
+    tr.add_argument("--seg-detached", action="store_true",
+                    help="segmentation consistency trains G_t->s only, on a detached G_s->t(source)")
+    tr.add_argument("--seg-noise", type=float, default=0.0,
+                    help="std of Gaussian noise added to that detached image (with --seg-detached)")
     tr.set_defaults(func=run_translator)

@@ -64,6 +64,11 @@ class TranslatorConfig:
     # Exponential moving average of G_t->s weights (0 = off): GAN weights oscillate from step to
     # step; the average is what is evaluated and shipped.
     average_decay: float = 0.0
+    # Segmentation consistency trains G_t->s on a detached, noised G_s->t(x_s): otherwise G_s->t
+    # can hide x_s in its output for G_t->s to decode (CycleGAN steganography, Chu et al. 2017),
+    # which helps the loss but not real target images.
+    seg_detached: bool = False
+    seg_noise: float = 0.0
     seed: int = 0
     losses: list = field(default_factory=lambda: ["adversarial", "cycle", "identity", "segmentation"])
 
@@ -103,12 +108,13 @@ def _adversarial(logits: torch.Tensor, real: bool) -> torch.Tensor:
 def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_cases, target_cases,
                      val_target_cases=(), checkpoint_dir: str | Path | None = None,
                      resume: bool = False, device: str | None = None, progress: bool = True,
-                     command: str | None = None):
+                     command: str | None = None, version: str | None = None):
     """Train G_t->s against the bundle's segmenter and store it in the bundle; returns the bundle.
 
     `source_cases` are labelled (id, image, label); `target_cases` unlabelled; labelled
     `val_target_cases` are only evaluated and logged (vanilla vs TD-GAN Dice), never trained on
-    nor used to pick weights: the bundle holds the last epoch's generator.
+    nor used to pick weights: the bundle holds the last epoch's generator. A `version` replaces
+    the bundle's (a new generator is a new model); None keeps it.
     """
     bundle_path = Path(bundle_path)
     bundle = load_bundle(bundle_path)
@@ -176,7 +182,7 @@ def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_c
                 "adversarial": _adversarial(d_s(fake_s), True) + _adversarial(d_t(fake_t), True),
                 "cycle": config.lambda_cycle * (F.l1_loss(rec_t, xt) + F.l1_loss(rec_s, xs)),
                 "identity": config.lambda_identity * (F.l1_loss(g_ts(xs), xs) + F.l1_loss(g_st(xt), xt)),
-                "segmentation": config.lambda_seg * seg_loss(segmenter(rec_s), ys),
+                "segmentation": config.lambda_seg * seg_loss(segmenter(_seg_input(g_ts, fake_t, rec_s, config)), ys),
             }
             if config.lambda_semantic > 0 or config.lambda_class_intensity > 0:
                 with torch.no_grad():
@@ -216,10 +222,17 @@ def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_c
         if progress:
             tqdm.write(f"translator epoch {epoch + 1}: " + ", ".join(
                 f"{k}={v}" for k, v in entry.items() if k != "epoch"))
-        _store(bundle_path, shipped, config, history, command)
+        _store(bundle_path, shipped, config, history, command, version)
         checkpoint.save({"epoch": epoch, "config": asdict(config), "history": history,
                          **{name: m.state_dict() for name, m in modules.items()}})
     return load_bundle(bundle_path)
+
+
+def _seg_input(g_ts, fake_t, rec_s, config: TranslatorConfig) -> torch.Tensor:
+    if not config.seg_detached:
+        return rec_s
+    fake_t = fake_t.detach()
+    return g_ts(fake_t + config.seg_noise * torch.randn_like(fake_t))
 
 
 def _class_means(samples, values, device) -> torch.Tensor:
@@ -250,7 +263,8 @@ def _average_into(average, network, decay: float) -> None:
         a.copy_(b)
 
 
-def _store(bundle_path: Path, generator, config: TranslatorConfig, history: list, command) -> None:
+def _store(bundle_path: Path, generator, config: TranslatorConfig, history: list, command,
+           version: str | None) -> None:
     current = load_bundle(bundle_path).metadata
     training = copy.deepcopy(current.get("training", {}))
     training["translator"] = {"config": asdict(config), "history": history, "command": command}
@@ -262,4 +276,4 @@ def _store(bundle_path: Path, generator, config: TranslatorConfig, history: list
     saved = build_network(generator.spec)
     saved.load_state_dict(generator.state_dict())
     update_bundle(bundle_path, networks={"generator": saved},
-                  metadata={"training": training, "metrics": metrics})
+                  metadata={"training": training, "metrics": metrics, **({"version": version} if version else {})})
