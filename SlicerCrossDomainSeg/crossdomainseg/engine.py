@@ -5,7 +5,7 @@ Pipeline: validate -> working grid at the bundle's spacing -> normalise as "targ
 G gives the preview x_s = G(x_t) -> reference segmenter on the preview ("tdgan", default) or on the
 raw target ("vanilla") -> softmax, with test-time augmentation when uncertainty is asked for ->
 heatmap and U (uncertainty.py) -> probabilities, preview and heatmap resampled linearly to the
-input grid, label = argmax there.
+input grid, label = argmax there without small islands (postprocess.py).
 
 `Engine` loads the networks once and keeps them on the device; given a model registry folder it
 re-reads `CURRENT` on every call (one small file read) and reloads when a new version is current.
@@ -31,6 +31,7 @@ from .device import configure, pick_device
 from .errors import BundleError, InputError
 from .imageio import read_image, validate_image
 from .normalize import denormalize
+from .postprocess import DEFAULT_MIN_ISLAND_FRACTION, check_min_fraction, remove_islands
 
 # Chosen by measurement on the xray-drr test split (benchmarks/uncertainty.py, by_config): with
 # flips last, n = 6 is the smallest count whose error AUROC passed 0.85 (entropy 0.855, n = 8:
@@ -132,11 +133,14 @@ class Engine:
     what each loaded bundle says (`bundle_mode`), also after a registry switches versions.
     heatmap: one of uncertainty.HEATMAP_KINDS. memory_limit_bytes: refuse images whose estimated
     working memory exceeds it (default: 80% of the memory available at the call).
+    min_island_fraction: the label drops components smaller than this fraction of its label's
+    largest (postprocess.py; 0 keeps every voxel of the argmax).
     """
 
     def __init__(self, bundle_or_path_or_registry, device=None, threads: int | None = None,
                  tta_n: int | None = None, mode: str = "auto", heatmap: str = DEFAULT_HEATMAP,
-                 memory_limit_bytes: int | None = None, max_spacing_ratio: float = MAX_SPACING_RATIO):
+                 memory_limit_bytes: int | None = None, max_spacing_ratio: float = MAX_SPACING_RATIO,
+                 min_island_fraction: float = DEFAULT_MIN_ISLAND_FRACTION):
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}.")
         if heatmap not in unc.HEATMAP_KINDS:
@@ -152,6 +156,7 @@ class Engine:
         self.heatmap_kind = heatmap
         self.memory_limit_bytes = memory_limit_bytes
         self.max_spacing_ratio = max_spacing_ratio
+        self.min_island_fraction = check_min_fraction(min_island_fraction)
         self.registry: Path | None = None
         self._registry_version: str | None = None
         self.bundle: Bundle | None = None
@@ -351,7 +356,8 @@ class Engine:
 
         probs_image = to_input_grid(np.moveaxis(probabilities, 0, -1), reference, image, vector=True)
         # Outside the working grid every class got 0, and argmax of all-zero is 0: background.
-        label = sitk.GetImageFromArray(np.argmax(sitk.GetArrayViewFromImage(probs_image), axis=-1).astype(np.uint8))
+        label = sitk.GetImageFromArray(remove_islands(
+            np.argmax(sitk.GetArrayViewFromImage(probs_image), axis=-1).astype(np.uint8), self.min_island_fraction))
         label.CopyInformation(image)
         preview_image = None
         if preview and preview_array is not None:

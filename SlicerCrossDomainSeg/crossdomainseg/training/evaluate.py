@@ -1,7 +1,8 @@
 """Evaluating a bundle on a task directory split: the reference on source images, on target
 images directly ("vanilla") and on translated target images ("TD-GAN"), and the translation's
 quality against the paired ground-truth source rendering. Used by the shipped-bundle test and
-benchmarks/models.py; predictions are resampled back to each input's own grid before scoring."""
+benchmarks/models.py; labels are cleaned as the engine cleans them (postprocess.py) and resampled
+back to each input's own grid before scoring."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from .. import metrics
 from ..geometry import resample_to_reference, working_reference
 from ..imageio import read_image
+from ..postprocess import remove_islands
 from .loops import predict_probabilities, translate
 
 
@@ -28,7 +30,7 @@ def to_working_array(bundle, image: sitk.Image, reference: sitk.Image) -> np.nda
 
 
 def label_on_input_grid(bundle, probabilities: np.ndarray, reference: sitk.Image, image: sitk.Image) -> sitk.Image:
-    label = probabilities.argmax(0).astype(np.uint8)
+    label = remove_islands(probabilities.argmax(0).astype(np.uint8))
     label_image = sitk.GetImageFromArray(label[None] if bundle.spatial_dims == 2 else label)
     label_image.CopyInformation(reference)
     return resample_to_reference(label_image, image, sitk.sitkNearestNeighbor, 0)
