@@ -2,7 +2,9 @@
 # Train the default bundles shipped in Resources/bundles/ from generated phantom data, with the
 # committed seeds. Usage: scripts/train_default_bundles.sh [phantom-ct-mr|xray-drr ...] [--stage source|translator|refiner]
 # Env: DATA_ROOT (task folders; made with `crossdomainseg data make` when missing, default
-# build/default-bundle-data), THREADS (torch threads, default 2), OUT_ROOT (default Resources/bundles).
+# build/default-bundle-data), THREADS (torch threads, default 2), OUT_ROOT (default Resources/bundles);
+# SOURCE_EXTRA, TRANSLATOR_EXTRA, REFINER_EXTRA: options appended to a stage's own (the last of a
+# repeated option wins), e.g. "--epochs 1 --steps 1" for the smoke test in Testing/.
 # --resume continues each stage from its checkpoint (BUNDLE.ckpt, removed once both stages ran).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,11 +41,11 @@ train() {  # task, version, cases per domain, source options, translator options
   out="$OUT_ROOT/$task"
   if [ "$STAGE" = all ] || [ "$STAGE" = source ]; then
     # shellcheck disable=SC2086
-    cdseg train source --task-dir "$data" --out "$out" --threads "$THREADS" --version "$version" $src_opts $RESUME
+    cdseg train source --task-dir "$data" --out "$out" --threads "$THREADS" --version "$version" $src_opts ${SOURCE_EXTRA:-} $RESUME
   fi
   if [ "$STAGE" = all ] || [ "$STAGE" = translator ]; then
     # shellcheck disable=SC2086
-    cdseg train translator --task-dir "$data" --bundle "$out" --threads "$THREADS" --version "$version" $tr_opts $RESUME
+    cdseg train translator --task-dir "$data" --bundle "$out" --threads "$THREADS" --version "$version" $tr_opts ${TRANSLATOR_EXTRA:-} $RESUME
   fi
   [ "$STAGE" = source ] || rm -rf "$out.ckpt"
 }
@@ -51,7 +53,7 @@ train() {  # task, version, cases per domain, source options, translator options
 refiner() {  # task, cases per domain, refiner options: the click refiner (3D tasks)
   if [ "$STAGE" = all ] || [ "$STAGE" = refiner ]; then
     # shellcheck disable=SC2086
-    cdseg train-refiner --bundle "$OUT_ROOT/$1" --data "$(data_dir "$1" "$2")" --threads "$THREADS" $3
+    cdseg train-refiner --bundle "$OUT_ROOT/$1" --data "$(data_dir "$1" "$2")" --threads "$THREADS" $3 ${REFINER_EXTRA:-}
   fi
 }
 

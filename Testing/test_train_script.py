@@ -1,0 +1,36 @@
+"""scripts/train_default_bundles.sh runs end to end (every stage, both tasks) in a tiny
+configuration: the shipped bundles' recipes, with a few steps, on tiny generated task folders."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crossdomainseg.bundle import load_bundle
+from crossdomainseg.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_default_bundle_script_runs_every_stage(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "bundles"
+    for task in ("phantom-ct-mr", "xray-drr"):  # present, so the script does not make 30-60 cases
+        assert main(["data", "make", "--task", task, "--n", "5", "--seed", "0", "--out", str(data / task)]) == 0
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_ROOT": str(data), "OUT_ROOT": str(out),
+           "THREADS": "1", "SOURCE_EXTRA": "--epochs 1 --steps 1", "TRANSLATOR_EXTRA": "--epochs 1 --steps 1",
+           "REFINER_EXTRA": "--steps 1 --batch 1"}
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "train_default_bundles.sh")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shipped = {task: load_bundle(ROOT / "Resources" / "bundles" / task) for task in ("phantom-ct-mr", "xray-drr")}
+    for task, reference in shipped.items():
+        bundle = load_bundle(out / task)
+        assert bundle.version == reference.version  # the script's version line is what ships
+        assert bundle.has_network("segmenter") and bundle.has_network("generator")
+        assert len(bundle.metadata["training"]["translator"]["history"]) == 1
+        assert not (out / f"{task}.ckpt").exists()
+    assert load_bundle(out / "phantom-ct-mr").has_network("refiner")
+    assert load_bundle(out / "xray-drr").metadata["training"]["translator"]["config"]["seg_detached"] is True
