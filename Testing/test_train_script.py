@@ -23,7 +23,7 @@ def test_default_bundle_script_runs_every_stage(tmp_path):
            "THREADS": "1", "SOURCE_EXTRA": "--epochs 1 --steps 1", "TRANSLATOR_EXTRA": "--epochs 1 --steps 1",
            "REFINER_EXTRA": "--steps 1 --batch 1"}
     run = subprocess.run(["bash", str(ROOT / "scripts" / "train_default_bundles.sh")], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=1200)
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     shipped = {task: load_bundle(ROOT / "Resources" / "bundles" / task) for task in ("phantom-ct-mr", "xray-drr")}
     for task, reference in shipped.items():
