@@ -1,8 +1,8 @@
 """Evaluating a bundle on a task directory split: the reference on source images, on target
 images directly ("vanilla") and on translated target images ("TD-GAN"), and the translation's
 quality against the paired ground-truth source rendering. Used by the shipped-bundle test and
-benchmarks/models.py; labels are cleaned as the engine cleans them (postprocess.py) and resampled
-back to each input's own grid before scoring."""
+benchmarks/models.py; labels lose small islands (postprocess.py, on the working grid, where the
+engine does it on the input grid) and are resampled back to each input's own grid before scoring."""
 
 from __future__ import annotations
 
