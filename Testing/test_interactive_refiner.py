@@ -13,7 +13,8 @@ from crossdomainseg.errors import BundleError
 from crossdomainseg.interactive import CropInputs, InteractiveSession
 from crossdomainseg.interactive.encoding import NET_SIZE
 from crossdomainseg.interactive.refiner import REFINER_SPEC, LearnedRefiner, to_net_index
-from crossdomainseg.interactive.train_refiner import TrainCase, corrupt, make_sample
+from crossdomainseg.interactive import train_refiner
+from crossdomainseg.interactive.train_refiner import Draft, TrainCase, corrupt, make_drafts, make_sample
 from crossdomainseg.networks import build_network
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2}
@@ -138,6 +139,44 @@ def test_training_samples_put_clicks_where_the_target_agrees():
         assert (y[0][positive] == 1).all() and (y[0][negative] == 0).all()
         clicked += int(positive.any() or negative.any())
     assert clicked >= 6  # most samples carry clicks (10% have none)
+
+
+class _AllOrgan(torch.nn.Module):
+    """Stand-in segmenter of 3 classes that calls every voxel label 1."""
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 3, *x.shape[2:])
+        out[:, 1] = 10.0
+        return out
+
+
+def test_drafts_are_the_segmenter_on_remapped_copies():
+    rng = np.random.default_rng(0)
+    case = _case(rng)
+    drafts = make_drafts(case, _AllOrgan(), (4.0, 4.0, 4.0), (16, 16, 16), 2, rng)
+    assert len(drafts) == 2
+    for draft in drafts:
+        assert draft.probabilities.shape == (3, *case.image.shape)
+        assert (draft.probabilities.argmax(0) == 1).all() and draft.probabilities.max() == 255
+        assert draft.image.shape == case.image.shape and not np.allclose(draft.image, case.image, atol=0.05)
+    assert not np.allclose(drafts[0].image, drafts[1].image)
+
+
+def test_samples_from_a_draft_see_its_image_and_probability(monkeypatch):
+    """With a draft, the image channel is the draft's remapped image and the probability channel
+    the draft's probability of the label, except where earlier clicks made voxels certain."""
+    monkeypatch.setattr(train_refiner, "DRAFT_SHARE", 1.0)
+    rng = np.random.default_rng(3)
+    case = _case(rng)
+    probabilities = np.zeros((3, *case.image.shape), np.uint8)
+    probabilities[0], probabilities[1:] = 153, 51  # background 0.6 wins: the draft misses both labels
+    case.drafts = [Draft(np.full(case.image.shape, 7.0, np.float16), probabilities)]
+    for _ in range(6):
+        x, y = make_sample(case, rng)
+        inside = x[0] == 7.0
+        assert inside.mean() > 0.5 and not (x[0][~inside]).any()  # the rest is padding
+        kept = np.isclose(x[2], 0.2, atol=1e-3)
+        assert kept.mean() > 0.3 and np.isin(x[2][inside & ~kept], (0.0, 1.0)).all()
 
 
 def test_corruptions_differ_from_the_truth():

@@ -161,3 +161,22 @@ def test_positive_click_takes_voxels_from_another_label(case):
     assert ((result.label == 2) <= (pred == 1)).all()  # only the organ's voxels moved
     session.add_click(_point(image, (20, 24, 28)), False, 2)
     assert session.label[20, 24, 28] == 0  # negative: back to background, not to the organ
+
+
+def test_a_click_does_not_take_back_what_an_opposite_click_said(case):
+    """A negative click's ball reaches an earlier positive click: voxels nearer (mm) to that
+    positive click keep the label, the others leave it."""
+    image, truth, pred = case
+    session = InteractiveSession(image, pred, refiner=SphereRefiner(radius_mm=12))
+    spacing = np.asarray(session.spacing)
+    positive, negative = (20, 24, 34), (20, 24, 40)
+    session.add_click(_point(image, positive), True, 1)
+    assert session.label[positive] == 1
+    session.add_click(_point(image, negative), False, 1)
+    grid = np.indices(SHAPE).reshape(3, -1).T
+    d_pos = np.linalg.norm((grid - positive) * spacing, axis=1).reshape(SHAPE)
+    d_neg = np.linalg.norm((grid - negative) * spacing, axis=1).reshape(SHAPE)
+    ball = _ball(negative, 12) & (pred == 1)
+    assert (session.label[ball & (d_pos < d_neg)] == 1).all()
+    assert (session.label[ball & (d_neg < d_pos) & (d_neg <= 11)] == 0).all()
+    assert session.label[negative] == 0

@@ -57,3 +57,30 @@ def test_shipped_bundle_reaches_recorded_dice_on_fresh_subjects(task):
         tdgan.append(metrics.dice(pred, case.label, labels))
     assert np.mean(source) >= bundle.metrics["source_val_dice"] - TOLERANCE
     assert np.mean(tdgan) > np.mean(vanilla)
+
+
+@pytest.mark.slow
+def test_shipped_click_refiner_network_beats_a_sphere_on_fresh_mr():
+    """The phantom bundle's refiner network alone (no region-growing fallback) corrects fresh MR
+    subjects with fewer clicks' worth of Dice than a plain sphere: on the test split its Dice
+    after 5 clicks is about 0.67 against 0.60."""
+    import SimpleITK as sitk
+
+    from crossdomainseg.engine import Engine
+    from crossdomainseg.interactive import InteractiveSession
+    from crossdomainseg.interactive.baselines import SphereRefiner
+    from crossdomainseg.interactive.refiner import LearnedRefiner
+    from crossdomainseg.interactive.simulate import robot_on_label
+
+    engine = Engine(_bundle("phantom-ct-mr").path, device="cpu", threads=2)
+    network = LearnedRefiner.from_bundle(engine.bundle, "cpu", fallback=None)
+    scores = {"network": [], "sphere": []}
+    for seed in FRESH_SEEDS["phantom-ct-mr"][:3]:
+        case = generate_case("phantom-ct-mr", seed, "target")
+        truth = sitk.GetArrayFromImage(case.label).astype(np.int16)
+        result = engine.segment(case.image, preview=True, uncertainty=False)
+        for name, refiner in (("network", network), ("sphere", SphereRefiner())):
+            session = InteractiveSession.from_result(case.image, result, engine.bundle, refiner)
+            for value in (v for v in session.label_values if (truth == v).any()):
+                scores[name].append(robot_on_label(session, truth, value, 5)[0][-1])
+    assert np.mean(scores["network"]) > np.mean(scores["sphere"]) + 0.02

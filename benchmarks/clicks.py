@@ -1,7 +1,8 @@
 """Click correction benchmark: robot user on the phantom-ct-mr target test split, learned refiner
 (network, with seeded region growing where the network contradicts a click; the network alone is
-reported too) against the sphere and region-growing baselines (same run, same automatic starts), and latency
-per click on a 128^3 volume with a warm model. Writes benchmarks/results/clicks.json.
+reported too) against the sphere and region-growing baselines (same run, same automatic starts: one
+session per object), and latency per click on a 128^3 volume with a warm model. Writes
+benchmarks/results/clicks.json.
 
     python benchmarks/clicks.py --bundle Resources/bundles/phantom-ct-mr [--data DIR]
 """

@@ -51,6 +51,10 @@ def add_parser(subparsers) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--batch", type=int, default=4)
+    train.add_argument("--drafts", type=int, default=None,
+                       help="drafts per case: the bundle's segmenter on randomly remapped copies, "
+                       "used as the automatic result in most samples (default 16); 0: synthetic "
+                       "corruptions of the label only")
     train.set_defaults(func=run_train)
 
 
@@ -90,7 +94,8 @@ def run_eval(args) -> int:
 def run_train(args) -> int:
     import signal
 
-    from .train_refiner import train_and_ship
+    from ..errors import InputError
+    from .train_refiner import DRAFTS_PER_CASE, train_and_ship
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -100,6 +105,9 @@ def run_train(args) -> int:
     signal.signal(signal.SIGTERM, stop)
 
     command = "crossdomainseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    drafts = DRAFTS_PER_CASE if args.drafts is None else args.drafts
+    if drafts < 0:
+        raise InputError(f"--drafts must be 0 or more, got {drafts}.")
     train_and_ship(args.bundle, args.data, args.minutes, args.seed, args.threads, args.batch, args.steps,
-                   command=command, log=lambda m: print(m, file=sys.stderr))
+                   command=command, drafts=drafts, log=lambda m: print(m, file=sys.stderr))
     return 0

@@ -1,9 +1,10 @@
 """Robot-user evaluation of click correction (`crossdomainseg eval clicks`).
 
 Every (case, label) of the split is one object, as in interactive-segmentation benchmarks. Each
-session starts from the engine's automatic result; the robot clicks up to `max_clicks` times on
-the label, always at the interior of its largest error region. A click only changes its own
-label, so one session per case serves all its labels and all refiners see the same start.
+object gets its own session from the engine's automatic result, so every refiner and every label
+starts from the same draft (a positive click may take voxels from another label: in one session
+per case, the labels corrected later would start from what earlier clicks left). The robot
+clicks up to `max_clicks` times on the label, always at the interior of its largest error region.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def evaluate(engine, data_dir, refiners: dict, split: str = "test", max_clicks: 
         values = [v for v in label_names if (truth == v).any()]
         objects += [f"{case_id}/{label_names[v]}" for v in values]
         for name, refiner in refiners.items():
-            session = InteractiveSession.from_result(image, result, bundle, refiner)
             for value in values:
+                session = InteractiveSession.from_result(image, result, bundle, refiner)
                 curve, times, other_drop = robot_on_label(session, truth, value, max_clicks)
                 curves[name].append(curve)
                 latencies[name] += times

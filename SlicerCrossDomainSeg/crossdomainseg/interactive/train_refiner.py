@@ -1,13 +1,16 @@
 """Training the click refiner with a simulated user, and shipping it in a model bundle.
 
 Only labelled *source* images are used (target training labels do not exist). Each sample:
-one label of one case; a corrupted version of its mask stands in for the automatic result
-(erosion/dilation, shift, missing or extra blobs, missed object, stray islands); the robot clicks
-0-10 times (first at the object's deepest point, then inside the largest error region, earlier
-regions corrected before the last click); the crop is centred on the last click. The image
-channel is the source image under a random intensity remapping (the refiner must work on a
-modality it never saw; at use it gets the target image), the preview channel is the source image
-itself (the synthetic preview is a source-modality rendering).
+one label of one case; the automatic result is either a draft (the bundle's segmenter run on a
+randomly remapped copy of the case, with the errors it makes on an unknown modality: whole
+regions of the wrong tissue, missed parts) or a corrupted version of the label (erosion/dilation,
+shift, missing or extra blobs, missed object, stray islands); the robot clicks 0-10 times (first
+at the object's deepest point, then inside the largest error region, earlier regions corrected
+before the last click); the crop is centred on the last click. The image channel is the source
+image under a random intensity remapping, each labelled structure shifted by its own amount (the
+refiner must work on a modality it never saw, where organs and their surroundings may differ as
+they do not in the source; at use it gets the target image); the preview channel is the source
+image itself (the synthetic preview is a source-modality rendering).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,29 +36,63 @@ from .refiner import REFINER_SPEC
 from .simulate import training_clicks
 
 NO_CLICK_SHARE = 0.1
-TRAIN_SIZE = (24, 32, 32)
+# Share of samples whose automatic result is a real draft (the segmenter on a remapped copy of
+# the case) rather than a synthetic corruption, when the case has drafts.
+DRAFT_SHARE = 0.8
+DRAFTS_PER_CASE = 16
 MAX_CLICKS = 10
+# Voxels kept each side of a label's box for simulating on it: more than half a crop (NET_SIZE),
+# so a crop centred anywhere on the label fits; kept at the size the shipped refiner used.
+AROUND_MARGIN = (16, 24, 24)
+
+
+@dataclass
+class Draft:
+    """The segmenter's answer on an unknown modality: a remapped copy of a case and the
+    segmenter's probabilities on it (uint8, 255 = 1), on the refiner grid."""
+
+    image: np.ndarray
+    probabilities: np.ndarray  # (C, z, y, x)
 
 
 @dataclass
 class TrainCase:
     image: np.ndarray  # source image normalised as "source", on the refiner grid (z, y, x)
     label: np.ndarray
+    drafts: list = field(default_factory=list)
 
     def __post_init__(self):
         self.values = [int(v) for v in np.unique(self.label) if v != 0]
         self.boxes = {v: ndimage.find_objects((self.label == v).astype(np.uint8))[0] for v in self.values}
 
-    def around(self, value: int):
-        """(image, label) cut to the label's bounding box plus half a crop each side: the crops
-        of a sample lie in it, and simulating on it is much cheaper than on the whole volume."""
-        box = tuple(slice(max(0, s.start - n // 2), s.stop + n // 2)
-                    for s, n in zip(self.boxes[value], NET_SIZE))
-        return self.image[box], self.label[box] == value
+    def around(self, value: int) -> tuple[slice, slice, slice]:
+        """The label's bounding box plus AROUND_MARGIN each side: the crops of a sample lie in
+        it, and simulating on it is much cheaper than on the whole volume."""
+        return tuple(slice(max(0, s.start - m), s.stop + m) for s, m in zip(self.boxes[value], AROUND_MARGIN))
 
 
-def load_cases(task_dir, bundle, spacing=NET_SPACING, limit: int | None = None) -> list[TrainCase]:
-    """The labelled source training cases of a task folder, resampled to the refiner's grid."""
+def make_drafts(case: TrainCase, segmenter, segmenter_spacing, roi, n: int, rng) -> list[Draft]:
+    """`n` drafts of `case`: the segmenter (trained on the source) run on copies of the image
+    under random label-aware remappings. Their errors are the errors it makes on a modality it
+    never saw (missed parts, wrong neighbouring tissue, lost lesions), which synthetic
+    corruptions of the mask do not imitate: those only grow, shrink and shift it."""
+    from ..training.loops import predict_probabilities
+
+    zoom = [a / b for a, b in zip(NET_SPACING, segmenter_spacing)]
+    drafts = []
+    for _ in range(n):
+        image = remap_intensity(case.image, rng, case.label)
+        probabilities = predict_probabilities(segmenter, ndimage.zoom(image, zoom, order=1), roi)
+        back = torch.nn.functional.interpolate(torch.from_numpy(probabilities)[None], size=case.image.shape,
+                                               mode="trilinear", align_corners=False)[0].numpy()
+        drafts.append(Draft(image.astype(np.float16), np.round(np.clip(back, 0, 1) * 255).astype(np.uint8)))
+    return drafts
+
+
+def load_cases(task_dir, bundle, spacing=NET_SPACING, limit: int | None = None, drafts: int = 0,
+               seed: int = 0) -> list[TrainCase]:
+    """The labelled source training cases of a task folder, resampled to the refiner's grid,
+    each with `drafts` drafts of the bundle's segmenter."""
     from ..data import TaskDir
 
     task = TaskDir(task_dir)
@@ -69,6 +106,12 @@ def load_cases(task_dir, bundle, spacing=NET_SPACING, limit: int | None = None) 
             break
     if not cases:
         raise InputError(f"{task_dir} has no labelled source training cases to train the refiner on.")
+    if drafts:
+        rng = np.random.default_rng(seed)
+        segmenter = bundle.network("segmenter", torch.device("cpu")).eval()
+        seg_spacing = tuple(reversed(bundle.metadata["spacing"]))
+        for case in cases:
+            case.drafts = make_drafts(case, segmenter, seg_spacing, bundle.roi_size, drafts, rng)
     return cases
 
 
@@ -133,8 +176,16 @@ def perturb_preview(x: np.ndarray, rng) -> np.ndarray:
 
 def make_sample(case: TrainCase, rng: np.random.Generator, size=NET_SIZE):
     """(input (5, *size), target (1, *size)) float32 arrays for one simulated click."""
-    volume, truth = case.around(case.values[rng.integers(len(case.values))])
-    pred = corrupt(truth, rng)
+    value = case.values[rng.integers(len(case.values))]
+    around = case.around(value)
+    volume, labels = case.image[around], case.label[around]
+    truth = labels == value
+    draft = case.drafts[rng.integers(len(case.drafts))] if case.drafts and rng.random() < DRAFT_SHARE else None
+    if draft is None:
+        pred = corrupt(truth, rng)
+    else:
+        draft_probability = draft.probabilities[(value,) + around].astype(np.float32) / 255.0
+        pred = draft.probabilities[(slice(None),) + around].argmax(0) == value
     n = 0 if rng.random() < NO_CLICK_SHARE else int(rng.integers(1, MAX_CLICKS + 1))
     clicks, current = training_clicks(truth, pred, n, NET_SPACING)
     if clicks:
@@ -145,10 +196,15 @@ def make_sample(case: TrainCase, rng: np.random.Generator, size=NET_SIZE):
     box = crop_box(center, size, truth.shape)
     local = [(box.local(c.index), c.positive) for c in clicks if box.contains(c.index)]
     preview = pad_to(volume[box.slices], size)
-    image = preview if rng.random() < 0.25 else remap_intensity(preview, rng)
+    if draft is None:
+        image = preview if rng.random() < 0.25 else remap_intensity(preview, rng, pad_to(labels[box.slices], size))
+        probability = soften(current[box.slices], rng)
+    else:  # the image the draft was made from; clicks so far made their voxels certain
+        image = pad_to(draft.image[around][box.slices].astype(np.float32), size)
+        now, before = current[box.slices], pred[box.slices]
+        probability = np.where(now == before, draft_probability[box.slices], now.astype(np.float32))
     maps = click_maps(size, [p for p, pos in local if pos], [p for p, pos in local if not pos])
-    x = np.concatenate([np.stack([image, perturb_preview(preview, rng),
-                                  pad_to(soften(current[box.slices], rng), size)]), maps])
+    x = np.concatenate([np.stack([image, perturb_preview(preview, rng), pad_to(probability, size)]), maps])
     y = pad_to(truth[box.slices].astype(np.float32), size)[None]
     for axis in range(3):  # MR grids are often stored flipped
         if rng.random() < 0.5:
@@ -159,14 +215,11 @@ def make_sample(case: TrainCase, rng: np.random.Generator, size=NET_SIZE):
 # ---- training --------------------------------------------------------------------------------
 
 def train(cases: list[TrainCase], minutes: float, seed: int = 0, batch: int = 4, lr: float = 2e-3,
-          spec: dict = REFINER_SPEC, size=TRAIN_SIZE, steps_limit: int | None = None,
+          spec: dict = REFINER_SPEC, size=NET_SIZE, steps_limit: int | None = None,
           log=print) -> tuple[torch.nn.Module, dict]:
     """Train a refiner for `steps_limit` steps, else for `minutes` of CPU time of this process
     (all threads: comparable on a busy machine, unlike wall time), at least one step; returns it
-    and a summary.
-
-    It trains on crops of `size`, smaller than the crop it runs on (NET_SIZE): the network is
-    fully convolutional, and the smaller crops make each CPU step several times cheaper."""
+    and a summary. It runs on crops of the `size` it trained on (the bundle records it)."""
     from monai.losses import DiceCELoss
 
     torch.manual_seed(seed)
@@ -215,17 +268,21 @@ def train(cases: list[TrainCase], minutes: float, seed: int = 0, batch: int = 4,
 
 def train_and_ship(bundle_path, task_dir, minutes: float, seed: int = 0, threads: int = 2,
                    batch: int = 4, steps: int | None = None, limit_cases: int | None = None,
-                   command: str | None = None, log=print):
-    """Train a refiner on the task's source training cases and write it into the bundle."""
+                   command: str | None = None, drafts: int = DRAFTS_PER_CASE, log=print):
+    """Train a refiner on the task's source training cases (with `drafts` drafts of the bundle's
+    segmenter per case; 0: synthetic corruptions only) and write it into the bundle."""
     from ..device import configure
 
     configure(threads)
     bundle = load_bundle(bundle_path)
-    cases = load_cases(task_dir, bundle, limit=limit_cases)
-    log(f"{len(cases)} source training cases; training {minutes} min on {threads} thread(s)")
+    tick = time.time()
+    cases = load_cases(task_dir, bundle, limit=limit_cases, drafts=drafts, seed=seed)
+    log(f"{len(cases)} source training cases, {drafts} segmenter drafts each ({time.time() - tick:.0f} s); "
+        f"training {minutes} min on {threads} thread(s)")
     network, summary = train(cases, minutes, seed, batch, steps_limit=steps, log=log)
-    meta = {"size": list(NET_SIZE), "spacing": list(NET_SPACING), "training": {
+    meta = {"size": summary["crop"], "spacing": list(NET_SPACING), "training": {
         "data": f"{Path(task_dir).name}: source train split ({len(cases)} cases), simulated clicks",
+        "drafts_per_case": drafts, "draft_share": DRAFT_SHARE if drafts else 0.0,
         "seed": seed, "threads": threads,
         "command": command or " ".join(sys.argv), **summary}}
     update_bundle(bundle_path, networks={"refiner": network}, metadata={"refiner": meta})
@@ -235,7 +292,8 @@ def train_and_ship(bundle_path, task_dir, minutes: float, seed: int = 0, threads
 
 def copy_refiner(source_path, target_path, note: str | None = None):
     """Put the refiner trained into one bundle into another whose normalisation is the same (the
-    refiner depends on nothing else of the bundle), e.g. into a bundle retrained later."""
+    refiner reads nothing else of the bundle, though its drafts came from the first bundle's
+    segmenter), e.g. into a bundle retrained later."""
     from ..errors import BundleError
 
     source, target = load_bundle(source_path), load_bundle(target_path)
