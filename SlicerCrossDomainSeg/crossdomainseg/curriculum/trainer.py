@@ -39,6 +39,7 @@ from .. import geometry
 from ..bundle import Bundle, save_bundle
 from ..errors import InputError
 from ..metrics import dice
+from ..postprocess import remove_islands
 from ..uncertainty import default_transforms, image_uncertainty, tta_probabilities
 from .augment import flip_pair, views
 from .losses import ce_dice_loss, consistency_loss, dice_distance
@@ -297,9 +298,10 @@ class CurriculumTrainer:
     # -- evaluation and export -------------------------------------------------------------
     @torch.no_grad()
     def predict(self, network: torch.nn.Module, volume: Volume, reads: str | None = None) -> np.ndarray:
-        """Label map on the working grid; `reads` defaults to the student's input kind."""
+        """Label map on the working grid, islands removed as the engine removes them; `reads`
+        defaults to the student's input kind."""
         x = self.network_input(volume, reads or self.params.student_input)
-        return self.run(network, x[None]).argmax(1)[0].cpu().numpy()
+        return remove_islands(self.run(network, x[None]).argmax(1)[0].cpu().numpy())
 
     def mean_dice(self, network: torch.nn.Module, volumes: list[Volume], reads: str | None = None) -> float:
         labels = [v for v in self.bundle.labels.values() if v != 0]
