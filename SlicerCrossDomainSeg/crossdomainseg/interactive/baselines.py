@@ -8,13 +8,12 @@
 import numpy as np
 from scipy import ndimage
 
-from .encoding import DEFAULT_CROP_MM
+from .encoding import DEFAULT_CROP_MM, squared_distance_mm
 from .session import CropInputs
 
 
 def _ball_mm(shape, center, radius_mm: float, spacing) -> np.ndarray:
-    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    return sum(((g - c) * s) ** 2 for g, c, s in zip(grids, center, spacing)) <= radius_mm**2
+    return squared_distance_mm(shape, center, spacing) <= radius_mm**2
 
 
 class SphereRefiner:

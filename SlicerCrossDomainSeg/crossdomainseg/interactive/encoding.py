@@ -52,6 +52,12 @@ def crop_box(center, size, shape) -> Box:
     return Box(tuple(start), tuple(stop))
 
 
+def squared_distance_mm(shape, center, spacing) -> np.ndarray:
+    """Squared distance (mm^2) of every voxel of a grid of `shape` to `center`, both (z, y, x)."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum(((g - c) * s) ** 2 for g, c, s in zip(grids, center, spacing))
+
+
 def crop_voxels(crop_mm, spacing) -> tuple[int, int, int]:
     """Voxels per axis covering `crop_mm` (z, y, x) on a grid of `spacing` (z, y, x) mm."""
     return tuple(max(1, int(np.ceil(m / s - 1e-6))) for m, s in zip(crop_mm, spacing))

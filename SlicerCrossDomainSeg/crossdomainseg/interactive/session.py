@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import InputError
-from .encoding import Box, crop_box, crop_voxels
+from .encoding import Box, crop_box, crop_voxels, squared_distance_mm
 
 
 @dataclass(frozen=True)
@@ -215,15 +215,10 @@ class InteractiveSession:
         click: a click never takes back what a click of the other sign said about the voxels
         nearer to it, so two clicks cannot undo each other in turn. Ties go to the new click, so
         clicking the same spot with the other sign reverses the earlier click."""
-        grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-
-        def d2(point):
-            return sum(((g - p) * s) ** 2 for g, p, s in zip(grids, point, self.spacing))
-
-        mine = d2(index)
+        mine = squared_distance_mm(shape, index, self.spacing)
         nearer = np.ones(shape, bool)
         for other in opposed:
-            nearer &= mine <= d2(other)
+            nearer &= mine <= squared_distance_mm(shape, other, self.spacing)
         return nearer
 
     def _write(self, box: Box, change: np.ndarray, click: Click) -> _Action:
