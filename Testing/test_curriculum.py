@@ -92,6 +92,25 @@ def test_losses():
     assert float(consistency_loss(teacher, good)) < 0.01
 
 
+def test_consistency_loss_leaves_out_unsure_teacher_voxels():
+    # Left half: the teacher is sure of class 1; right half: 0.55 / 0.45, barely class 0.
+    teacher = torch.zeros(1, 2, 4, 4)
+    teacher[:, 1, :, :2] = 10.0
+    teacher[:, 0, :, 2:] = 0.2
+    student = torch.zeros(1, 2, 4, 4)
+    student[:, 1] = 10.0  # agrees where the teacher is sure, says class 1 where it is not
+    student.requires_grad_(True)
+    loss = consistency_loss(teacher, student, confidence_threshold=0.9)
+    loss.backward()
+    assert float(loss) < 0.01
+    assert student.grad[..., 2:].abs().max() == 0  # the unsure half does not pull the student
+    assert float(consistency_loss(teacher, student, confidence_threshold=0.0)) > 1.0
+    # Threshold 0 is the patent's loss, D~ against the teacher's hard labels on every voxel.
+    assert torch.allclose(consistency_loss(teacher, student), ce_dice_loss(student, teacher.argmax(1)))
+    with pytest.raises(InputError, match="confidence_threshold"):
+        CurriculumParams.from_dict({"confidence_threshold": 1.0})
+
+
 def test_views_and_flip_pair():
     x = torch.rand(2, 1, 8, 8, 8)
     out = views(x, n_weak=2, n_strong=3, rng=random.Random(0), ops=2, magnitude=0.5)

@@ -9,7 +9,10 @@ and benchmarks/results/curriculum_confident.png.
 Methods, all from the same bundle and data in one run:
   vanilla       reference segmenter on the raw target image
   tdgan         reference segmenter on G(target) (the Engine's default path)
-  mean_teacher  plain mean teacher: every unlabelled target image every epoch, no U, no gate
+  mean_teacher  plain mean teacher: every unlabelled target image every epoch, no U, no gate,
+                every voxel in the consistency loss
+  mean_teacher_confident_voxels  the same, on the curriculum's confident voxels only
+                (confidence_threshold): shows what the image curriculum adds on top of that
   curriculum    the patent's curriculum (memory bank, U with TTA, tau_u, warm-up gate tau_ts)
   supervised    upper bound: the segmenter fine-tuned on the labelled target val split
 The unlabelled data are the target train split (labels never read); the target val split stands
@@ -18,6 +21,7 @@ on each image's own grid (Dice, HD95 and ASSD in mm over the foreground labels).
 """
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -35,7 +39,7 @@ from crossdomainseg.curriculum.params import CurriculumParams
 from crossdomainseg.curriculum.trainer import CurriculumTrainer, prepare
 from crossdomainseg.device import configure
 from crossdomainseg.imageio import read_image
-from crossdomainseg.metrics import assd, dice, hd95
+from crossdomainseg.metrics import assd, dice, dice_per_label, hd95
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,17 +54,22 @@ def load_split(bundle, task, split, domain, labelled=True, limit=None):
 
 
 def score(trainer, network, test, reads):
-    """Mean Dice / HD95 / ASSD of `network` on the test cases, on each image's own grid."""
-    labels = [v for v in trainer.bundle.labels.values() if v != 0]
-    rows = []
+    """Mean Dice / HD95 / ASSD of `network` on the test cases, on each image's own grid, and the
+    mean Dice of each label."""
+    names = {v: k for k, v in trainer.bundle.labels.items() if v != 0}
+    labels = list(names)
+    rows, per_label = [], []
     for volume, image, label in test:
         work = sitk.GetImageFromArray(trainer.predict(network, volume, reads).astype(np.uint8))
         work.CopyInformation(geometry.working_reference(image, trainer.bundle.spacing))
         pred = geometry.resample_to_reference(work, image, sitk.sitkNearestNeighbor, 0)
         ref = sitk.Cast(label, sitk.sitkUInt8)
         rows.append((dice(pred, ref, labels), hd95(pred, ref, labels=labels), assd(pred, ref, labels=labels)))
+        per_label.append(dice_per_label(pred, ref, labels))
     dice_m, hd_m, assd_m = (float(np.mean(col)) for col in zip(*rows))
-    return {"dice": round(dice_m, 4), "hd95": round(hd_m, 2), "assd": round(assd_m, 2)}
+    return {"dice": round(dice_m, 4), "hd95": round(hd_m, 2), "assd": round(assd_m, 2),
+            "dice_per_label": {name: round(float(np.mean([row[v] for row in per_label])), 4)
+                               for v, name in names.items()}}
 
 
 def share_caches(trainer, probe):
@@ -168,7 +177,7 @@ def main():
     parser.add_argument("--supervised-steps", type=int, default=10, help="steps per supervised epoch")
     parser.add_argument("--replay", type=int, default=4, help="labelled source cases for replay")
     parser.add_argument("--unlabelled", type=int, default=None, help="at most this many unlabelled images")
-    parser.add_argument("--clicks", type=int, default=15, help="clicks per latency measurement")
+    parser.add_argument("--clicks", type=int, default=30, help="clicks per latency measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--auto-lambda-u", action="store_true",
                         help="set lambda_u so that tau_u reaches the 90th percentile of U at the last epoch")
@@ -177,6 +186,7 @@ def main():
                         help="curriculum parameter override for all trained methods")
     args = parser.parse_args()
     threads = configure(args.threads)
+    load_at_start = os.getloadavg()  # the latency ratio means little on a machine busy elsewhere
     torch.manual_seed(0)
     began = time.perf_counter()
     bundle = load_bundle(args.bundle)
@@ -206,10 +216,16 @@ def main():
         "tdgan": score(probe, probe.reference, test, "preview"),
     }
     print(table, flush=True)
-    plain = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False}), target, [], source,
-                  args.epochs, probe, label="mean teacher")
+    plain_params = {**base.to_dict(), "curriculum": False, "confidence_threshold": 0.0}
+    plain = train(bundle, CurriculumParams(**plain_params), target, [], source, args.epochs, probe,
+                  label="mean teacher")
     table["mean_teacher"] = score(plain, plain.student, test, None)
     print("mean_teacher", table["mean_teacher"], flush=True)
+    if base.confidence_threshold > 0:
+        masked = train(bundle, CurriculumParams(**{**plain_params, "confidence_threshold": base.confidence_threshold}),
+                       target, [], source, args.epochs, probe, label="mean teacher, confident voxels")
+        table["mean_teacher_confident_voxels"] = score(masked, masked.student, test, None)
+        print("mean_teacher_confident_voxels", table["mean_teacher_confident_voxels"], flush=True)
     curriculum = train(bundle, base, target, [], source, args.epochs, probe, label="curriculum")
     table["curriculum"] = score(curriculum, curriculum.student, test, None)
     print("curriculum", table["curriculum"], flush=True)
@@ -257,11 +273,15 @@ def main():
         "targets_met": {
             "curriculum_beats_vanilla_by_0.10": table["curriculum"]["dice"] - table["vanilla"]["dice"] >= 0.10,
             "curriculum_beats_mean_teacher": table["curriculum"]["dice"] > table["mean_teacher"]["dice"],
+            # not a target: the same voxel mask on the plain mean teacher (what the image gates add)
+            **({"curriculum_beats_mean_teacher_confident_voxels":
+                table["curriculum"]["dice"] > table["mean_teacher_confident_voxels"]["dice"]}
+               if "mean_teacher_confident_voxels" in table else {}),
             "curriculum_within_0.03_of_supervised": table["supervised"]["dice"] - table["curriculum"]["dice"] <= 0.03,
             "latency_ratio_at_most_1.5": training / idle <= 1.5,
         },
         "wall_s": round(time.perf_counter() - began, 1),
-        "note": "timings taken on a shared 2-core machine while other work ran",
+        "load_average_at_start": [round(v, 2) for v in load_at_start],
     }
     write_result("curriculum", payload, threads)
 

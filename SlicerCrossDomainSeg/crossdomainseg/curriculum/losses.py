@@ -19,28 +19,36 @@ def dice_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (1.0 - label_dice(segmentation(p), segmentation(q), p.shape[1])).clamp_min(0.0)
 
 
-def hard_labels(logits: torch.Tensor) -> torch.Tensor:
-    """H: class index per voxel (B, *spatial) from logits or probabilities (B, C, *spatial)."""
-    return logits.argmax(dim=1)
-
-
-def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
     """D~(one_hot(target), softmax(logits)): mean cross-entropy + mean soft Dice loss.
 
     `target` holds class indices (B, *spatial). The Dice term is per item over foreground classes
-    present in the target or the prediction, so an empty class does not dominate.
+    present in the target or the prediction, so an empty class does not dominate. `weight`
+    (B, *spatial, 0 or 1) keeps only the voxels it marks, in both terms.
     """
-    ce = F.cross_entropy(logits, target)
     probs = torch.softmax(logits, dim=1)
     one_hot = F.one_hot(target, probs.shape[1]).movedim(-1, 1).to(probs.dtype)
     dims = tuple(range(2, probs.dim()))
-    inter = (probs[:, 1:] * one_hot[:, 1:]).sum(dims)
-    total = probs[:, 1:].sum(dims) + one_hot[:, 1:].sum(dims)
+    if weight is None:
+        ce = F.cross_entropy(logits, target)
+        inter = (probs[:, 1:] * one_hot[:, 1:]).sum(dims)
+        total = probs[:, 1:].sum(dims) + one_hot[:, 1:].sum(dims)
+    else:
+        weight = weight.to(probs.dtype)
+        ce = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / weight.sum().clamp_min(1.0)
+        inter = (probs[:, 1:] * one_hot[:, 1:] * weight[:, None]).sum(dims)
+        total = ((probs[:, 1:] + one_hot[:, 1:]) * weight[:, None]).sum(dims)
     dice = 1.0 - (2 * inter + eps) / (total + eps)
     return ce + dice.mean()
 
 
-def consistency_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+def consistency_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+                     confidence_threshold: float = 0.0) -> torch.Tensor:
     """Eq. 2 for a batch of augmented views: D~(H(S_tea(T_i x)), S_stu(T_i x)); no gradient to
-    the teacher."""
-    return ce_dice_loss(student_logits, hard_labels(teacher_logits.detach()))
+    the teacher. Voxels where the teacher's top softmax is below `confidence_threshold` are left
+    out (0: every voxel, as in the patent)."""
+    teacher = torch.softmax(teacher_logits.detach(), dim=1)
+    confidence, labels = teacher.max(dim=1)
+    weight = confidence >= confidence_threshold if confidence_threshold > 0 else None
+    return ce_dice_loss(student_logits, labels, weight=weight)

@@ -6,7 +6,8 @@ fine-tuned. Per step, for each unlabelled target image of the batch (Fig. 4 line
   memory-bank counter >= confident_after -> train on it directly; else
   U(x) = max_i D(T_i^-1 S_pre(T_i G(x)), mean) (eq. 1) must be <= tau_u, and the warm-up gate
   D(S_tea(x'), S_pre(G(x))) <= tau_ts (eq. 3); passing both increments the counter.
-Loss: consistency D~(H(S_tea(T_i x')), S_stu(T_i x')) over m weak + strong views (eq. 2),
+Loss: consistency D~(H(S_tea(T_i x')), S_stu(T_i x')) over m weak + strong views (eq. 2), on the
+voxels where the teacher is confident (params.confidence_threshold),
 + supervised CE + Dice on accepted (clinician-corrected) cases, + low-weight replay of labelled
 source images. After the optimiser step the teacher follows eq. 4. tau_u and tau_ts rise per epoch.
 G and S_pre are frozen, so U(x) and S_pre(G(x)) are computed once per image and cached.
@@ -222,7 +223,7 @@ class CurriculumTrainer:
             with torch.no_grad():
                 v_all = views(x, p.n_weak, p.n_strong, self.rng, p.strong_ops, p.strong_magnitude)
                 t_logits = self.teacher(v_all)
-            loss = consistency_loss(t_logits, self.student(v_all))
+            loss = consistency_loss(t_logits, self.student(v_all), p.confidence_threshold)
             losses["consistency"] = float(loss.detach())
             total = p.consistency_weight * loss
         train_cases = self.train_accepted()
