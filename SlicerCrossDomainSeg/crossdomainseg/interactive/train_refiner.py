@@ -257,7 +257,7 @@ def train(cases: list[TrainCase], minutes: float, seed: int = 0, batch: int = 4,
         losses.append(float(loss.detach()))
         steps += 1
         if steps % 25 == 0:
-            log(f"step {steps}  loss {np.mean(losses[-25:]):.4f}  {time.time() - start:.0f} s "
+            log(f"step {steps}{f'/{steps_limit}' if steps_limit else ''}  loss {np.mean(losses[-25:]):.4f}  {time.time() - start:.0f} s "
                 f"({sampling:.0f} s simulating)")
     network.eval()
     return network, {"steps": steps, "seconds": round(time.time() - start, 1), "batch": batch, "lr": lr,
@@ -278,7 +278,7 @@ def train_and_ship(bundle_path, task_dir, minutes: float, seed: int = 0, threads
     tick = time.time()
     cases = load_cases(task_dir, bundle, limit=limit_cases, drafts=drafts, seed=seed)
     log(f"{len(cases)} source training cases, {drafts} segmenter drafts each ({time.time() - tick:.0f} s); "
-        f"training {minutes} min on {threads} thread(s)")
+        f"training {f'{steps} steps' if steps else f'{minutes} min'} on {threads} thread(s)")
     network, summary = train(cases, minutes, seed, batch, steps_limit=steps, log=log)
     meta = {"size": summary["crop"], "spacing": list(NET_SPACING), "training": {
         "data": f"{Path(task_dir).name}: source train split ({len(cases)} cases), simulated clicks",
