@@ -1,10 +1,11 @@
 """Curriculum benchmark (issue 6): the table of METHOD.md section 7 on the target test split, the
 confident samples per epoch, Dice after 0/1/3/5 accepted corrected cases, and the click latency
 while the background trainer runs compared with idle. Writes benchmarks/results/curriculum.json
-and benchmarks/results/curriculum_confident.png.
+and benchmarks/results/curriculum_confident.png (for another --task: curriculum_<task>.json and
+curriculum_<task>_confident.png).
 
   nice -n 15 python benchmarks/curriculum.py [--task-dir DIR]
-      [--bundle Resources/bundles/phantom-ct-mr] [--epochs 8] [--threads 2]
+      [--task phantom-ct-mr] [--bundle Resources/bundles/<task>] [--epochs 8] [--threads 2]
 
 Methods, all from the same bundle and data in one run:
   vanilla       reference segmenter on the raw target image
@@ -60,7 +61,8 @@ def score(trainer, network, test, reads):
     labels = list(names)
     rows, per_label = [], []
     for volume, image, label in test:
-        work = sitk.GetImageFromArray(trainer.predict(network, volume, reads).astype(np.uint8))
+        predicted = trainer.predict(network, volume, reads).astype(np.uint8)
+        work = sitk.GetImageFromArray(predicted[None] if predicted.ndim == 2 else predicted)  # 2D: one slice
         work.CopyInformation(geometry.working_reference(image, trainer.bundle.spacing))
         pred = geometry.resample_to_reference(work, image, sitk.sitkNearestNeighbor, 0)
         ref = sitk.Cast(label, sitk.sitkUInt8)
@@ -169,7 +171,8 @@ def plot(confident, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task-dir", default=None, help="task folder (default: generated like the bundles' training data)")
-    parser.add_argument("--bundle", default=str(ROOT / "Resources" / "bundles" / "phantom-ct-mr"))
+    parser.add_argument("--task", default="phantom-ct-mr", help="task whose bundle and data are used")
+    parser.add_argument("--bundle", default=None, help="model bundle (default: the task's shipped bundle)")
     parser.add_argument("--epochs", type=int, default=8, help="epochs of mean teacher and curriculum")
     parser.add_argument("--accept-epochs", type=int, default=2,
                         help="further curriculum epochs after accepting 1/3/5 corrected cases")
@@ -189,8 +192,9 @@ def main():
     load_at_start = os.getloadavg()  # the latency ratio means little on a machine busy elsewhere
     torch.manual_seed(0)
     began = time.perf_counter()
+    args.bundle = args.bundle or str(ROOT / "Resources" / "bundles" / args.task)
     bundle = load_bundle(args.bundle)
-    task = task_dir("phantom-ct-mr", args.task_dir)
+    task = task_dir(args.task, args.task_dir)
     overrides = dict(p.split("=", 1) for p in args.param)
     target = [v for v, _, _ in load_split(bundle, task, "train", "target", labelled=False,
                                           limit=args.unlabelled or args.limit)]
@@ -252,7 +256,8 @@ def main():
             (unlabelled / image_path.name).symlink_to(image_path)
         idle, training, refiner = click_latency(args.bundle, test, Path(tmp) / "store", Path(tmp) / "registry",
                                                 unlabelled, {**overrides, "epochs": 1000}, args.clicks)
-    plot(confident, RESULTS / "curriculum_confident.png")
+    name = "curriculum" if args.task == "phantom-ct-mr" else f"curriculum_{args.task}"
+    plot(confident, RESULTS / f"{name}_confident.png")
     payload = {
         "task": task.name,
         "bundle_version": bundle.version,
@@ -283,7 +288,7 @@ def main():
         "wall_s": round(time.perf_counter() - began, 1),
         "load_average_at_start": [round(v, 2) for v in load_at_start],
     }
-    write_result("curriculum", payload, threads)
+    write_result(name, payload, threads)
 
 
 if __name__ == "__main__":
