@@ -103,11 +103,15 @@ def click_latency(bundle_path, test, store_root, registry_root, unlabelled, para
     from crossdomainseg.interactive.session import InteractiveSession
 
     bundle = load_bundle(bundle_path)
-    refiner = None
+    # as the Slicer Logic does: the bundle's refiner, else region growing
     if bundle.has_network("refiner"):
         from crossdomainseg.interactive.refiner import LearnedRefiner
 
         refiner = LearnedRefiner.from_bundle(bundle)
+    else:
+        from crossdomainseg.interactive.baselines import RegionGrowingRefiner
+
+        refiner = RegionGrowingRefiner()
     engine = Engine(bundle, device="cpu", threads=1)
     _, image, label = test[0]
     result = engine.segment(image, preview=True, uncertainty=False)
@@ -148,7 +152,7 @@ def click_latency(bundle_path, test, store_root, registry_root, unlabelled, para
             raise RuntimeError("the trainer stopped while clicks were measured")
     finally:
         process.stop(store_root, timeout=120)
-    return idle, training, "learned refiner" if refiner else "SphereRefiner (bundle has no refiner)"
+    return idle, training, "learned refiner" if bundle.has_network("refiner") else "region growing (bundle has no refiner)"
 
 
 def plot(confident, path):
