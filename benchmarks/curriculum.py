@@ -152,7 +152,8 @@ def click_latency(bundle_path, test, store_root, registry_root, unlabelled, para
             raise RuntimeError("the trainer stopped while clicks were measured")
     finally:
         process.stop(store_root, timeout=120)
-    return idle, training, "learned refiner" if bundle.has_network("refiner") else "region growing (bundle has no refiner)"
+    kind = "learned refiner" if bundle.has_network("refiner") else "region growing (bundle has no refiner)"
+    return idle, training, kind
 
 
 def plot(confident, path):

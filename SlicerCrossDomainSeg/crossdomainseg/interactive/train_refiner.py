@@ -257,7 +257,8 @@ def train(cases: list[TrainCase], minutes: float, seed: int = 0, batch: int = 4,
         losses.append(float(loss.detach()))
         steps += 1
         if steps % 25 == 0:
-            log(f"step {steps}{f'/{steps_limit}' if steps_limit else ''}  loss {np.mean(losses[-25:]):.4f}  {time.time() - start:.0f} s "
+            of = f"/{steps_limit}" if steps_limit else ""
+            log(f"step {steps}{of}  loss {np.mean(losses[-25:]):.4f}  {time.time() - start:.0f} s "
                 f"({sampling:.0f} s simulating)")
     network.eval()
     return network, {"steps": steps, "seconds": round(time.time() - start, 1), "batch": batch, "lr": lr,
