@@ -45,6 +45,27 @@ def test_training_clicks_fix_earlier_regions():
     assert (current[first.region][first.mask] == first.positive).all()
 
 
+def test_training_clicks_are_next_clicks_on_the_corrected_label():
+    # training_clicks finds the error components once; it must click where next_click would
+    # after each correction, ties and all, and stop when nothing is left to correct
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        truth, pred = rng.random((2, 8, 14, 14)) < 0.35
+        clicks, current = training_clicks(truth, pred, 12, (3.0, 2.0, 2.0))
+        expected, now = [], pred.copy()
+        for i in range(12):
+            click = next_click(truth, now, (3.0, 2.0, 2.0))
+            if click is None:
+                break
+            expected.append((click.index, click.positive, click.size))
+            if i < 11:
+                now[click.region][click.mask] = click.positive
+        assert [(c.index, c.positive, c.size) for c in clicks] == expected
+        assert np.array_equal(current, now)
+    everything_right = training_clicks(truth, truth, 5)
+    assert everything_right[0] == [] and np.array_equal(everything_right[1], truth)
+
+
 def test_noc_counts_clicks_and_caps():
     assert noc([0.5, 0.8, 0.91, 0.95], 0.9) == (2, True)
     assert noc([0.95], 0.9) == (0, True)

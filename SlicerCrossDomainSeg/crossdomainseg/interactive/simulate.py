@@ -35,25 +35,38 @@ def next_click(truth: np.ndarray, pred: np.ndarray, spacing=(1.0, 1.0, 1.0),
     `spacing` is (z, y, x) mm so the interior is measured in physical distance. `addable` limits
     false negatives to voxels a positive click may take (not locked by hand).
     """
-    best = None
     missing = truth & ~pred if addable is None else truth & ~pred & addable
-    for positive, errors in ((True, missing), (False, pred & ~truth)):
-        if not errors.any():
-            continue
-        labels, n = ndimage.label(errors)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        sizes[0] = 0
+    best = _largest([_error_regions(missing, True), _error_regions(pred & ~truth, False)])
+    return None if best is None else _click_on(best, spacing)
+
+
+def _error_regions(errors: np.ndarray, positive: bool):
+    """(positive, component labels, voxels per component with 0 for the background, boxes)."""
+    labels, n = ndimage.label(errors)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return positive, labels, sizes, ndimage.find_objects(labels)
+
+
+def _largest(regions):
+    """(error regions of one sign, component) of the largest error component, None when there
+    is no error; a tie goes to the false negatives."""
+    best = None
+    for region in regions:
+        sizes = region[2]
         k = int(np.argmax(sizes))
-        if best is None or sizes[k] > best[0]:
-            best = (int(sizes[k]), positive, labels, k)
-    if best is None:
-        return None
-    size, positive, labels, k = best
-    region = ndimage.find_objects(labels, max_label=k)[k - 1]
-    component = labels[region] == k
+        if sizes[k] > 0 and (best is None or sizes[k] > best[0][2][best[1]]):
+            best = (region, k)
+    return best
+
+
+def _click_on(best, spacing) -> RobotClick:
+    (positive, labels, sizes, boxes), k = best
+    box = boxes[k - 1]
+    component = labels[box] == k
     local = _interior_point(component, spacing)
-    index = tuple(int(s.start) + i for s, i in zip(region, local))
-    return RobotClick(index, positive, size, region, component)
+    index = tuple(int(s.start) + i for s, i in zip(box, local))
+    return RobotClick(index, positive, int(sizes[k]), box, component)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,10 +84,18 @@ def training_clicks(truth: np.ndarray, pred: np.ndarray, n: int, spacing=(1.0, 1
     """
     pred = pred.copy()
     clicks = []
+    if n <= 0:
+        return clicks, pred
+    # Correcting the clicked component leaves every other error component as it was, so the
+    # components are found once and the clicked one is struck off (next_click on each step
+    # labelled the whole crop again: most of the refiner's training time).
+    regions = [_error_regions(truth & ~pred, True), _error_regions(pred & ~truth, False)]
     for i in range(n):
-        click = next_click(truth, pred, spacing)
-        if click is None:
+        best = _largest(regions)
+        if best is None:
             break
+        click = _click_on(best, spacing)
+        best[0][2][best[1]] = 0
         clicks.append(click)
         if i < n - 1:
             pred[click.region][click.mask] = click.positive
