@@ -52,11 +52,12 @@ def _largest(regions):
     """(error regions of one sign, component) of the largest error component, None when there
     is no error; a tie goes to the false negatives."""
     best = None
+    best, best_size = None, 0
     for region in regions:
         sizes = region[2]
         k = int(np.argmax(sizes))
-        if sizes[k] > 0 and (best is None or sizes[k] > best[0][2][best[1]]):
-            best = (region, k)
+        if sizes[k] > best_size:
+            best, best_size = (region, k), sizes[k]
     return best
 
 
@@ -95,7 +96,8 @@ def training_clicks(truth: np.ndarray, pred: np.ndarray, n: int, spacing=(1.0, 1
         if best is None:
             break
         click = _click_on(best, spacing)
-        best[0][2][best[1]] = 0
+        (_, _, sizes, _), k = best
+        sizes[k] = 0  # corrected: out of the running
         clicks.append(click)
         if i < n - 1:
             pred[click.region][click.mask] = click.positive
