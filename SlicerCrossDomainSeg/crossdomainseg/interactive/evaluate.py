@@ -70,9 +70,12 @@ def evaluate(engine, data_dir, refiners: dict, split: str = "test", max_clicks: 
         result = engine.segment(image, preview=True, uncertainty=False)
         values = [v for v in label_names if (truth == v).any()]
         objects += [f"{case_id}/{label_names[v]}" for v in values]
+        # normalised once per case; each object's session gets its own label and probabilities
+        start = InteractiveSession.from_result(image, result, bundle)
         for name, refiner in refiners.items():
             for value in values:
-                session = InteractiveSession.from_result(image, result, bundle, refiner)
+                session = InteractiveSession(image, result.label, result.probabilities, start.features,
+                                             start.preview, refiner, start.label_values)
                 curve, times, other_drop = robot_on_label(session, truth, value, max_clicks)
                 curves[name].append(curve)
                 latencies[name] += times
