@@ -52,10 +52,11 @@ class _Stubborn(torch.nn.Module):
 
 
 def test_a_click_the_network_contradicts_goes_to_the_fallback():
-    """A negative click inside the label that the network keeps inside goes to region growing."""
+    """A negative click inside the label that the network keeps inside goes to the classical
+    fallback (the local Otsu refiner)."""
     shape = (12, 12, 12)
     image = np.random.default_rng(0).normal(0, 0.05, shape).astype(np.float32)
-    image[:, :6] += 1.0  # two noisy regions: region growing from a click fills its half
+    image[:, :6] += 1.0  # two noisy regions: the fallback takes the clicked one
     current = np.ones(shape, bool)
     click = (6, 3, 6)
     negative = CropInputs(image, image, current.astype(np.float32), current, [], [click], click, False,
@@ -203,7 +204,7 @@ def test_train_refiner_and_eval_clicks_commands(tmp_path):
     assert main(["eval", "clicks", "--bundle", str(bundle), "--data", str(data), "--max-clicks", "3",
                  "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert set(results) == {"learned", "learned_network_only", "sphere", "region_growing"}
+    assert set(results) == {"learned", "learned_network_only", "sphere", "region_growing", "local_otsu"}
     for r in results.values():
         assert set(r["dice_at_clicks"]) == {"0", "1", "2", "3"}
         assert r["objects"] >= 3 and 0 <= r["never_90_share"] <= 1

@@ -92,3 +92,13 @@ def test_robot_does_not_click_where_it_cannot_add():
     addable = ~other_label | small_gap
     click = next_click(truth, pred, addable=addable)
     assert click.positive and small_gap[click.index]
+
+
+def test_summary_reports_the_worst_drop_and_how_many_clicks_lowered_dice():
+    from crossdomainseg.interactive.evaluate import summarise
+
+    curves = [[0.5, 0.6, 0.595, 0.7], [0.2, 0.1, 0.3, 0.28]]
+    summary = summarise(curves, [0.01] * 6, ["a/liver", "b/spleen"])
+    assert summary["max_dice_drop"] == pytest.approx(0.1)
+    assert summary["max_dice_drop_where"] == {"object": "b/spleen", "click": 1}
+    assert summary["clicks_dropping_over_0.01"] == 2 and summary["clicks_scored"] == 6

@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from crossdomainseg.errors import InputError
 from crossdomainseg.interactive import InteractiveSession
-from crossdomainseg.interactive.baselines import RegionGrowingRefiner, SphereRefiner
+from crossdomainseg.interactive.baselines import LocalOtsuRefiner, RegionGrowingRefiner, SphereRefiner, otsu_threshold
 from crossdomainseg.interactive.encoding import Box, click_maps, crop_box
 
 SHAPE = (40, 48, 56)  # z, y, x
@@ -149,6 +149,69 @@ def test_region_growing_follows_the_image(case):
     added = (session.label == 1) & (pred == 0)
     assert added.sum() > 100
     assert (truth[added] == 1).mean() > 0.95  # it stops at the object's edge
+
+
+def test_otsu_threshold_splits_two_populations():
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(10, 1, 3000), rng.normal(30, 1, 500)])
+    assert 14 < otsu_threshold(values) < 26
+
+
+def _lesion_in_organ(rng):
+    """A small bright lesion (radius 3 voxels, partial-volume blurred) inside a dark organ, the
+    organ labelled 1 and the lesion not labelled at all (label 2 empty), as on MR drafts."""
+    organ = _ball((20, 24, 28), 14)
+    lesion = _ball((20, 24, 28), 3)
+    from scipy import ndimage
+
+    image = ndimage.gaussian_filter(organ * 200.0 + lesion * 1300.0 + 600.0 * ~organ, 0.7)
+    return _image(image + rng.normal(0, 30, SHAPE)), organ.astype(np.int16), lesion
+
+
+def test_local_otsu_takes_a_small_bright_lesion_in_one_click():
+    image, pred, lesion = _lesion_in_organ(np.random.default_rng(2))
+    session = InteractiveSession(image, pred, refiner=LocalOtsuRefiner(), label_values=[1, 2])
+    session.add_click(_point(image, (20, 24, 28)), True, 2)
+    got = session.label == 2
+    assert 2 * (got & lesion).sum() / (got.sum() + lesion.sum()) > 0.75  # its blurred rim is split at mid-contrast
+    # region growing with its fixed tolerance takes only the lesion's core from the same click
+    grown = InteractiveSession(image, pred, refiner=RegionGrowingRefiner(), label_values=[1, 2])
+    grown.add_click(_point(image, (20, 24, 28)), True, 2)
+    assert (grown.label == 2).sum() < 0.5 * lesion.sum()
+
+
+def test_local_otsu_keeps_a_leak_near_the_click():
+    """Clicked tissue that runs on to the crop's edge (a large structure of like intensity)
+    is taken only within guard_mm of the click."""
+    rng = np.random.default_rng(3)
+    bright = np.zeros(SHAPE, bool)
+    bright[:, :, 20:] = True  # a slab that fills half the volume
+    image = _image(bright * 500.0 + rng.normal(0, 20, SHAPE))
+    pred = np.zeros(SHAPE, np.int16)
+    refiner = LocalOtsuRefiner(crop_mm=(40.0, 48.0, 56.0), window_mm=10.0, max_radius_mm=20.0, guard_mm=6.0)
+    session = InteractiveSession(image, pred, refiner=refiner, label_values=[1])
+    session.add_click(_point(image, (20, 24, 25)), True, 1)  # 5 mm from the slab's face
+    added = np.argwhere(session.label == 1)
+    assert len(added) > 200
+    mm = (added - (20, 24, 25)) * np.asarray(session.spacing)
+    assert np.sqrt((mm**2).sum(axis=1)).max() <= 6.0 + 1e-6
+    assert bright[session.label == 1].all()
+
+
+def test_local_otsu_adds_only_a_small_ball_where_the_click_looks_like_the_surroundings():
+    """A positive click on tissue that the split puts with the label's surroundings, not with the
+    label's own voxels (e.g. a lesion's dim rim), adds only a ball of small_mm."""
+    image, pred, lesion = _lesion_in_organ(np.random.default_rng(4))
+    label = pred.copy()
+    label[lesion] = 2  # the lesion is labelled; the click lands in the organ beside it
+    refiner = LocalOtsuRefiner(small_mm=3.0)
+    session = InteractiveSession(image, label, refiner=refiner, label_values=[1, 2])
+    click = (20, 24, 33)
+    session.add_click(_point(image, click), True, 2)
+    added = np.argwhere((session.label == 2) & ~lesion)
+    assert len(added) > 0
+    mm = (added - click) * np.asarray(session.spacing)
+    assert np.sqrt((mm**2).sum(axis=1)).max() <= 3.0 + 1e-6
 
 
 def test_positive_click_takes_voxels_from_another_label(case):

@@ -61,7 +61,7 @@ def test_shipped_bundle_reaches_recorded_dice_on_fresh_subjects(task):
 
 @pytest.mark.slow
 def test_shipped_click_refiner_network_beats_a_sphere_on_fresh_mr():
-    """The phantom bundle's refiner network alone (no region-growing fallback) corrects fresh MR
+    """The phantom bundle's refiner network alone (no classical fallback) corrects fresh MR
     subjects with fewer clicks' worth of Dice than a plain sphere: on the test split its Dice
     after 5 clicks is about 0.67 against 0.60."""
     import SimpleITK as sitk

@@ -1,7 +1,7 @@
 """Click correction benchmark: robot user on the phantom-ct-mr target test split, learned refiner
-(network, with seeded region growing where the network contradicts a click; the network alone is
-reported too) against the sphere and region-growing baselines (same run, same automatic starts: one
-session per object), and latency per click on a 128^3 volume with a warm model. Writes
+(network, with the local Otsu refiner where the network contradicts a click; the network alone is
+reported too) against the sphere, region-growing and local Otsu baselines (same run, same automatic
+starts: one session per object), and latency per click on a 128^3 volume with a warm model. Writes
 benchmarks/results/clicks.json.
 
     python benchmarks/clicks.py --bundle Resources/bundles/phantom-ct-mr [--data DIR]
@@ -84,12 +84,12 @@ def main() -> int:
     args = parser.parse_args()
 
     from crossdomainseg.engine import Engine
-    from crossdomainseg.interactive.cli import build_refiners
+    from crossdomainseg.interactive.cli import METHODS, build_refiners
     from crossdomainseg.interactive.evaluate import evaluate
 
     configure(args.threads)
     engine = Engine(args.bundle, device="cpu", threads=args.threads, mode=args.mode)
-    refiners = build_refiners(engine.bundle, ["learned", "learned_network_only", "sphere", "region_growing"], "cpu")
+    refiners = build_refiners(engine.bundle, METHODS, "cpu")
     start = time.time()
     results = evaluate(engine, task_dir("phantom-ct-mr", args.data).path, refiners, "test", args.max_clicks)
     learned = results.pop("learned")
@@ -109,17 +109,20 @@ def main() -> int:
         "never_90_share": learned["never_90_share"],
         "max_dice_drop": learned["max_dice_drop"],
         "max_dice_drop_where": learned["max_dice_drop_where"],
+        "clicks_dropping_over_0.01": learned["clicks_dropping_over_0.01"],
+        "clicks_scored": learned["clicks_scored"],
         "max_other_label_drop": learned["max_other_label_drop"],
         "per_label": learned["per_label"],
         "learned_fallback_share": round(fallback_share, 4),
         "learned_network_only": {k: network_only[k] for k in (
-            "noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop", "dice_at_clicks")},
+            "noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop", "clicks_dropping_over_0.01",
+            "dice_at_clicks")},
         "latency_ms_p50": latency["p50"],
         "latency_ms_p95": latency["p95"],
         "latency": {**latency, "threads": args.threads, "device": "cpu", "model_warm": True},
         "latency_ms_p50_test_split": learned["latency_ms_p50"],
         "baselines": {name: {k: r[k] for k in ("noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop",
-                                                "dice_at_clicks", "per_label")}
+                                                "clicks_dropping_over_0.01", "dice_at_clicks", "per_label")}
                       for name, r in results.items()},
         "oracle_region_fix": oracle,
         "model_version": engine.model_version,

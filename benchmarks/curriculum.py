@@ -102,16 +102,10 @@ def click_latency(bundle_path, test, store_root, registry_root, unlabelled, para
     from crossdomainseg.engine import Engine
     from crossdomainseg.interactive.session import InteractiveSession
 
+    from crossdomainseg.interactive.refiner import click_refiner
+
     bundle = load_bundle(bundle_path)
-    # as the Slicer Logic does: the bundle's refiner, else region growing
-    if bundle.has_network("refiner"):
-        from crossdomainseg.interactive.refiner import LearnedRefiner
-
-        refiner = LearnedRefiner.from_bundle(bundle)
-    else:
-        from crossdomainseg.interactive.baselines import RegionGrowingRefiner
-
-        refiner = RegionGrowingRefiner()
+    refiner = click_refiner(bundle)  # as the Slicer Logic does
     engine = Engine(bundle, device="cpu", threads=1)
     _, image, label = test[0]
     result = engine.segment(image, preview=True, uncertainty=False)
@@ -152,8 +146,7 @@ def click_latency(bundle_path, test, store_root, registry_root, unlabelled, para
             raise RuntimeError("the trainer stopped while clicks were measured")
     finally:
         process.stop(store_root, timeout=120)
-    kind = "learned refiner" if bundle.has_network("refiner") else "region growing (bundle has no refiner)"
-    return idle, training, kind
+    return idle, training, refiner.name
 
 
 def plot(confident, path):

@@ -630,18 +630,16 @@ class CrossDomainSegLogic:
 def _new_session(engine, image: sitk.Image, result):
     """A click session on the input grid, fed what the engine computed (pure numpy: any thread)."""
     from crossdomainseg.interactive import InteractiveSession
-    from crossdomainseg.interactive.baselines import RegionGrowingRefiner
-    from crossdomainseg.interactive.refiner import LearnedRefiner
+    from crossdomainseg.interactive.refiner import click_refiner
 
     bundle = engine.bundle
     features = bundle.normalize(_array(image).astype(np.float32), "target")
     preview = None
     if result.preview is not None:
         preview = bundle.normalize(_array(result.preview).astype(np.float32), "source")
-    refiner = (LearnedRefiner.from_bundle(bundle, engine.device)
-               if bundle.has_network("refiner") else RegionGrowingRefiner())
     return InteractiveSession(image, result.label, probabilities=result.probabilities,
-                              image_features=features, preview=preview, refiner=refiner,
+                              image_features=features, preview=preview,
+                              refiner=click_refiner(bundle, engine.device),
                               label_values=[int(v) for v in result.labels.values()])
 
 

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-METHODS = ("learned", "learned_network_only", "sphere", "region_growing")
+METHODS = ("learned", "learned_network_only", "sphere", "region_growing", "local_otsu")
 
 
 def _eval_subparsers(subparsers):
@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
         "clicks", help="robot-user click correction: Dice after clicks, NoC@85/90, drops, latency",
         description="Start from the bundle's automatic result on each labelled target case and let "
         "a simulated user click up to --max-clicks times per label at the interior of the largest "
-        "error region. Compares the learned refiner with the sphere and region-growing baselines.")
+        "error region. Compares the learned refiner with the sphere, region-growing and local Otsu "
+        "baselines.")
     clicks.add_argument("--bundle", required=True, help="model bundle folder (with a refiner)")
     clicks.add_argument("--data", required=True, help="task folder (crossdomainseg data make)")
     clicks.add_argument("--split", default="test", choices=("val", "test"))
@@ -60,7 +61,7 @@ def add_parser(subparsers) -> None:
 
 def build_refiners(bundle, methods, device=None) -> dict:
     from ..errors import InputError
-    from .baselines import RegionGrowingRefiner, SphereRefiner
+    from .baselines import CLASSICAL
     from .refiner import LearnedRefiner
 
     unknown = set(methods) - set(METHODS)
@@ -68,7 +69,7 @@ def build_refiners(bundle, methods, device=None) -> dict:
         raise InputError(f"Unknown click methods {sorted(unknown)}; choose from {', '.join(METHODS)}.")
     makers = {"learned": lambda: LearnedRefiner.from_bundle(bundle, device),
               "learned_network_only": lambda: LearnedRefiner.from_bundle(bundle, device, fallback=None),
-              "sphere": SphereRefiner, "region_growing": RegionGrowingRefiner}
+              **CLASSICAL}
     return {name: makers[name]() for name in methods}
 
 

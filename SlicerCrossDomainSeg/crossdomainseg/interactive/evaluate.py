@@ -34,6 +34,8 @@ def summarise(curves: list, latencies: list, names: list, other_drops: list | No
         "never_90_share": round(float(np.mean([not ok for _, ok in n90])), 4),
         "max_dice_drop": round(max(0.0, float(drops[worst])), 4),
         "max_dice_drop_where": {"object": names[worst[0]], "click": int(worst[1]) + 1},
+        "clicks_dropping_over_0.01": int((drops > 0.01).sum()),
+        "clicks_scored": int(drops.size),
         "max_other_label_drop": round(max(other_drops or [0.0]), 4),
         "latency_ms_p50": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
         "latency_ms_p95": round(float(np.percentile(ms, 95)), 1) if len(ms) else None,

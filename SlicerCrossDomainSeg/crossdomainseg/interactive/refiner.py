@@ -7,8 +7,8 @@ The crop arrives on the image's own grid; it is rescaled per axis to the refiner
 
 A click is the user's ground truth at that voxel. Where the network's answer contradicts it
 (a positive click it still calls outside the label, a negative one it still calls inside), the
-network has not understood this image, and the click goes to `fallback` (seeded region growing
-by default) instead of changing a single voxel.
+network has not understood this image, and the click goes to `fallback` (the classical local
+Otsu refiner by default) instead of changing a single voxel.
 """
 
 import numpy as np
@@ -42,21 +42,21 @@ class LearnedRefiner:
     name = "learned"
 
     def __init__(self, network: torch.nn.Module, size=NET_SIZE, spacing=NET_SPACING, device=None,
-                 fallback="region_growing"):
+                 fallback="local_otsu"):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.network = network.to(self.device).eval()
         self.size = tuple(int(s) for s in size)
         self.spacing = tuple(float(s) for s in spacing)
         self.crop_mm = tuple(n * s for n, s in zip(self.size, self.spacing))
-        if fallback == "region_growing":
-            from .baselines import RegionGrowingRefiner
+        if isinstance(fallback, str):
+            from .baselines import CLASSICAL
 
-            fallback = RegionGrowingRefiner(crop_mm=self.crop_mm)
+            fallback = CLASSICAL[fallback](crop_mm=self.crop_mm)
         self.fallback = fallback
         self.fallbacks = 0  # clicks handed to the fallback so far
 
     @classmethod
-    def from_bundle(cls, bundle, device=None, fallback="region_growing") -> "LearnedRefiner":
+    def from_bundle(cls, bundle, device=None, fallback="local_otsu") -> "LearnedRefiner":
         """The bundle's refiner, loaded once and warmed up so the first click pays no loading."""
         if not bundle.has_network("refiner"):
             raise BundleError(f"The model bundle {bundle.path} has no click refiner; "
@@ -102,3 +102,13 @@ class LearnedRefiner:
             if shape != crop_shape:
                 logits = F.interpolate(logits, size=crop_shape, mode="trilinear", align_corners=False)
             return torch.sigmoid(logits[0, 0]).float().cpu().numpy()
+
+
+def click_refiner(bundle, device=None):
+    """What front ends click with: the bundle's learned refiner, else (a bundle that ships none,
+    such as the 2D xray-drr one) the classical local Otsu refiner alone."""
+    if bundle.has_network("refiner"):
+        return LearnedRefiner.from_bundle(bundle, device)
+    from .baselines import LocalOtsuRefiner
+
+    return LocalOtsuRefiner()
