@@ -112,7 +112,7 @@ class LocalOtsuRefiner:
         window = d2 <= self.window_mm**2
         threshold = otsu_threshold(image[window])
         bright = image[inputs.click] >= threshold
-        own = inputs.current & window
+        own = inputs.current & window  # with fewer than 10 voxels the label has no side yet
         if inputs.click_positive and own.sum() >= 10 and (np.median(image[own]) >= threshold) != bright:
             return d2 <= self.small_mm**2
         side = ((image >= threshold) if bright else (image < threshold)) & (d2 <= self.max_radius_mm**2)
@@ -126,7 +126,6 @@ class LocalOtsuRefiner:
 
     def propose(self, inputs: CropInputs) -> np.ndarray:
         return _apply(inputs, self.region(inputs))
-
 
 
 CLASSICAL = {refiner.name: refiner for refiner in (SphereRefiner, RegionGrowingRefiner, LocalOtsuRefiner)}
