@@ -51,7 +51,6 @@ def _error_regions(errors: np.ndarray, positive: bool):
 def _largest(regions):
     """(error regions of one sign, component) of the largest error component, None when there
     is no error; a tie goes to the false negatives."""
-    best = None
     best, best_size = None, 0
     for region in regions:
         sizes = region[2]
