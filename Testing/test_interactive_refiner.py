@@ -12,7 +12,7 @@ from crossdomainseg.bundle import load_bundle, make_random_bundle, update_bundle
 from crossdomainseg.errors import BundleError
 from crossdomainseg.interactive import CropInputs, InteractiveSession
 from crossdomainseg.interactive.encoding import NET_SIZE
-from crossdomainseg.interactive.refiner import REFINER_SPEC, LearnedRefiner, to_net_index
+from crossdomainseg.interactive.refiner import REFINER_SPEC, LearnedRefiner, click_refiner, to_net_index
 from crossdomainseg.interactive import train_refiner
 from crossdomainseg.interactive.train_refiner import Draft, TrainCase, corrupt, make_drafts, make_sample
 from crossdomainseg.networks import build_network
@@ -53,7 +53,7 @@ class _Stubborn(torch.nn.Module):
 
 def test_a_click_the_network_contradicts_goes_to_the_fallback():
     """A negative click inside the label that the network keeps inside goes to the classical
-    fallback (the local Otsu refiner)."""
+    fallback (here the local Otsu refiner; by default the boundary shift one)."""
     shape = (12, 12, 12)
     image = np.random.default_rng(0).normal(0, 0.05, shape).astype(np.float32)
     image[:, :6] += 1.0  # two noisy regions: the fallback takes the clicked one
@@ -61,7 +61,10 @@ def test_a_click_the_network_contradicts_goes_to_the_fallback():
     click = (6, 3, 6)
     negative = CropInputs(image, image, current.astype(np.float32), current, [], [click], click, False,
                           (2.0, 2.0, 2.0))
-    refiner = LearnedRefiner(_Stubborn(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu")
+    default = LearnedRefiner(_Stubborn(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu")
+    assert default.fallback.name == "boundary_shift"
+    refiner = LearnedRefiner(_Stubborn(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu",
+                             fallback="local_otsu")
     removed = refiner.propose(negative) < 0.5
     assert refiner.fallbacks == 1
     assert removed[:, :4].all() and not removed[:, 6:].any()  # the clicked half (edge blurred), grown in the image
@@ -97,6 +100,18 @@ def test_refiner_round_trips_through_a_bundle(tmp_path):
     x = torch.randn(1, 5, 16, 24, 24)
     with torch.inference_mode():
         assert torch.allclose(refiner.network(x), network.eval()(x))
+
+
+def test_front_ends_click_with_the_method_the_bundle_names(tmp_path):
+    make_random_bundle(tmp_path / "b", labels=LABELS)
+    assert click_refiner(load_bundle(tmp_path / "b")).name == "boundary_shift"  # no refiner network
+    update_bundle(tmp_path / "b", networks={"refiner": build_network(REFINER_SPEC)})
+    assert isinstance(click_refiner(load_bundle(tmp_path / "b"), "cpu"), LearnedRefiner)
+    update_bundle(tmp_path / "b", metadata={"click_refiner": {"name": "sphere"}})
+    assert click_refiner(load_bundle(tmp_path / "b")).name == "sphere"
+    update_bundle(tmp_path / "b", metadata={"click_refiner": {"name": "magic"}})
+    with pytest.raises(BundleError, match="unknown click refiner 'magic'"):
+        click_refiner(load_bundle(tmp_path / "b"))
 
 
 def test_copy_refiner_needs_the_same_normalisation(tmp_path):
@@ -204,7 +219,8 @@ def test_train_refiner_and_eval_clicks_commands(tmp_path):
     assert main(["eval", "clicks", "--bundle", str(bundle), "--data", str(data), "--max-clicks", "3",
                  "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert set(results) == {"learned", "learned_network_only", "sphere", "region_growing", "local_otsu"}
+    assert set(results) == {"learned", "learned_network_only", "sphere", "region_growing", "local_otsu",
+                            "boundary_shift"}
     for r in results.values():
         assert set(r["dice_at_clicks"]) == {"0", "1", "2", "3"}
         assert r["objects"] >= 3 and 0 <= r["never_90_share"] <= 1
@@ -213,6 +229,18 @@ def test_train_refiner_and_eval_clicks_commands(tmp_path):
     assert main(["eval", "clicks", "--bundle", str(bundle), "--data", str(data), "--max-clicks", "3",
                  "--methods", "sphere", "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["sphere"]["curves"] == results["sphere"]["curves"]
+    # --choose records the best method on the validation split in the bundle, for front ends
+    choose = ["eval", "clicks", "--bundle", str(bundle), "--data", str(data), "--max-clicks", "3",
+              "--methods", "sphere,boundary_shift", "--threads", "1", "--device", "cpu", "--out", str(out), "--choose"]
+    assert main(choose) != 0  # not on the test split
+    assert "click_refiner" not in load_bundle(bundle).metadata
+    assert main(choose + ["--split", "val"]) == 0
+    results = json.loads(out.read_text())
+    chosen = load_bundle(bundle).metadata["click_refiner"]
+    best = min(results, key=lambda m: (results[m]["noc90_mean"], results[m]["noc85_mean"], results[m]["max_dice_drop"]))
+    assert chosen["name"] == best and chosen["split"] == "val"
+    assert chosen["noc90_mean"] == {m: r["noc90_mean"] for m, r in results.items()}
+    assert click_refiner(load_bundle(bundle)).name == best
 
 
 def test_session_from_an_engine_result(tmp_path):

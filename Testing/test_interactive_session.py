@@ -6,7 +6,8 @@ import SimpleITK as sitk
 
 from crossdomainseg.errors import InputError
 from crossdomainseg.interactive import InteractiveSession
-from crossdomainseg.interactive.baselines import LocalOtsuRefiner, RegionGrowingRefiner, SphereRefiner, otsu_threshold
+from crossdomainseg.interactive.baselines import (BoundaryShiftRefiner, LocalOtsuRefiner, RegionGrowingRefiner,
+                                                 SphereRefiner, otsu_threshold)
 from crossdomainseg.interactive.encoding import Box, click_maps, crop_box
 
 SHAPE = (40, 48, 56)  # z, y, x
@@ -243,3 +244,61 @@ def test_a_click_does_not_take_back_what_an_opposite_click_said(case):
     assert (session.label[ball & (d_pos < d_neg)] == 1).all()
     assert (session.label[ball & (d_neg < d_pos) & (d_neg <= 11)] == 0).all()
     assert session.label[negative] == 0
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_boundary_shift_takes_a_rim_band_off_along_the_rim_near_the_click():
+    """An automatic result 3 mm too wide all round; a negative click in the middle of the band
+    removes the band along the rim near the click, nothing far from it, nothing inside."""
+    truth = _ball((20, 24, 28), 10)
+    image = _image(truth * 100.0, spacing=(1.0, 1.0, 1.0))
+    wide = _ball((20, 24, 28), 13)
+    refiner = BoundaryShiftRefiner(crop_mm=(40.0, 48.0, 56.0), inner_mm=6.0, outer_mm=12.0)
+    session = InteractiveSession(image, wide.astype(np.int16), refiner=refiner)
+    click = (20, 24, 28 + 12)  # the middle of the band (2 mm deep)
+    session.add_click(_point(image, click), False, 1)
+    got = session.label == 1
+    removed = wide & ~got
+    assert not (removed & truth).any()  # the true object keeps every voxel
+    assert removed.sum() > 100  # the band, not the clicked voxel alone
+    mm = (np.argwhere(removed) - click) * np.asarray(session.spacing)
+    assert np.sqrt((mm**2).sum(axis=1)).max() <= 12.0 + 1e-6
+    assert _dice(truth, got) > _dice(truth, wide) + 0.01
+
+
+def test_boundary_shift_grows_a_too_narrow_result_towards_the_click(case):
+    image, truth, pred = case  # pred: radius 7 for a radius-10 object
+    truth = truth.astype(bool)
+    session = InteractiveSession(image, pred, refiner=BoundaryShiftRefiner())
+    session.add_click(_point(image, (20, 24, 28 + 9)), True, 1)
+    got = session.label == 1
+    assert got.sum() > pred.sum() + 200
+    assert _dice(truth, got) > _dice(truth, pred.astype(bool)) + 0.05
+
+
+def test_boundary_shift_hands_a_small_label_to_local_otsu():
+    """A lesion not yet labelled (fewer voxels than min_voxels): the click's bright tissue."""
+    image, pred, lesion = _lesion_in_organ(np.random.default_rng(2))
+    session = InteractiveSession(image, pred, refiner=BoundaryShiftRefiner(), label_values=[1, 2])
+    session.add_click(_point(image, (20, 24, 28)), True, 2)
+    assert _dice(lesion, session.label == 2) > 0.75
+
+
+def test_boundary_shift_keeps_voxels_whose_intensity_says_they_belong():
+    """A move past the true edge (factor 3 on a 3 mm band) would cut the bright object; the
+    intensity veto keeps its voxels, and without the veto they go."""
+    truth = _ball((20, 24, 28), 10)
+    image = _image(truth * 100.0 + np.random.default_rng(5).normal(0, 5, SHAPE), spacing=(1.0, 1.0, 1.0))
+    wide = _ball((20, 24, 28), 13).astype(np.int16)
+    click = _point(image, (20, 24, 28 + 12))
+    cut = {}
+    for evidence in (2.0, np.inf):
+        refiner = BoundaryShiftRefiner(crop_mm=(40.0, 48.0, 56.0), factor=3.0, evidence=evidence)
+        session = InteractiveSession(image, wide, refiner=refiner)
+        session.add_click(click, False, 1)
+        cut[evidence] = (truth & (session.label == 0)).sum()
+        assert ((wide == 1) & ~truth & (session.label == 0)).sum() > 100  # the band goes either way
+    assert cut[2.0] <= 2 and cut[np.inf] > 100

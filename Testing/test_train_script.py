@@ -21,7 +21,7 @@ def test_default_bundle_script_runs_every_stage(tmp_path):
         assert main(["data", "make", "--task", task, "--n", "5", "--seed", "0", "--out", str(data / task)]) == 0
     env = {**os.environ, "PYTHON": sys.executable, "DATA_ROOT": str(data), "OUT_ROOT": str(out),
            "THREADS": "1", "SOURCE_EXTRA": "--epochs 1 --steps 1", "TRANSLATOR_EXTRA": "--epochs 1 --steps 1",
-           "REFINER_EXTRA": "--steps 1 --batch 1"}
+           "REFINER_EXTRA": "--steps 1 --batch 1", "CHOOSE_EXTRA": "--max-clicks 2"}
     run = subprocess.run(["bash", str(ROOT / "scripts" / "train_default_bundles.sh")], cwd=ROOT, env=env,
                          capture_output=True, encoding="utf-8", errors="replace", timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -33,4 +33,6 @@ def test_default_bundle_script_runs_every_stage(tmp_path):
         assert len(bundle.metadata["training"]["translator"]["history"]) == 1
         assert not (out / f"{task}.ckpt").exists()
     assert load_bundle(out / "phantom-ct-mr").has_network("refiner")
+    for task in shipped:  # the choose stage named the click method front ends use
+        assert load_bundle(out / task).metadata["click_refiner"]["split"] == "val"
     assert load_bundle(out / "xray-drr").metadata["training"]["translator"]["config"]["seg_detached"] is True

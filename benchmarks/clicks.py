@@ -1,8 +1,9 @@
 """Click correction benchmark: robot user on the phantom-ct-mr target test split, learned refiner
-(network, with the local Otsu refiner where the network contradicts a click; the network alone is
-reported too) against the sphere, region-growing and local Otsu baselines (same run, same automatic
-starts: one session per object), and latency per click on a 128^3 volume with a warm model. Writes
-benchmarks/results/clicks.json.
+(network, with the boundary shift refiner where the network contradicts a click; the network alone
+is reported too) against the sphere, region-growing, local Otsu and boundary shift baselines (same
+run, same automatic starts: one session per object), and latency per click on a 128^3 volume with a
+warm model. Also the test figures of the method the bundle names for front ends (chosen on the
+validation split by `eval clicks --choose`). Writes benchmarks/results/clicks.json.
 
     python benchmarks/clicks.py --bundle Resources/bundles/phantom-ct-mr [--data DIR]
 """
@@ -72,6 +73,18 @@ def oracle_noc(engine, data_dir, max_clicks: int) -> dict:
             "dice_at_clicks": {str(k): round(float(arr[:, k].mean()), 4) for k in (0, 1, 2, 3, 5, 10)}}
 
 
+def front_end(engine, refiners, results, latency_seed) -> dict:
+    """The test figures and 128^3 latency of the method front ends click with (bundle metadata)."""
+    chosen = engine.bundle.metadata.get("click_refiner") or {"name": "learned", "split": None}
+    r = results[chosen["name"]]
+    latency = latency_128(engine, refiners[chosen["name"]], latency_seed)
+    return {"name": chosen["name"], "chosen_on": chosen["split"],
+            "validation_noc90_mean": chosen.get("noc90_mean"),
+            **{k: r[k] for k in ("noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop",
+                                 "clicks_dropping_over_0.01", "dice_at_clicks", "per_label")},
+            "latency_ms_p50": latency["p50"], "latency_ms_p95": latency["p95"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="Resources/bundles/phantom-ct-mr")
@@ -124,6 +137,7 @@ def main() -> int:
         "baselines": {name: {k: r[k] for k in ("noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop",
                                                 "clicks_dropping_over_0.01", "dice_at_clicks", "per_label")}
                       for name, r in results.items()},
+        "front_end_refiner": front_end(engine, refiners, {"learned": learned, **results}, args.latency_seed),
         "oracle_region_fix": oracle,
         "model_version": engine.model_version,
         "refiner_training": engine.bundle.metadata.get("refiner", {}).get("training"),

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Train the default bundles shipped in Resources/bundles/ from generated phantom data, with the
-# committed seeds. Usage: scripts/train_default_bundles.sh [phantom-ct-mr|xray-drr ...] [--stage source|translator|refiner]
+# committed seeds. Usage: scripts/train_default_bundles.sh [phantom-ct-mr|xray-drr ...] [--stage source|translator|refiner|choose]
 # Env: DATA_ROOT (task folders; made with `crossdomainseg data make` when missing, default
 # build/default-bundle-data), THREADS (torch threads, default 2), OUT_ROOT (default Resources/bundles);
-# SOURCE_EXTRA, TRANSLATOR_EXTRA, REFINER_EXTRA: options appended to a stage's own (the last of a
+# SOURCE_EXTRA, TRANSLATOR_EXTRA, REFINER_EXTRA, CHOOSE_EXTRA: options appended to a stage's own (the last of a
 # repeated option wins), e.g. "--epochs 1 --steps 1" for the smoke test in Testing/.
 # --resume continues each stage from its checkpoint (BUNDLE.ckpt, removed once both stages ran).
 set -euo pipefail
@@ -57,6 +57,13 @@ refiner() {  # task, cases per domain, refiner options: the click refiner (3D ta
   fi
 }
 
+choose() {  # task, cases per domain: the click method front ends use, picked on the validation split
+  if [ "$STAGE" = all ] || [ "$STAGE" = choose ]; then
+    # shellcheck disable=SC2086
+    cdseg eval clicks --bundle "$OUT_ROOT/$1" --data "$(data_dir "$1" "$2")" --split val --threads "$THREADS" --choose ${CHOOSE_EXTRA:-}
+  fi
+}
+
 for task in "${TASKS[@]}"; do
   case "$task" in
     phantom-ct-mr)
@@ -73,6 +80,7 @@ for task in "${TASKS[@]}"; do
       # The refiner learns from drafts (this bundle's segmenter on remapped source cases) in 80% of
       # its samples; the shipped one was trained by `--stage refiner` with THREADS=1.
       refiner phantom-ct-mr 30 "--steps 12000 --batch 4 --seed 0 --drafts 16"
+      choose phantom-ct-mr 30
       ;;
     xray-drr)
       # The translator's segmentation consistency sees a detached, noised G_s->t(x_s): with the
@@ -83,6 +91,7 @@ for task in "${TASKS[@]}"; do
       train xray-drr xray-drr-1.1 60 \
         "--spacing 2.8 --roi 128 --channels 8,16,32,64,128 --res-units 1 --batch 8 --lr 2e-3 --epochs 12 --steps 20 --seed 1" \
         "--patch 64 --gen-channels 16 --n-down 2 --blocks 3 --stem-kernel 7 --residual --disc-channels 16 --disc-layers 3 --batch 8 --lr 1e-3 --lambda-identity 1 --lambda-seg 5 --seg-detached --seg-noise 0.05 --average-decay 0.99 --epochs 10 --steps 40 --val-cases 8 --seed 2"
+      choose xray-drr 60
       ;;
     *) echo "unknown task $task" >&2; exit 2 ;;
   esac

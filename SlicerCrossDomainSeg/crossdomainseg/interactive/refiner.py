@@ -7,8 +7,12 @@ The crop arrives on the image's own grid; it is rescaled per axis to the refiner
 
 A click is the user's ground truth at that voxel. Where the network's answer contradicts it
 (a positive click it still calls outside the label, a negative one it still calls inside), the
-network has not understood this image, and the click goes to `fallback` (the classical local
-Otsu refiner by default) instead of changing a single voxel.
+network has not understood this image, and the click goes to `fallback` (the classical boundary
+shift refiner by default) instead of changing a single voxel.
+
+`click_refiner` gives front ends the method the bundle's metadata names (`click_refiner.name`,
+written by `crossdomainseg eval clicks --choose` from a validation split): a bundle whose refiner
+network was trained on one modality may click better on another with a classical method.
 """
 
 import numpy as np
@@ -42,7 +46,7 @@ class LearnedRefiner:
     name = "learned"
 
     def __init__(self, network: torch.nn.Module, size=NET_SIZE, spacing=NET_SPACING, device=None,
-                 fallback="local_otsu"):
+                 fallback="boundary_shift"):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.network = network.to(self.device).eval()
         self.size = tuple(int(s) for s in size)
@@ -56,7 +60,7 @@ class LearnedRefiner:
         self.fallbacks = 0  # clicks handed to the fallback so far
 
     @classmethod
-    def from_bundle(cls, bundle, device=None, fallback="local_otsu") -> "LearnedRefiner":
+    def from_bundle(cls, bundle, device=None, fallback="boundary_shift") -> "LearnedRefiner":
         """The bundle's refiner, loaded once and warmed up so the first click pays no loading."""
         if not bundle.has_network("refiner"):
             raise BundleError(f"The model bundle {bundle.path} has no click refiner; "
@@ -105,10 +109,17 @@ class LearnedRefiner:
 
 
 def click_refiner(bundle, device=None):
-    """What front ends click with: the bundle's learned refiner, else (a bundle that ships none,
-    such as the 2D xray-drr one) the classical local Otsu refiner alone."""
-    if bundle.has_network("refiner"):
-        return LearnedRefiner.from_bundle(bundle, device)
-    from .baselines import LocalOtsuRefiner
+    """What front ends click with: the method named in the bundle's metadata `click_refiner`
+    ("learned" or a classical name), else the learned refiner when the bundle ships one, else
+    the classical boundary shift refiner."""
+    from .baselines import CLASSICAL
 
-    return LocalOtsuRefiner()
+    name = (bundle.metadata.get("click_refiner") or {}).get("name")
+    if name is None:
+        name = "learned" if bundle.has_network("refiner") else "boundary_shift"
+    if name == "learned":
+        return LearnedRefiner.from_bundle(bundle, device)
+    if name not in CLASSICAL:
+        raise BundleError(f"The model bundle {bundle.path} names an unknown click refiner {name!r}; "
+                          f"known: learned, {', '.join(CLASSICAL)}.")
+    return CLASSICAL[name]()
