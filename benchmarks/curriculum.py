@@ -109,11 +109,12 @@ def click_latency(bundle_path, test, store_root, registry_root, unlabelled, para
     engine = Engine(bundle, device="cpu", threads=1)
     _, image, label = test[0]
     result = engine.segment(image, preview=True, uncertainty=False)
-    rng = np.random.default_rng(0)
     label_array = sitk.GetArrayFromImage(label)
     values = [int(v) for v in np.unique(label_array) if v != 0]
 
     def measure():
+        # the same clicks idle and while training (a fresh session each time, same generator seed)
+        rng = np.random.default_rng(0)
         session = InteractiveSession.from_result(image, result, bundle, refiner)
         times = []
         for _ in range(n_clicks):
