@@ -296,9 +296,27 @@ def test_boundary_shift_keeps_voxels_whose_intensity_says_they_belong():
     click = _point(image, (20, 24, 28 + 12))
     cut = {}
     for evidence in (2.0, np.inf):
-        refiner = BoundaryShiftRefiner(crop_mm=(40.0, 48.0, 56.0), factor=3.0, evidence=evidence)
+        refiner = BoundaryShiftRefiner(crop_mm=(40.0, 48.0, 56.0), factor=3.0, evidence=evidence,
+                                       rim_mm=0.0)  # the veto alone, no refit
         session = InteractiveSession(image, wide, refiner=refiner)
         session.add_click(click, False, 1)
         cut[evidence] = (truth & (session.label == 0)).sum()
         assert ((wide == 1) & ~truth & (session.label == 0)).sum() > 100  # the band goes either way
     assert cut[2.0] <= 2 and cut[np.inf] > 100
+
+
+def test_boundary_shift_refits_the_moved_boundary_to_the_image():
+    """A move that falls short (factor 0.5 on a 3 mm band) leaves most of the band; the refit
+    takes the rest off near the click, where the image shows the object's edge."""
+    truth = _ball((20, 24, 28), 10)
+    image = _image(truth * 100.0 + np.random.default_rng(6).normal(0, 5, SHAPE), spacing=(1.0, 1.0, 1.0))
+    wide = _ball((20, 24, 28), 13).astype(np.int16)
+    click = _point(image, (20, 24, 28 + 12))
+    band_removed = {}
+    for rim_mm in (0.0, 3.0):
+        refiner = BoundaryShiftRefiner(crop_mm=(40.0, 48.0, 56.0), factor=0.5, rim_mm=rim_mm)
+        session = InteractiveSession(image, wide, refiner=refiner)
+        session.add_click(click, False, 1)
+        assert not (truth & (session.label == 0)).any()
+        band_removed[rim_mm] = ((wide == 1) & ~truth & (session.label == 0)).sum()
+    assert band_removed[3.0] > 2 * band_removed[0.0]
