@@ -185,31 +185,35 @@ class BoundaryShiftRefiner:
         # half a voxel more right at the click, so a click on the boundary voxel itself moves it
         shift = move * weight + 0.5 * min(inputs.spacing) * (distance < 3.0)
         region = (weight > 0) & ((signed <= shift) if inputs.click_positive else (signed >= -shift))
+        smooth = ndimage.gaussian_filter(inputs.image.astype(np.float32), 0.7)  # for veto and refit
         # core and ring lie beyond the move: what the label surely is and surely is not
         core = signed < -(move + 3.0)
         ring = (signed > 3.0 + (move if inputs.click_positive else 0.0)) & (signed < 12.0 + move)
-        if core.sum() > 50 and ring.sum() > 50:
-            ratio = self._log_likelihood_ratio(inputs.image, core, ring)
+        ratio = self._log_likelihood_ratio(smooth, core, ring)
+        if ratio is not None:
             veto = (ratio < -self.evidence) if inputs.click_positive else (ratio > self.evidence)
             region &= ~veto | (distance < 3.0)
         moved = _apply(inputs, region) >= 0.5
-        return self._refit(inputs, moved, distance).astype(np.float32)
+        return self._refit(inputs, smooth, moved, distance).astype(np.float32)
 
-    def _refit(self, inputs: CropInputs, moved: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    def _refit(self, inputs: CropInputs, smooth: np.ndarray, moved: np.ndarray,
+               distance: np.ndarray) -> np.ndarray:
         """The moved boundary near the click, relabelled voxel by voxel from the intensities of
         the moved label's core and ring, with its position as a prior; the click's side kept."""
         signed = _signed_distance(moved, inputs.spacing)
-        core, ring = signed < -3.0, (signed > 3.0) & (signed < 12.0)
-        if core.sum() <= 50 or ring.sum() <= 50:
+        ratio = self._log_likelihood_ratio(smooth, signed < -3.0, (signed > 3.0) & (signed < 12.0))
+        if ratio is None:
             return moved
-        score = self._log_likelihood_ratio(inputs.image, core, ring) - signed / self.prior_mm
+        score = ratio - signed / self.prior_mm
         rim = (distance < self.outer_mm) & (distance >= 3.0) & (np.abs(signed) <= self.rim_mm)
         refitted = np.where(rim, score > 0, moved)
         return (refitted | inputs.current) if inputs.click_positive else (refitted & inputs.current)
 
-    def _log_likelihood_ratio(self, image, core, ring) -> np.ndarray:
-        """log p(intensity | core) - log p(intensity | ring) per voxel, from histograms."""
-        smooth = ndimage.gaussian_filter(image.astype(np.float32), 0.7)
+    def _log_likelihood_ratio(self, smooth, core, ring) -> np.ndarray | None:
+        """log p(intensity | core) - log p(intensity | ring) per voxel of the smoothed crop, from
+        histograms; None when core or ring has too few voxels (50) for a histogram."""
+        if core.sum() <= 50 or ring.sum() <= 50:
+            return None
         low, high = np.percentile(smooth[core | ring], [1, 99])
         edges = np.linspace(low, high + 1e-6, self.bins + 1)
         inside = np.histogram(np.clip(smooth[core], low, high), edges)[0] + 1.0
