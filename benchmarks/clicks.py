@@ -75,11 +75,13 @@ def oracle_noc(engine, data_dir, max_clicks: int) -> dict:
 
 def front_end(engine, refiners, results, learned_latency, latency_seed) -> dict:
     """The test figures and 128^3 latency of the method front ends click with (bundle metadata)."""
-    chosen = engine.bundle.metadata.get("click_refiner") or {"name": "learned", "split": None}
-    r = results[chosen["name"]]
-    latency = (learned_latency if chosen["name"] == "learned"
-               else latency_128(engine, refiners[chosen["name"]], latency_seed))
-    return {"name": chosen["name"], "chosen_on": chosen["split"],
+    from crossdomainseg.interactive.refiner import click_refiner_name
+
+    name = click_refiner_name(engine.bundle)
+    chosen = engine.bundle.metadata.get("click_refiner") or {}
+    r = results[name]
+    latency = learned_latency if name == "learned" else latency_128(engine, refiners[name], latency_seed)
+    return {"name": name, "chosen_on": chosen.get("split"),
             "validation_noc90_mean": chosen.get("noc90_mean"),
             **{k: r[k] for k in ("noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop",
                                  "clicks_dropping_over_0.01", "dice_at_clicks", "per_label")},

@@ -108,15 +108,21 @@ class LearnedRefiner:
             return torch.sigmoid(logits[0, 0]).float().cpu().numpy()
 
 
-def click_refiner(bundle, device=None):
-    """What front ends click with: the method named in the bundle's metadata `click_refiner`
-    ("learned" or a classical name), else the learned refiner when the bundle ships one, else
-    the classical boundary shift refiner."""
-    from .baselines import CLASSICAL
-
+def click_refiner_name(bundle) -> str:
+    """The name of the method front ends click with: the one named in the bundle's metadata
+    `click_refiner` ("learned" or a classical name), else "learned" when the bundle ships a
+    refiner network, else "boundary_shift"."""
     name = (bundle.metadata.get("click_refiner") or {}).get("name")
     if name is None:
         name = "learned" if bundle.has_network("refiner") else "boundary_shift"
+    return name
+
+
+def click_refiner(bundle, device=None):
+    """What front ends click with (`click_refiner_name`), ready to click."""
+    from .baselines import CLASSICAL
+
+    name = click_refiner_name(bundle)
     if name == "learned":
         return LearnedRefiner.from_bundle(bundle, device)
     if name not in CLASSICAL:
