@@ -7,7 +7,7 @@ import SimpleITK as sitk
 from crossdomainseg.errors import InputError
 from crossdomainseg.interactive import InteractiveSession
 from crossdomainseg.interactive.baselines import (BoundaryShiftRefiner, LocalOtsuRefiner, RegionGrowingRefiner,
-                                                 SphereRefiner, otsu_threshold)
+                                                 SmallObjectRefiner, SphereRefiner, otsu_threshold)
 from crossdomainseg.interactive.encoding import Box, click_maps, crop_box
 
 SHAPE = (40, 48, 56)  # z, y, x
@@ -256,7 +256,7 @@ def test_boundary_shift_takes_a_rim_band_off_along_the_rim_near_the_click():
     truth = _ball((20, 24, 28), 10)
     image = _image(truth * 100.0, spacing=(1.0, 1.0, 1.0))
     wide = _ball((20, 24, 28), 13)
-    refiner = BoundaryShiftRefiner(crop_mm=(40.0, 48.0, 56.0), inner_mm=6.0, outer_mm=12.0)
+    refiner = BoundaryShiftRefiner(crop_mm=(40.0, 48.0, 56.0), inner_mm=6.0, outer_mm=12.0, refit_mm=12.0)
     session = InteractiveSession(image, wide.astype(np.int16), refiner=refiner)
     click = (20, 24, 28 + 12)  # the middle of the band (2 mm deep)
     session.add_click(_point(image, click), False, 1)
@@ -279,12 +279,49 @@ def test_boundary_shift_grows_a_too_narrow_result_towards_the_click(case):
     assert _dice(truth, got) > _dice(truth, pred.astype(bool)) + 0.05
 
 
-def test_boundary_shift_hands_a_small_label_to_local_otsu():
+def test_boundary_shift_hands_a_small_label_to_the_small_object_refiner():
     """A lesion not yet labelled (fewer voxels than min_voxels): the click's bright tissue."""
     image, pred, lesion = _lesion_in_organ(np.random.default_rng(2))
     session = InteractiveSession(image, pred, refiner=BoundaryShiftRefiner(), label_values=[1, 2])
     session.add_click(_point(image, (20, 24, 28)), True, 2)
     assert _dice(lesion, session.label == 2) > 0.75
+
+
+def test_small_object_splits_a_lesion_at_half_contrast_where_otsu_leaks():
+    """A bright lesion touching a large mid-bright structure: Otsu's split of the window puts
+    both on one side and takes the structure near the click too; the split halfway between the
+    click and its surroundings takes the lesion alone."""
+    rng = np.random.default_rng(7)
+    lesion = _ball((20, 24, 28), 3)
+    slab = np.zeros(SHAPE, bool)
+    slab[:, :, 31:] = True  # touches the lesion's rim
+    array = np.where(lesion, 1500.0, np.where(slab, 800.0, 200.0)) + rng.normal(0, 30, SHAPE)
+    image = _image(array)
+    got = {}
+    for refiner in (SmallObjectRefiner(), LocalOtsuRefiner()):
+        session = InteractiveSession(image, np.zeros(SHAPE, np.int16), refiner=refiner, label_values=[1])
+        session.add_click(_point(image, (20, 24, 28)), True, 1)
+        got[refiner.name] = session.label == 1
+    assert _dice(lesion, got["small_object"]) > 0.85
+    assert _dice(lesion, got["local_otsu"]) < 0.6 and (got["local_otsu"] & slab).sum() > 100
+
+
+def test_small_object_takes_off_a_stray_island_unless_a_positive_click_vouches_for_it():
+    """A stray blob across an organ's edge: local Otsu would take off only the click's side of
+    the edge; the negative click takes the whole island, unless a positive click is in it."""
+    organ = _ball((20, 24, 28), 10)
+    image = _image(np.where(organ, 200.0, 600.0) + np.random.default_rng(8).normal(0, 20, SHAPE))
+    stray = _ball((20, 24, 38), 2)  # straddles the organ's rim at x = 38
+    label = organ.astype(np.int16)
+    label[stray] = 2
+    click = _point(image, (20, 24, 37))  # the organ's side
+    for vouched in (False, True):
+        session = InteractiveSession(image, label, refiner=SmallObjectRefiner(), label_values=[1, 2])
+        if vouched:
+            session.add_click(_point(image, (20, 24, 39)), True, 2)
+        session.add_click(click, False, 2)
+        left = (session.label[stray] == 2).sum()
+        assert (left > 0) if vouched else (left == 0)
 
 
 def test_boundary_shift_keeps_voxels_whose_intensity_says_they_belong():
