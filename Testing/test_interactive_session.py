@@ -311,7 +311,7 @@ def test_small_object_takes_off_a_stray_island_unless_a_positive_click_vouches_f
     the edge; the negative click takes the whole island, unless a positive click is in it."""
     organ = _ball((20, 24, 28), 10)
     image = _image(np.where(organ, 200.0, 600.0) + np.random.default_rng(8).normal(0, 20, SHAPE))
-    stray = _ball((20, 24, 38), 2)  # straddles the organ's rim at x = 38
+    stray = _ball((20, 24, 38), 3)  # straddles the organ's rim at x = 38
     label = organ.astype(np.int16)
     label[stray] = 2
     click = _point(image, (20, 24, 37))  # the organ's side
@@ -322,6 +322,27 @@ def test_small_object_takes_off_a_stray_island_unless_a_positive_click_vouches_f
         session.add_click(click, False, 2)
         left = (session.label[stray] == 2).sum()
         assert (left > 0) if vouched else (left == 0)
+
+
+def test_small_object_click_on_the_boundary_changes_only_voxels_near_it():
+    """A negative click on a rim voxel of a labelled lesion says that voxel is wrong, not the
+    lesion: the change stays within fine_radius_mm. Without the limit (fine_mm 0) the lesion,
+    a small island no positive click vouched for, goes whole."""
+    image, pred, lesion = _lesion_in_organ(np.random.default_rng(9))
+    label = pred.copy()
+    label[lesion] = 2
+    click = (20, 24, 31)  # the lesion's outermost voxel along x
+    kept = {}
+    for fine_mm in (2.0, 0.0):
+        session = InteractiveSession(image, label, refiner=SmallObjectRefiner(fine_mm=fine_mm),
+                                     label_values=[1, 2])
+        session.add_click(_point(image, click), False, 2)
+        removed = np.argwhere(lesion & (session.label != 2))
+        mm = np.sqrt((((removed - click) * np.asarray(session.spacing)) ** 2).sum(axis=1))
+        kept[fine_mm] = (session.label[lesion] == 2).mean()
+        if fine_mm:
+            assert session.label[click] != 2 and mm.max() <= 2.5 + 1e-6
+    assert kept[2.0] > 0.8 and kept[0.0] < 0.5
 
 
 def test_boundary_shift_keeps_voxels_whose_intensity_says_they_belong():

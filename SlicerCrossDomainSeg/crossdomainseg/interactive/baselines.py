@@ -146,26 +146,38 @@ class SmallObjectRefiner:
       window put a small bright lesion with the liver around it: on the phantom-ct-mr validation
       split a first click on a 48-voxel lesion took 224 voxels.
     - negative, inside a connected part of the label of fewer than `island_voxels` that holds no
-      positive click: that whole part goes (a stray blob of the automatic result).
+      positive click: that whole part goes (a stray blob of the automatic result), unless the
+      click is a fine one (below) on a part thicker than a sliver.
     - any other negative click: local Otsu's region.
+    A click within `fine_mm` of the label's boundary (the robot's click on a one-voxel error of an
+    almost right lesion) changes nothing farther than `fine_radius_mm` from it.
     As the boundary shift refiner's branch for small labels it took the lesions' NoC@90 on the
-    phantom-ct-mr validation split from 9.0 to 3.5 (local Otsu before)."""
+    phantom-ct-mr validation split from 9.0 to 3.5 (local Otsu before); the fine-click limit took
+    the clicks lowering Dice by more than 0.01 from 17 to 11 of 480 (test split: 35 to 14) at
+    the same NoC."""
 
     name = "small_object"
 
     def __init__(self, crop_mm=DEFAULT_CROP_MM, window_mm: float = 15.0, max_radius_mm: float = 30.0,
-                 guard_mm: float = 8.0, island_voxels: int = 300):
+                 guard_mm: float = 8.0, island_voxels: int = 300, fine_mm: float = 2.0,
+                 fine_radius_mm: float = 2.5):
         self.crop_mm = tuple(float(c) for c in crop_mm)
         self.window_mm = float(window_mm)
         self.max_radius_mm, self.guard_mm = float(max_radius_mm), float(guard_mm)
         self.island_voxels = int(island_voxels)
+        self.fine_mm, self.fine_radius_mm = float(fine_mm), float(fine_radius_mm)
         self.otsu = LocalOtsuRefiner(crop_mm=crop_mm, max_radius_mm=max_radius_mm, guard_mm=guard_mm)
 
     def propose(self, inputs: CropInputs) -> np.ndarray:
-        if inputs.click_positive:
-            return _apply(inputs, self._blob(inputs))
-        island = self._island(inputs)
-        return _apply(inputs, island if island is not None else self.otsu.region(inputs))
+        fine = inputs.current.any() and abs(
+            _signed_distance(inputs.current, inputs.spacing)[inputs.click]) <= self.fine_mm
+        island = None if inputs.click_positive else self._island(inputs)
+        if island is not None and (not fine or self._thin(island, inputs.spacing)):
+            return _apply(inputs, island)
+        region = self._blob(inputs) if inputs.click_positive else self.otsu.region(inputs)
+        if fine:
+            region &= squared_distance_mm(region.shape, inputs.click, inputs.spacing) <= self.fine_radius_mm**2
+        return _apply(inputs, region)
 
     def _blob(self, inputs: CropInputs) -> np.ndarray:
         image = inputs.image.astype(np.float32)
@@ -183,6 +195,10 @@ class SmallObjectRefiner:
         if region[d2 > (self.max_radius_mm - 4.0) ** 2].any():
             region = _component_at(region & (d2 <= self.guard_mm**2), inputs.click)
         return region
+
+    def _thin(self, part: np.ndarray, spacing) -> bool:
+        """No voxel of `part` deeper than fine_mm inside it: a sliver, where every click is fine."""
+        return float(ndimage.distance_transform_edt(np.pad(part, 1), sampling=spacing).max()) <= self.fine_mm
 
     def _island(self, inputs: CropInputs) -> np.ndarray | None:
         """The connected part of the label under the click, when it is small and no positive
