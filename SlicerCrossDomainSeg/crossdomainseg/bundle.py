@@ -10,7 +10,8 @@ metadata.json keys (see docs/ARCHITECTURE.md): `bundle_format` ("1"), `version`,
 {name: [r, g, b]}, `spacing` (working grid mm, SimpleITK order x, y[, z]), `roi_size` (network
 patch in array order z, y, x / y, x), `normalization` {"source": spec, "target": spec}
 (normalize.py), `networks` {name: spec} (networks.py), `training`, `weights` {"models/x.pt":
-sha256}, `metrics`.
+sha256}, `metrics`; optional: `click_refiner` (interactive.refiner), `curriculum_params`
+(curriculum.params.CurriculumParams.for_bundle).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class Bundle:
         return _normalize(array, specs[domain])
 
 
-def _read_metadata(path: Path) -> dict:
+def read_metadata(path: Path) -> dict:
     file = path / METADATA_FILE
     if not path.is_dir():
         raise BundleError(f"Model bundle folder {path} does not exist.")
@@ -160,7 +161,7 @@ def validate_metadata(metadata: dict) -> None:
 def load_bundle(path: str | Path) -> Bundle:
     """Read and validate the bundle at `path`; raises BundleError with the reason otherwise."""
     path = Path(path)
-    metadata = _read_metadata(path)
+    metadata = read_metadata(path)
     validate_metadata(metadata)
     for relative, expected in metadata["weights"].items():
         file = path / relative
@@ -249,7 +250,7 @@ def update_bundle(path: str | Path, networks: dict | None = None, metadata: dict
     error, never a model with the wrong weights.
     """
     path = Path(path)
-    current = _read_metadata(path)
+    current = read_metadata(path)
     validate_metadata(current)
     new = copy.deepcopy(current)
     for key, value in (metadata or {}).items():

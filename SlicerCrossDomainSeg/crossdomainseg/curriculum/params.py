@@ -41,6 +41,19 @@ class CurriculumParams:
     # plain mean teacher 0.554 against 0.543 (benchmarks/curriculum.py, 30 epochs; HD95 28 and 21
     # against 35 mm).
     confidence_threshold: float = 0.9
+    # Not in the patent: the teacher's hard labels, fitted to each view's image before they teach
+    # the student (losses.pseudo_labels, boundary_fit.fit_labels): voxels within
+    # pseudo_label_fit_mm of a label's boundary are relabelled by how much likelier their
+    # intensity is in that label's core than in a ring around it, less their signed distance /
+    # pseudo_label_prior_mm; these voxels count whatever the teacher's confidence. 0 (default):
+    # H(S_tea) as in the patent. Whether it helps depends on the task, so a bundle turns it on in
+    # its metadata (`curriculum_params`, see for_bundle). phantom-ct-mr (on, 6 / 4 mm): curriculum
+    # on the target validation split 0.512 -> 0.539 (liver 0.715 -> 0.800, kidneys 0.577 ->
+    # 0.591, spleen 0.646 -> 0.716, lesion 0.112 -> 0.050), on the test split 0.549 -> 0.552
+    # (liver, kidneys, spleen up, lesion down; HD95 29 -> 37 mm). xray-drr (off): the test split
+    # curriculum fell 0.879 -> 0.848 with it, below vanilla (0.865).
+    pseudo_label_fit_mm: float = 0.0
+    pseudo_label_prior_mm: float = 4.0
     supervised_weight: float = 1.0  # accepted (clinician-corrected) labels, patent Fig. 5
     supervised_batch: int = 2
     replay_weight: float = 0.05  # labelled source data, low weight against forgetting (METHOD.md 3)
@@ -67,6 +80,12 @@ class CurriculumParams:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def for_bundle(cls, metadata: dict, overrides: dict | None = None) -> "CurriculumParams":
+        """The parameters for a bundle: its metadata's `curriculum_params` (what suits its task,
+        chosen on its validation split) under the caller's overrides."""
+        return cls.from_dict({**metadata.get("curriculum_params", {}), **(overrides or {})})
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "CurriculumParams":
@@ -96,6 +115,8 @@ class CurriculumParams:
         if not 0 <= self.confidence_threshold < 1:
             raise InputError("confidence_threshold must be in [0, 1): the teacher's top softmax "
                              "a voxel needs to count in the consistency loss.")
+        if self.pseudo_label_fit_mm < 0 or self.pseudo_label_prior_mm <= 0:
+            raise InputError("pseudo_label_fit_mm must be >= 0 (0: no fit) and pseudo_label_prior_mm > 0.")
         if self.confident_after < 1 or self.tta_n < 2:
             raise InputError("confident_after must be >= 1 and tta_n >= 2 (U compares predictions).")
         if self.student_input not in ("preview", "image"):

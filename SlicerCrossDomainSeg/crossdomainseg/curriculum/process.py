@@ -75,8 +75,9 @@ def start(store_root, registry_root, bundle=None, source=None, unlabelled=None,
     registry_root: model registry (created from `bundle` when it does not exist yet).
     source: optional labelled source data for replay (folder with images/ and labels/).
     unlabelled: optional folder of unlabelled target images to register with the store.
-    params: CurriculumParams overrides (dict).
+    params: CurriculumParams overrides (dict), over the defaults the bundle's metadata names.
     """
+    from ..bundle import read_metadata
     from ..registry import ModelRegistry
     from .params import CurriculumParams
 
@@ -92,7 +93,8 @@ def start(store_root, registry_root, bundle=None, source=None, unlabelled=None,
         raise InputError(f"Source data folder {source} must hold images/ and labels/ subfolders.")
     if unlabelled is not None:
         store.set_unlabelled_folder(unlabelled)
-    checked = CurriculumParams.from_dict(params)
+    base = Path(bundle) if not registry.is_initialised() else registry.current_path()
+    checked = CurriculumParams.for_bundle(read_metadata(base), params)
     config = {
         "store": str(Path(store_root).resolve()),
         "registry": str(Path(registry_root).resolve()),

@@ -7,7 +7,8 @@ fine-tuned. Per step, for each unlabelled target image of the batch (Fig. 4 line
   U(x) = max_i D(T_i^-1 S_pre(T_i G(x)), mean) (eq. 1) must be <= tau_u, and the warm-up gate
   D(S_tea(x'), S_pre(G(x))) <= tau_ts (eq. 3); passing both increments the counter.
 Loss: consistency D~(H(S_tea(T_i x')), S_stu(T_i x')) over m weak + strong views (eq. 2), on the
-voxels where the teacher is confident (params.confidence_threshold),
+voxels where the teacher is confident (params.confidence_threshold), its labels fitted to each
+view's image near their boundaries (params.pseudo_label_fit_mm),
 + supervised CE + Dice on accepted (clinician-corrected) cases, + low-weight replay of labelled
 source images. After the optimiser step the teacher follows eq. 4. tau_u and tau_ts rise per epoch.
 G and S_pre are frozen, so U(x) and S_pre(G(x)) are computed once per image and cached.
@@ -105,6 +106,7 @@ class CurriculumTrainer:
         self.accepted = [v for v in accepted if v.y is not None]
         self.source = [v for v in source if v.y is not None]
         self.roi = bundle.roi_size
+        self.spacing = tuple(reversed(bundle.spacing))  # mm per voxel of the working grid, array order
         ref_name = REFERENCE if bundle.has_network(REFERENCE) else "segmenter"
         self.reference = self._frozen(bundle.network(ref_name, self.device))
         self.generator = self._frozen(bundle.network("generator", self.device)) if bundle.has_network("generator") else None
@@ -223,7 +225,9 @@ class CurriculumTrainer:
             with torch.no_grad():
                 v_all = views(x, p.n_weak, p.n_strong, self.rng, p.strong_ops, p.strong_magnitude)
                 t_logits = self.teacher(v_all)
-            loss = consistency_loss(t_logits, self.student(v_all), p.confidence_threshold)
+            loss = consistency_loss(t_logits, self.student(v_all), p.confidence_threshold, images=v_all,
+                                    spacing=self.spacing, fit_mm=p.pseudo_label_fit_mm,
+                                    prior_mm=p.pseudo_label_prior_mm)
             losses["consistency"] = float(loss.detach())
             total = p.consistency_weight * loss
         train_cases = self.train_accepted()

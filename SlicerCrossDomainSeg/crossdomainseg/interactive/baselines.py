@@ -14,6 +14,7 @@
 import numpy as np
 from scipy import ndimage
 
+from ..boundary_fit import fit_mask, log_likelihood_ratio, signed_distance
 from .encoding import DEFAULT_CROP_MM, squared_distance_mm
 from .session import CropInputs
 
@@ -28,12 +29,6 @@ def _component_at(mask: np.ndarray, index) -> np.ndarray:
         return np.zeros_like(mask)
     components, _ = ndimage.label(mask)
     return components == components[index]
-
-
-def _signed_distance(mask: np.ndarray, spacing) -> np.ndarray:
-    """mm to the mask's boundary: negative inside, positive outside."""
-    return np.where(mask, -ndimage.distance_transform_edt(mask, sampling=spacing),
-                    ndimage.distance_transform_edt(~mask, sampling=spacing))
 
 
 def _apply(inputs: CropInputs, region: np.ndarray) -> np.ndarray:
@@ -170,7 +165,7 @@ class SmallObjectRefiner:
 
     def propose(self, inputs: CropInputs) -> np.ndarray:
         fine = inputs.current.any() and abs(
-            _signed_distance(inputs.current, inputs.spacing)[inputs.click]) <= self.fine_mm
+            signed_distance(inputs.current, inputs.spacing)[inputs.click]) <= self.fine_mm
         island = None if inputs.click_positive else self._island(inputs)
         if island is not None and (not fine or self._thin(island, inputs.spacing)):
             return _apply(inputs, island)
@@ -254,7 +249,7 @@ class BoundaryShiftRefiner:
         current = inputs.current
         if current.sum() < self.min_voxels:
             return self.otherwise.propose(inputs)
-        signed = _signed_distance(current, inputs.spacing)
+        signed = signed_distance(current, inputs.spacing)
         depth = abs(float(signed[inputs.click]))
         if depth > self.max_depth_mm:
             return self.otherwise.propose(inputs)
@@ -268,7 +263,7 @@ class BoundaryShiftRefiner:
         # core and ring lie beyond the move: what the label surely is and surely is not
         core = signed < -(move + 3.0)
         ring = (signed > 3.0 + (move if inputs.click_positive else 0.0)) & (signed < 12.0 + move)
-        ratio = self._log_likelihood_ratio(smooth, core, ring)
+        ratio = log_likelihood_ratio(smooth, core, ring, self.bins)
         if ratio is not None:
             veto = (ratio < -self.evidence) if inputs.click_positive else (ratio > self.evidence)
             region &= ~veto | (distance < 3.0)
@@ -277,29 +272,14 @@ class BoundaryShiftRefiner:
 
     def _refit(self, inputs: CropInputs, image: np.ndarray, moved: np.ndarray,
                distance: np.ndarray) -> np.ndarray:
-        """The moved boundary near the click, relabelled voxel by voxel from the intensities of
-        the moved label's core and ring, with its position as a prior; the click's side kept."""
-        signed = _signed_distance(moved, inputs.spacing)
-        ratio = self._log_likelihood_ratio(image, signed < -3.0, (signed > 3.0) & (signed < 12.0))
-        if ratio is None:
+        """The moved boundary near the click fitted to the image (boundary_fit); the click's
+        side kept."""
+        result = fit_mask(image, moved, inputs.spacing, self.rim_mm, self.prior_mm, self.bins)
+        if result is None:
             return moved
-        score = ratio - signed / self.prior_mm
-        rim = (distance < self.refit_mm) & (distance >= 3.0) & (np.abs(signed) <= self.rim_mm)
-        refitted = np.where(rim, score > 0, moved)
+        near = (distance < self.refit_mm) & (distance >= 3.0)
+        refitted = np.where(near, result[0], moved)
         return (refitted | inputs.current) if inputs.click_positive else (refitted & inputs.current)
-
-    def _log_likelihood_ratio(self, image, core, ring) -> np.ndarray | None:
-        """log p(intensity | core) - log p(intensity | ring) per voxel of the crop `image`, from
-        histograms; None when core or ring has too few voxels (50) for a histogram."""
-        if core.sum() <= 50 or ring.sum() <= 50:
-            return None
-        low, high = np.percentile(image[core | ring], [1, 99])
-        edges = np.linspace(low, high + 1e-6, self.bins + 1)
-        inside = np.histogram(np.clip(image[core], low, high), edges)[0] + 1.0
-        outside = np.histogram(np.clip(image[ring], low, high), edges)[0] + 1.0
-        table = np.log(inside / inside.sum()) - np.log(outside / outside.sum())
-        return table[np.clip(np.digitize(image, edges) - 1, 0, self.bins - 1)]
-
 
 CLASSICAL = {refiner.name: refiner for refiner in (SphereRefiner, RegionGrowingRefiner, LocalOtsuRefiner,
                                                    BoundaryShiftRefiner)}

@@ -1,0 +1,99 @@
+"""Fitting label boundaries to the image (boundary_fit), as the curriculum's pseudo-labels use it."""
+
+import numpy as np
+import pytest
+import torch
+
+from crossdomainseg.boundary_fit import fit_labels, signed_distance
+from crossdomainseg.curriculum.losses import pseudo_labels
+from crossdomainseg.curriculum.params import CurriculumParams
+from crossdomainseg.errors import InputError
+
+SPACING = (3.0, 3.0, 3.0)
+
+
+def _ball(shape, centre, radius):
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def _scene(seed=0):
+    """A bright ball (truth, label 1) beside a dark one (label 2) in noise, with labels that
+    miss a 1-voxel band of the bright ball's rim and overshoot the dark ball's by one voxel."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 40, 40)
+    bright, dark = _ball(shape, (20, 12, 20), 8), _ball(shape, (20, 30, 20), 6)
+    image = 0.5 + 0.4 * bright - 0.4 * dark + rng.normal(0, 0.08, shape)
+    truth = np.where(bright, 1, np.where(dark, 2, 0))
+    draft = np.where(_ball(shape, (20, 12, 20), 7), 1, np.where(_ball(shape, (20, 30, 20), 7) & ~bright, 2, 0))
+    return image.astype(np.float32), truth, draft
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_fit_moves_band_errors_onto_the_image_edges():
+    image, truth, draft = _scene()
+    fitted, rims = fit_labels(image, draft, SPACING, rim_mm=6.0, prior_mm=4.0)
+    for value in (1, 2):
+        before, after = _dice(draft == value, truth == value), _dice(fitted == value, truth == value)
+        assert after > before + 0.04, (value, before, after)
+    # only the rims change, and labels never trade voxels (only via background)
+    assert not ((fitted != draft) & ~rims).any()
+    assert not ((fitted > 0) & (draft > 0) & (fitted != draft)).any()
+
+
+def test_fit_keeps_small_labels_and_featureless_images():
+    image, truth, draft = _scene()
+    small = np.zeros_like(draft)
+    small[_ball(draft.shape, (20, 20, 20), 3)] = 4  # 123 voxels: too few for a histogram
+    fitted, rims = fit_labels(image, small, SPACING, 6.0, 4.0)
+    assert np.array_equal(fitted, small) and not rims.any()
+    flat = np.full(image.shape, 0.5, np.float32)  # no evidence: the prior keeps the boundary
+    fitted, _ = fit_labels(flat, draft, SPACING, 6.0, 4.0)
+    assert np.array_equal(fitted, draft)
+
+
+def test_signed_distance_is_negative_inside():
+    mask = _ball((21, 21, 21), (10, 10, 10), 5)
+    d = signed_distance(mask, SPACING)
+    assert d[10, 10, 10] < -12 and d[0, 0, 0] > 20 and abs(d[10, 10, 15]) <= 3
+
+
+def test_pseudo_labels_fitted_to_each_view_and_counted_where_the_teacher_is_unsure():
+    image, truth, draft = _scene()
+    # A teacher sure of the draft inside, unsure (0.6) on every voxel within 1 voxel of its rims.
+    logits = torch.from_numpy(np.eye(3, dtype=np.float32)[draft]).movedim(-1, 0)[None] * 10.0
+    rim = np.zeros(draft.shape, bool)
+    for value in (0, 1, 2):
+        d = np.abs(signed_distance(draft == value, SPACING))
+        rim |= d <= 3.0
+    logits[0][:, torch.from_numpy(rim)] *= 0.04
+    images = torch.from_numpy(image)[None, None]
+    plain, weight = pseudo_labels(logits, 0.9)
+    assert torch.equal(plain[0], torch.from_numpy(draft)) and not weight[0][torch.from_numpy(rim)].any()
+    fitted, weight = pseudo_labels(logits, 0.9, images=images, spacing=SPACING, fit_mm=6.0, prior_mm=4.0)
+    for value in (1, 2):
+        assert _dice(fitted[0].numpy() == value, truth == value) > _dice(draft == value, truth == value) + 0.04
+    assert weight[0][torch.from_numpy(rim)].all()  # the fitted rims count
+    with pytest.raises(InputError, match="pseudo_label_fit_mm"):
+        CurriculumParams.from_dict({"pseudo_label_fit_mm": -1})
+
+
+def test_bundles_name_their_curriculum_defaults():
+    """for_bundle: the bundle's `curriculum_params` under the caller's overrides; the shipped
+    phantom-ct-mr bundle fits its pseudo-labels (chosen on its validation split), xray-drr not."""
+    from pathlib import Path
+
+    from crossdomainseg.bundle import read_metadata
+
+    metadata = {"curriculum_params": {"pseudo_label_fit_mm": 6.0, "alpha": 0.01}}
+    params = CurriculumParams.for_bundle(metadata, {"alpha": 0.02})
+    assert params.pseudo_label_fit_mm == 6.0 and params.alpha == 0.02
+    assert CurriculumParams.for_bundle({}).pseudo_label_fit_mm == 0.0  # the patent's labels
+    with pytest.raises(InputError, match="Unknown curriculum parameters"):
+        CurriculumParams.for_bundle({"curriculum_params": {"fit": 1}})
+    bundles = Path(__file__).resolve().parents[1] / "Resources" / "bundles"
+    assert CurriculumParams.for_bundle(read_metadata(bundles / "phantom-ct-mr")).pseudo_label_fit_mm == 6.0
+    assert CurriculumParams.for_bundle(read_metadata(bundles / "xray-drr")).pseudo_label_fit_mm == 0.0
