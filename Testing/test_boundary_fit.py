@@ -97,3 +97,17 @@ def test_bundles_name_their_curriculum_defaults():
     bundles = Path(__file__).resolve().parents[1] / "Resources" / "bundles"
     assert CurriculumParams.for_bundle(read_metadata(bundles / "phantom-ct-mr")).pseudo_label_fit_mm == 6.0
     assert CurriculumParams.for_bundle(read_metadata(bundles / "xray-drr")).pseudo_label_fit_mm == 0.0
+
+
+def test_majority_evens_out_speckle_and_the_bundle_fit_is_off_without_its_key():
+    from crossdomainseg.boundary_fit import fit_bundle_label, majority
+
+    truth = _ball((30, 30, 30), (15, 15, 15), 9).astype(np.uint8)
+    rng = np.random.default_rng(3)
+    speckled = np.where(rng.random(truth.shape) < 0.05, 1 - truth, truth).astype(np.uint8)
+    assert (majority(speckled) != truth).mean() < 0.2 * (speckled != truth).mean()
+    image, truth, draft = _scene()
+    assert np.array_equal(fit_bundle_label({}, draft, image, SPACING), draft)
+    fitted = fit_bundle_label({"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0}}, draft, image, SPACING)
+    for value in (1, 2):
+        assert _dice(fitted == value, truth == value) > _dice(draft == value, truth == value) + 0.04

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .postprocess import DEFAULT_MIN_ISLAND_FRACTION, remove_islands
+
 CORE_MM = 3.0  # core: deeper than this inside the label
 RING_MM = (3.0, 12.0)  # ring: this far outside it
 
@@ -53,6 +55,12 @@ def fit_mask(image: np.ndarray, mask: np.ndarray, spacing, rim_mm: float, prior_
     return np.where(rim, ratio - signed / prior_mm > 0, mask), rim
 
 
+def _widened_box(mask: np.ndarray, margin) -> tuple[slice, ...]:
+    """The mask's bounding box widened by `margin` voxels per axis, inside the array."""
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, mask.shape))
+
+
 def fit_labels(image: np.ndarray, labels: np.ndarray, spacing, rim_mm: float, prior_mm: float,
                min_voxels: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """Every label of a label map fitted to `image`, largest first; a fitted label takes only
@@ -63,15 +71,44 @@ def fit_labels(image: np.ndarray, labels: np.ndarray, spacing, rim_mm: float, pr
     out = labels.copy()
     fitted = np.zeros(labels.shape, dtype=bool)
     values, counts = np.unique(labels[labels > 0], return_counts=True)
+    # each label is fitted in its bounding box widened past the ring and the rim, where the
+    # distances are the same as over the whole volume (a 128^3 volume: 2.6 s -> well under 1 s)
+    margin = [int(np.ceil(max(RING_MM[1], rim_mm) / s)) + 1 for s in spacing]
     for value in values[np.argsort(-counts)]:
-        mask = labels == value
         if counts[values == value][0] < min_voxels:
             continue
-        result = fit_mask(image, mask, spacing, rim_mm, prior_mm)
+        box = _widened_box(labels == value, margin)
+        mask = labels[box] == value
+        result = fit_mask(image[box], mask, spacing, rim_mm, prior_mm)
         if result is None:
             continue
         new, rim = result
-        out[mask & ~new & (out == value)] = 0
-        out[new & ~mask & (out == 0)] = value
-        fitted |= rim
+        view = out[box]  # a view: the writes land in `out`
+        view[mask & ~new & (view == value)] = 0
+        view[new & ~mask & (view == 0)] = value
+        fitted[box] |= rim
     return out, fitted
+
+
+def majority(labels: np.ndarray) -> np.ndarray:
+    """Each voxel takes the label most common in its 3-voxel neighbourhood (ties: the lower value,
+    so background first): evens out the voxel-by-voxel decisions of a fit on a noisy image."""
+    values = np.unique(labels)
+    votes = np.stack([ndimage.uniform_filter((labels == v).astype(np.float32), 3) for v in values])
+    return values[votes.argmax(0)].astype(labels.dtype)
+
+
+def fit_bundle_label(metadata: dict, label: np.ndarray, image: np.ndarray, spacing,
+                     min_island_fraction: float = DEFAULT_MIN_ISLAND_FRACTION) -> np.ndarray:
+    """The automatic label fitted to the image it labels, as the bundle's metadata `boundary_fit`
+    ({"rim_mm", "prior_mm"}, chosen on its validation split) says, evened out by `majority` and
+    without small islands again (postprocess.remove_islands); unchanged without that key.
+    `spacing` in array order. phantom-ct-mr (6 / 4 mm), validation split: the engine's Dice 0.515
+    -> 0.584 (fit alone 0.572; rim 4-9 mm, prior 3-4 mm all within 0.006), and the robot's clicks
+    to Dice 0.90 from the result 8.8 -> 6.1 (fit alone: 11.3, its ragged rims cost clicks); test
+    split: 0.533 -> 0.589, clicks 9.8 -> 8.2."""
+    settings = metadata.get("boundary_fit")
+    if not settings:
+        return label
+    fitted = fit_labels(image, label, spacing, float(settings["rim_mm"]), float(settings["prior_mm"]))[0]
+    return remove_islands(majority(fitted), min_island_fraction)

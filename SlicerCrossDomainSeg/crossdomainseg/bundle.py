@@ -11,7 +11,7 @@ metadata.json keys (see docs/ARCHITECTURE.md): `bundle_format` ("1"), `version`,
 patch in array order z, y, x / y, x), `normalization` {"source": spec, "target": spec}
 (normalize.py), `networks` {name: spec} (networks.py), `training`, `weights` {"models/x.pt":
 sha256}, `metrics`; optional: `click_refiner` (interactive.refiner), `curriculum_params`
-(curriculum.params.CurriculumParams.for_bundle).
+(curriculum.params.CurriculumParams.for_bundle), `boundary_fit` (boundary_fit.fit_bundle_label).
 """
 
 from __future__ import annotations
@@ -156,6 +156,10 @@ def validate_metadata(metadata: dict) -> None:
         full_spec(spec)
         if weight_file(name) not in metadata["weights"]:
             raise BundleError(f"Bundle metadata has no checksum for {weight_file(name)}.")
+    fit = metadata.get("boundary_fit")
+    if fit is not None and not (isinstance(fit, dict) and all(
+            isinstance(fit.get(key), (int, float)) and fit[key] > 0 for key in ("rim_mm", "prior_mm"))):
+        raise BundleError(f"Bundle boundary_fit must give rim_mm and prior_mm in mm (> 0); got {fit!r}.")
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -5,7 +5,8 @@ Pipeline: validate -> working grid at the bundle's spacing -> normalise as "targ
 G gives the preview x_s = G(x_t) -> reference segmenter on the preview ("tdgan", default) or on the
 raw target ("vanilla") -> softmax, with test-time augmentation when uncertainty is asked for ->
 heatmap and U (uncertainty.py) -> probabilities, preview and heatmap resampled linearly to the
-input grid, label = argmax there without small islands (postprocess.py).
+input grid, label = argmax there without small islands (postprocess.py), fitted to the image
+near its boundaries where the bundle says so (boundary_fit.fit_bundle_label).
 
 `Engine` loads the networks once and keeps them on the device; given a model registry folder it
 re-reads `CURRENT` on every call (one small file read) and reloads when a new version is current.
@@ -26,6 +27,7 @@ from monai.inferers import sliding_window_inference
 
 from . import geometry
 from . import uncertainty as unc
+from .boundary_fit import fit_bundle_label
 from .bundle import Bundle, load_bundle
 from .device import configure, pick_device
 from .errors import BundleError, InputError
@@ -356,8 +358,12 @@ class Engine:
 
         probs_image = to_input_grid(np.moveaxis(probabilities, 0, -1), reference, image, vector=True)
         # Outside the working grid every class got 0, and argmax of all-zero is 0: background.
-        label = sitk.GetImageFromArray(remove_islands(
-            np.argmax(sitk.GetArrayViewFromImage(probs_image), axis=-1).astype(np.uint8), self.min_island_fraction))
+        label_array = remove_islands(np.argmax(sitk.GetArrayViewFromImage(probs_image), axis=-1).astype(np.uint8),
+                                     self.min_island_fraction)
+        label = sitk.GetImageFromArray(fit_bundle_label(self.bundle.metadata, label_array,
+                                                        sitk.GetArrayViewFromImage(image),
+                                                        tuple(reversed(image.GetSpacing())),
+                                                        self.min_island_fraction))
         label.CopyInformation(image)
         preview_image = None
         if preview and preview_array is not None:

@@ -2,7 +2,8 @@
 images directly ("vanilla") and on translated target images ("TD-GAN"), and the translation's
 quality against the paired ground-truth source rendering. Used by the shipped-bundle test and
 benchmarks/models.py; labels lose small islands (postprocess.py, on the working grid, where the
-engine does it on the input grid) and are resampled back to each input's own grid before scoring."""
+engine does it on the input grid) and are resampled back to each input's own grid before scoring,
+then fitted to the image as the engine does (boundary_fit.fit_bundle_label)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from .. import metrics
+from ..boundary_fit import fit_bundle_label
 from ..geometry import resample_to_reference, working_reference
 from ..imageio import read_image
 from ..postprocess import remove_islands
@@ -33,7 +35,14 @@ def label_on_input_grid(bundle, probabilities: np.ndarray, reference: sitk.Image
     label = remove_islands(probabilities.argmax(0).astype(np.uint8))
     label_image = sitk.GetImageFromArray(label[None] if bundle.spatial_dims == 2 else label)
     label_image.CopyInformation(reference)
-    return resample_to_reference(label_image, image, sitk.sitkNearestNeighbor, 0)
+    on_input = resample_to_reference(label_image, image, sitk.sitkNearestNeighbor, 0)
+    if "boundary_fit" not in bundle.metadata:
+        return on_input
+    fitted = sitk.GetImageFromArray(fit_bundle_label(
+        bundle.metadata, sitk.GetArrayFromImage(on_input), sitk.GetArrayViewFromImage(image),
+        tuple(reversed(image.GetSpacing()))))
+    fitted.CopyInformation(image)
+    return fitted
 
 
 class CaseRunner:
