@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from crossdomainseg.boundary_fit import fit_labels, signed_distance
@@ -106,8 +107,11 @@ def test_majority_evens_out_speckle_and_the_bundle_fit_is_off_without_its_key():
     rng = np.random.default_rng(3)
     speckled = np.where(rng.random(truth.shape) < 0.05, 1 - truth, truth).astype(np.uint8)
     assert (majority(speckled) != truth).mean() < 0.2 * (speckled != truth).mean()
-    image, truth, draft = _scene()
-    assert np.array_equal(fit_bundle_label({}, draft, image, SPACING), draft)
-    fitted = fit_bundle_label({"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0}}, draft, image, SPACING)
+    array, truth, draft = _scene()
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(SPACING)
+    unfitted = fit_bundle_label({}, draft, image)
+    assert np.array_equal(sitk.GetArrayFromImage(unfitted), draft) and unfitted.GetSpacing() == SPACING
+    fitted = sitk.GetArrayFromImage(fit_bundle_label({"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0}}, draft, image))
     for value in (1, 2):
         assert _dice(fitted == value, truth == value) > _dice(draft == value, truth == value) + 0.04

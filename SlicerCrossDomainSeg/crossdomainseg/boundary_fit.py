@@ -15,6 +15,7 @@ modality are bands along each organ's rim (see BoundaryShiftRefiner).
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 from .postprocess import DEFAULT_MIN_ISLAND_FRACTION, remove_islands
@@ -98,17 +99,20 @@ def majority(labels: np.ndarray) -> np.ndarray:
     return values[votes.argmax(0)].astype(labels.dtype)
 
 
-def fit_bundle_label(metadata: dict, label: np.ndarray, image: np.ndarray, spacing,
-                     min_island_fraction: float = DEFAULT_MIN_ISLAND_FRACTION) -> np.ndarray:
-    """The automatic label fitted to the image it labels, as the bundle's metadata `boundary_fit`
-    ({"rim_mm", "prior_mm"}, chosen on its validation split) says, evened out by `majority` and
-    without small islands again (postprocess.remove_islands); unchanged without that key.
-    `spacing` in array order. phantom-ct-mr (6 / 4 mm), validation split: the engine's Dice 0.515
-    -> 0.584 (fit alone 0.572; rim 4-9 mm, prior 3-4 mm all within 0.006), and the robot's clicks
-    to Dice 0.90 from the result 8.8 -> 6.1 (fit alone: 11.3, its ragged rims cost clicks); test
-    split: 0.533 -> 0.589, clicks 9.8 -> 8.2."""
+def fit_bundle_label(metadata: dict, label: np.ndarray, image: sitk.Image,
+                     min_island_fraction: float = DEFAULT_MIN_ISLAND_FRACTION) -> sitk.Image:
+    """The automatic label (array on `image`'s grid) as an image on that grid, fitted to `image`
+    as the bundle's metadata `boundary_fit` ({"rim_mm", "prior_mm"}, chosen on its validation
+    split) says, evened out by `majority` and without small islands again
+    (postprocess.remove_islands); unfitted without that key. phantom-ct-mr (6 / 4 mm),
+    validation split: the engine's Dice 0.515 -> 0.584 (fit alone 0.572; rim 4-9 mm, prior 3-4
+    mm all within 0.006), and the robot's clicks to Dice 0.90 from the result 8.8 -> 6.1 (fit
+    alone: 11.3, its ragged rims cost clicks); test split: 0.533 -> 0.589, clicks 9.8 -> 8.2."""
     settings = metadata.get("boundary_fit")
-    if not settings:
-        return label
-    fitted = fit_labels(image, label, spacing, float(settings["rim_mm"]), float(settings["prior_mm"]))[0]
-    return remove_islands(majority(fitted), min_island_fraction)
+    if settings:
+        fitted = fit_labels(sitk.GetArrayViewFromImage(image), label, tuple(reversed(image.GetSpacing())),
+                            float(settings["rim_mm"]), float(settings["prior_mm"]))[0]
+        label = remove_islands(majority(fitted), min_island_fraction)
+    out = sitk.GetImageFromArray(label)
+    out.CopyInformation(image)
+    return out

@@ -360,11 +360,7 @@ class Engine:
         # Outside the working grid every class got 0, and argmax of all-zero is 0: background.
         label_array = remove_islands(np.argmax(sitk.GetArrayViewFromImage(probs_image), axis=-1).astype(np.uint8),
                                      self.min_island_fraction)
-        label = sitk.GetImageFromArray(fit_bundle_label(self.bundle.metadata, label_array,
-                                                        sitk.GetArrayViewFromImage(image),
-                                                        tuple(reversed(image.GetSpacing())),
-                                                        self.min_island_fraction))
-        label.CopyInformation(image)
+        label = fit_bundle_label(self.bundle.metadata, label_array, image, self.min_island_fraction)
         preview_image = None
         if preview and preview_array is not None:
             display = denormalize(preview_array, self.bundle.metadata["normalization"]["source"])

@@ -14,7 +14,7 @@
 import numpy as np
 from scipy import ndimage
 
-from ..boundary_fit import fit_mask, log_likelihood_ratio, signed_distance
+from ..boundary_fit import CORE_MM, RING_MM, fit_mask, log_likelihood_ratio, signed_distance
 from .encoding import DEFAULT_CROP_MM, squared_distance_mm
 from .session import CropInputs
 
@@ -164,19 +164,21 @@ class SmallObjectRefiner:
         self.otsu = LocalOtsuRefiner(crop_mm=crop_mm, max_radius_mm=max_radius_mm, guard_mm=guard_mm)
 
     def propose(self, inputs: CropInputs) -> np.ndarray:
-        fine = inputs.current.any() and abs(
-            signed_distance(inputs.current, inputs.spacing)[inputs.click]) <= self.fine_mm
+        d2 = squared_distance_mm(inputs.current.shape, inputs.click, inputs.spacing)
+        # fine: the label's boundary within fine_mm, i.e. a voxel of the click's other side
+        other_side = ~inputs.current if inputs.current[inputs.click] else inputs.current
+        fine = bool((other_side & (d2 <= self.fine_mm**2)).any())
         island = None if inputs.click_positive else self._island(inputs)
         if island is not None and (not fine or self._thin(island, inputs.spacing)):
             return _apply(inputs, island)
-        region = self._blob(inputs) if inputs.click_positive else self.otsu.region(inputs)
+        region = self._blob(inputs, d2) if inputs.click_positive else self.otsu.region(inputs)
         if fine:
-            region &= squared_distance_mm(region.shape, inputs.click, inputs.spacing) <= self.fine_radius_mm**2
+            region &= d2 <= self.fine_radius_mm**2
         return _apply(inputs, region)
 
-    def _blob(self, inputs: CropInputs) -> np.ndarray:
+    def _blob(self, inputs: CropInputs, d2: np.ndarray) -> np.ndarray:
+        """The click's blob; `d2`: squared mm from the click."""
         image = inputs.image.astype(np.float32)
-        d2 = squared_distance_mm(image.shape, inputs.click, inputs.spacing)
         seed = tuple(slice(max(0, c - 1), c + 2) for c in inputs.click)
         at_click = float(np.median(image[seed]))
         around = (d2 <= self.window_mm**2) & ~inputs.current
@@ -266,20 +268,20 @@ class BoundaryShiftRefiner:
         region = (weight > 0) & ((signed <= shift) if inputs.click_positive else (signed >= -shift))
         smooth = ndimage.gaussian_filter(inputs.image.astype(np.float32), 0.7)
         # core and ring lie beyond the move: what the label surely is and surely is not
-        core = signed < -(move + 3.0)
-        ring = (signed > 3.0 + (move if inputs.click_positive else 0.0)) & (signed < 12.0 + move)
+        core = signed < -(move + CORE_MM)
+        ring = (signed > RING_MM[0] + (move if inputs.click_positive else 0.0)) & (signed < RING_MM[1] + move)
         ratio = log_likelihood_ratio(smooth, core, ring, self.bins)
         if ratio is not None:
             veto = (ratio < -self.evidence) if inputs.click_positive else (ratio > self.evidence)
             region &= ~veto | (distance < 3.0)
         moved = _apply(inputs, region) >= 0.5
-        return self._refit(inputs, inputs.image.astype(np.float32), moved, distance).astype(np.float32)
+        return self._refit(inputs, moved, distance).astype(np.float32)
 
-    def _refit(self, inputs: CropInputs, image: np.ndarray, moved: np.ndarray,
-               distance: np.ndarray) -> np.ndarray:
-        """The moved boundary near the click fitted to the image (boundary_fit); the click's
-        side kept."""
-        result = fit_mask(image, moved, inputs.spacing, self.rim_mm, self.prior_mm, self.bins)
+    def _refit(self, inputs: CropInputs, moved: np.ndarray, distance: np.ndarray) -> np.ndarray:
+        """The moved boundary near the click fitted to the unsmoothed image (boundary_fit); the
+        click's side kept."""
+        result = fit_mask(inputs.image.astype(np.float32), moved, inputs.spacing, self.rim_mm, self.prior_mm,
+                          self.bins)
         if result is None:
             return moved
         near = (distance < self.refit_mm) & (distance >= 3.0)

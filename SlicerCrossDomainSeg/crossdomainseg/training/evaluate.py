@@ -36,13 +36,7 @@ def label_on_input_grid(bundle, probabilities: np.ndarray, reference: sitk.Image
     label_image = sitk.GetImageFromArray(label[None] if bundle.spatial_dims == 2 else label)
     label_image.CopyInformation(reference)
     on_input = resample_to_reference(label_image, image, sitk.sitkNearestNeighbor, 0)
-    if "boundary_fit" not in bundle.metadata:
-        return on_input
-    fitted = sitk.GetImageFromArray(fit_bundle_label(
-        bundle.metadata, sitk.GetArrayFromImage(on_input), sitk.GetArrayViewFromImage(image),
-        tuple(reversed(image.GetSpacing()))))
-    fitted.CopyInformation(image)
-    return fitted
+    return fit_bundle_label(bundle.metadata, sitk.GetArrayFromImage(on_input), image)
 
 
 class CaseRunner:
