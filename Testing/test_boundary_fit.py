@@ -45,6 +45,27 @@ def test_fit_moves_band_errors_onto_the_image_edges():
     assert not ((fitted > 0) & (draft > 0) & (fitted != draft)).any()
 
 
+def test_deep_fit_takes_off_a_swallowed_slab_thicker_than_the_rim():
+    """A dark ball whose label also holds a 15 mm slab of the bright tissue beside it (as the
+    network's kidneys hold the fat around them): the rim fit alone leaves the slab's inside,
+    whose intensity is also in the label's core; the deep fit takes the slab off whole and leaves
+    the ball."""
+    rng = np.random.default_rng(0)
+    shape = (40, 40, 48)
+    organ = _ball(shape, (20, 20, 16), 8)
+    slab = np.zeros(shape, bool)
+    slab[10:31, 10:31, 24:29] = True  # 5 voxels: 15 mm
+    image = (0.3 + 0.4 * (~organ) + rng.normal(0, 0.05, shape)).astype(np.float32)
+    draft = (organ | slab).astype(np.uint8)
+    plain, _ = fit_labels(image, draft, SPACING, 6.0, 4.0)
+    deep, rims = fit_labels(image, draft, SPACING, 6.0, 4.0, deep=True)
+    assert (plain.astype(bool) & slab & ~organ).sum() > 0.1 * slab.sum()
+    assert (deep.astype(bool) & slab & ~organ).sum() < 0.02 * slab.sum()
+    assert _dice(deep == 1, organ) > 0.95 and not ((deep != draft) & ~rims).any()
+    fitted, _ = fit_labels(image, organ.astype(np.uint8), SPACING, 6.0, 4.0, deep=True)
+    assert _dice(fitted == 1, organ) > 0.97  # nothing swallowed: the deep fit keeps the organ
+
+
 def test_fit_keeps_small_labels_and_featureless_images():
     image, truth, draft = _scene()
     small = np.zeros_like(draft)

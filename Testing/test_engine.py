@@ -275,3 +275,5 @@ def test_bundle_boundary_fit_settings_are_checked(tmp_path):
     bundle = make_random_bundle(tmp_path / "bundle", spacing=2.0, roi=32)
     with pytest.raises(BundleError, match="boundary_fit"):
         update_bundle(bundle.path, metadata={"boundary_fit": {"rim_mm": 6.0}})
+    with pytest.raises(BundleError, match="deep"):
+        update_bundle(bundle.path, metadata={"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "deep": "yes"}})

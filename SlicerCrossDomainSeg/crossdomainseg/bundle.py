@@ -158,8 +158,10 @@ def validate_metadata(metadata: dict) -> None:
             raise BundleError(f"Bundle metadata has no checksum for {weight_file(name)}.")
     fit = metadata.get("boundary_fit")
     if fit is not None and not (isinstance(fit, dict) and all(
-            isinstance(fit.get(key), (int, float)) and fit[key] > 0 for key in ("rim_mm", "prior_mm"))):
-        raise BundleError(f"Bundle boundary_fit must give rim_mm and prior_mm in mm (> 0); got {fit!r}.")
+            isinstance(fit.get(key), (int, float)) and fit[key] > 0 for key in ("rim_mm", "prior_mm"))
+            and isinstance(fit.get("deep", False), bool)):
+        raise BundleError("Bundle boundary_fit must give rim_mm and prior_mm in mm (> 0) and optionally "
+                          f"deep (true or false); got {fit!r}.")
 
 
 def load_bundle(path: str | Path) -> Bundle:
