@@ -76,7 +76,8 @@ def build_refiners(bundle, methods, device=None) -> dict:
     if unknown:
         raise InputError(f"Unknown click methods {sorted(unknown)}; choose from {', '.join(METHODS)}.")
     makers = {"learned": lambda: LearnedRefiner.from_bundle(bundle, device),
-              "learned_network_only": lambda: LearnedRefiner.from_bundle(bundle, device, fallback=None),
+              "learned_network_only": lambda: LearnedRefiner.from_bundle(bundle, device, fallback=None,
+                                                                          small_voxels=0),
               **CLASSICAL}
     return {name: makers[name]() for name in methods}
 

@@ -8,7 +8,11 @@ The crop arrives on the image's own grid; it is rescaled per axis to the refiner
 A click is the user's ground truth at that voxel. Where the network's answer contradicts it
 (a positive click it still calls outside the label, a negative one it still calls inside), the
 network has not understood this image, and the click goes to `fallback` (the classical boundary
-shift refiner by default) instead of changing a single voxel.
+shift refiner by default) instead of changing a single voxel. A label with fewer than
+`small_voxels` in the crop (a lesion, or nothing yet) goes to the small object refiner, as in the
+boundary shift refiner: on the phantom-ct-mr target test split the network took a drafted lesion
+from Dice 0.67 to 0.13 with one click, and the routing took the learned refiner's NoC@90 from
+12.0 to 9.1 (lesions 14.7 -> 3.2; validation 8.6 -> 7.1).
 
 `click_refiner` gives front ends the method the bundle's metadata names (`click_refiner.name`,
 written by `crossdomainseg eval clicks --choose` from a validation split): a bundle whose refiner
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 
 from ..device import pick_device
 from ..errors import BundleError
+from .baselines import CLASSICAL, SmallObjectRefiner
 from .encoding import NET_SIZE, NET_SPACING, click_maps
 from .session import CropInputs
 
@@ -46,21 +51,21 @@ class LearnedRefiner:
     name = "learned"
 
     def __init__(self, network: torch.nn.Module, size=NET_SIZE, spacing=NET_SPACING, device=None,
-                 fallback="boundary_shift"):
+                 fallback="boundary_shift", small_voxels: int = 300):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.network = network.to(self.device).eval()
         self.size = tuple(int(s) for s in size)
         self.spacing = tuple(float(s) for s in spacing)
         self.crop_mm = tuple(n * s for n, s in zip(self.size, self.spacing))
         if isinstance(fallback, str):
-            from .baselines import CLASSICAL
-
             fallback = CLASSICAL[fallback](crop_mm=self.crop_mm)
         self.fallback = fallback
+        self.small_voxels = int(small_voxels)
+        self.small_objects = SmallObjectRefiner(crop_mm=self.crop_mm, island_voxels=self.small_voxels)
         self.fallbacks = 0  # clicks handed to the fallback so far
 
     @classmethod
-    def from_bundle(cls, bundle, device=None, fallback="boundary_shift") -> "LearnedRefiner":
+    def from_bundle(cls, bundle, device=None, fallback="boundary_shift", small_voxels: int = 300) -> "LearnedRefiner":
         """The bundle's refiner, loaded once and warmed up so the first click pays no loading."""
         if not bundle.has_network("refiner"):
             raise BundleError(f"The model bundle {bundle.path} has no click refiner; "
@@ -68,21 +73,23 @@ class LearnedRefiner:
         device = device if isinstance(device, torch.device) else pick_device(device)
         grid = bundle.metadata.get("refiner", {})
         refiner = cls(bundle.network("refiner", device), grid.get("size", NET_SIZE),
-                      grid.get("spacing", NET_SPACING), device, fallback)
+                      grid.get("spacing", NET_SPACING), device, fallback, small_voxels)
         refiner.warm()
         return refiner
 
     def warm(self) -> None:
         zeros = np.zeros(self.size, np.float32)
         centre = tuple(c // 2 for c in self.size)
-        self.propose(CropInputs(zeros, zeros, zeros, zeros.astype(bool), [centre], [], centre, True,
-                                self.spacing))
+        self.network_probability(CropInputs(zeros, zeros, zeros, zeros.astype(bool), [centre], [], centre, True,
+                                            self.spacing))
 
     def net_shape(self, crop_shape, spacing) -> tuple[int, int, int]:
         return tuple(min(n, max(1, int(round(c * s / t))))
                      for c, s, t, n in zip(crop_shape, spacing, self.spacing, self.size))
 
     def propose(self, inputs: CropInputs) -> np.ndarray:
+        if inputs.current.sum() < self.small_voxels:
+            return self.small_objects.propose(inputs)
         probability = self.network_probability(inputs)
         if self.fallback is not None and (probability[inputs.click] >= 0.5) != inputs.click_positive:
             self.fallbacks += 1
@@ -120,8 +127,6 @@ def click_refiner_name(bundle) -> str:
 
 def click_refiner(bundle, device=None):
     """What front ends click with (`click_refiner_name`), ready to click."""
-    from .baselines import CLASSICAL
-
     name = click_refiner_name(bundle)
     if name == "learned":
         return LearnedRefiner.from_bundle(bundle, device)
