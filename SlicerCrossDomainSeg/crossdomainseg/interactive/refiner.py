@@ -65,7 +65,8 @@ class LearnedRefiner:
         self.fallbacks = 0  # clicks handed to the fallback so far
 
     @classmethod
-    def from_bundle(cls, bundle, device=None, fallback="boundary_shift", small_voxels: int = 300) -> "LearnedRefiner":
+    def from_bundle(cls, bundle, device=None, fallback="boundary_shift",
+                    small_voxels: int = 300) -> "LearnedRefiner":
         """The bundle's refiner, loaded once and warmed up so the first click pays no loading."""
         if not bundle.has_network("refiner"):
             raise BundleError(f"The model bundle {bundle.path} has no click refiner; "
@@ -80,8 +81,8 @@ class LearnedRefiner:
     def warm(self) -> None:
         zeros = np.zeros(self.size, np.float32)
         centre = tuple(c // 2 for c in self.size)
-        self.network_probability(CropInputs(zeros, zeros, zeros, zeros.astype(bool), [centre], [], centre, True,
-                                            self.spacing))
+        self.network_probability(CropInputs(zeros, zeros, zeros, zeros.astype(bool), [centre], [], centre,
+                                            True, self.spacing))
 
     def net_shape(self, crop_shape, spacing) -> tuple[int, int, int]:
         return tuple(min(n, max(1, int(round(c * s / t))))
