@@ -61,9 +61,11 @@ def fit_mask(image: np.ndarray, mask: np.ndarray, spacing, rim_mm: float, prior_
     ratio = log_likelihood_ratio(image, core, ring, bins)
     if ratio is None:
         return None
-    if deep and (core & (ratio > 0)).sum() >= 0.3 * core.sum():
-        purified = log_likelihood_ratio(image, core & (ratio > 0), ring, bins)
-        ratio = ratio if purified is None else purified
+    if deep:
+        sure = core & (ratio > 0)
+        if sure.sum() >= 0.3 * core.sum():  # a core mostly ring-like is no core to purify
+            purified = log_likelihood_ratio(image, sure, ring, bins)
+            ratio = ratio if purified is None else purified
     rim = np.abs(signed) <= rim_mm
     fitted = np.where(rim, ratio - signed / prior_mm > 0, mask)
     if deep:

@@ -18,6 +18,10 @@ from ..boundary_fit import CORE_MM, RING_MM, fit_mask, log_likelihood_ratio, sig
 from .encoding import DEFAULT_CROP_MM, squared_distance_mm
 from .session import CropInputs
 
+# A label with fewer voxels than this in the click's crop (a lesion, or nothing yet) is a small
+# object: the boundary shift and learned refiners hand its clicks to SmallObjectRefiner.
+SMALL_LABEL_VOXELS = 300
+
 
 def _ball_mm(shape, center, radius_mm: float, spacing) -> np.ndarray:
     return squared_distance_mm(shape, center, spacing) <= radius_mm**2
@@ -154,7 +158,7 @@ class SmallObjectRefiner:
     name = "small_object"
 
     def __init__(self, crop_mm=DEFAULT_CROP_MM, window_mm: float = 15.0, max_radius_mm: float = 30.0,
-                 guard_mm: float = 8.0, island_voxels: int = 300, fine_mm: float = 2.0,
+                 guard_mm: float = 8.0, island_voxels: int = SMALL_LABEL_VOXELS, fine_mm: float = 2.0,
                  fine_radius_mm: float = 2.5):
         self.crop_mm = tuple(float(c) for c in crop_mm)
         self.window_mm = float(window_mm)
@@ -240,7 +244,7 @@ class BoundaryShiftRefiner:
     name = "boundary_shift"
 
     def __init__(self, crop_mm=DEFAULT_CROP_MM, factor: float = 1.5, inner_mm: float = 5.0,
-                 outer_mm: float = 30.0, max_depth_mm: float = 20.0, min_voxels: int = 300,
+                 outer_mm: float = 30.0, max_depth_mm: float = 20.0, min_voxels: int = SMALL_LABEL_VOXELS,
                  evidence: float = 3.0, bins: int = 24, rim_mm: float = 4.0, prior_mm: float = 4.0,
                  refit_mm: float = 45.0):
         self.crop_mm = tuple(float(c) for c in crop_mm)

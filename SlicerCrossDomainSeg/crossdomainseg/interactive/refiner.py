@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..device import pick_device
 from ..errors import BundleError
-from .baselines import CLASSICAL, SmallObjectRefiner
+from .baselines import CLASSICAL, SMALL_LABEL_VOXELS, SmallObjectRefiner
 from .encoding import NET_SIZE, NET_SPACING, click_maps
 from .session import CropInputs
 
@@ -51,7 +51,7 @@ class LearnedRefiner:
     name = "learned"
 
     def __init__(self, network: torch.nn.Module, size=NET_SIZE, spacing=NET_SPACING, device=None,
-                 fallback="boundary_shift", small_voxels: int = 300):
+                 fallback="boundary_shift", small_voxels: int = SMALL_LABEL_VOXELS):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.network = network.to(self.device).eval()
         self.size = tuple(int(s) for s in size)
@@ -66,7 +66,7 @@ class LearnedRefiner:
 
     @classmethod
     def from_bundle(cls, bundle, device=None, fallback="boundary_shift",
-                    small_voxels: int = 300) -> "LearnedRefiner":
+                    small_voxels: int = SMALL_LABEL_VOXELS) -> "LearnedRefiner":
         """The bundle's refiner, loaded once and warmed up so the first click pays no loading."""
         if not bundle.has_network("refiner"):
             raise BundleError(f"The model bundle {bundle.path} has no click refiner; "
