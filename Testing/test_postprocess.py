@@ -1,12 +1,13 @@
-"""Label clean-up: small islands go, organs in two similar parts stay, 0 turns it off."""
+"""Label clean-up: small islands go, organs in two similar parts stay, 0 turns it off; a label the
+bundle puts inside another loses its components outside it."""
 
 import numpy as np
 import pytest
 
-from crossdomainseg.bundle import make_random_bundle
+from crossdomainseg.bundle import BundleError, make_random_bundle, update_bundle
 from crossdomainseg.engine import Engine
 from crossdomainseg.errors import InputError
-from crossdomainseg.postprocess import remove_islands
+from crossdomainseg.postprocess import keep_inside, remove_islands
 
 
 def _label():
@@ -45,3 +46,40 @@ def test_engine_labels_are_cleaned(tmp_path):
     raw, clean = sitk.GetArrayFromImage(raw.label), sitk.GetArrayFromImage(clean.label)
     assert np.array_equal(clean, remove_islands(raw))
     assert (clean != raw).any()  # a random network on noise leaves islands to remove
+
+
+def _liver_with_lesions():
+    label = np.zeros((20, 40, 40), np.uint8)
+    label[2:18, 5:30, 5:30] = 1   # liver
+    label[8:12, 12:16, 12:16] = 2  # lesion inside it: kept
+    label[8:12, 10:14, 27:33] = 2  # lesion at its edge, half the liver around it: kept
+    label[8:12, 33:37, 33:37] = 2  # "lesion" in another organ: dropped
+    label[8:12, 30:40, 0:4] = 3
+    label[9:11, 34:36, 1:3] = 2    # inside organ 3, not the liver: dropped
+    return label
+
+
+def test_a_contained_label_loses_the_components_outside_its_parent():
+    label = _liver_with_lesions()
+    kept = keep_inside(label, {2: 1})
+    assert (kept[8:12, 12:16, 12:16] == 2).all() and (kept[8:12, 10:14, 27:33] == 2).all()
+    assert (kept[8:12, 33:37, 33:37] == 0).all() and (kept[9:11, 34:36, 1:3] == 0).all()
+    assert ((kept != label) == ((label == 2) & (kept == 0))).all()  # nothing else changes
+    assert np.array_equal(label, _liver_with_lesions())
+    assert np.array_equal(keep_inside(label, {}), label)
+
+
+def test_bundle_inside_is_checked_and_applied(tmp_path):
+    import SimpleITK as sitk
+
+    from crossdomainseg.boundary_fit import fit_bundle_label
+
+    bundle = make_random_bundle(tmp_path / "b", labels={"background": 0, "liver": 1, "lesion": 2, "spleen": 3})
+    for bad in ({"lesion": "tumour"}, {"lesion": "lesion"}, {"background": "liver"}, ["lesion", "liver"]):
+        with pytest.raises(BundleError, match="inside"):
+            update_bundle(bundle.path, metadata={"inside": bad})
+    bundle = update_bundle(bundle.path, metadata={"inside": {"lesion": "liver"}})
+    label = _liver_with_lesions()
+    image = sitk.GetImageFromArray(np.zeros(label.shape, np.float32))
+    out = sitk.GetArrayFromImage(fit_bundle_label(bundle.metadata, label, image))
+    assert np.array_equal(out, keep_inside(label, {2: 1})) and not np.array_equal(out, label)

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .postprocess import DEFAULT_MIN_ISLAND_FRACTION, remove_islands
+from .postprocess import DEFAULT_MIN_ISLAND_FRACTION, keep_inside, remove_islands
 
 CORE_MM = 3.0  # core: deeper than this inside the label
 RING_MM = (3.0, 12.0)  # ring: this far outside it
@@ -132,13 +132,18 @@ def fit_bundle_label(metadata: dict, label: np.ndarray, image: sitk.Image,
     The deep fit then took validation 0.584 -> 0.598 (liver 0.851 -> 0.892, spleen 0.786 -> 0.808;
     rim 4-9 mm, prior 3-6 mm all within 0.01) and the clicks 5.12 -> 4.79; test 0.589 -> 0.619,
     clicks 7.08 -> 6.42. It does not help the click refiner's own refit (validation 4.79 -> 5.17)
-    nor the curriculum's pseudo-labels (0.548 -> 0.540), which keep the rim fit."""
+    nor the curriculum's pseudo-labels (0.548 -> 0.540), which keep the rim fit.
+    Then a label the metadata's `inside` ({child name: parent name}) puts inside another loses
+    the components outside it (postprocess.keep_inside)."""
     settings = metadata.get("boundary_fit")
     if settings:
         fitted = fit_labels(sitk.GetArrayViewFromImage(image), label, tuple(reversed(image.GetSpacing())),
                             float(settings["rim_mm"]), float(settings["prior_mm"]),
                             deep=bool(settings.get("deep", False)))[0]
         label = remove_islands(majority(fitted), min_island_fraction)
+    if metadata.get("inside"):
+        values = metadata["labels"]
+        label = keep_inside(label, {values[child]: values[parent] for child, parent in metadata["inside"].items()})
     out = sitk.GetImageFromArray(label)
     out.CopyInformation(image)
     return out

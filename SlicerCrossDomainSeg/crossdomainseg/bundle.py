@@ -11,7 +11,8 @@ metadata.json keys (see docs/ARCHITECTURE.md): `bundle_format` ("1"), `version`,
 patch in array order z, y, x / y, x), `normalization` {"source": spec, "target": spec}
 (normalize.py), `networks` {name: spec} (networks.py), `training`, `weights` {"models/x.pt":
 sha256}, `metrics`; optional: `click_refiner` (interactive.refiner), `curriculum_params`
-(curriculum.params.CurriculumParams.for_bundle), `boundary_fit` (boundary_fit.fit_bundle_label).
+(curriculum.params.CurriculumParams.for_bundle), `boundary_fit` (boundary_fit.fit_bundle_label),
+`inside` {child label name: parent label name} (postprocess.keep_inside).
 """
 
 from __future__ import annotations
@@ -162,6 +163,12 @@ def validate_metadata(metadata: dict) -> None:
             and isinstance(fit.get("deep", False), bool)):
         raise BundleError("Bundle boundary_fit must give rim_mm and prior_mm in mm (> 0) and optionally "
                           f"deep (true or false); got {fit!r}.")
+    inside = metadata.get("inside")
+    if inside is not None and not (isinstance(inside, dict) and all(
+            child in labels and parent in labels and "background" not in (child, parent) and child != parent
+            for child, parent in inside.items())):
+        raise BundleError("Bundle inside must map a label's name to the name of the label it lies in "
+                          f"(two different foreground labels of the bundle); got {inside!r}.")
 
 
 def load_bundle(path: str | Path) -> Bundle:
