@@ -247,15 +247,16 @@ def test_label_contrast_gives_an_invisible_structure_its_own_brightness():
     ring[6:18, 6:18, 6:18] = True
     ring[8:16, 8:16, 8:16] = False
 
-    def contrast(with_label: bool) -> float:
+    def contrast(with_label: bool, shift: float = 0.5) -> float:
         values = []
         for seed in range(20):
-            y = remap_intensity(x, np.random.default_rng(seed), label if with_label else None)
+            y = remap_intensity(x, np.random.default_rng(seed), label if with_label else None, shift)
             values.append(abs(y[10:14, 10:14, 10:14].mean() - y[ring].mean()))
         return float(np.mean(values))
 
     assert contrast(False) < 0.03
     assert contrast(True) > 0.08  # half the draws shift it by U(-0.5, 0.5): about 0.12
+    assert contrast(True, 1.0) > 1.6 * contrast(True)  # the largest shift scales it
 
 
 def test_class_intensity_loss_compares_region_means_only():

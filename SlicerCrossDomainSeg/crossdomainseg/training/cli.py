@@ -239,8 +239,9 @@ def add_parser(subparsers) -> None:
                      help="share of crops given a random intensity transfer function (0-1)")
     src.add_argument("--class-balanced", action="store_true",
                      help="centre foreground crops on each label equally often (small structures)")
-    src.add_argument("--label-contrast", action="store_true",
-                     help="remapped crops also shift each labelled structure's brightness at random")
+    src.add_argument("--label-contrast", type=float, default=0.0,
+                     help="remapped crops also shift each labelled structure's brightness by up to "
+                          "this much either way (0 = off)")
     src.add_argument("--version", default="0.1.0", help="model version recorded in the bundle")
     src.set_defaults(func=run_source)
 

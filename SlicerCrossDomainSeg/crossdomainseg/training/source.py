@@ -53,8 +53,9 @@ class SourceConfig:
     intensity_remap: float = 0.0
     # Foreground crops centred on a label drawn uniformly among those present (small labels).
     class_balanced: bool = False
-    # Remapped crops also shift each labelled structure's brightness (intensity.remap_intensity).
-    label_contrast: bool = False
+    # Remapped crops also shift each labelled structure's brightness by up to this much either
+    # way (intensity.remap_intensity; 0 = off).
+    label_contrast: float = 0.0
     epochs: int = 20
     steps_per_epoch: int = 20
     batch_size: int = 2
@@ -159,7 +160,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
             picks = rng.integers(len(train), size=config.batch_size)
             patches = [random_patch(train[i], config.roi_size, rng, class_balanced=config.class_balanced)
                        for i in picks]
-            patches = [(remap_intensity(x, rng, y if config.label_contrast else None)
+            patches = [(remap_intensity(x, rng, y if config.label_contrast else None, config.label_contrast)
                         if rng.random() < config.intensity_remap else x, y) for x, y in patches]
             images, labels = batch(patches, device)
             images = _intensity_jitter(images, rng)
