@@ -10,6 +10,7 @@ import pytest
 
 from crossdomainseg.bundle import load_bundle
 from crossdomainseg.cli import main
+from crossdomainseg.training.cli import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +34,9 @@ def test_default_bundle_script_runs_every_stage(tmp_path):
         assert len(bundle.metadata["training"]["translator"]["history"]) == 1
         assert not (out / f"{task}.ckpt").exists()
     assert load_bundle(out / "phantom-ct-mr").has_network("refiner")
-    for task in shipped:  # the choose stage named the click method front ends use
-        assert load_bundle(out / task).metadata["click_refiner"]["split"] == "val"
+    for task, reference in shipped.items():  # the choose stage named the click method front ends use
+        bundle = load_bundle(out / task)
+        assert bundle.metadata["click_refiner"]["split"] == "val"
+        for key in SETTINGS:  # and the settings chosen on the validation split are the shipped ones
+            assert bundle.metadata.get(key) == reference.metadata.get(key), (task, key)
     assert load_bundle(out / "xray-drr").metadata["training"]["translator"]["config"]["seg_detached"] is True

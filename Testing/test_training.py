@@ -296,3 +296,20 @@ def test_cli_rejects_missing_inputs(tmp_path, capsys):
                  "--out", str(tmp_path / "b")]) == 2
     assert "holds no images" in capsys.readouterr().err
     assert main(["train", "translator", "--bundle", str(tmp_path / "none"), "--task-dir", str(tmp_path)]) == 2
+
+
+def test_train_settings_writes_chosen_settings_and_rejects_others(tmp_path, capsys):
+    from crossdomainseg.bundle import make_random_bundle
+
+    bundle = make_random_bundle(tmp_path / "b", labels={"background": 0, "liver": 1, "lesion": 2})
+    settings = {"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "deep": True}, "inside": {"lesion": "liver"}}
+    import json
+
+    assert main(["train", "settings", "--bundle", str(bundle.path), "--json", json.dumps(settings)]) == 0
+    metadata = load_bundle(bundle.path).metadata
+    assert {k: metadata[k] for k in settings} == settings
+    before = (bundle.path / "configs" / "metadata.json").read_text()
+    for bad in ('{"version": "x"}', "not json", "[]", '{"inside": {"lesion": "spleen"}}'):
+        assert main(["train", "settings", "--bundle", str(bundle.path), "--json", bad]) == 2
+    assert "--json" in capsys.readouterr().err
+    assert (bundle.path / "configs" / "metadata.json").read_text() == before  # nothing half-written

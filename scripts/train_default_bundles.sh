@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the default bundles shipped in Resources/bundles/ from generated phantom data, with the
-# committed seeds. Usage: scripts/train_default_bundles.sh [phantom-ct-mr|xray-drr ...] [--stage source|translator|refiner|choose]
+# committed seeds. Usage: scripts/train_default_bundles.sh [phantom-ct-mr|xray-drr ...] [--stage source|translator|settings|refiner|choose]
 # Env: DATA_ROOT (task folders; made with `crossdomainseg data make` when missing, default
 # build/default-bundle-data), THREADS (torch threads, default 2), OUT_ROOT (default Resources/bundles);
 # SOURCE_EXTRA, TRANSLATOR_EXTRA, REFINER_EXTRA, CHOOSE_EXTRA: options appended to a stage's own (the last of a
@@ -50,6 +50,12 @@ train() {  # task, version, cases per domain, source options, translator options
   [ "$STAGE" = source ] || rm -rf "$out.ckpt"
 }
 
+settings() {  # task, JSON: the settings chosen on the validation split (`train source` writes fresh metadata)
+  if [ "$STAGE" = all ] || [ "$STAGE" = source ] || [ "$STAGE" = settings ]; then
+    cdseg train settings --bundle "$OUT_ROOT/$1" --json "$2"
+  fi
+}
+
 refiner() {  # task, cases per domain, refiner options: the click refiner (3D tasks)
   if [ "$STAGE" = all ] || [ "$STAGE" = refiner ]; then
     # shellcheck disable=SC2086
@@ -77,6 +83,10 @@ for task in "${TASKS[@]}"; do
       train phantom-ct-mr phantom-ct-mr-1.2 30 \
         "--source-norm window:-160:240 --intensity-remap 0.5 --class-balanced --spacing 3 --roi 40 --channels 8,16,32,64 --res-units 1 --batch 2 --lr 2e-3 --rotated-copies 2 --max-degrees 20 --epochs 200 --steps 25 --seed 1" \
         "--patch 32 --gen-channels 8 --n-down 2 --blocks 2 --stem-kernel 3 --residual --disc-channels 8 --disc-layers 3 --lr 1e-3 --lambda-identity 0 --lambda-seg 5 --lambda-semantic 1 --lambda-class-intensity 10 --average-decay 0.99 --rotated-copies 1 --max-degrees 20 --epochs 40 --steps 20 --val-cases 2 --seed 2"
+      # Chosen on the validation split: the engine's boundary fit (rim 4-9 mm, prior 3-6 mm alike;
+      # the deep step for the slabs of fat the network's liver and spleen swallow), the lesion kept
+      # inside the liver, and the curriculum's pseudo-labels fitted to the image.
+      settings phantom-ct-mr '{"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "deep": true}, "inside": {"lesion": "liver"}, "curriculum_params": {"pseudo_label_fit_mm": 6.0, "pseudo_label_prior_mm": 4.0}}'
       # The refiner learns from drafts (this bundle's segmenter on remapped source cases) in 80% of
       # its samples; the shipped one was trained by `--stage refiner` with THREADS=1.
       refiner phantom-ct-mr 30 "--steps 12000 --batch 4 --seed 0 --drafts 16"
@@ -91,6 +101,8 @@ for task in "${TASKS[@]}"; do
       train xray-drr xray-drr-1.1 60 \
         "--spacing 2.8 --roi 128 --channels 8,16,32,64,128 --res-units 1 --batch 8 --lr 2e-3 --epochs 12 --steps 20 --seed 1" \
         "--patch 64 --gen-channels 16 --n-down 2 --blocks 3 --stem-kernel 7 --residual --disc-channels 16 --disc-layers 3 --batch 8 --lr 1e-3 --lambda-identity 1 --lambda-seg 5 --seg-detached --seg-noise 0.05 --average-decay 0.99 --epochs 10 --steps 40 --val-cases 8 --seed 2"
+      # Chosen on the validation radiographs: rim 3-5 mm at prior 2 mm alike; the deep step hurts.
+      settings xray-drr '{"boundary_fit": {"rim_mm": 4.0, "prior_mm": 2.0}}'
       choose xray-drr 60
       ;;
     *) echo "unknown task $task" >&2; exit 2 ;;

@@ -1,4 +1,5 @@
-"""`crossdomainseg train source|translator`: train a bundle from a task directory or any folders.
+"""`crossdomainseg train source|translator|settings`: train a bundle from a task directory or any
+folders, and record the settings chosen on its validation split.
 
   crossdomainseg train source --images SRC_IMG --labels SRC_LAB --out BUNDLE \
       --source-modality CT --target-modality MR --spacing 3
@@ -7,11 +8,15 @@
   (or --task-dir DIR instead of the folders, for data made by `crossdomainseg data make`)
 
 Both are seeded, show a progress bar, log losses per epoch into the bundle's metadata and resume
-from their last checkpoint with --resume.
+from their last checkpoint with --resume. `train source` writes fresh metadata, so the settings
+chosen on a validation split (SETTINGS) are written again afterwards:
+
+  crossdomainseg train settings --bundle BUNDLE --json '{"boundary_fit": {"rim_mm": 6, "prior_mm": 4}}'
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -196,6 +201,25 @@ def run_translator(args) -> int:
     return 0
 
 
+# Bundle metadata a user or a validation run chooses, not a trainer: boundary_fit.fit_bundle_label,
+# postprocess.keep_inside, curriculum.params.CurriculumParams.for_bundle.
+SETTINGS = ("boundary_fit", "inside", "curriculum_params")
+
+
+def run_settings(args) -> int:
+    from ..bundle import update_bundle
+
+    try:
+        settings = json.loads(args.json)
+    except json.JSONDecodeError as error:
+        raise InputError(f"--json is not valid JSON: {error}") from None
+    if not isinstance(settings, dict) or not settings or set(settings) - set(SETTINGS):
+        raise InputError(f"--json must be an object with some of the keys {', '.join(SETTINGS)}; got {args.json}")
+    bundle = update_bundle(args.bundle, metadata=settings)
+    print(f"settings written to {bundle.path}: {', '.join(sorted(settings))}")
+    return 0
+
+
 def _common(p):
     p.add_argument("--task-dir", help="task directory made by `crossdomainseg data make`")
     p.add_argument("--epochs", type=int, default=20)
@@ -282,3 +306,8 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--seg-noise", type=float, default=0.0,
                     help="std of Gaussian noise added to that detached image (with --seg-detached)")
     tr.set_defaults(func=run_translator)
+
+    st = stages.add_parser("settings", help="write settings chosen on a validation split into a bundle's metadata")
+    st.add_argument("--bundle", required=True)
+    st.add_argument("--json", required=True, help=f"an object with some of the keys {', '.join(SETTINGS)}")
+    st.set_defaults(func=run_settings)
