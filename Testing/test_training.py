@@ -299,12 +299,12 @@ def test_cli_rejects_missing_inputs(tmp_path, capsys):
 
 
 def test_train_settings_writes_chosen_settings_and_rejects_others(tmp_path, capsys):
+    import json
+
     from crossdomainseg.bundle import make_random_bundle
 
     bundle = make_random_bundle(tmp_path / "b", labels={"background": 0, "liver": 1, "lesion": 2})
     settings = {"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "deep": True}, "inside": {"lesion": "liver"}}
-    import json
-
     assert main(["train", "settings", "--bundle", str(bundle.path), "--json", json.dumps(settings)]) == 0
     metadata = load_bundle(bundle.path).metadata
     assert {k: metadata[k] for k in settings} == settings

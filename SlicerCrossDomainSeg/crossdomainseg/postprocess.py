@@ -48,7 +48,7 @@ def keep_inside(label: np.ndarray, inside: dict[int, int], share: float = INSIDE
     it are `parent`."""
     out = label.copy()
     for child, parent in inside.items():
-        components, n = ndimage.label(label == child)
+        components, _ = ndimage.label(label == child)
         for k, box in enumerate(ndimage.find_objects(components), start=1):
             box = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in box)
             part = components[box] == k
