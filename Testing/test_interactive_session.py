@@ -272,11 +272,52 @@ def test_boundary_shift_takes_a_rim_band_off_along_the_rim_near_the_click():
 def test_boundary_shift_grows_a_too_narrow_result_towards_the_click(case):
     image, truth, pred = case  # pred: radius 7 for a radius-10 object
     truth = truth.astype(bool)
-    session = InteractiveSession(image, pred, refiner=BoundaryShiftRefiner())
+    # fine_voxels 0: the band is 2 mm deep at the click and the object small, which would make
+    # the click a fine one (test below)
+    session = InteractiveSession(image, pred, refiner=BoundaryShiftRefiner(fine_voxels=0))
     session.add_click(_point(image, (20, 24, 28 + 9)), True, 1)
     got = session.label == 1
     assert got.sum() > pred.sum() + 200
     assert _dice(truth, got) > _dice(truth, pred.astype(bool)) + 0.05
+
+
+def test_boundary_shift_fine_click_on_a_small_label_changes_only_near_it():
+    """A lesion-sized label one voxel short all round: the boundary shift grows the rim along a
+    stretch around a click on the one-voxel band; as a fine click (within fine_depth_mm of the
+    boundary, label under fine_voxels) it changes only voxels within the small object refiner's
+    fine radius."""
+    truth = _ball((20, 24, 28), 8)
+    image = _image(truth * 100.0 + np.random.default_rng(4).normal(0, 5, SHAPE), spacing=(1.0, 1.0, 1.0))
+    pred = _ball((20, 24, 28), 7).astype(np.int16)
+    click = (20, 24, 28 + 8)
+    reach = {}
+    for fine_voxels in (4000, 0):
+        session = InteractiveSession(image, pred, refiner=BoundaryShiftRefiner(fine_voxels=fine_voxels))
+        session.add_click(_point(image, click), True, 1)
+        new = np.argwhere((session.label == 1) & (pred == 0))
+        assert len(new)
+        reach[fine_voxels] = np.sqrt(((new - click) ** 2).sum(axis=1)).max()
+    assert reach[4000] <= 2.5 + 1e-6 and reach[0] > 3.0
+
+
+def test_small_object_negative_click_only_trims_a_part_a_positive_click_vouches_for():
+    """A labelled lesion with a positive click at one end: a negative click at the other end
+    whose region is the whole lesion takes only voxels near it; with no vouched-part rule
+    (share 1) it takes every voxel nearer to it than to the positive click, half the lesion."""
+    rng = np.random.default_rng(11)
+    organ, lesion = _ball((20, 24, 28), 16), _ball((20, 24, 28), 6)
+    image = _image(organ * 200.0 + lesion * 1100.0 + 600.0 * ~organ + rng.normal(0, 20, SHAPE),
+                   spacing=(1.0, 1.0, 1.0))
+    label = organ.astype(np.int16)
+    label[lesion] = 2
+    kept = {}
+    for share in (0.5, 1.0):
+        session = InteractiveSession(image, label, refiner=SmallObjectRefiner(vouched_share=share),
+                                     label_values=[1, 2])
+        session.add_click(_point(image, (20, 24, 28 - 4)), True, 2)
+        session.add_click(_point(image, (20, 24, 28 + 4)), False, 2)
+        kept[share] = (session.label[lesion] == 2).mean()
+    assert kept[0.5] > 0.9 and kept[1.0] < 0.6
 
 
 def test_boundary_shift_hands_a_small_label_to_the_small_object_refiner():
