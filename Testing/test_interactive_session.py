@@ -320,6 +320,24 @@ def test_small_object_negative_click_only_trims_a_part_a_positive_click_vouches_
     assert kept[0.5] > 0.9 and kept[1.0] < 0.6
 
 
+def test_small_object_fine_click_on_a_tiny_label_changes_the_voxel_clicked_alone():
+    """A lesion of 123 voxels, under tiny_voxels 200 here (shipped: 100, where one voxel is worth
+    more than 0.01 of Dice): a click
+    on its edge changes that voxel only; with tiny_voxels 0 its neighbours too."""
+    image, pred, lesion = _lesion_in_organ(np.random.default_rng(9))
+    label = pred.copy()
+    label[lesion] = 2
+    click = (20, 24, 31)
+    removed = {}
+    for tiny in (200, 0):
+        session = InteractiveSession(image, label, refiner=SmallObjectRefiner(tiny_voxels=tiny),
+                                     label_values=[1, 2])
+        session.add_click(_point(image, click), False, 2)
+        removed[tiny] = int((lesion & (session.label != 2)).sum())
+        assert session.label[click] != 2
+    assert lesion.sum() < 200 and removed[200] == 1 and removed[0] > 1
+
+
 def test_boundary_shift_hands_a_small_label_to_the_small_object_refiner():
     """A lesion not yet labelled (fewer voxels than min_voxels): the click's bright tissue."""
     image, pred, lesion = _lesion_in_organ(np.random.default_rng(2))
