@@ -321,9 +321,9 @@ def test_small_object_negative_click_only_trims_a_part_a_positive_click_vouches_
 
 
 def test_small_object_fine_click_on_a_tiny_label_changes_the_voxel_clicked_alone():
-    """A lesion of 123 voxels, under tiny_voxels 200 here (shipped: 100, where one voxel is worth
-    more than 0.01 of Dice): a click
-    on its edge changes that voxel only; with tiny_voxels 0 its neighbours too."""
+    """A lesion of 123 voxels, under tiny_voxels (200 here; shipped 100, where one voxel is worth
+    more than 0.01 of Dice): a click on its edge changes that voxel only; with tiny_voxels 0 its
+    neighbours too."""
     image, pred, lesion = _lesion_in_organ(np.random.default_rng(9))
     label = pred.copy()
     label[lesion] = 2
