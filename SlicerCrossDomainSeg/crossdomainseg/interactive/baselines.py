@@ -247,8 +247,9 @@ class BoundaryShiftRefiner:
     negative click on a dim shell round a bright lesion took 85 of its 198 voxels, Dice -0.058;
     with it NoC@90 went 4.75 -> 4.62 on the validation split, 6.25 -> 6.42 on the test split,
     the clicks lowering Dice by over 0.01 there 3 -> 1). Then the moved boundary is refitted to
-    the image within `refit_mm` of the click: voxels within `rim_mm` of it are relabelled by that log-likelihood ratio (of the unsmoothed intensity) less their signed
-    distance over `prior_mm` (the boundary's position as a prior), in the click's direction only.
+    the image within `refit_mm` of the click: voxels within `rim_mm` of it are relabelled by
+    that log-likelihood ratio (of the unsmoothed intensity) less their signed distance over
+    `prior_mm` (the boundary's position as a prior), in the click's direction only.
     A label with fewer than `min_voxels` in the crop (a small lesion, or nothing yet), a click
     deeper than `max_depth_mm` from the boundary (not a band), and a fine click (within
     `fine_depth_mm` of it) on a label with fewer than `fine_voxels` in the crop (a large lesion
