@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from crossdomainseg.boundary_fit import fit_labels, signed_distance
+from crossdomainseg.boundary_fit import add_partial_volume, fit_labels, signed_distance
 from crossdomainseg.curriculum.losses import pseudo_labels
 from crossdomainseg.curriculum.params import CurriculumParams
 from crossdomainseg.errors import InputError
@@ -136,3 +136,28 @@ def test_majority_evens_out_speckle_and_the_bundle_fit_is_off_without_its_key():
     fitted = sitk.GetArrayFromImage(fit_bundle_label({"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0}}, draft, image))
     for value in (1, 2):
         assert _dice(fitted == value, truth == value) > _dice(draft == value, truth == value) + 0.04
+
+
+def test_partial_volume_voxels_just_outside_a_label_join_it():
+    """A ball whose rim voxels hold part ball, part surroundings (averaged from a 4x finer grid);
+    the reference takes a voxel whose centre is inside. A draft of only the voxels at least 95%
+    ball misses that shell; the partial-volume step gives back the voxels at least half ball,
+    not those below a third, nothing beyond its reach, and not a neighbouring label's voxels."""
+    fine = 4
+    grid = (np.indices((40 * fine,) * 3) + 0.5) / fine
+    share = (((grid - 20.0) ** 2).sum(0) <= 10.3**2).reshape(40, fine, 40, fine, 40, fine).mean(axis=(1, 3, 5))
+    rng = np.random.default_rng(2)
+    image = (100.0 + 400.0 * share + rng.normal(0, 10, share.shape)).astype(np.float32)
+    truth = _ball(share.shape, (19.5, 19.5, 19.5), 10.3)
+    neighbour = np.zeros(share.shape, bool)
+    neighbour[:, :, 31:] = True  # touches the ball's rim on one side
+    draft = np.where(share >= 0.95, 1, np.where(neighbour, 2, 0)).astype(np.uint8)
+    spacing = (1.0, 1.0, 1.0)
+    out = add_partial_volume(image, draft, spacing, share=0.5, reach_mm=1.5)
+    added = (out == 1) & (draft != 1)
+    assert _dice(out == 1, truth & ~neighbour) > _dice(draft == 1, truth & ~neighbour) + 0.05
+    assert added.any() and share[added].min() > 1 / 3
+    assert (signed_distance(draft == 1, spacing)[added] <= 1.5).all()
+    assert np.array_equal(out == 2, draft == 2)
+    unreached = add_partial_volume(image, draft, spacing, share=0.5, reach_mm=0.5)
+    assert np.array_equal(unreached, draft)

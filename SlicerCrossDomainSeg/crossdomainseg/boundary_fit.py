@@ -112,6 +112,54 @@ def fit_labels(image: np.ndarray, labels: np.ndarray, spacing, rim_mm: float, pr
     return out, fitted
 
 
+def partial_volume_share(image: np.ndarray, mask: np.ndarray, signed: np.ndarray) -> np.ndarray | None:
+    """Per voxel, how far its intensity lies from the tissue around the label (the median of the
+    ring's voxels on its side of the core's median: darker or brighter) towards the label's core
+    (the core's median): 0 at the surroundings, 1 at the core; 0 all along a side whose
+    surroundings are within twice the core's spread of it (no contrast to share); None without
+    core or ring."""
+    core, ring = signed < -CORE_MM, (signed > RING_MM[0]) & (signed < RING_MM[1])
+    if core.sum() <= 50 or ring.sum() <= 50:
+        return None
+    quartiles = np.percentile(image[core], [25, 50, 75])
+    centre, spread = float(quartiles[1]), float(quartiles[2] - quartiles[0]) / 1.349  # sigma from IQR
+    share = np.ones(image.shape, dtype=np.float32)
+    for side in (image < centre, image > centre):
+        around = image[ring & side]
+        if around.size > 50:
+            level = float(np.median(around))
+            share[side] = (image[side] - level) / (centre - level) if abs(centre - level) > 2 * spread else 0.0
+    return share
+
+
+def add_partial_volume(image: np.ndarray, labels: np.ndarray, spacing, share: float, reach_mm: float,
+                       min_voxels: int = 300) -> np.ndarray:
+    """Background voxels within `reach_mm` outside a label whose intensity is at least `share` of
+    the way from the surroundings to the label's core (partial_volume_share) join the label.
+    A voxel on the rim holds a part of the organ and a part of its surroundings, and the
+    reference labels a voxel whose centre lies inside: the fit (a likelihood ratio between core
+    and ring histograms) leaves such voxels out, the drafts of the shipped phantom-ct-mr model
+    miss a one-voxel shell all round (on the test split 840-1240 kidney voxels within 1.9 mm of
+    the true boundary, 10% of the kidney). Labels are taken largest first, each on background
+    only; labels with fewer than `min_voxels` are left as they are."""
+    image = image.astype(np.float32)
+    out = labels.copy()
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    margin = [int(np.ceil(max(RING_MM[1], reach_mm) / s)) + 1 for s in spacing]
+    for value in values[np.argsort(-counts)]:
+        if counts[values == value][0] < min_voxels:
+            continue
+        box = _widened_box(labels == value, margin)
+        mask = labels[box] == value
+        signed = signed_distance(mask, spacing)
+        level = partial_volume_share(image[box], mask, signed)
+        if level is None:
+            continue
+        view = out[box]  # a view: the writes land in `out`
+        view[(level >= share) & (signed > 0) & (signed <= reach_mm) & (view == 0)] = value
+    return out
+
+
 def majority(labels: np.ndarray) -> np.ndarray:
     """Each voxel takes the label most common in its 3-voxel neighbourhood (ties: the lower value,
     so background first): evens out the voxel-by-voxel decisions of a fit on a noisy image."""
@@ -133,14 +181,25 @@ def fit_bundle_label(metadata: dict, label: np.ndarray, image: sitk.Image,
     rim 4-9 mm, prior 3-6 mm all within 0.01) and the clicks 5.12 -> 4.79; test 0.589 -> 0.619,
     clicks 7.08 -> 6.42. It does not help the click refiner's own refit (validation 4.79 -> 5.17)
     nor the curriculum's pseudo-labels (0.548 -> 0.540), which keep the rim fit.
+    With `partial_volume_share` and `partial_volume_mm` in the settings the labels then take
+    the partial-volume voxels just outside them (add_partial_volume; share 0.4 within 3.1 mm on
+    phantom-ct-mr, one voxel out on its 1.8 x 1.8 x 3 mm grid: validation liver / kidneys /
+    spleen Dice 0.892 / 0.680 / 0.808 -> 0.927 / 0.710 / 0.833, the robot's clicks to Dice 0.90
+    4.62 -> 3.17; test 0.920 / 0.738 / 0.707 -> 0.949 / 0.759 / 0.703, clicks 6.42 -> 5.71;
+    share 0.3-0.5 within 2-3.1 mm gave validation clicks 3.2-3.5).
     Then a label the metadata's `inside` ({child name: parent name}) puts inside another loses
     the components outside it (postprocess.keep_inside)."""
     settings = metadata.get("boundary_fit")
     if settings:
-        fitted = fit_labels(sitk.GetArrayViewFromImage(image), label, tuple(reversed(image.GetSpacing())),
+        spacing = tuple(reversed(image.GetSpacing()))
+        fitted = fit_labels(sitk.GetArrayViewFromImage(image), label, spacing,
                             float(settings["rim_mm"]), float(settings["prior_mm"]),
                             deep=bool(settings.get("deep", False)))[0]
         label = remove_islands(majority(fitted), min_island_fraction)
+        if "partial_volume_share" in settings:
+            label = add_partial_volume(sitk.GetArrayViewFromImage(image), label, spacing,
+                                       float(settings["partial_volume_share"]),
+                                       float(settings["partial_volume_mm"]))
     if metadata.get("inside"):
         values = metadata["labels"]
         label = keep_inside(label, {values[child]: values[parent] for child, parent in metadata["inside"].items()})

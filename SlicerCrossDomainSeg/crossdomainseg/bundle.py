@@ -131,6 +131,16 @@ def read_metadata(path: Path) -> dict:
     return metadata
 
 
+def _partial_volume_ok(fit: dict) -> bool:
+    """boundary_fit's partial-volume step: both keys or neither, share in 0..1, reach > 0."""
+    keys = ("partial_volume_share", "partial_volume_mm")
+    if not any(key in fit for key in keys):
+        return True
+    share, reach = fit.get(keys[0]), fit.get(keys[1])
+    return (isinstance(share, (int, float)) and 0 < share <= 1 and isinstance(reach, (int, float))
+            and reach > 0)
+
+
 def validate_metadata(metadata: dict) -> None:
     fmt = metadata.get("bundle_format")
     if str(fmt) != BUNDLE_FORMAT:
@@ -160,9 +170,10 @@ def validate_metadata(metadata: dict) -> None:
     fit = metadata.get("boundary_fit")
     if fit is not None and not (isinstance(fit, dict) and all(
             isinstance(fit.get(key), (int, float)) and fit[key] > 0 for key in ("rim_mm", "prior_mm"))
-            and isinstance(fit.get("deep", False), bool)):
+            and isinstance(fit.get("deep", False), bool) and _partial_volume_ok(fit)):
         raise BundleError("Bundle boundary_fit must give rim_mm and prior_mm in mm (> 0) and optionally "
-                          f"deep (true or false); got {fit!r}.")
+                          "deep (true or false) and, together, partial_volume_share (0..1) and "
+                          f"partial_volume_mm (mm, > 0); got {fit!r}.")
     inside = metadata.get("inside")
     if inside is not None and not (isinstance(inside, dict) and all(
             child in labels and parent in labels and "background" not in (child, parent) and child != parent
