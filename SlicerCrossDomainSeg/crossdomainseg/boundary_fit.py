@@ -185,8 +185,8 @@ def fit_bundle_label(metadata: dict, label: np.ndarray, image: sitk.Image,
     the partial-volume voxels just outside them (add_partial_volume; share 0.4 within 3.1 mm on
     phantom-ct-mr, one voxel out on its 1.8 x 1.8 x 3 mm grid: validation liver / kidneys /
     spleen Dice 0.892 / 0.680 / 0.808 -> 0.927 / 0.710 / 0.833, the robot's clicks to Dice 0.90
-    4.62 -> 3.17; test 0.920 / 0.738 / 0.707 -> 0.949 / 0.759 / 0.703, clicks 6.42 -> 5.71;
-    share 0.3-0.5 within 2-3.1 mm gave validation clicks 3.2-3.5).
+    4.75 -> 3.29; test 0.920 / 0.738 / 0.707 -> 0.949 / 0.759 / 0.703, clicks 6.25 -> 5.71;
+    share 0.3-0.5 within 2-3.1 mm gave validation clicks 3.29-3.63, 0.6 within 2 mm 4.04).
     Then a label the metadata's `inside` ({child name: parent name}) puts inside another loses
     the components outside it (postprocess.keep_inside)."""
     settings = metadata.get("boundary_fit")

@@ -241,15 +241,10 @@ class BoundaryShiftRefiner:
     along the rim, not only at the click. The image may veto voxels of the move: one that a
     negative click would take out stays when its intensity is e^`evidence` times likelier in the
     label's core than in a ring around the label (histograms in the crop), and one that a positive
-    click would add stays out when it is that much likelier in the ring. The core lies beyond the
-    move; in a label too thin for that (a lesion) it is the voxels deeper than `core_share` of the
-    label's largest depth (without a core there was no veto: on the phantom-ct-mr test split a
-    negative click on a dim shell round a bright lesion took 85 of its 198 voxels, Dice -0.058;
-    with it NoC@90 went 4.75 -> 4.62 on the validation split, 6.25 -> 6.42 on the test split,
-    the clicks lowering Dice by over 0.01 there 3 -> 1). Then the moved boundary is refitted to
-    the image within `refit_mm` of the click: voxels within `rim_mm` of it are relabelled by
-    that log-likelihood ratio (of the unsmoothed intensity) less their signed distance over
-    `prior_mm` (the boundary's position as a prior), in the click's direction only.
+    click would add stays out when it is that much likelier in the ring. Then the moved boundary
+    is refitted to the image within `refit_mm` of the click: voxels within `rim_mm` of it are
+    relabelled by that log-likelihood ratio (of the unsmoothed intensity) less their signed
+    distance over `prior_mm` (the boundary's position as a prior), in the click's direction only.
     A label with fewer than `min_voxels` in the crop (a small lesion, or nothing yet), a click
     deeper than `max_depth_mm` from the boundary (not a band), and a fine click (within
     `fine_depth_mm` of it) on a label with fewer than `fine_voxels` in the crop (a large lesion
@@ -275,10 +270,8 @@ class BoundaryShiftRefiner:
     def __init__(self, crop_mm=DEFAULT_CROP_MM, factor: float = 1.5, inner_mm: float = 5.0,
                  outer_mm: float = 30.0, max_depth_mm: float = 20.0, min_voxels: int = SMALL_LABEL_VOXELS,
                  evidence: float = 3.0, bins: int = 24, rim_mm: float = 4.0, prior_mm: float = 4.0,
-                 refit_mm: float = 45.0, fine_depth_mm: float = 2.0, fine_voxels: int = 4000,
-                 core_share: float = 0.5):
+                 refit_mm: float = 45.0, fine_depth_mm: float = 2.0, fine_voxels: int = 4000):
         self.crop_mm = tuple(float(c) for c in crop_mm)
-        self.core_share = float(core_share)
         self.fine_depth_mm, self.fine_voxels = float(fine_depth_mm), int(fine_voxels)
         self.factor = float(factor)
         self.inner_mm, self.outer_mm = float(inner_mm), float(outer_mm)
@@ -305,8 +298,6 @@ class BoundaryShiftRefiner:
         smooth = ndimage.gaussian_filter(inputs.image.astype(np.float32), 0.7)
         # core and ring lie beyond the move: what the label surely is and surely is not
         core = signed < -(move + CORE_MM)
-        if not core.any():  # a label too thin for a core beyond the move (a lesion): its deepest voxels
-            core = signed < self.core_share * float(signed.min())
         ring = (signed > RING_MM[0] + (move if inputs.click_positive else 0.0)) & (signed < RING_MM[1] + move)
         ratio = log_likelihood_ratio(smooth, core, ring, self.bins)
         if ratio is not None:
