@@ -161,3 +161,12 @@ def test_partial_volume_voxels_just_outside_a_label_join_it():
     assert np.array_equal(out == 2, draft == 2)
     unreached = add_partial_volume(image, draft, spacing, share=0.5, reach_mm=0.5)
     assert np.array_equal(unreached, draft)
+    # as the engine runs it: the bundle's boundary_fit with the partial-volume keys
+    from crossdomainseg.boundary_fit import fit_bundle_label
+
+    fit = {"rim_mm": 0.1, "prior_mm": 1.0}  # a rim thinner than a voxel: the fit leaves the draft
+    volume = sitk.GetImageFromArray(image)
+    plain = sitk.GetArrayFromImage(fit_bundle_label({"boundary_fit": fit}, draft, volume))
+    grown = sitk.GetArrayFromImage(fit_bundle_label(
+        {"boundary_fit": {**fit, "partial_volume_share": 0.5, "partial_volume_mm": 1.5}}, draft, volume))
+    assert (grown == 1).sum() > (plain == 1).sum() and ((plain == 1) & (grown != 1)).sum() == 0

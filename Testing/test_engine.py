@@ -277,3 +277,9 @@ def test_bundle_boundary_fit_settings_are_checked(tmp_path):
         update_bundle(bundle.path, metadata={"boundary_fit": {"rim_mm": 6.0}})
     with pytest.raises(BundleError, match="deep"):
         update_bundle(bundle.path, metadata={"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "deep": "yes"}})
+    for partial in ({"partial_volume_share": 0.4}, {"partial_volume_share": 1.5, "partial_volume_mm": 3.0},
+                    {"partial_volume_share": 0.4, "partial_volume_mm": 0}):
+        with pytest.raises(BundleError, match="partial_volume"):
+            update_bundle(bundle.path, metadata={"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, **partial}})
+    update_bundle(bundle.path, metadata={"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "partial_volume_share": 0.4,
+                                                          "partial_volume_mm": 3.1}})
