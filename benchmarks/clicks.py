@@ -3,7 +3,8 @@
 is reported too) against the sphere, region-growing, local Otsu and boundary shift baselines (same
 run, same automatic starts: one session per object), and latency per click on a 128^3 volume with a
 warm model. Also the test figures of the method the bundle names for front ends (chosen on the
-validation split by `eval clicks --choose`). Writes benchmarks/results/clicks.json.
+validation split by `eval clicks --choose`), and that method on 8 freshly generated subjects.
+Writes benchmarks/results/clicks.json.
 
     python benchmarks/clicks.py --bundle Resources/bundles/phantom-ct-mr [--data DIR]
 """
@@ -17,6 +18,9 @@ import numpy as np
 from common import task_dir, write_result
 
 from crossdomainseg.device import configure  # noqa: E402  (common puts the package on sys.path)
+
+
+FRESH_SEEDS = list(range(900001, 900009))  # as Testing/test_shipped_bundles.py: never a training subject
 
 
 def latency_128(engine, refiner, seed: int) -> dict:
@@ -111,6 +115,35 @@ def front_end(engine, refiners, results, learned_latency, latency_seed) -> dict:
             "latency_ms_p50": latency["p50"], "latency_ms_p95": latency["p95"]}
 
 
+def fresh_subjects(engine, refiner, seeds, max_clicks: int) -> dict:
+    """The front-end method on freshly generated target subjects (seeds outside the task's): the
+    same robot on more objects than the 6-case test split holds."""
+    import SimpleITK as sitk
+
+    from crossdomainseg.data import generate_case
+    from crossdomainseg.interactive import InteractiveSession
+    from crossdomainseg.interactive.evaluate import summarise
+    from crossdomainseg.interactive.simulate import robot_on_label
+
+    curves, times, names = [], [], []
+    for seed in seeds:
+        case = generate_case(engine.bundle.task, seed, "target")
+        truth = sitk.GetArrayFromImage(case.label).astype(np.int16)
+        result = engine.segment(case.image, preview=True, uncertainty=False)
+        start = InteractiveSession.from_result(case.image, result, engine.bundle)
+        for value in (v for v in start.label_values if (truth == v).any()):
+            session = InteractiveSession(case.image, result.label, result.probabilities, start.features,
+                                         start.preview, refiner, start.label_values)
+            curve, t, _ = robot_on_label(session, truth, value, max_clicks)
+            curves.append(curve)
+            times += t
+            names.append(f"seed {seed}/{value}")
+    r = summarise(curves, times, names)
+    return {"seeds": [seeds[0], seeds[-1]], **{k: r[k] for k in (
+        "objects", "noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop", "max_dice_drop_where",
+        "clicks_dropping_over_0.01", "clicks_scored", "dice_at_clicks")}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="Resources/bundles/phantom-ct-mr")
@@ -124,6 +157,7 @@ def main() -> int:
 
     from crossdomainseg.engine import Engine
     from crossdomainseg.interactive.cli import METHODS, build_refiners
+    from crossdomainseg.interactive.refiner import click_refiner_name
     from crossdomainseg.interactive.evaluate import evaluate
 
     configure(args.threads)
@@ -165,6 +199,8 @@ def main() -> int:
                       for name, r in results.items()},
         "front_end_refiner": front_end(engine, refiners, {"learned": learned, **results}, latency,
                                        args.latency_seed),
+        "front_end_fresh_subjects": fresh_subjects(
+            engine, refiners[click_refiner_name(engine.bundle)], FRESH_SEEDS, args.max_clicks),
         "oracle_region_fix": oracle,
         "dice_one_voxel_off": one_voxel_off(engine, task_dir("phantom-ct-mr", args.data).path),
         "model_version": engine.model_version,
