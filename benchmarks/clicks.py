@@ -118,30 +118,19 @@ def front_end(engine, refiners, results, learned_latency, latency_seed) -> dict:
 def fresh_subjects(engine, refiner, seeds, max_clicks: int) -> dict:
     """The front-end method on freshly generated target subjects (seeds outside the task's): the
     same robot on more objects than the 6-case test split holds."""
-    import SimpleITK as sitk
-
     from crossdomainseg.data import generate_case
-    from crossdomainseg.interactive import InteractiveSession
-    from crossdomainseg.interactive.evaluate import summarise
-    from crossdomainseg.interactive.simulate import robot_on_label
+    from crossdomainseg.interactive.evaluate import evaluate_cases
 
-    curves, times, names = [], [], []
-    for seed in seeds:
-        case = generate_case(engine.bundle.task, seed, "target")
-        truth = sitk.GetArrayFromImage(case.label).astype(np.int16)
-        result = engine.segment(case.image, preview=True, uncertainty=False)
-        start = InteractiveSession.from_result(case.image, result, engine.bundle)
-        for value in (v for v in start.label_values if (truth == v).any()):
-            session = InteractiveSession(case.image, result.label, result.probabilities, start.features,
-                                         start.preview, refiner, start.label_values)
-            curve, t, _ = robot_on_label(session, truth, value, max_clicks)
-            curves.append(curve)
-            times += t
-            names.append(f"seed {seed}/{value}")
-    r = summarise(curves, times, names)
+    def cases():
+        for seed in seeds:
+            case = generate_case(engine.bundle.task, seed, "target")
+            yield f"seed {seed}", case.image, case.label
+
+    r = evaluate_cases(engine, cases(), len(seeds), {"front_end": refiner}, max_clicks,
+                       log=lambda m: print(m, file=sys.stderr))["front_end"]
     return {"seeds": [seeds[0], seeds[-1]], **{k: r[k] for k in (
         "objects", "noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop", "max_dice_drop_where",
-        "clicks_dropping_over_0.01", "clicks_scored", "dice_at_clicks")}}
+        "clicks_dropping_over_0.01", "clicks_scored", "dice_at_clicks", "per_label")}}
 
 
 def main() -> int:
@@ -157,8 +146,8 @@ def main() -> int:
 
     from crossdomainseg.engine import Engine
     from crossdomainseg.interactive.cli import METHODS, build_refiners
-    from crossdomainseg.interactive.refiner import click_refiner_name
     from crossdomainseg.interactive.evaluate import evaluate
+    from crossdomainseg.interactive.refiner import click_refiner_name
 
     configure(args.threads)
     engine = Engine(args.bundle, device="cpu", threads=args.threads, mode=args.mode)

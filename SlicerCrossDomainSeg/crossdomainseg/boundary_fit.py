@@ -117,12 +117,11 @@ def fit_labels(image: np.ndarray, labels: np.ndarray, spacing, rim_mm: float, pr
 
 
 def partial_volume_share(image: np.ndarray, signed: np.ndarray) -> np.ndarray | None:
-    """Per voxel, how far its intensity lies from the tissue around the label (`signed`: its
-    signed distance) (the median of the
+    """Per voxel, how far its intensity lies from the tissue around the label (the median of the
     ring's voxels on its side of the core's median: darker or brighter) towards the label's core
     (the core's median): 0 at the surroundings, 1 at the core; 0 all along a side whose
     surroundings are within twice the core's spread of it (no contrast to share); None without
-    core or ring."""
+    core or ring. `signed`: the signed distance to the label's boundary (signed_distance)."""
     core, ring = signed < -CORE_MM, (signed > RING_MM[0]) & (signed < RING_MM[1])
     if core.sum() <= 50 or ring.sum() <= 50:
         return None
@@ -192,13 +191,13 @@ def fit_bundle_label(metadata: dict, label: np.ndarray, image: sitk.Image,
     the components outside it (postprocess.keep_inside)."""
     settings = metadata.get("boundary_fit")
     if settings:
-        spacing = tuple(reversed(image.GetSpacing()))
-        fitted = fit_labels(sitk.GetArrayViewFromImage(image), label, spacing,
+        spacing, array = tuple(reversed(image.GetSpacing())), sitk.GetArrayViewFromImage(image)
+        fitted = fit_labels(array, label, spacing,
                             float(settings["rim_mm"]), float(settings["prior_mm"]),
                             deep=bool(settings.get("deep", False)))[0]
         label = remove_islands(majority(fitted), min_island_fraction)
         if "partial_volume_share" in settings:
-            label = add_partial_volume(sitk.GetArrayViewFromImage(image), label, spacing,
+            label = add_partial_volume(array, label, spacing,
                                        float(settings["partial_volume_share"]),
                                        float(settings["partial_volume_mm"]))
     if metadata.get("inside"):

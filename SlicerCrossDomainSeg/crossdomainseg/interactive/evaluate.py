@@ -45,29 +45,40 @@ def summarise(curves: list, latencies: list, names: list, other_drops: list | No
 
 def evaluate(engine, data_dir, refiners: dict, split: str = "test", max_clicks: int = 20,
              limit: int | None = None, log=print) -> dict:
-    """Per method name in `refiners`: summary (see `summarise`) plus per-label NoC@90 and the
-    Dice curves, over the target cases of `split` with labels. `max_other_label_drop`: the largest
-    Dice drop a click on one label caused to another (a positive click may take their voxels)."""
+    """Per method name in `refiners`: `evaluate_cases` over the target cases of `split` of the
+    task folder `data_dir` that have labels (the first `limit`)."""
     from ..data import TaskDir
     from ..imageio import read_image
+
+    paths = [c for c in TaskDir(data_dir).cases(split, "target") if c[2] is not None][: limit or None]
+    if not paths:
+        raise InputError(f"{data_dir} has no labelled target cases in split {split!r}: the robot "
+                         "user needs reference labels to click against.")
+
+    def read(image_path, label_path):
+        image, truth = read_image(image_path), read_image(label_path)
+        if truth.GetSize() != image.GetSize():
+            raise InputError(f"Label {label_path} is not on the grid of {image_path}.")
+        return image, truth
+
+    cases = ((case_id, *read(image_path, label_path)) for case_id, image_path, label_path in paths)
+    return evaluate_cases(engine, cases, len(paths), refiners, max_clicks, log)
+
+
+def evaluate_cases(engine, cases, n_cases: int, refiners: dict, max_clicks: int = 20, log=print) -> dict:
+    """Per method name in `refiners`: summary (see `summarise`) plus per-label NoC@90 and the
+    Dice curves, over `cases` ((case id, image, reference label image on its grid), `n_cases` of
+    them, read one at a time). `max_other_label_drop`: the largest Dice drop a click on one label
+    caused to another (a positive click may take their voxels)."""
     from .session import InteractiveSession
 
-    task = TaskDir(data_dir)
     bundle = engine.bundle
     label_names = {v: k for k, v in bundle.labels.items() if v != 0}
     curves = {name: [] for name in refiners}
     latencies = {name: [] for name in refiners}
     other_drops = {name: [] for name in refiners}
     objects = []
-    cases = [c for c in task.cases(split, "target") if c[2] is not None][: limit or None]
-    if not cases:
-        raise InputError(f"{data_dir} has no labelled target cases in split {split!r}: the robot "
-                         "user needs reference labels to click against.")
-    for i, (case_id, image_path, label_path) in enumerate(cases):
-        image = read_image(image_path)
-        truth_image = read_image(label_path)
-        if truth_image.GetSize() != image.GetSize():
-            raise InputError(f"Label {label_path} is not on the grid of {image_path}.")
+    for i, (case_id, image, truth_image) in enumerate(cases):
         truth = sitk.GetArrayFromImage(truth_image).astype(np.int16)
         result = engine.segment(image, preview=True, uncertainty=False)
         values = [v for v in label_names if (truth == v).any()]
@@ -82,7 +93,7 @@ def evaluate(engine, data_dir, refiners: dict, split: str = "test", max_clicks: 
                 curves[name].append(curve)
                 latencies[name] += times
                 other_drops[name].append(other_drop)
-        log(f"[{i + 1}/{len(cases)}] {case_id}: " + "  ".join(
+        log(f"[{i + 1}/{n_cases}] {case_id}: " + "  ".join(
             f"{name} {np.mean([c[-1] for c in curves[name][-len(values):]]):.3f}" for name in refiners))
     out = {}
     for name in refiners:
