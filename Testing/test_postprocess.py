@@ -1,5 +1,5 @@
 """Label clean-up: small islands go, organs in two similar parts stay, 0 turns it off; a label the
-bundle puts inside another loses its components outside it."""
+bundle puts inside another loses its components outside it and is found again by its contrast."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import pytest
 from crossdomainseg.bundle import BundleError, make_random_bundle, update_bundle
 from crossdomainseg.engine import Engine
 from crossdomainseg.errors import InputError
-from crossdomainseg.postprocess import keep_inside, remove_islands
+from crossdomainseg.postprocess import keep_inside, refit_inside, remove_islands
 
 
 def _label():
@@ -83,3 +83,48 @@ def test_bundle_inside_is_checked_and_applied(tmp_path):
     image = sitk.GetImageFromArray(np.zeros(label.shape, np.float32))
     out = sitk.GetArrayFromImage(fit_bundle_label(bundle.metadata, label, image))
     assert np.array_equal(out, keep_inside(label, {2: 1})) and not np.array_equal(out, label)
+
+
+def _liver_image(rng):
+    """A noisy liver (intensity 100, sd 5) around a true lesion 20 deviations brighter that the
+    draft left as a hole, and a drafted "lesion" of liver-like tissue."""
+    label = np.zeros((16, 40, 40), np.uint8)
+    label[2:14, 5:35, 5:35] = 1
+    truth = label.copy()
+    truth[6:10, 10:16, 10:16] = 2
+    label[6:10, 10:16, 10:16] = 0      # the true lesion: a hole in the draft's liver
+    label[6:10, 22:28, 22:28] = 2      # a drafted lesion of liver tissue
+    image = rng.normal(0.0, 5.0, label.shape) + np.where(truth == 2, 200.0, np.where(truth == 1, 100.0, 0.0))
+    image[0, 0, 0] = 1000.0            # a bright voxel outside the liver stays background
+    return image.astype(np.float32), label, truth
+
+
+def test_a_contained_label_is_found_again_by_its_contrast():
+    image, label, truth = _liver_image(np.random.default_rng(0))
+    out = refit_inside(image, label, {2: 1}, contrast=12.0)
+    assert np.array_equal(out, truth)
+    assert np.array_equal(refit_inside(-image, label, {2: 1}, contrast=12.0), truth)  # either sign
+    # a contrast the lesion does not reach: the hole stays, the liver-like "lesion" is liver
+    weak = refit_inside(image, label, {2: 1}, contrast=50.0)
+    assert (weak == 2).sum() == 0 and (weak[6:10, 10:16, 10:16] == 0).all()
+    assert np.array_equal(refit_inside(image, label, {}, contrast=12.0), label)
+
+
+def test_bundle_inside_contrast_is_checked_and_applied(tmp_path):
+    import SimpleITK as sitk
+
+    from crossdomainseg.boundary_fit import fit_bundle_label
+
+    bundle = make_random_bundle(tmp_path / "b", labels={"background": 0, "liver": 1, "lesion": 2})
+    inside = {"inside": {"lesion": "liver"}}
+    for bad in ({"inside_contrast": {"target": 12.0}}, {**inside, "inside_contrast": {"target": 0}},
+                {**inside, "inside_contrast": 12.0}, {**inside, "inside_contrast": {"ct": 12.0}}):
+        with pytest.raises(BundleError, match="inside_contrast"):
+            update_bundle(bundle.path, metadata=bad)
+    bundle = update_bundle(bundle.path, metadata={"inside": {"lesion": "liver"}, "inside_contrast": {"target": 12.0}})
+    array, label, truth = _liver_image(np.random.default_rng(1))
+    image = sitk.GetImageFromArray(array)
+    assert np.array_equal(sitk.GetArrayFromImage(fit_bundle_label(bundle.metadata, label, image)), truth)
+    # source images (the lesion's contrast differs there) get no contrast: keep_inside only
+    source = sitk.GetArrayFromImage(fit_bundle_label(bundle.metadata, label, image, domain="source"))
+    assert np.array_equal(source, keep_inside(label, {2: 1}))

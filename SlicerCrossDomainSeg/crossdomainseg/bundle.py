@@ -12,7 +12,8 @@ patch in array order z, y, x / y, x), `normalization` {"source": spec, "target":
 (normalize.py), `networks` {name: spec} (networks.py), `training`, `weights` {"models/x.pt":
 sha256}, `metrics`; optional: `click_refiner` (interactive.refiner), `curriculum_params`
 (curriculum.params.CurriculumParams.for_bundle), `boundary_fit` (boundary_fit.fit_bundle_label),
-`inside` {child label name: parent label name} (postprocess.keep_inside).
+`inside` {child label name: parent label name} (postprocess.keep_inside) and `inside_contrast`
+(postprocess.refit_inside).
 """
 
 from __future__ import annotations
@@ -180,6 +181,12 @@ def validate_metadata(metadata: dict) -> None:
             for child, parent in inside.items())):
         raise BundleError("Bundle inside must map a label's name to the name of the label it lies in "
                           f"(two different foreground labels of the bundle); got {inside!r}.")
+    contrast = metadata.get("inside_contrast")
+    if contrast is not None and not (inside and isinstance(contrast, dict) and all(
+            domain in ("source", "target") and isinstance(value, (int, float)) and value > 0
+            for domain, value in contrast.items())):
+        raise BundleError("Bundle inside_contrast must map a domain (source, target) to a number of standard "
+                          f"deviations (> 0) and needs inside; got {contrast!r}.")
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -2,7 +2,8 @@
 HD95 large. A connected component smaller than `min_fraction` of its label's largest component
 becomes background; organs in two parts of similar size (kidneys, lungs) keep both. A label the
 bundle declares to lie inside another (a liver lesion inside the liver) loses the components that
-lie outside it."""
+lie outside it, and where the bundle gives the contrast it differs from its parent by, is found
+again in the image (refit_inside)."""
 
 from __future__ import annotations
 
@@ -55,4 +56,42 @@ def keep_inside(label: np.ndarray, inside: dict[int, int], share: float = INSIDE
             around = ndimage.binary_dilation(part, iterations=2) & ~part
             if (label[box][around] == parent).mean() < share:
                 out[box][part] = 0
+    return out
+
+
+def _enclosed(mask: np.ndarray) -> np.ndarray:
+    """The mask with its holes filled, in 3D and slice by slice along the first axis (a lesion
+    under the capsule is open to the outside in 3D but mostly enclosed in-plane)."""
+    filled = ndimage.binary_fill_holes(mask)
+    for k in range(mask.shape[0]):
+        filled[k] |= ndimage.binary_fill_holes(mask[k])
+    return filled
+
+
+def refit_inside(image: np.ndarray, label: np.ndarray, inside: dict[int, int], contrast: float) -> np.ndarray:
+    """A copy of `label` where each label `child` in `inside` ({child value: parent value}) is
+    what its parent encloses (holes of parent and child together, background or child) and
+    whose intensity lies more than `contrast` robust standard deviations (1.4826 MAD) from the
+    parent's median; the child's voxels that do not lie that far become the parent where
+    enclosed, else are left to keep_inside. Either sign: a lesion darker than the liver in CT
+    may be brighter in MR, and a network trained on CT alone learns only the darker one. On the
+    phantom-ct-mr target the shipped model leaves the lesion as a hole in the liver (13-23
+    deviations brighter) and drafts lesions in liver-like tissue: test lesion Dice 0.12 -> 0.96
+    at contrast 12 (validation 0.01 -> 0.86; 8: 0.82, 10: 0.84, 16: 0.80). Its source lesions lie
+    3-4 deviations darker: a bundle sets the contrast its target validation split says."""
+    out = label.copy()
+    for child, parent in inside.items():
+        host = (label == parent) | (label == child)
+        if not (label == parent).any():
+            continue
+        box = ndimage.find_objects(host.astype(np.uint8))[0]
+        region, values = label[box], image[box]
+        enclosed = _enclosed(host[box])
+        hosted = values[region == parent]
+        centre = float(np.median(hosted))
+        spread = 1.4826 * float(np.median(np.abs(hosted - centre)))
+        distinct = np.abs(values - centre) > contrast * spread
+        view = out[box]  # a view: the writes land in `out`
+        view[enclosed & ((region == 0) | (region == child)) & distinct] = child
+        view[enclosed & (region == child) & ~distinct] = parent
     return out

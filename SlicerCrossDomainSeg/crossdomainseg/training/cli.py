@@ -202,8 +202,8 @@ def run_translator(args) -> int:
 
 
 # Bundle metadata a user or a validation run chooses, not a trainer: boundary_fit.fit_bundle_label,
-# postprocess.keep_inside, curriculum.params.CurriculumParams.for_bundle.
-SETTINGS = ("boundary_fit", "inside", "curriculum_params")
+# postprocess.keep_inside and refit_inside, curriculum.params.CurriculumParams.for_bundle.
+SETTINGS = ("boundary_fit", "inside", "inside_contrast", "curriculum_params")
 
 
 def run_settings(args) -> int:

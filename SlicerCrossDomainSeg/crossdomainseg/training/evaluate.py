@@ -31,12 +31,13 @@ def to_working_array(bundle, image: sitk.Image, reference: sitk.Image) -> np.nda
     return array[0] if bundle.spatial_dims == 2 else array
 
 
-def label_on_input_grid(bundle, probabilities: np.ndarray, reference: sitk.Image, image: sitk.Image) -> sitk.Image:
+def label_on_input_grid(bundle, probabilities: np.ndarray, reference: sitk.Image, image: sitk.Image,
+                        domain: str = "target") -> sitk.Image:
     label = remove_islands(probabilities.argmax(0).astype(np.uint8))
     label_image = sitk.GetImageFromArray(label[None] if bundle.spatial_dims == 2 else label)
     label_image.CopyInformation(reference)
     on_input = resample_to_reference(label_image, image, sitk.sitkNearestNeighbor, 0)
-    return fit_bundle_label(bundle.metadata, sitk.GetArrayFromImage(on_input), image)
+    return fit_bundle_label(bundle.metadata, sitk.GetArrayFromImage(on_input), image, domain=domain)
 
 
 class CaseRunner:
@@ -54,7 +55,7 @@ class CaseRunner:
         if via_generator:
             array = translate(self.generator, array, self.bundle.roi_size, self.device)
         probabilities = predict_probabilities(self.segmenter, array, self.bundle.roi_size, self.device)
-        return label_on_input_grid(self.bundle, probabilities, reference, image), array
+        return label_on_input_grid(self.bundle, probabilities, reference, image, domain), array
 
 
 def _scores(pred: sitk.Image, ref: sitk.Image, labels) -> dict:
