@@ -30,7 +30,8 @@ class _Recorder(torch.nn.Module):
 
 def test_propose_rescales_the_crop_to_the_refiner_grid_and_back():
     recorder = _Recorder()
-    refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu", small_voxels=0)
+    refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu", small_voxels=0,
+                             fallback_voxels=0)
     shape = (8, 32, 16)  # a crop at 4 x 1 x 2 mm covers 32 x 32 x 32 mm: 16^3 on the refiner grid
     zeros = np.zeros(shape, np.float32)
     click = (4, 16, 8)
@@ -64,7 +65,7 @@ def test_a_click_the_network_contradicts_goes_to_the_fallback():
     default = LearnedRefiner(_Stubborn(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu")
     assert default.fallback.name == "boundary_shift"
     refiner = LearnedRefiner(_Stubborn(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu",
-                             fallback="local_otsu")
+                             fallback="local_otsu", fallback_voxels=0)
     removed = refiner.propose(negative) < 0.5
     assert refiner.fallbacks == 1
     assert removed[:, :4].all() and not removed[:, 6:].any()  # the clicked half (edge blurred), grown in the image
@@ -73,7 +74,7 @@ def test_a_click_the_network_contradicts_goes_to_the_fallback():
     assert not (network_only.propose(negative) < 0.5).any() and network_only.fallbacks == 0
     # a positive click the network agrees with (the recorder answers "label" at positive clicks)
     agreeing = LearnedRefiner(_Recorder(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu",
-                              small_voxels=0)
+                              small_voxels=0, fallback_voxels=0)
     positive = CropInputs(image, image, np.zeros(shape, np.float32), ~current, [click], [], click, True,
                           (2.0, 2.0, 2.0))
     assert agreeing.propose(positive)[click] >= 0.5 and agreeing.fallbacks == 0
@@ -95,14 +96,37 @@ def test_a_label_with_few_voxels_near_the_click_goes_to_the_small_object_refiner
     refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu")
     assert ((refiner.propose(inputs) >= 0.5) == (blob | current)).all()
     assert not hasattr(recorder, "seen")
-    network = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu", small_voxels=0)
+    network = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu", small_voxels=0,
+                             fallback_voxels=0)
     network.propose(inputs)
+    assert hasattr(recorder, "seen")
+
+
+def test_a_label_under_fallback_voxels_goes_to_the_fallback_unasked():
+    """A 1728-voxel label, under the 4000 of the default: the network is not asked, the fallback
+    (counted) answers; with fallback_voxels 0 the network is."""
+    shape = (12, 12, 12)
+    image = np.random.default_rng(0).normal(0, 0.05, shape).astype(np.float32)
+    image[:, :6] += 1.0
+    current = np.ones(shape, bool)
+    click = (6, 3, 6)
+    negative = CropInputs(image, image, current.astype(np.float32), current, [], [click], click, False,
+                          (2.0, 2.0, 2.0))
+    recorder = _Recorder()
+    refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu",
+                             fallback="local_otsu")
+    removed = refiner.propose(negative) < 0.5
+    assert refiner.fallbacks == 1 and not hasattr(recorder, "seen")
+    assert removed[:, :4].all() and not removed[:, 6:].any()
+    LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu",
+                   fallback_voxels=0).propose(negative)
     assert hasattr(recorder, "seen")
 
 
 def test_small_volumes_are_padded_for_the_network():
     recorder = _Recorder()
-    refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(1.0, 1.0, 1.0), device="cpu", small_voxels=0)
+    refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(1.0, 1.0, 1.0), device="cpu", small_voxels=0,
+                             fallback_voxels=0)
     zeros = np.zeros((5, 9, 16), np.float32)
     out = refiner.propose(CropInputs(zeros, zeros, zeros, zeros.astype(bool), [(2, 4, 8)], [], (2, 4, 8),
                                      True, (1.0, 1.0, 1.0)))

@@ -21,6 +21,9 @@ from .session import CropInputs
 # A label with fewer voxels than this in the click's crop (a lesion, or nothing yet) is a small
 # object: the boundary shift and learned refiners hand its clicks to SmallObjectRefiner.
 SMALL_LABEL_VOXELS = 300
+# A fine click (within a voxel or so of the boundary) on a label with fewer voxels than this in the
+# crop (a large lesion, almost right) is the small object refiner's too: see BoundaryShiftRefiner.
+FINE_VOXELS = 4000
 
 
 def _ball_mm(shape, center, radius_mm: float, spacing) -> np.ndarray:
@@ -270,7 +273,7 @@ class BoundaryShiftRefiner:
     def __init__(self, crop_mm=DEFAULT_CROP_MM, factor: float = 1.5, inner_mm: float = 5.0,
                  outer_mm: float = 30.0, max_depth_mm: float = 20.0, min_voxels: int = SMALL_LABEL_VOXELS,
                  evidence: float = 3.0, bins: int = 24, rim_mm: float = 4.0, prior_mm: float = 4.0,
-                 refit_mm: float = 45.0, fine_depth_mm: float = 2.0, fine_voxels: int = 4000):
+                 refit_mm: float = 45.0, fine_depth_mm: float = 2.0, fine_voxels: int = FINE_VOXELS):
         self.crop_mm = tuple(float(c) for c in crop_mm)
         self.fine_depth_mm, self.fine_voxels = float(fine_depth_mm), int(fine_voxels)
         self.factor = float(factor)
