@@ -103,9 +103,47 @@ def test_pseudo_labels_fitted_to_each_view_and_counted_where_the_teacher_is_unsu
         CurriculumParams.from_dict({"pseudo_label_fit_mm": -1})
 
 
+def test_pseudo_labels_find_a_contained_label_again_by_its_contrast():
+    """A teacher that leaves a bright lesion as a hole in the liver (as the shipped model does on
+    the phantom MR) and calls liver-like tissue lesion: the refitted pseudo-labels get both right
+    and count the voxels they changed."""
+    rng = np.random.default_rng(0)
+    teacher = np.zeros((16, 32, 32), np.int64)
+    teacher[2:14, 4:28, 4:28] = 1
+    truth = teacher.copy()
+    truth[6:10, 8:14, 8:14] = 2
+    teacher[6:10, 8:14, 8:14] = 0
+    teacher[6:10, 18:24, 18:24] = 2
+    image = rng.normal(0.0, 1.0, teacher.shape) + np.where(truth == 2, 40.0, np.where(truth == 1, 20.0, 0.0))
+    logits = torch.from_numpy(np.eye(3, dtype=np.float32)[teacher]).movedim(-1, 0)[None] * 10.0
+    images = torch.from_numpy(image.astype(np.float32))[None, None]
+    labels, weight = pseudo_labels(logits, 0.9, images=images, inside={2: 1}, inside_contrast=12.0)
+    assert np.array_equal(labels[0].numpy(), truth)
+    assert weight[0][torch.from_numpy(truth != teacher)].all()
+    plain, _ = pseudo_labels(logits, 0.9, images=images)
+    assert np.array_equal(plain[0].numpy(), teacher)
+
+
+def test_the_trainer_refits_contained_labels_only_with_the_bundles_contrast(tmp_path):
+    from crossdomainseg.bundle import make_random_bundle, update_bundle
+    from crossdomainseg.curriculum.trainer import CurriculumTrainer
+
+    bundle = make_random_bundle(tmp_path / "b", spacing=4.0, roi=16, seed=3,
+                                labels={"background": 0, "liver": 1, "lesion": 2})
+    on = CurriculumParams(pseudo_label_inside=True, student_input="image", curriculum=False)
+    with pytest.raises(InputError, match="inside_contrast"):
+        CurriculumTrainer(bundle, on, [])
+    bundle = update_bundle(bundle.path, metadata={"inside": {"lesion": "liver"}, "inside_contrast": {"target": 9.0}})
+    assert CurriculumTrainer(bundle, on, []).inside == {"inside": {2: 1}, "inside_contrast": 9.0}
+    assert CurriculumTrainer(bundle, CurriculumParams(curriculum=False, student_input="image"), []).inside == {}
+    with pytest.raises(InputError, match="source"):  # previews are source-like: no contrast given for them
+        CurriculumTrainer(bundle, CurriculumParams(pseudo_label_inside=True, curriculum=False), [])
+
+
 def test_bundles_name_their_curriculum_defaults():
     """for_bundle: the bundle's `curriculum_params` under the caller's overrides; the shipped
-    phantom-ct-mr bundle fits its pseudo-labels (chosen on its validation split), xray-drr not."""
+    phantom-ct-mr bundle fits its pseudo-labels and finds their lesions again (chosen on its
+    validation split), xray-drr not."""
     from pathlib import Path
 
     from crossdomainseg.bundle import read_metadata
@@ -117,7 +155,8 @@ def test_bundles_name_their_curriculum_defaults():
     with pytest.raises(InputError, match="Unknown curriculum parameters"):
         CurriculumParams.for_bundle({"curriculum_params": {"fit": 1}})
     bundles = Path(__file__).resolve().parents[1] / "Resources" / "bundles"
-    assert CurriculumParams.for_bundle(read_metadata(bundles / "phantom-ct-mr")).pseudo_label_fit_mm == 6.0
+    shipped = CurriculumParams.for_bundle(read_metadata(bundles / "phantom-ct-mr"))
+    assert shipped.pseudo_label_fit_mm == 6.0 and shipped.pseudo_label_inside and shipped.student_input == "image"
     assert CurriculumParams.for_bundle(read_metadata(bundles / "xray-drr")).pseudo_label_fit_mm == 0.0
 
 

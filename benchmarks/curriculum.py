@@ -13,8 +13,8 @@ Methods, all from the same bundle and data in one run:
   mean_teacher  plain mean teacher: every unlabelled target image every epoch, no U, no gate,
                 every voxel in the consistency loss, the teacher's labels as they are
   mean_teacher_same_pseudo_labels  the same, with the curriculum's pseudo-labels (confident
-                voxels only, labels fitted to the image near their boundaries): shows what the
-                image curriculum adds on top of them
+                voxels only, labels fitted to the image near their boundaries, contained labels
+                found again by their contrast): shows what the image curriculum adds on top of them
   curriculum    the patent's curriculum (memory bank, U with TTA, tau_u, warm-up gate tau_ts)
   supervised    upper bound: the segmenter fine-tuned on the labelled target val split
   mean_teacher_with_accepted, curriculum_with_accepted  the semi-supervised variant (patent
@@ -23,7 +23,8 @@ Methods, all from the same bundle and data in one run:
                 steps (so as many supervised steps as the bound)
 The unlabelled data are the target train split (labels never read); the target val split stands
 in for the clinician's accepted corrected cases; everything is scored on the target test split,
-on each image's own grid (Dice, HD95 and ASSD in mm over the foreground labels).
+on each image's own grid (Dice, HD95 and ASSD in mm over the foreground labels), as the networks
+give them and (`delivered_dice`) after the bundle's fit to the image, as the engine delivers them.
 """
 
 import argparse
@@ -39,6 +40,7 @@ import torch
 from common import RESULTS, task_dir, write_result
 
 from crossdomainseg import geometry
+from crossdomainseg.boundary_fit import fit_bundle_label
 from crossdomainseg.bundle import load_bundle
 from crossdomainseg.curriculum import process
 from crossdomainseg.curriculum.params import CurriculumParams
@@ -61,10 +63,11 @@ def load_split(bundle, task, split, domain, labelled=True, limit=None):
 
 def score(trainer, network, test, reads):
     """Mean Dice / HD95 / ASSD of `network` on the test cases, on each image's own grid, and the
-    mean Dice of each label."""
+    mean Dice of each label; `delivered_dice`: the same labels after the bundle's fit to the
+    image (boundary_fit.fit_bundle_label), as the engine delivers them to the clinician."""
     names = {v: k for k, v in trainer.bundle.labels.items() if v != 0}
     labels = list(names)
-    rows, per_label = [], []
+    rows, per_label, delivered = [], [], []
     for volume, image, label in test:
         predicted = trainer.predict(network, volume, reads).astype(np.uint8)
         work = sitk.GetImageFromArray(predicted[None] if predicted.ndim == 2 else predicted)  # 2D: one slice
@@ -73,10 +76,13 @@ def score(trainer, network, test, reads):
         ref = sitk.Cast(label, sitk.sitkUInt8)
         rows.append((dice(pred, ref, labels), hd95(pred, ref, labels=labels), assd(pred, ref, labels=labels)))
         per_label.append(dice_per_label(pred, ref, labels))
+        fitted = fit_bundle_label(trainer.bundle.metadata, sitk.GetArrayFromImage(pred), image)
+        delivered.append(dice(sitk.Cast(fitted, sitk.sitkUInt8), ref, labels))
     dice_m, hd_m, assd_m = (float(np.mean(col)) for col in zip(*rows))
     return {"dice": round(dice_m, 4), "hd95": round(hd_m, 2), "assd": round(assd_m, 2),
             "dice_per_label": {name: round(float(np.mean([row[v] for row in per_label])), 4)
-                               for v, name in names.items()}}
+                               for v, name in names.items()},
+            "delivered_dice": round(float(np.mean(delivered)), 4)}
 
 
 def share_caches(trainer, probe):
@@ -224,12 +230,13 @@ def main():
         "tdgan": score(probe, probe.reference, test, "preview"),
     }
     print(table, flush=True)
-    plain_params = {**base.to_dict(), "curriculum": False, "confidence_threshold": 0.0, "pseudo_label_fit_mm": 0.0}
+    plain_params = {**base.to_dict(), "curriculum": False, "confidence_threshold": 0.0, "pseudo_label_fit_mm": 0.0,
+                    "pseudo_label_inside": False}
     plain = train(bundle, CurriculumParams(**plain_params), target, [], source, args.epochs, probe,
                   label="mean teacher")
     table["mean_teacher"] = score(plain, plain.student, test, None)
     print("mean_teacher", table["mean_teacher"], flush=True)
-    if base.confidence_threshold > 0 or base.pseudo_label_fit_mm > 0:
+    if base.confidence_threshold > 0 or base.pseudo_label_fit_mm > 0 or base.pseudo_label_inside:
         same = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False}),
                      target, [], source, args.epochs, probe, label="mean teacher, same pseudo-labels")
         table["mean_teacher_same_pseudo_labels"] = score(same, same.student, test, None)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..boundary_fit import fit_labels
+from ..postprocess import refit_inside
 from ..uncertainty import label_dice, segmentation
 
 
@@ -48,12 +49,16 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
 
 def pseudo_labels(teacher_logits: torch.Tensor, confidence_threshold: float = 0.0,
                   images: torch.Tensor | None = None, spacing=None, fit_mm: float = 0.0,
-                  prior_mm: float = 4.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  prior_mm: float = 4.0, inside: dict[int, int] | None = None,
+                  inside_contrast: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """H(S_tea(T_i x)) of eq. 2 and the voxels that count (None: all). Voxels where the
     teacher's top softmax is below `confidence_threshold` are left out (0: every voxel, as in
     the patent). With `fit_mm` > 0 each view's labels are fitted to that view's image
     (boundary_fit.fit_labels, rim `fit_mm`, prior `prior_mm`, `spacing` in array order) and the
-    fitted rims count whatever the teacher's confidence: that is where the teacher is unsure."""
+    fitted rims count whatever the teacher's confidence: that is where the teacher is unsure.
+    With `inside` ({child: parent}) and `inside_contrast` > 0 each view's contained labels are
+    then found again by their contrast to their parent (postprocess.refit_inside), and the voxels
+    that changed count too."""
     teacher = torch.softmax(teacher_logits.detach(), dim=1)
     confidence, labels = teacher.max(dim=1)
     weight = confidence >= confidence_threshold if confidence_threshold > 0 else None
@@ -64,6 +69,13 @@ def pseudo_labels(teacher_logits: torch.Tensor, confidence_threshold: float = 0.
         labels = torch.from_numpy(np.stack([p[0] for p in pairs])).to(labels)
         if weight is not None:
             weight = weight | torch.from_numpy(np.stack([p[1] for p in pairs])).to(weight.device)
+    if inside and inside_contrast > 0:
+        hard = labels.cpu().numpy()
+        refitted = np.stack([refit_inside(images[i, 0].detach().cpu().numpy(), hard[i], inside, inside_contrast)
+                             for i in range(hard.shape[0])])
+        labels = torch.from_numpy(refitted).to(labels)
+        if weight is not None:
+            weight = weight | torch.from_numpy(refitted != hard).to(weight.device)
     return labels, weight
 
 

@@ -54,6 +54,17 @@ class CurriculumParams:
     # curriculum fell 0.879 -> 0.848 with it, below vanilla (0.865).
     pseudo_label_fit_mm: float = 0.0
     pseudo_label_prior_mm: float = 4.0
+    # Not in the patent: the labels the bundle puts inside another (`inside`, a lesion in the
+    # liver) found again in each view's pseudo-labels by their contrast to their parent, as the
+    # engine does (postprocess.refit_inside, the bundle's `inside_contrast`). The starting
+    # teacher on phantom-ct-mr leaves the target's lesions as holes in the liver (their contrast
+    # to it is reversed from CT's), so without it the student never learns them. Needs the
+    # bundle's contrast for what teacher and student read (student_input "image": target).
+    # phantom-ct-mr (on), 30 epochs: curriculum on the target validation split 0.539 without
+    # (tau_u reaching the 90th percentile of U at the last epoch), 0.585 with (at half the
+    # epochs; lesion 0.20); on the test split 0.552 -> 0.582 (at the last epoch), plain mean
+    # teacher with the same pseudo-labels 0.549 -> 0.594 (lesion 0.22).
+    pseudo_label_inside: bool = False
     supervised_weight: float = 1.0  # accepted (clinician-corrected) labels, patent Fig. 5
     supervised_batch: int = 2
     replay_weight: float = 0.05  # labelled source data, low weight against forgetting (METHOD.md 3)

@@ -8,7 +8,8 @@ fine-tuned. Per step, for each unlabelled target image of the batch (Fig. 4 line
   D(S_tea(x'), S_pre(G(x))) <= tau_ts (eq. 3); passing both increments the counter.
 Loss: consistency D~(H(S_tea(T_i x')), S_stu(T_i x')) over m weak + strong views (eq. 2), on the
 voxels where the teacher is confident (params.confidence_threshold), its labels fitted to each
-view's image near their boundaries (params.pseudo_label_fit_mm),
+view's image near their boundaries (params.pseudo_label_fit_mm) and its contained labels found
+again by their contrast (params.pseudo_label_inside),
 + supervised CE + Dice on accepted (clinician-corrected) cases, + low-weight replay of labelled
 source images. After the optimiser step the teacher follows eq. 4. tau_u and tau_ts rise per epoch.
 G and S_pre are frozen, so U(x) and S_pre(G(x)) are computed once per image and cached.
@@ -117,6 +118,7 @@ class CurriculumTrainer:
         for p in self.student.parameters():
             p.requires_grad_(True)
         self.teacher = self._frozen(copy.deepcopy(start))
+        self.inside = self._inside()
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=params.lr, weight_decay=params.weight_decay)
         self.bank = MemoryBank(params.confident_after)
         self.epoch = 0
@@ -178,6 +180,22 @@ class CurriculumTrainer:
         return self._ref_cache[volume.key].float(), self.bank.uncertainty[volume.key]
 
     @torch.no_grad()
+    def _inside(self) -> dict:
+        """pseudo_labels' contained-label arguments when params.pseudo_label_inside: the bundle's
+        `inside` and its `inside_contrast` for what teacher and student read (raw target images,
+        or source-like previews)."""
+        if not self.params.pseudo_label_inside:
+            return {}
+        metadata = self.bundle.metadata
+        domain = "target" if self.params.student_input == "image" else "source"
+        contrast = metadata.get("inside_contrast", {}).get(domain)
+        if not (metadata.get("inside") and contrast):
+            raise InputError(f"pseudo_label_inside needs the bundle's inside and inside_contrast for {domain} "
+                             "images; this bundle has none: set them (train settings) or turn it off.")
+        values = metadata["labels"]
+        return {"inside": {values[child]: values[parent] for child, parent in metadata["inside"].items()},
+                "inside_contrast": float(contrast)}
+
     def suitable(self, volume: Volume) -> bool:
         """Fig. 4 lines 8-12 with the memory bank; increments the counter when suitable."""
         if not self.params.curriculum:
@@ -227,7 +245,7 @@ class CurriculumTrainer:
                 t_logits = self.teacher(v_all)
             loss = consistency_loss(t_logits, self.student(v_all), p.confidence_threshold, images=v_all,
                                     spacing=self.spacing, fit_mm=p.pseudo_label_fit_mm,
-                                    prior_mm=p.pseudo_label_prior_mm)
+                                    prior_mm=p.pseudo_label_prior_mm, **self.inside)
             losses["consistency"] = float(loss.detach())
             total = p.consistency_weight * loss
         train_cases = self.train_accepted()
