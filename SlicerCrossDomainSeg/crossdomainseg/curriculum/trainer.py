@@ -39,6 +39,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from .. import geometry
+from ..boundary_fit import fit_bundle_label
 from ..bundle import Bundle, save_bundle
 from ..errors import InputError
 from ..metrics import dice
@@ -326,9 +327,28 @@ class CurriculumTrainer:
         x = self.network_input(volume, reads or self.params.student_input)
         return remove_islands(self.run(network, x[None]).argmax(1)[0].cpu().numpy())
 
-    def mean_dice(self, network: torch.nn.Module, volumes: list[Volume], reads: str | None = None) -> float:
+    def delivered(self, label: np.ndarray, volume: Volume) -> np.ndarray:
+        """`label` (working grid) fitted to the volume's image as the engine fits its results
+        (boundary_fit.fit_bundle_label, the bundle's settings), here on the working grid."""
+        flat = label.ndim == 2
+        image = sitk.GetImageFromArray(volume.x[0].numpy().astype(np.float32)[None] if flat
+                                       else volume.x[0].numpy().astype(np.float32))
+        image.SetSpacing(tuple(float(s) for s in self.bundle.spacing) + ((1.0,) if flat else ()))
+        fitted = sitk.GetArrayFromImage(fit_bundle_label(self.bundle.metadata, label[None] if flat else label,
+                                                         image, domain=volume.domain))
+        return fitted[0] if flat else fitted
+
+    def mean_dice(self, network: torch.nn.Module, volumes: list[Volume], reads: str | None = None,
+                  delivered: bool = False) -> float:
+        """Mean Dice of `network` on labelled `volumes`; `delivered`: after the bundle's fit to the
+        image, as the clinician gets the result."""
         labels = [v for v in self.bundle.labels.values() if v != 0]
-        scores = [dice(self.predict(network, v, reads), v.y.numpy(), labels) for v in volumes]
+        scores = []
+        for volume in volumes:
+            label = self.predict(network, volume, reads)
+            if delivered:
+                label = self.delivered(label.astype(np.uint8), volume)
+            scores.append(dice(label, volume.y.numpy(), labels))
         return float(np.mean(scores)) if scores else float("nan")
 
     def export(self, path: Path, network: str = "student") -> Bundle:
