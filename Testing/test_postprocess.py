@@ -108,6 +108,12 @@ def test_a_contained_label_is_found_again_by_its_contrast():
     weak = refit_inside(image, label, {2: 1}, contrast=50.0)
     assert (weak == 2).sum() == 0 and (weak[6:10, 10:16, 10:16] == 0).all()
     assert np.array_equal(refit_inside(image, label, {}, contrast=12.0), label)
+    # 2D: the enclosed hole is found, a bright slot open to the outside is not
+    flat, flat_image = label[8].copy(), image[8].copy()
+    flat[5:20, 18:22] = 0
+    flat_image[5:20, 18:22] = 200.0
+    out = refit_inside(flat_image, flat, {2: 1}, contrast=12.0)
+    assert (out[10:16, 10:16] == 2).all() and (out[5:20, 18:22] == 0).all()
 
 
 def test_bundle_inside_contrast_is_checked_and_applied(tmp_path):

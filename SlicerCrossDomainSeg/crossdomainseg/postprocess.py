@@ -60,11 +60,12 @@ def keep_inside(label: np.ndarray, inside: dict[int, int], share: float = INSIDE
 
 
 def _enclosed(mask: np.ndarray) -> np.ndarray:
-    """The mask with its holes filled, in 3D and slice by slice along the first axis (a lesion
+    """The mask with its holes filled; a 3D one also slice by slice along the first axis (a lesion
     under the capsule is open to the outside in 3D but mostly enclosed in-plane)."""
     filled = ndimage.binary_fill_holes(mask)
-    for k in range(mask.shape[0]):
-        filled[k] |= ndimage.binary_fill_holes(mask[k])
+    if mask.ndim == 3:
+        for k in range(mask.shape[0]):
+            filled[k] |= ndimage.binary_fill_holes(mask[k])
     return filled
 
 
