@@ -168,6 +168,15 @@ def majority(labels: np.ndarray) -> np.ndarray:
     return values[votes.argmax(0)].astype(labels.dtype)
 
 
+def contained_labels(metadata: dict, domain: str) -> tuple[dict[int, int], float | None]:
+    """The bundle's `inside` as {child value: parent value} ({} without it) and its
+    `inside_contrast` for images of `domain` (None without one)."""
+    names = metadata.get("inside") or {}
+    inside = {metadata["labels"][child]: metadata["labels"][parent] for child, parent in names.items()}
+    contrast = (metadata.get("inside_contrast") or {}).get(domain)
+    return inside, (float(contrast) if contrast else None)
+
+
 def fit_bundle_label(metadata: dict, label: np.ndarray, image: sitk.Image,
                      min_island_fraction: float = DEFAULT_MIN_ISLAND_FRACTION, domain: str = "target") -> sitk.Image:
     """The automatic label (array on `image`'s grid) as an image on that grid, fitted to `image`
@@ -202,12 +211,10 @@ def fit_bundle_label(metadata: dict, label: np.ndarray, image: sitk.Image,
             label = add_partial_volume(array, label, spacing,
                                        float(settings["partial_volume_share"]),
                                        float(settings["partial_volume_mm"]))
-    if metadata.get("inside"):
-        values = metadata["labels"]
-        inside = {values[child]: values[parent] for child, parent in metadata["inside"].items()}
-        contrast = metadata.get("inside_contrast", {}).get(domain)
+    inside, contrast = contained_labels(metadata, domain)
+    if inside:
         if contrast:
-            label = refit_inside(sitk.GetArrayViewFromImage(image), label, inside, float(contrast))
+            label = refit_inside(sitk.GetArrayViewFromImage(image), label, inside, contrast)
         label = keep_inside(label, inside)
     out = sitk.GetImageFromArray(label)
     out.CopyInformation(image)

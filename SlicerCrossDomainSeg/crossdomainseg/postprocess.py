@@ -82,9 +82,10 @@ def refit_inside(image: np.ndarray, label: np.ndarray, inside: dict[int, int], c
     3-4 deviations darker: a bundle sets the contrast its target validation split says."""
     out = label.copy()
     for child, parent in inside.items():
-        host = (label == parent) | (label == child)
-        if not (label == parent).any():
+        parent_mask = label == parent
+        if not parent_mask.any():
             continue
+        host = parent_mask | (label == child)
         box = ndimage.find_objects(host.astype(np.uint8))[0]
         region, values = label[box], image[box]
         enclosed = _enclosed(host[box])

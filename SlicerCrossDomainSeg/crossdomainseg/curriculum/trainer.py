@@ -39,7 +39,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from .. import geometry
-from ..boundary_fit import fit_bundle_label
+from ..boundary_fit import contained_labels, fit_bundle_label
 from ..bundle import Bundle, save_bundle
 from ..errors import InputError
 from ..metrics import dice
@@ -187,15 +187,12 @@ class CurriculumTrainer:
         or source-like previews)."""
         if not self.params.pseudo_label_inside:
             return {}
-        metadata = self.bundle.metadata
         domain = "target" if self.params.student_input == "image" else "source"
-        contrast = metadata.get("inside_contrast", {}).get(domain)
-        if not (metadata.get("inside") and contrast):
+        inside, contrast = contained_labels(self.bundle.metadata, domain)
+        if not (inside and contrast):
             raise InputError(f"pseudo_label_inside needs the bundle's inside and inside_contrast for {domain} "
                              "images; this bundle has none: set them (train settings) or turn it off.")
-        values = metadata["labels"]
-        return {"inside": {values[child]: values[parent] for child, parent in metadata["inside"].items()},
-                "inside_contrast": float(contrast)}
+        return {"inside": inside, "inside_contrast": contrast}
 
     def suitable(self, volume: Volume) -> bool:
         """Fig. 4 lines 8-12 with the memory bank; increments the counter when suitable."""
@@ -330,9 +327,9 @@ class CurriculumTrainer:
     def delivered(self, label: np.ndarray, volume: Volume) -> np.ndarray:
         """`label` (working grid) fitted to the volume's image as the engine fits its results
         (boundary_fit.fit_bundle_label, the bundle's settings), here on the working grid."""
-        flat = label.ndim == 2
-        image = sitk.GetImageFromArray(volume.x[0].numpy().astype(np.float32)[None] if flat
-                                       else volume.x[0].numpy().astype(np.float32))
+        flat = label.ndim == 2  # a 2D bundle's slice: fitted as a one-slice volume
+        array = volume.x[0].numpy().astype(np.float32)
+        image = sitk.GetImageFromArray(array[None] if flat else array)
         image.SetSpacing(tuple(float(s) for s in self.bundle.spacing) + ((1.0,) if flat else ()))
         fitted = sitk.GetArrayFromImage(fit_bundle_label(self.bundle.metadata, label[None] if flat else label,
                                                          image, domain=volume.domain))
