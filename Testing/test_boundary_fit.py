@@ -209,3 +209,25 @@ def test_partial_volume_voxels_just_outside_a_label_join_it():
     grown = sitk.GetArrayFromImage(fit_bundle_label(
         {"boundary_fit": {**fit, "partial_volume_share": 0.5, "partial_volume_mm": 1.5}}, draft, volume))
     assert (grown == 1).sum() > (plain == 1).sum() and ((plain == 1) & (grown != 1)).sum() == 0
+
+
+def test_swallowed_side_keeps_the_organ_when_core_and_ring_both_hold_the_swallowed_tissue():
+    """A ball in a layer of brighter tissue (as the target's kidneys lie in fat) with darker tissue
+    beyond, labelled with 12 mm of the layer all round: the core holds more of the bright tissue
+    than the ring does, so the deep fit alone keeps the shell; told that the label swallows
+    brighter tissue, it takes the shell off. Told the wrong side, it keeps it (the side is the
+    bundle's to say)."""
+    rng = np.random.default_rng(0)
+    shape = (48, 48, 48)
+    organ = _ball(shape, (24, 24, 24), 7)
+    draft = _ball(shape, (24, 24, 24), 11).astype(np.uint8)
+    layer = _ball(shape, (24, 24, 24), 12)
+    image = (np.where(organ, 0.5, np.where(layer, 0.8, 0.1)) + rng.normal(0, 0.05, shape)).astype(np.float32)
+    deep, _ = fit_labels(image, draft, SPACING, 6.0, 4.0, deep=True)
+    split, rims = fit_labels(image, draft, SPACING, 6.0, 4.0, deep=True, swallowed={1: "brighter"})
+    wrong, _ = fit_labels(image, draft, SPACING, 6.0, 4.0, deep=True, swallowed={1: "darker"})
+    assert _dice(deep == 1, organ) < 0.8
+    assert _dice(split == 1, organ) > 0.95 and not ((split != draft) & ~rims).any()
+    assert _dice(wrong == 1, organ) < 0.8
+    uniform, _ = fit_labels(image, organ.astype(np.uint8), SPACING, 6.0, 4.0, deep=True, swallowed={1: "brighter"})
+    assert _dice(uniform == 1, organ) > 0.95  # nothing swallowed: one intensity, no split

@@ -175,6 +175,15 @@ def validate_metadata(metadata: dict) -> None:
         raise BundleError("Bundle boundary_fit must give rim_mm and prior_mm in mm (> 0) and optionally "
                           "deep (true or false) and, together, partial_volume_share (0..1) and "
                           f"partial_volume_mm (mm, > 0); got {fit!r}.")
+    swallowed = (fit or {}).get("swallowed")
+    if swallowed is not None and not (fit.get("deep") and isinstance(swallowed, dict) and all(
+            domain in ("source", "target") and isinstance(sides, dict) and all(
+                name in labels and name != "background" and side in ("brighter", "darker")
+                for name, side in sides.items())
+            for domain, sides in swallowed.items())):
+        raise BundleError("Bundle boundary_fit swallowed must map a domain (source, target) to {foreground "
+                          "label name: \"brighter\" or \"darker\"} and needs deep: true; got "
+                          f"{swallowed!r}.")
     inside = metadata.get("inside")
     if inside is not None and not (isinstance(inside, dict) and all(
             child in labels and parent in labels and "background" not in (child, parent) and child != parent

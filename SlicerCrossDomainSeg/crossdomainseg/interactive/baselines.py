@@ -14,7 +14,7 @@
 import numpy as np
 from scipy import ndimage
 
-from ..boundary_fit import CORE_MM, RING_MM, fit_mask, log_likelihood_ratio, signed_distance
+from ..boundary_fit import CORE_MM, RING_MM, fit_mask, log_likelihood_ratio, otsu_threshold, signed_distance
 from .encoding import DEFAULT_CROP_MM, squared_distance_mm
 from .session import CropInputs
 
@@ -79,20 +79,6 @@ class RegionGrowingRefiner:
         similar = np.abs(image - float(np.median(image[seed]))) <= self.tolerance * noise
         similar &= _ball_mm(similar.shape, inputs.click, self.max_radius_mm, inputs.spacing)
         return _apply(inputs, _component_at(similar, inputs.click))
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
-    """Otsu's threshold: the histogram split with the largest between-class variance."""
-    counts, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    below = np.cumsum(counts)[:-1].astype(np.float64)
-    above = counts.sum() - below
-    mass = np.cumsum(counts * centres)[:-1]
-    total_mass = float((counts * centres).sum())
-    valid = (below > 0) & (above > 0)
-    between = np.zeros_like(below)
-    between[valid] = (total_mass * below[valid] / counts.sum() - mass[valid]) ** 2 / (below[valid] * above[valid])
-    return float(edges[int(np.argmax(between)) + 1])
 
 
 class LocalOtsuRefiner:
