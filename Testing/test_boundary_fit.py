@@ -231,3 +231,18 @@ def test_swallowed_side_keeps_the_organ_when_core_and_ring_both_hold_the_swallow
     assert _dice(wrong == 1, organ) < 0.8
     uniform, _ = fit_labels(image, organ.astype(np.uint8), SPACING, 6.0, 4.0, deep=True, swallowed={1: "brighter"})
     assert _dice(uniform == 1, organ) > 0.95  # nothing swallowed: one intensity, no split
+
+
+def test_swallowed_side_leaves_right_labels_whole():
+    """Right labels stay whole: two kidneys of one label under different gain, in brighter fat,
+    with a tissue as bright as the brighter kidney nearby (split as one, the label's intensities
+    part the kidneys)."""
+    rng = np.random.default_rng(1)
+    shape = (40, 40, 64)
+    left, right = _ball(shape, (20, 20, 16), 8), _ball(shape, (20, 20, 44), 8)
+    near = np.zeros(shape, bool)
+    near[:, :, 55:60] = True
+    image = np.where(left, 0.3, np.where(right | near, 0.6, 0.95)) + rng.normal(0, 0.03, shape)
+    truth = (left | right).astype(np.uint8)
+    fitted, _ = fit_labels(image.astype(np.float32), truth, SPACING, 6.0, 4.0, deep=True, swallowed={1: "brighter"})
+    assert _dice(fitted == 1, truth == 1) > 0.97
