@@ -138,6 +138,30 @@ def test_the_trainer_refits_contained_labels_only_with_the_bundles_contrast(tmp_
     assert CurriculumTrainer(bundle, CurriculumParams(curriculum=False, student_input="image"), []).inside == {}
     with pytest.raises(InputError, match="source"):  # previews are source-like: no contrast given for them
         CurriculumTrainer(bundle, CurriculumParams(pseudo_label_inside=True, curriculum=False), [])
+    bundle = update_bundle(bundle.path, metadata={"boundary_fit": {
+        "rim_mm": 6, "prior_mm": 4, "deep": True, "swallowed": {"target": {"liver": "brighter"}}}})
+    deep = CurriculumParams(pseudo_label_deep=True, student_input="image", curriculum=False)
+    assert CurriculumTrainer(bundle, deep, []).inside == {"swallowed": {1: "brighter"}}
+    assert CurriculumTrainer(bundle, CurriculumParams(pseudo_label_deep=True, curriculum=False), []).inside == {
+        "swallowed": {}}  # previews: the deep fit without sides
+
+
+def test_deep_pseudo_labels_give_back_the_swallowed_shell():
+    """The teacher's label holds 12 mm of the brighter tissue around the organ: with the bundle's
+    swallowed side the pseudo-labels give the shell back, and those voxels count."""
+    rng = np.random.default_rng(0)
+    shape = (48, 48, 48)
+    organ, layer = _ball(shape, (24, 24, 24), 7), _ball(shape, (24, 24, 24), 12)
+    teacher = _ball(shape, (24, 24, 24), 11).astype(np.int64)
+    image = np.where(organ, 0.5, np.where(layer, 0.8, 0.1)) + rng.normal(0, 0.05, shape)
+    logits = torch.from_numpy(np.eye(2, dtype=np.float32)[teacher]).movedim(-1, 0)[None] * 10.0
+    images = torch.from_numpy(image.astype(np.float32))[None, None]
+    fit = {"images": images, "spacing": SPACING, "fit_mm": 6.0, "prior_mm": 4.0}
+    rim_only, _ = pseudo_labels(logits, 0.9, **fit)
+    labels, weight = pseudo_labels(logits, 0.9, **fit, swallowed={1: "brighter"})
+    assert _dice(rim_only[0].numpy() == 1, organ) < 0.8
+    assert _dice(labels[0].numpy() == 1, organ) > 0.95
+    assert weight[0][torch.from_numpy((teacher == 1) & ~organ)].float().mean() > 0.95
 
 
 def test_bundles_name_their_curriculum_defaults():
@@ -157,6 +181,7 @@ def test_bundles_name_their_curriculum_defaults():
     bundles = Path(__file__).resolve().parents[1] / "Resources" / "bundles"
     shipped = CurriculumParams.for_bundle(read_metadata(bundles / "phantom-ct-mr"))
     assert shipped.pseudo_label_fit_mm == 6.0 and shipped.pseudo_label_inside and shipped.student_input == "image"
+    assert shipped.pseudo_label_deep and shipped.tau_u0 > CurriculumParams().tau_u0
     assert CurriculumParams.for_bundle(read_metadata(bundles / "xray-drr")).pseudo_label_fit_mm == 0.0
 
 

@@ -90,7 +90,7 @@ for task in "${TASKS[@]}"; do
       # inside the liver and found again there by its contrast to the liver (12 deviations; 11-13
       # alike), and the curriculum's pseudo-labels fitted to the image with the lesion found again
       # (teacher and student read the raw MR, on which the reference is already fair).
-      settings phantom-ct-mr '{"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "deep": true, "partial_volume_share": 0.4, "partial_volume_mm": 3.1, "swallowed": {"target": {"kidneys": "brighter", "spleen": "brighter"}}}, "inside": {"lesion": "liver"}, "inside_contrast": {"target": 12.0}, "curriculum_params": {"pseudo_label_fit_mm": 6.0, "pseudo_label_prior_mm": 4.0, "pseudo_label_inside": true, "student_input": "image"}}'
+      settings phantom-ct-mr '{"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "deep": true, "partial_volume_share": 0.4, "partial_volume_mm": 3.1, "swallowed": {"target": {"kidneys": "brighter", "spleen": "brighter"}}}, "inside": {"lesion": "liver"}, "inside_contrast": {"target": 12.0}, "curriculum_params": {"pseudo_label_fit_mm": 6.0, "pseudo_label_prior_mm": 4.0, "pseudo_label_inside": true, "pseudo_label_deep": true, "tau_u0": 0.223, "student_input": "image"}}'
       # The refiner learns from drafts (this bundle's segmenter on remapped source cases) in 80% of
       # its samples; the shipped one was trained by `--stage refiner` with THREADS=1.
       refiner phantom-ct-mr 30 "--steps 12000 --batch 4 --seed 0 --drafts 16"

@@ -248,6 +248,12 @@ def contained_labels(metadata: dict, domain: str) -> tuple[dict[int, int], float
     return inside, (float(contrast) if contrast else None)
 
 
+def swallowed_labels(metadata: dict, domain: str) -> dict[int, str]:
+    """The bundle's `boundary_fit.swallowed` for images of `domain` as {label value: side}."""
+    sides = ((metadata.get("boundary_fit") or {}).get("swallowed") or {}).get(domain, {})
+    return {metadata["labels"][name]: side for name, side in sides.items()}
+
+
 def fit_bundle_label(metadata: dict, label: np.ndarray, image: sitk.Image,
                      min_island_fraction: float = DEFAULT_MIN_ISLAND_FRACTION, domain: str = "target") -> sitk.Image:
     """The automatic label (array on `image`'s grid) as an image on that grid, fitted to `image`
@@ -276,11 +282,10 @@ def fit_bundle_label(metadata: dict, label: np.ndarray, image: sitk.Image,
     settings = metadata.get("boundary_fit")
     if settings:
         spacing, array = tuple(reversed(image.GetSpacing())), sitk.GetArrayViewFromImage(image)
-        swallowed = {metadata["labels"][name]: side
-                     for name, side in (settings.get("swallowed") or {}).get(domain, {}).items()}
         fitted = fit_labels(array, label, spacing,
                             float(settings["rim_mm"]), float(settings["prior_mm"]),
-                            deep=bool(settings.get("deep", False)), swallowed=swallowed)[0]
+                            deep=bool(settings.get("deep", False)),
+                            swallowed=swallowed_labels(metadata, domain))[0]
         label = remove_islands(majority(fitted), min_island_fraction)
         if "partial_volume_share" in settings:
             label = add_partial_volume(array, label, spacing,

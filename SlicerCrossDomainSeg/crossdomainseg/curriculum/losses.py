@@ -50,12 +50,15 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
 def pseudo_labels(teacher_logits: torch.Tensor, confidence_threshold: float = 0.0,
                   images: torch.Tensor | None = None, spacing=None, fit_mm: float = 0.0,
                   prior_mm: float = 4.0, inside: dict[int, int] | None = None,
-                  inside_contrast: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  inside_contrast: float = 0.0,
+                  swallowed: dict[int, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """H(S_tea(T_i x)) of eq. 2 and the voxels that count (None: all). Voxels where the
     teacher's top softmax is below `confidence_threshold` are left out (0: every voxel, as in
     the patent). With `fit_mm` > 0 each view's labels are fitted to that view's image
     (boundary_fit.fit_labels, rim `fit_mm`, prior `prior_mm`, `spacing` in array order) and the
     fitted rims count whatever the teacher's confidence: that is where the teacher is unsure.
+    With `swallowed` ({label: "brighter" / "darker"}, may be empty) the fit is the deep one
+    (boundary_fit.fit_mask), and its voxels taken off deep in a label count too.
     With `inside` ({child: parent}) and `inside_contrast` > 0 each view's contained labels are
     then found again by their contrast to their parent (postprocess.refit_inside), and the voxels
     that changed count too."""
@@ -64,8 +67,8 @@ def pseudo_labels(teacher_logits: torch.Tensor, confidence_threshold: float = 0.
     weight = confidence >= confidence_threshold if confidence_threshold > 0 else None
     if fit_mm > 0:
         hard = labels.cpu().numpy()
-        pairs = [fit_labels(images[i, 0].detach().cpu().numpy(), hard[i], spacing, fit_mm, prior_mm)
-                 for i in range(hard.shape[0])]
+        pairs = [fit_labels(images[i, 0].detach().cpu().numpy(), hard[i], spacing, fit_mm, prior_mm,
+                            deep=swallowed is not None, swallowed=swallowed) for i in range(hard.shape[0])]
         labels = torch.from_numpy(np.stack([p[0] for p in pairs])).to(labels)
         if weight is not None:
             weight = weight | torch.from_numpy(np.stack([p[1] for p in pairs])).to(weight.device)

@@ -21,6 +21,11 @@ class CurriculumParams:
     alpha: float = 0.001
     beta: float = 0.001
     # Source uncertainty tolerance tau_u (eq. 1 gate): starts at 0.05, rises linearly per epoch.
+    # U's scale depends on the bundle's networks, so a bundle sets its own start: phantom-ct-mr's
+    # unlabelled target training images have U 0.22-0.41, so from 0.05 the curriculum admitted
+    # nothing for half of its 30 epochs; from 0.223 (their lowest U, rounded up) it starts with
+    # its most confident image: validation 0.586 -> 0.614, test 0.612 -> 0.640 (with
+    # pseudo_label_deep; benchmarks/curriculum.py --auto-lambda-u, 30 epochs).
     tau_u0: float = 0.05
     lambda_u: float = 0.02
     # Warm-up gate tau_ts (eq. 3, teacher vs reference-on-translation disagreement): from 0.3, rising.
@@ -54,6 +59,13 @@ class CurriculumParams:
     # curriculum fell 0.879 -> 0.848 with it, below vanilla (0.865).
     pseudo_label_fit_mm: float = 0.0
     pseudo_label_prior_mm: float = 4.0
+    # Not in the patent: that fit as the engine's deep fit (boundary_fit.fit_mask deep=True), with
+    # the bundle's `boundary_fit.swallowed` sides for what teacher and student read, so labels
+    # that swallowed the tissue around them give it back in the pseudo-labels too. phantom-ct-mr
+    # (on; kidneys and spleen swallow the target's fat), 30 epochs: curriculum on the target
+    # validation split 0.569 -> 0.586, test split 0.582 -> 0.612 (kidneys 0.658 -> 0.709,
+    # spleen 0.653 -> 0.699, HD95 31 -> 21 mm); with the bundle's tau_u0 as well 0.614 / 0.640.
+    pseudo_label_deep: bool = False
     # Not in the patent: the labels the bundle puts inside another (`inside`, a lesion in the
     # liver) found again in each view's pseudo-labels by their contrast to their parent, as the
     # engine does (postprocess.refit_inside, the bundle's `inside_contrast`). The starting

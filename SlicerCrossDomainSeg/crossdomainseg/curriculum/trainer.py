@@ -39,7 +39,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from .. import geometry
-from ..boundary_fit import contained_labels, fit_bundle_label
+from ..boundary_fit import contained_labels, fit_bundle_label, swallowed_labels
 from ..bundle import Bundle, save_bundle
 from ..errors import InputError
 from ..metrics import dice
@@ -182,17 +182,20 @@ class CurriculumTrainer:
 
     @torch.no_grad()
     def _inside(self) -> dict:
-        """pseudo_labels' contained-label arguments when params.pseudo_label_inside: the bundle's
-        `inside` and its `inside_contrast` for what teacher and student read (raw target images,
-        or source-like previews)."""
-        if not self.params.pseudo_label_inside:
-            return {}
+        """pseudo_labels' bundle-given arguments for what teacher and student read (raw target
+        images, or source-like previews): with params.pseudo_label_inside the bundle's `inside`
+        and its `inside_contrast`; with params.pseudo_label_deep its `boundary_fit.swallowed`."""
         domain = "target" if self.params.student_input == "image" else "source"
+        out = {}
+        if self.params.pseudo_label_deep:
+            out["swallowed"] = swallowed_labels(self.bundle.metadata, domain)
+        if not self.params.pseudo_label_inside:
+            return out
         inside, contrast = contained_labels(self.bundle.metadata, domain)
         if not (inside and contrast):
             raise InputError(f"pseudo_label_inside needs the bundle's inside and inside_contrast for {domain} "
                              "images; this bundle has none: set them (train settings) or turn it off.")
-        return {"inside": inside, "inside_contrast": contrast}
+        return {**out, "inside": inside, "inside_contrast": contrast}
 
     def suitable(self, volume: Volume) -> bool:
         """Fig. 4 lines 8-12 with the memory bank; increments the counter when suitable."""
