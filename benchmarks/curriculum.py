@@ -13,8 +13,9 @@ Methods, all from the same bundle and data in one run:
   mean_teacher  plain mean teacher: every unlabelled target image every epoch, no U, no gate,
                 every voxel in the consistency loss, the teacher's labels as they are
   mean_teacher_same_pseudo_labels  the same, with the curriculum's pseudo-labels (confident
-                voxels only, labels fitted to the image near their boundaries, contained labels
-                found again by their contrast): shows what the image curriculum adds on top of them
+                voxels only, labels fitted to the image near their boundaries and given back
+                the tissue they swallowed, contained labels found again by their contrast): shows
+                what the image curriculum adds on top of them
   curriculum    the patent's curriculum (memory bank, U with TTA, tau_u, warm-up gate tau_ts)
   supervised    upper bound: the segmenter fine-tuned on the labelled target val split
   mean_teacher_with_accepted, curriculum_with_accepted  the semi-supervised variant (patent
@@ -193,7 +194,8 @@ def main():
     parser.add_argument("--clicks", type=int, default=30, help="clicks per latency measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--auto-lambda-u", action="store_true",
-                        help="set lambda_u so that tau_u reaches the 90th percentile of U at the last epoch")
+                        help="set lambda_u so that tau_u reaches the 90th percentile of U at the last epoch "
+                             "(from the bundle's tau_u0)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many cases per split (smoke runs)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="curriculum parameter override for all trained methods")
