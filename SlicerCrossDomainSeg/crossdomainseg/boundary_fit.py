@@ -268,7 +268,8 @@ def fit_bundle_label(metadata: dict, label: np.ndarray, image: sitk.Image,
     clicks 7.08 -> 6.42. Its `swallowed` ({domain: {label name: "brighter" / "darker"}}) says
     which labels swallow a tissue brighter or darker than themselves in images of `domain` (see
     fit_mask). It does not help the click refiner's own refit (validation 4.79 -> 5.17)
-    nor the curriculum's pseudo-labels (0.548 -> 0.540), which keep the rim fit.
+    nor, without `swallowed`, the curriculum's pseudo-labels (0.548 -> 0.540); with it, it does
+    (CurriculumParams.pseudo_label_deep).
     With `partial_volume_share` and `partial_volume_mm` in the settings the labels then take
     the partial-volume voxels just outside them (add_partial_volume; share 0.4 within 3.1 mm on
     phantom-ct-mr, one voxel out on its 1.8 x 1.8 x 3 mm grid: validation liver / kidneys /

@@ -1,8 +1,8 @@
 """Safe promotion: a fine-tuned student becomes the current model only when it is not worse than
 the current model on held-out accepted cases (issue 6: by more than 0.005 Dice), both scored as
 the engine delivers them (after the bundle's fit to the image): on the phantom-ct-mr target test
-split the curriculum's student beats the shipped model as networks (0.582 against 0.526 through
-the translator) but not as delivered (0.821 against 0.837)."""
+split the curriculum's student beats the shipped model as networks (0.640 against 0.526 through
+the translator) but not as delivered (0.828 against 0.867; benchmarks/results/curriculum.json)."""
 
 from __future__ import annotations
 
