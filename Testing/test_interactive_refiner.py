@@ -11,6 +11,7 @@ import torch
 from crossdomainseg.bundle import load_bundle, make_random_bundle, update_bundle
 from crossdomainseg.errors import BundleError
 from crossdomainseg.interactive import CropInputs, InteractiveSession
+from crossdomainseg.interactive.baselines import SphereRefiner
 from crossdomainseg.interactive.encoding import NET_SIZE
 from crossdomainseg.interactive.refiner import REFINER_SPEC, LearnedRefiner, click_refiner, to_net_index
 from crossdomainseg.interactive import train_refiner
@@ -78,6 +79,36 @@ def test_a_click_the_network_contradicts_goes_to_the_fallback():
     positive = CropInputs(image, image, np.zeros(shape, np.float32), ~current, [click], [], click, True,
                           (2.0, 2.0, 2.0))
     assert agreeing.propose(positive)[click] >= 0.5 and agreeing.fallbacks == 0
+
+
+class _LeftHalf(torch.nn.Module):
+    """Stand-in network: "label" in the half of the crop with the lower x index, whatever it sees."""
+
+    def forward(self, x):
+        out = torch.full_like(x[:, :1], -10.0)
+        out[..., : x.shape[-1] // 2] = 10.0
+        return out
+
+
+def test_where_the_network_agrees_with_the_click_it_keeps_the_part_of_the_fallbacks_change_it_agrees_with():
+    """The fallback (a 6 mm sphere here) would add or take off a ball around the click; the
+    network, which agrees with the click, has "label" on the left half only: a positive click on
+    the left adds the ball's left part, a negative click on the right takes off its right part."""
+    shape = (12, 12, 12)
+    zeros = np.zeros(shape, np.float32)
+    refiner = LearnedRefiner(_LeftHalf(), size=shape, spacing=(2.0, 2.0, 2.0), device="cpu",
+                             fallback=SphereRefiner(radius_mm=6.0), small_voxels=0, fallback_voxels=0)
+    left = np.zeros(shape, bool)
+    left[..., :6] = True
+    for click, positive in (((6, 6, 4), True), ((6, 6, 7), False)):
+        current = np.zeros(shape, bool) if positive else np.ones(shape, bool)
+        inputs = CropInputs(zeros, zeros, current.astype(np.float32), current, [click] if positive else [],
+                            [] if positive else [click], click, positive, (2.0, 2.0, 2.0))
+        ball = (SphereRefiner(radius_mm=6.0).propose(inputs) >= 0.5) != current
+        changed = (refiner.propose(inputs) >= 0.5) != current
+        expected = ball & (left if positive else ~left)
+        assert (changed == expected).all() and 0 < changed.sum() < ball.sum()
+    assert refiner.fallbacks == 0
 
 
 def test_a_label_with_few_voxels_near_the_click_goes_to_the_small_object_refiner():
@@ -151,8 +182,14 @@ def test_refiner_round_trips_through_a_bundle(tmp_path):
 def test_front_ends_click_with_the_method_the_bundle_names(tmp_path):
     make_random_bundle(tmp_path / "b", labels=LABELS)
     assert click_refiner(load_bundle(tmp_path / "b")).name == "boundary_shift"  # no refiner network
+    # the tissue a label swallows in target images: what negative clicks take off
+    name, value = next((k, v) for k, v in LABELS.items() if v)
+    update_bundle(tmp_path / "b", metadata={"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "deep": True,
+                                                             "swallowed": {"target": {name: "brighter"}}}})
+    assert click_refiner(load_bundle(tmp_path / "b")).swallowed == {value: "brighter"}
     update_bundle(tmp_path / "b", networks={"refiner": build_network(REFINER_SPEC)})
-    assert isinstance(click_refiner(load_bundle(tmp_path / "b"), "cpu"), LearnedRefiner)
+    learned = click_refiner(load_bundle(tmp_path / "b"), "cpu")
+    assert isinstance(learned, LearnedRefiner) and learned.fallback.swallowed == {value: "brighter"}
     update_bundle(tmp_path / "b", metadata={"click_refiner": {"name": "sphere"}})
     assert click_refiner(load_bundle(tmp_path / "b")).name == "sphere"
     update_bundle(tmp_path / "b", metadata={"click_refiner": {"name": "magic"}})

@@ -69,8 +69,8 @@ def add_parser(subparsers) -> None:
 
 def build_refiners(bundle, methods, device=None) -> dict:
     from ..errors import InputError
-    from .baselines import CLASSICAL
-    from .refiner import LearnedRefiner
+    from .baselines import CLASSICAL, classical_refiner
+    from .refiner import LearnedRefiner, bundle_swallowed
 
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -78,7 +78,7 @@ def build_refiners(bundle, methods, device=None) -> dict:
     makers = {"learned": lambda: LearnedRefiner.from_bundle(bundle, device),
               "learned_network_only": lambda: LearnedRefiner.from_bundle(bundle, device, fallback=None,
                                                                           small_voxels=0),
-              **CLASSICAL}
+              **{name: (lambda name=name: classical_refiner(name, bundle_swallowed(bundle))) for name in CLASSICAL}}
     return {name: makers[name]() for name in methods}
 
 

@@ -43,6 +43,7 @@ class CropInputs:
     click: tuple[int, int, int]
     click_positive: bool
     spacing: tuple[float, float, float]  # (z, y, x) mm
+    label: int = 0  # the value of the label being corrected
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ class InteractiveSession:
             if box.contains(other):
                 (pos if earlier.positive else neg).append(box.local(other))
         inputs = CropInputs(self.features[sl], self.preview[sl], self.probabilities[click.label][sl],
-                            current, pos, neg, local, click.positive, self.spacing)
+                            current, pos, neg, local, click.positive, self.spacing, click.label)
         proposal = np.asarray(self.refiner.propose(inputs)) >= 0.5
         change = free & (proposal if click.positive else ~proposal) & self._nearer(local, opposed, box.shape)
         change[local] = True  # a click always changes at least the voxel clicked
