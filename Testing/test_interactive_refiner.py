@@ -32,7 +32,7 @@ class _Recorder(torch.nn.Module):
 def test_propose_rescales_the_crop_to_the_refiner_grid_and_back():
     recorder = _Recorder()
     refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu", small_voxels=0,
-                             fallback_voxels=0)
+                             fallback=None)
     shape = (8, 32, 16)  # a crop at 4 x 1 x 2 mm covers 32 x 32 x 32 mm: 16^3 on the refiner grid
     zeros = np.zeros(shape, np.float32)
     click = (4, 16, 8)
@@ -73,12 +73,6 @@ def test_a_click_the_network_contradicts_goes_to_the_fallback():
     network_only = LearnedRefiner(_Stubborn(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu",
                                   fallback=None)
     assert not (network_only.propose(negative) < 0.5).any() and network_only.fallbacks == 0
-    # a positive click the network agrees with (the recorder answers "label" at positive clicks)
-    agreeing = LearnedRefiner(_Recorder(), size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu",
-                              small_voxels=0, fallback_voxels=0)
-    positive = CropInputs(image, image, np.zeros(shape, np.float32), ~current, [click], [], click, True,
-                          (2.0, 2.0, 2.0))
-    assert agreeing.propose(positive)[click] >= 0.5 and agreeing.fallbacks == 0
 
 
 class _LeftHalf(torch.nn.Module):
@@ -90,10 +84,11 @@ class _LeftHalf(torch.nn.Module):
         return out
 
 
-def test_where_the_network_agrees_with_the_click_it_keeps_the_part_of_the_fallbacks_change_it_agrees_with():
+def test_the_network_vetoes_the_fallbacks_removal_where_it_sees_the_label():
     """The fallback (a 6 mm sphere here) would add or take off a ball around the click; the
-    network, which agrees with the click, has "label" on the left half only: a positive click on
-    the left adds the ball's left part, a negative click on the right takes off its right part."""
+    network has "label" on the left half only. A positive click goes to the fallback, network
+    or not: the whole ball. A negative click on the right, which the network agrees with, takes
+    off the ball's right part only."""
     shape = (12, 12, 12)
     zeros = np.zeros(shape, np.float32)
     refiner = LearnedRefiner(_LeftHalf(), size=shape, spacing=(2.0, 2.0, 2.0), device="cpu",
@@ -106,9 +101,11 @@ def test_where_the_network_agrees_with_the_click_it_keeps_the_part_of_the_fallba
                             [] if positive else [click], click, positive, (2.0, 2.0, 2.0))
         ball = (SphereRefiner(radius_mm=6.0).propose(inputs) >= 0.5) != current
         changed = (refiner.propose(inputs) >= 0.5) != current
-        expected = ball & (left if positive else ~left)
-        assert (changed == expected).all() and 0 < changed.sum() < ball.sum()
-    assert refiner.fallbacks == 0
+        if positive:
+            assert (changed == ball).all() and refiner.fallbacks == 1
+        else:
+            assert (changed == (ball & ~left)).all() and 0 < changed.sum() < ball.sum()
+    assert refiner.fallbacks == 1
 
 
 def test_a_label_with_few_voxels_near_the_click_goes_to_the_small_object_refiner():
@@ -128,7 +125,7 @@ def test_a_label_with_few_voxels_near_the_click_goes_to_the_small_object_refiner
     assert ((refiner.propose(inputs) >= 0.5) == (blob | current)).all()
     assert not hasattr(recorder, "seen")
     network = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu", small_voxels=0,
-                             fallback_voxels=0)
+                             fallback=None)
     network.propose(inputs)
     assert hasattr(recorder, "seen")
 
@@ -157,7 +154,7 @@ def test_a_label_under_fallback_voxels_goes_to_the_fallback_unasked():
 def test_small_volumes_are_padded_for_the_network():
     recorder = _Recorder()
     refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(1.0, 1.0, 1.0), device="cpu", small_voxels=0,
-                             fallback_voxels=0)
+                             fallback=None)
     zeros = np.zeros((5, 9, 16), np.float32)
     out = refiner.propose(CropInputs(zeros, zeros, zeros, zeros.astype(bool), [(2, 4, 8)], [], (2, 4, 8),
                                      True, (1.0, 1.0, 1.0)))
