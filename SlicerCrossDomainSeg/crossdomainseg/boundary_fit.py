@@ -77,12 +77,16 @@ def _away_from_swallowed(smooth: np.ndarray, part: np.ndarray, swallowed: str) -
     return part & ((smooth < threshold) if swallowed == "brighter" else (smooth >= threshold))
 
 
-def unswallowed_core(image: np.ndarray, core: np.ndarray, swallowed: str) -> np.ndarray | None:
+def swallow_smoothed(image: np.ndarray) -> np.ndarray:
+    """The image as unswallowed_core splits it: smoothed over a voxel."""
+    return ndimage.gaussian_filter(image.astype(np.float32), 1.0)
+
+
+def unswallowed_core(smooth: np.ndarray, core: np.ndarray, swallowed: str) -> np.ndarray | None:
     """A label's core without the tissue it swallowed, which is `swallowed` ("brighter" or
     "darker") than the label: each piece of the core (the two kidneys of one label lie under
-    different bias) split by its intensities smoothed over a voxel (_away_from_swallowed).
-    None when no piece splits."""
-    smooth = ndimage.gaussian_filter(image.astype(np.float32), 1.0)
+    different bias) split by its intensities in `smooth` (swallow_smoothed of the image;
+    _away_from_swallowed). None when no piece splits."""
     pieces, _ = ndimage.label(core)
     out, split = core.copy(), False
     for i, box in enumerate(ndimage.find_objects(pieces), start=1):
@@ -128,7 +132,7 @@ def fit_mask(image: np.ndarray, mask: np.ndarray, spacing, rim_mm: float, prior_
     if ratio is None:
         return None
     if deep:
-        organ = unswallowed_core(image, core, swallowed) if swallowed else None
+        organ = unswallowed_core(swallow_smoothed(image), core, swallowed) if swallowed else None
         if organ is None:
             sure = core & (ratio > 0)
             organ = sure if sure.sum() >= 0.3 * core.sum() else None  # mostly ring-like: no core to purify

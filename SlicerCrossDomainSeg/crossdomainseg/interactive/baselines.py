@@ -14,7 +14,8 @@
 import numpy as np
 from scipy import ndimage
 
-from ..boundary_fit import CORE_MM, RING_MM, unswallowed_core, fit_mask, log_likelihood_ratio, otsu_threshold, signed_distance
+from ..boundary_fit import (CORE_MM, RING_MM, fit_mask, log_likelihood_ratio, otsu_threshold, signed_distance,
+                            swallow_smoothed, unswallowed_core)
 from .encoding import DEFAULT_CROP_MM, squared_distance_mm
 from .session import CropInputs
 
@@ -323,29 +324,31 @@ class BoundaryShiftRefiner:
         label swallows (`_takes_swallowed`) gets the deep fit, within `deep_mm` of the click."""
         image = inputs.image.astype(np.float32)
         side = None if inputs.click_positive else self.swallowed.get(inputs.label)
-        deep = side is not None and self._takes_swallowed(inputs, image, moved, side)
+        signed = signed_distance(moved, inputs.spacing) if side is not None else None
+        deep = side is not None and self._takes_swallowed(inputs, image, signed, side)
         result = fit_mask(image, moved, inputs.spacing, self.rim_mm, self.prior_mm, self.bins,
                           deep=deep, swallowed=side if deep else None)
         if result is None:
             return moved
         fitted = result[0]
         if deep:  # what the deep fit took off beyond the rim stays unless near the click
-            fitted |= moved & (signed_distance(moved, inputs.spacing) < -self.rim_mm) & (distance > self.deep_mm)
+            fitted |= moved & (signed < -self.rim_mm) & (distance > self.deep_mm)
         if self.smooth_voxels > 0:
             fitted = ndimage.gaussian_filter(fitted.astype(np.float32), self.smooth_voxels) >= 0.5
         near = (distance < self.refit_mm) & (distance >= 3.0)
         refitted = np.where(near, fitted, moved)
         return (refitted | inputs.current) if inputs.click_positive else (refitted & inputs.current)
 
-    def _takes_swallowed(self, inputs: CropInputs, image: np.ndarray, moved: np.ndarray, side: str) -> bool:
-        """Whether the clicked voxel is the swallowed tissue: the label's core in the crop splits
-        (boundary_fit.unswallowed_core) and the click's intensity (smoothed as there) lies beyond
-        `deep_percentile` of the core's other side. Where the bias field splits the label itself
-        the click falls inside the label's range and the deep fit would cut the label."""
-        organ = unswallowed_core(image, signed_distance(moved, inputs.spacing) < -CORE_MM, side)
+    def _takes_swallowed(self, inputs: CropInputs, image: np.ndarray, signed: np.ndarray, side: str) -> bool:
+        """Whether the clicked voxel is the swallowed tissue: the core of the moved label
+        (`signed`: its signed distance) splits (boundary_fit.unswallowed_core) and the click's
+        intensity (smoothed as there) lies beyond `deep_percentile` of the core's other side.
+        Where the bias field splits the label itself the click falls inside the label's range
+        and the deep fit would cut the label."""
+        smooth = swallow_smoothed(image)
+        organ = unswallowed_core(smooth, signed < -CORE_MM, side)
         if organ is None:
             return False
-        smooth = ndimage.gaussian_filter(image, 1.0)
         if side == "brighter":
             return bool(smooth[inputs.click] > np.percentile(smooth[organ], self.deep_percentile))
         return bool(smooth[inputs.click] < np.percentile(smooth[organ], 100.0 - self.deep_percentile))
