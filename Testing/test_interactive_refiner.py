@@ -84,28 +84,46 @@ class _LeftHalf(torch.nn.Module):
         return out
 
 
-def test_the_network_vetoes_the_fallbacks_removal_where_it_sees_the_label():
-    """The fallback (a 6 mm sphere here) would add or take off a ball around the click; the
-    network has "label" on the left half only. A positive click goes to the fallback, network
-    or not: the whole ball. A negative click on the right, which the network agrees with, takes
-    off the ball's right part only."""
+class _TwoStep:
+    """Stand-in boundary shift refiner: a click changes a 4 mm ball, and a negative click's
+    swallowed-tissue step takes off an 8 mm ball."""
+
+    crop_mm = (24.0, 24.0, 24.0)
+
+    def propose(self, inputs):
+        return self.proposals(inputs, without_swallowed=False)[0]
+
+    def proposals(self, inputs, without_swallowed=True):
+        small = SphereRefiner(radius_mm=4.0).propose(inputs)
+        if inputs.click_positive:
+            return small, None
+        return SphereRefiner(radius_mm=8.0).propose(inputs), (small if without_swallowed else None)
+
+
+def test_the_network_vetoes_the_swallowed_tissue_step_where_it_sees_the_label():
+    """The network has "label" on the left half of the crop only. A positive click, and a
+    negative click it contradicts (on the left), go to the fallback: its whole proposal. A
+    negative click on the right, which it agrees with, takes off the fallback's proposal without
+    the swallowed step, and of that step only what lies on the right."""
     shape = (12, 12, 12)
     zeros = np.zeros(shape, np.float32)
     refiner = LearnedRefiner(_LeftHalf(), size=shape, spacing=(2.0, 2.0, 2.0), device="cpu",
-                             fallback=SphereRefiner(radius_mm=6.0), small_voxels=0, fallback_voxels=0)
+                             fallback=_TwoStep(), small_voxels=0, fallback_voxels=0)
     left = np.zeros(shape, bool)
     left[..., :6] = True
-    for click, positive in (((6, 6, 4), True), ((6, 6, 7), False)):
+    for click, positive in (((6, 6, 4), True), ((6, 6, 4), False), ((6, 6, 7), False)):
         current = np.zeros(shape, bool) if positive else np.ones(shape, bool)
         inputs = CropInputs(zeros, zeros, current.astype(np.float32), current, [click] if positive else [],
                             [] if positive else [click], click, positive, (2.0, 2.0, 2.0))
-        ball = (SphereRefiner(radius_mm=6.0).propose(inputs) >= 0.5) != current
+        small, large = ((SphereRefiner(radius_mm=r).propose(inputs) >= 0.5) != current for r in (4.0, 8.0))
         changed = (refiner.propose(inputs) >= 0.5) != current
         if positive:
-            assert (changed == ball).all() and refiner.fallbacks == 1
+            assert (changed == small).all()
+        elif click[2] < 6:
+            assert (changed == large).all()
         else:
-            assert (changed == (ball & ~left)).all() and 0 < changed.sum() < ball.sum()
-    assert refiner.fallbacks == 1
+            assert (changed == (small | (large & ~left))).all() and small.sum() < changed.sum() < large.sum()
+    assert refiner.fallbacks == 2
 
 
 def test_a_label_with_few_voxels_near_the_click_goes_to_the_small_object_refiner():

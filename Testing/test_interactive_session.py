@@ -462,8 +462,9 @@ def test_boundary_shift_smooths_its_refit_of_a_noisy_image():
 
 def test_boundary_shift_negative_click_takes_off_swallowed_tissue():
     """A label 7 mm wider than a dark organ all round, over bright surroundings: a negative click
-    in the bright band takes it off deeper than the rim when the refiner knows the label
-    swallows brighter tissue. Said "darker", the click's tissue is not the swallowed side and
+    in the bright band takes it off deeper than the rim, within deep_mm of the click, when the
+    refiner knows the label swallows brighter tissue; farther out a voxel goes only where it
+    goes without the setting. Said "darker", the click's tissue is not the swallowed side and
     the click does what it does without the setting."""
     rng = np.random.default_rng(0)
     organ = _ball((20, 24, 28), 9)
@@ -475,7 +476,29 @@ def test_boundary_shift_negative_click_takes_off_swallowed_tissue():
         session = InteractiveSession(image, label, refiner=refiner)
         session.add_click(_point(image, (20, 24, 28 + 13)), False, 1)
         got[swallowed] = session.label == 1
-    wrong = {k: int((v & ~organ).sum()) for k, v in got.items()}
+    near = _ball((20, 24, 28 + 13), 10)
+    wrong = {k: int((v & ~organ & near).sum()) for k, v in got.items()}
     assert wrong["brighter"] < wrong[None] / 2
+    assert (got["brighter"] | ~got[None])[~_ball((20, 24, 28 + 13), 12)].all()  # 2 mm: the smoothing
     assert (organ & ~got["brighter"]).sum() < 0.02 * organ.sum()
     assert (got["darker"] == got[None]).all()
+
+
+def test_small_object_positive_click_beside_a_lesion_adds_lesion_tissue_not_the_organ_around():
+    """A positive click on the voxel over a labelled lesion's top slice (3 mm slices; partial
+    volume, between lesion and liver): the click's neighbourhood is mostly liver, so a blob
+    split between it and the darker tissue nearby takes the liver. Beside the label, the blob is
+    split between the label's own intensity and its surroundings: the click's voxel, no liver."""
+    rng = np.random.default_rng(11)
+    lesion = _ball((20, 24, 24), 3)
+    liver = np.zeros(SHAPE, bool)
+    liver[:, :, :28] = True
+    top = (17 - 1, 24, 24)  # the voxel over the lesion's top slice (z = 17)
+    array = np.where(lesion, 1800.0, np.where(liver, 700.0, 200.0)) + rng.normal(0, 20, SHAPE)
+    array[top] = 1200.0
+    image = _image(array, spacing=(1.8, 1.8, 3.0))
+    label = lesion.astype(np.int16)
+    session = InteractiveSession(image, label, refiner=SmallObjectRefiner(), label_values=[1])
+    session.add_click(_point(image, top), True, 1)
+    added = (session.label == 1) & ~lesion
+    assert added[top] and added.sum() <= 3
