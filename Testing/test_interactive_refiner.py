@@ -150,7 +150,8 @@ def test_a_label_with_few_voxels_near_the_click_goes_to_the_small_object_refiner
 
 def test_a_label_under_fallback_voxels_goes_to_the_fallback_unasked():
     """A 1728-voxel label, under the 4000 of the default: the network is not asked, the fallback
-    (counted) answers; with fallback_voxels 0 the network is."""
+    (counted) answers; with fallback_voxels 0 the network is, on a click whose fallback takes
+    the swallowed-tissue step (the only one it can veto)."""
     shape = (12, 12, 12)
     image = np.random.default_rng(0).normal(0, 0.05, shape).astype(np.float32)
     image[:, :6] += 1.0
@@ -164,7 +165,7 @@ def test_a_label_under_fallback_voxels_goes_to_the_fallback_unasked():
     removed = refiner.propose(negative) < 0.5
     assert refiner.fallbacks == 1 and not hasattr(recorder, "seen")
     assert removed[:, :4].all() and not removed[:, 6:].any()
-    LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu",
+    LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu", fallback=_TwoStep(),
                    fallback_voxels=0).propose(negative)
     assert hasattr(recorder, "seen")
 

@@ -124,12 +124,15 @@ class LearnedRefiner:
         if inputs.click_positive:
             self.fallbacks += 1
             return self.fallback.propose(inputs)
-        probability = self.network_probability(inputs)
-        if probability[inputs.click] >= 0.5 or not hasattr(self.fallback, "proposals"):
+        if not hasattr(self.fallback, "proposals"):
             self.fallbacks += 1
-            return self.fallback.propose(inputs)  # the network contradicts the click
+            return self.fallback.propose(inputs)
         proposal, without_swallowed = self.fallback.proposals(inputs)
-        if without_swallowed is None:
+        if without_swallowed is None:  # no swallowed-tissue step: nothing for the network to veto
+            self.fallbacks += 1
+            return proposal
+        probability = self.network_probability(inputs)
+        if probability[inputs.click] >= 0.5:  # the network contradicts the click
             self.fallbacks += 1
             return proposal
         # the swallowed-tissue step takes off only what the network sees as not the label
