@@ -425,6 +425,25 @@ def test_boundary_shift_keeps_voxels_whose_intensity_says_they_belong():
     assert cut[2.0] <= 2 and cut[np.inf] > 100
 
 
+def test_boundary_shift_moves_less_where_the_move_would_leave_no_core():
+    """A thick slab on a small bright organ, clicked 5.4 mm deep: a move of 1.5 times that would
+    leave fewer than MIN_HISTOGRAM_VOXELS of the organ deeper than it, so no core for the veto,
+    and the rim would go all round (coreless_factor 1.5, as before the rule). At 1.35 times the
+    depth a core is left, the veto keeps the organ, and the slab still goes."""
+    truth = _ball((20, 24, 28), 13)
+    slab = _ball((20, 24, 28 + 13), 8) & ~truth
+    image = _image(truth * 100.0 + np.random.default_rng(6).normal(0, 5, SHAPE), spacing=(1.0, 1.0, 1.0))
+    pred = (truth | slab).astype(np.int16)
+    cut = {}
+    for coreless_factor in (1.35, 1.5):
+        refiner = BoundaryShiftRefiner(crop_mm=(40.0, 48.0, 56.0), coreless_factor=coreless_factor)
+        session = InteractiveSession(image, pred, refiner=refiner)
+        session.add_click(_point(image, (18, 24, 43)), False, 1)
+        cut[coreless_factor] = int((truth & (session.label == 0)).sum())
+        assert (slab & (session.label == 1)).sum() <= 0.02 * slab.sum()
+    assert cut[1.35] <= 20 and cut[1.5] > 500
+
+
 def test_boundary_shift_refits_the_moved_boundary_to_the_image():
     """A move that falls short (factor 0.5 on a 3 mm band) leaves most of the band; the refit
     takes the rest off near the click, where the image shows the object's edge."""

@@ -22,6 +22,7 @@ from .postprocess import DEFAULT_MIN_ISLAND_FRACTION, keep_inside, refit_inside,
 
 CORE_MM = 3.0  # core: deeper than this inside the label
 RING_MM = (3.0, 12.0)  # ring: this far outside it
+MIN_HISTOGRAM_VOXELS = 50  # core and ring need more voxels than this for log_likelihood_ratio
 DEEP_EVIDENCE = 1.0  # fit_mask(deep=True): log-likelihood ratio for taking voxels past the rim
 # fit_mask(swallowed=...): a piece of the core is split when both Otsu classes hold this share of
 # it and lie this many pooled standard deviations apart (one Gaussian split at its mean: 2.7)
@@ -37,8 +38,8 @@ def signed_distance(mask: np.ndarray, spacing) -> np.ndarray:
 def log_likelihood_ratio(image: np.ndarray, core: np.ndarray, ring: np.ndarray,
                          bins: int = 16) -> np.ndarray | None:
     """log p(intensity | core) - log p(intensity | ring) per voxel of `image`, from histograms;
-    None when core or ring has too few voxels (50) for a histogram."""
-    if core.sum() <= 50 or ring.sum() <= 50:
+    None when core or ring has too few voxels (MIN_HISTOGRAM_VOXELS) for a histogram."""
+    if core.sum() <= MIN_HISTOGRAM_VOXELS or ring.sum() <= MIN_HISTOGRAM_VOXELS:
         return None
     low, high = np.percentile(image[core | ring], [1, 99])
     edges = np.linspace(low, high + 1e-6, bins + 1)
