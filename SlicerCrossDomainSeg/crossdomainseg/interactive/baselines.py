@@ -342,14 +342,15 @@ class BoundaryShiftRefiner:
         distance = np.sqrt(squared_distance_mm(current.shape, inputs.click, inputs.spacing))
         weight = np.clip((self.outer_mm - distance) / (self.outer_mm - self.inner_mm), 0.0, 1.0)
         move = self.factor * depth
-        if (signed < -(move + CORE_MM)).sum() <= MIN_HISTOGRAM_VOXELS:  # the move would leave no core
+        # core and ring lie beyond the move: what the label surely is and surely is not
+        core = signed < -(move + CORE_MM)
+        if core.sum() <= MIN_HISTOGRAM_VOXELS:  # no core for the veto: a smaller move
             move = self.coreless_factor * depth
+            core = signed < -(move + CORE_MM)
         # half a voxel more right at the click, so a click on the boundary voxel itself moves it
         shift = move * weight + 0.5 * min(inputs.spacing) * (distance < 3.0)
         region = (weight > 0) & ((signed <= shift) if inputs.click_positive else (signed >= -shift))
         smooth = ndimage.gaussian_filter(inputs.image.astype(np.float32), 0.7)
-        # core and ring lie beyond the move: what the label surely is and surely is not
-        core = signed < -(move + CORE_MM)
         ring = (signed > RING_MM[0] + (move if inputs.click_positive else 0.0)) & (signed < RING_MM[1] + move)
         ratio = log_likelihood_ratio(smooth, core, ring, self.bins)
         if ratio is not None:
