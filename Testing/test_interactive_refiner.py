@@ -361,3 +361,18 @@ def test_session_from_an_engine_result(tmp_path):
     zyx = tuple(int(i) for i in free[len(free) // 2])
     session.add_click(image.TransformIndexToPhysicalPoint(zyx[::-1]), True, 2)
     assert session.label[zyx] == 2
+
+
+def test_choose_takes_fewest_clicks_and_on_a_tie_the_classical_method():
+    from crossdomainseg.interactive.cli import choose
+
+    def figures(noc90, noc85=1.0, drop=0.005):
+        return {"noc90_mean": noc90, "noc85_mean": noc85, "max_dice_drop": drop}
+
+    results = {"learned": figures(1.17), "learned_network_only": figures(0.5), "sphere": figures(6.8),
+               "boundary_shift": figures(1.17)}
+    assert choose(results) == "boundary_shift"
+    results["learned"] = figures(1.12)
+    assert choose(results) == "learned"
+    results["learned"] = figures(1.17, drop=0.001)
+    assert choose(results) == "learned"

@@ -444,6 +444,40 @@ def test_boundary_shift_moves_less_where_the_move_would_leave_no_core():
     assert cut[1.35] <= 20 and cut[1.5] > 500
 
 
+def test_boundary_shift_keeps_the_far_face_of_a_thin_organ_a_deep_click_leaves_no_core_for():
+    """A slab of other tissue on a thin plate (6 mm), clicked 3 mm deep: the move leaves no core,
+    so no veto, and without the far-face rule the move also takes the plate's underside, the face
+    turned away from the click's, 8-20 mm off. With it that face stays beyond far_face_from_mm
+    (10 mm); the slab goes as before. Where the far face is the click's tissue too (a band all
+    round), it goes with the rule as well."""
+    rng = np.random.default_rng(7)
+    plate = np.zeros(SHAPE, bool)
+    plate[14:20, 8:40, 8:48] = True
+    slab = np.zeros(SHAPE, bool)
+    slab[20:27, 16:32, 18:38] = True
+    underside = plate.copy()
+    underside[17:] = False
+    click = (24, 24, 28)
+    kept, slab_left = {}, {}
+    for cos in (None, -0.5):
+        refiner = BoundaryShiftRefiner(crop_mm=(40.0, 48.0, 56.0), far_face_cos=cos)
+        # the slab is the brighter tissue all round the plate
+        image = _image(np.where(plate, 100.0, 180.0) + rng.normal(0, 5, SHAPE), spacing=(1.0, 1.0, 1.0))
+        session = InteractiveSession(image, (plate | slab).astype(np.int16), refiner=refiner)
+        session.add_click(_point(image, click), False, 1)
+        kept[cos] = int((underside & (session.label == 1)).sum())
+        slab_left[cos] = int((slab & (session.label == 1)).sum())
+        # the plate's underside the slab's tissue too (the organ its upper half, in that tissue):
+        # that face goes
+        organ = plate & ~underside
+        band = _image(np.where(organ, 100.0, 180.0) + rng.normal(0, 5, SHAPE), spacing=(1.0, 1.0, 1.0))
+        session = InteractiveSession(band, (plate | slab).astype(np.int16), refiner=refiner)
+        session.add_click(_point(band, click), False, 1)
+        assert (underside & (session.label == 1)).sum() < 0.8 * underside.sum()
+    assert kept[-0.5] >= 0.9 * underside.sum() and kept[None] < 0.5 * underside.sum()
+    assert slab_left[-0.5] <= slab_left[None] + 0.02 * slab.sum() and slab_left[-0.5] < 0.5 * slab.sum()
+
+
 def test_boundary_shift_refits_the_moved_boundary_to_the_image():
     """A move that falls short (factor 0.5 on a 3 mm band) leaves most of the band; the refit
     takes the rest off near the click, where the image shows the object's edge."""
