@@ -376,3 +376,23 @@ def test_choose_takes_fewest_clicks_and_on_a_tie_the_classical_method():
     assert choose(results) == "learned"
     results["learned"] = figures(1.17, drop=0.001)
     assert choose(results) == "learned"
+
+
+def test_the_network_sees_the_label_where_it_departs_from_the_probabilities():
+    """The engine's fitted label is not its segmenter's argmax; the network learnt on
+    probabilities that agree with the label, so where they disagree it is given the label."""
+    recorder = _Recorder()
+    refiner = LearnedRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu", small_voxels=0,
+                             fallback=None)
+    shape = (16, 16, 16)
+    probability = np.full(shape, 0.2, np.float32)
+    probability[:, :, 8:] = 0.9
+    current = np.zeros(shape, bool)
+    current[:, 4:, :] = True  # the label: rows 4.. whatever the probability says
+    click = (8, 8, 8)
+    refiner.propose(CropInputs(np.zeros(shape, np.float32), np.zeros(shape, np.float32), probability, current,
+                               [click], [], click, True, (2.0, 2.0, 2.0)))
+    seen = recorder.seen[0, 2].numpy()
+    agree = (probability >= 0.5) == current
+    assert np.allclose(seen[agree], probability[agree])
+    assert np.array_equal(seen[~agree], current[~agree].astype(np.float32))
