@@ -403,10 +403,10 @@ class BoundaryShiftRefiner:
 
     def _far_face_kept(self, inputs: CropInputs, smooth: np.ndarray, region: np.ndarray,
                        distance: np.ndarray) -> np.ndarray:
-        """Voxels of a negative click's move, where no core is left for the veto, that stay: on a
-        face of the label turned away from the click's (`facing_click`) beyond `far_face_from_mm`,
-        and not likelier (by e^`far_face_evidence`) to be the click's tissue (the move within
-        `click_tissue_mm` of the click) than what the move leaves of the label."""
+        """Voxels of a negative click's move, where the veto has no histograms (no core left),
+        that stay: on a face of the label turned away from the click's (`facing_click`) beyond
+        `far_face_from_mm`, and not likelier (by e^`far_face_evidence`) to be the click's tissue
+        (the move within `click_tissue_mm` of the click) than what the move leaves of the label."""
         far = ~facing_click(inputs.current, inputs.click, inputs.spacing, self.far_face_cos)
         far &= region & (distance >= self.far_face_from_mm)
         ratio = log_likelihood_ratio(smooth, region & (distance < self.click_tissue_mm), inputs.current & ~region,
