@@ -457,6 +457,7 @@ def test_boundary_shift_keeps_the_far_face_of_a_thin_organ_a_deep_click_leaves_n
     slab[20:27, 16:32, 18:38] = True
     underside = plate.copy()
     underside[17:] = False
+    organ = plate & ~underside  # the band case: the organ is the plate's upper half, the rest the slab's tissue
     click = (24, 24, 28)
     kept, slab_left = {}, {}
     for cos in (None, -0.5):
@@ -467,9 +468,7 @@ def test_boundary_shift_keeps_the_far_face_of_a_thin_organ_a_deep_click_leaves_n
         session.add_click(_point(image, click), False, 1)
         kept[cos] = int((underside & (session.label == 1)).sum())
         slab_left[cos] = int((slab & (session.label == 1)).sum())
-        # the plate's underside the slab's tissue too (the organ its upper half, in that tissue):
-        # that face goes
-        organ = plate & ~underside
+        # the underside is the slab's tissue too: that face goes
         band = _image(np.where(organ, 100.0, 180.0) + rng.normal(0, 5, SHAPE), spacing=(1.0, 1.0, 1.0))
         session = InteractiveSession(band, (plate | slab).astype(np.int16), refiner=refiner)
         session.add_click(_point(band, click), False, 1)

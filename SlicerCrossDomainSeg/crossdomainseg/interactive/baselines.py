@@ -244,7 +244,7 @@ def facing_click(label: np.ndarray, click, spacing, cos_min: float) -> np.ndarra
     """Voxels of the label whose nearest voxel outside it lies in a direction within
     arccos(`cos_min`) of the direction from the (inside) `click` to its own nearest one: the
     faces of the label the click's is one of, not the far side of a thin organ."""
-    _, nearest = ndimage.distance_transform_edt(label, sampling=spacing, return_indices=True)
+    nearest = ndimage.distance_transform_edt(label, sampling=spacing, return_distances=False, return_indices=True)
     step = (nearest - np.indices(label.shape)).astype(np.float32)
     step *= np.asarray(spacing, np.float32).reshape(3, 1, 1, 1)
     at_click = step[(slice(None), *click)]
