@@ -23,7 +23,8 @@ from common import task_dir, write_result
 from crossdomainseg.device import configure  # noqa: E402  (common puts the package on sys.path)
 
 
-FRESH_SEEDS = list(range(900001, 900049))  # as Testing/test_shipped_bundles.py: never a training subject
+# the range Testing/test_shipped_bundles.py draws from: never a training subject
+FRESH_SEEDS = list(range(900001, 900049))
 
 
 def latency_128(engine, refiner, seed: int) -> dict:
@@ -163,8 +164,9 @@ def main() -> int:
     fallback_share = refiners["learned"].fallbacks / max(1, learned["clicks_timed"])
     latency = latency_128(engine, refiners["learned"], args.latency_seed)
     oracle = oracle_noc(engine, task_dir("phantom-ct-mr", args.data).path, args.max_clicks)
-    fresh = fresh_subjects(engine, {"front_end": refiners[click_refiner_name(engine.bundle)],
-                                    "learned": refiners["learned"]}, FRESH_SEEDS, args.max_clicks)
+    front_name = click_refiner_name(engine.bundle)  # when it is "learned", one run serves both keys
+    fresh = fresh_subjects(engine, {name: refiners[name] for name in dict.fromkeys((front_name, "learned"))},
+                           FRESH_SEEDS, args.max_clicks)
     payload = {
         "task": engine.bundle.task,
         "split": "test (target domain)",
@@ -194,7 +196,7 @@ def main() -> int:
                       for name, r in results.items()},
         "front_end_refiner": front_end(engine, refiners, {"learned": learned, **results}, latency,
                                        args.latency_seed),
-        "front_end_fresh_subjects": fresh["front_end"],
+        "front_end_fresh_subjects": fresh[front_name],
         "learned_fresh_subjects": fresh["learned"],
         "oracle_region_fix": oracle,
         "dice_one_voxel_off": one_voxel_off(engine, task_dir("phantom-ct-mr", args.data).path),
