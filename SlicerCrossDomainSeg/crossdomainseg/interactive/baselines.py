@@ -252,14 +252,14 @@ def facing_click(label: np.ndarray, click, spacing, cos_min: float) -> np.ndarra
     return label & (cos > cos_min)
 
 
-def lobe_at(label: np.ndarray, click, spacing, theta: float, alpha: float,
+def lobe_at(label: np.ndarray, signed: np.ndarray, click, spacing, theta: float, alpha: float,
             min_depth_mm: float = 0.0) -> np.ndarray | None:
     """The lobe of the label centred on the (inside) `click`: the label's voxels nearer to the
     click's connected part of {depth >= `theta` x the click's depth} than to its other deep parts.
     None where the click is less than `min_depth_mm` deep, that part holds the label's only deep
     voxels (no neck between the click and the rest) or it reaches deeper than the click's depth
-    over `alpha` (the click is not its centre)."""
-    depth_map = ndimage.distance_transform_edt(label, sampling=spacing)
+    over `alpha` (the click is not its centre). `signed`: the label's signed_distance."""
+    depth_map = np.maximum(-signed, 0.0)
     if depth_map[click] < min_depth_mm:
         return None
     deep = label & (depth_map >= theta * depth_map[click])
@@ -391,28 +391,31 @@ class BoundaryShiftRefiner:
     def proposals(self, inputs: CropInputs, without_swallowed: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """The proposal, and (`without_swallowed`) where the click took the swallowed-tissue step
         the proposal without it, else None: the learned refiner lets its network veto that step."""
-        proposal, without = self._moved_and_fitted(inputs, without_swallowed)
-        lobe = self._lobe(inputs)
+        if inputs.current.sum() < self.min_voxels:
+            return self.otherwise.propose(inputs), None
+        signed = signed_distance(inputs.current, inputs.spacing)
+        proposal, without = self._moved_and_fitted(inputs, signed, without_swallowed)
+        lobe = self._lobe(inputs, signed)
         if lobe is None:
             return proposal, without
         return tuple(None if p is None else ((p >= 0.5) & ~lobe).astype(np.float32) for p in (proposal, without))
 
-    def _lobe(self, inputs: CropInputs) -> np.ndarray | None:
+    def _lobe(self, inputs: CropInputs, signed: np.ndarray) -> np.ndarray | None:
         """The lobe a negative click takes whole (see the class docstring), else None."""
         current = inputs.current
-        if inputs.click_positive or self.lobe_depth_mm is None or current.sum() < self.min_voxels:
+        if inputs.click_positive or self.lobe_depth_mm is None:
             return None
-        lobe = lobe_at(current, inputs.click, inputs.spacing, self.lobe_theta, self.lobe_alpha, self.lobe_depth_mm)
+        lobe = lobe_at(current, signed, inputs.click, inputs.spacing, self.lobe_theta, self.lobe_alpha,
+                       self.lobe_depth_mm)
         if lobe is None or lobe.sum() > self.lobe_share * current.sum() or any(lobe[p] for p in inputs.positive):
             return None
         return lobe
 
-    def _moved_and_fitted(self, inputs: CropInputs, without_swallowed: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """proposals() before the lobe rule: the moved boundary, vetoed and refitted."""
+    def _moved_and_fitted(self, inputs: CropInputs, signed: np.ndarray,
+                          without_swallowed: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """proposals() before the lobe rule: the moved boundary, vetoed and refitted (`signed`:
+        the label's signed distance)."""
         current = inputs.current
-        if current.sum() < self.min_voxels:
-            return self.otherwise.propose(inputs), None
-        signed = signed_distance(current, inputs.spacing)
         depth = abs(float(signed[inputs.click]))
         if depth > self.max_depth_mm or (depth <= self.fine_depth_mm and current.sum() < self.fine_voxels):
             return self.otherwise.propose(inputs), None
