@@ -148,7 +148,9 @@ class InteractiveSession:
         self.features = features.astype(np.float32, copy=False)
         self.preview = preview.astype(np.float32, copy=False)
         self.locked = np.zeros(shape, bool)
-        self.spacing = tuple(reversed(image.GetSpacing()))
+        # rounded to the micrometre: a float32 header stores 1.8 mm as 1.7999999523, and distances
+        # on such grids tie at thresholds, so the same case read from NIfTI or NRRD clicked apart
+        self.spacing = tuple(round(float(s), 6) for s in reversed(image.GetSpacing()))
 
     # ---- clicks -----------------------------------------------------------------------------
 
