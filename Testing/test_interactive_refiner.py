@@ -100,30 +100,43 @@ class _TwoStep:
         return SphereRefiner(radius_mm=8.0).propose(inputs), (small if without_swallowed else None)
 
 
-def test_the_network_vetoes_the_swallowed_tissue_step_where_it_sees_the_label():
-    """The network has "label" on the left half of the crop only. A positive click, and a
-    negative click it contradicts (on the left), go to the fallback: its whole proposal. A
-    negative click on the right, which it agrees with, takes off the fallback's proposal without
-    the swallowed step, and of that step only what lies on the right."""
+class _AllButNegativeClicks(torch.nn.Module):
+    """Stand-in network: "label" everywhere but at the negative clicks' bumps."""
+
+    def forward(self, x):
+        return torch.where(x[:, 4:5] > 0.5, -10.0, 10.0)
+
+
+def test_the_network_chooses_whether_the_swallowed_tissue_step_is_taken():
+    """A positive click, and a negative click the network contradicts, go to the fallback: its
+    whole proposal. On a negative click it agrees with, the fallback's proposal with the
+    swallowed step (an 8 mm ball) or without it (a 4 mm ball), whichever agrees more with the
+    network's mask: a network seeing the label only on the crop's left half takes the step on a
+    click on the right; one that sees only the click's own bump off the label does not."""
     shape = (12, 12, 12)
     zeros = np.zeros(shape, np.float32)
-    refiner = LearnedRefiner(_LeftHalf(), size=shape, spacing=(2.0, 2.0, 2.0), device="cpu",
-                             fallback=_TwoStep(), small_voxels=0, fallback_voxels=0)
-    left = np.zeros(shape, bool)
-    left[..., :6] = True
-    for click, positive in (((6, 6, 4), True), ((6, 6, 4), False), ((6, 6, 7), False)):
+
+    def inputs(click, positive):
         current = np.zeros(shape, bool) if positive else np.ones(shape, bool)
-        inputs = CropInputs(zeros, zeros, current.astype(np.float32), current, [click] if positive else [],
-                            [] if positive else [click], click, positive, (2.0, 2.0, 2.0))
-        small, large = ((SphereRefiner(radius_mm=r).propose(inputs) >= 0.5) != current for r in (4.0, 8.0))
-        changed = (refiner.propose(inputs) >= 0.5) != current
-        if positive:
-            assert (changed == small).all()
-        elif click[2] < 6:
-            assert (changed == large).all()
-        else:
-            assert (changed == (small | (large & ~left))).all() and small.sum() < changed.sum() < large.sum()
-    assert refiner.fallbacks == 2
+        return CropInputs(zeros, zeros, current.astype(np.float32), current, [click] if positive else [],
+                          [] if positive else [click], click, positive, (2.0, 2.0, 2.0))
+
+    def changes(network, click, positive):
+        refiner = LearnedRefiner(network, size=shape, spacing=(2.0, 2.0, 2.0), device="cpu",
+                                 fallback=_TwoStep(), small_voxels=0, fallback_voxels=0)
+        crop = inputs(click, positive)
+        small, large = ((SphereRefiner(radius_mm=r).propose(crop) >= 0.5) != crop.current for r in (4.0, 8.0))
+        changed = (refiner.propose(crop) >= 0.5) != crop.current
+        return changed, small, large, refiner.fallbacks
+
+    changed, small, _, fallbacks = changes(_LeftHalf(), (6, 6, 4), True)
+    assert (changed == small).all() and fallbacks == 1
+    changed, _, large, fallbacks = changes(_LeftHalf(), (6, 6, 4), False)  # contradicted
+    assert (changed == large).all() and fallbacks == 1
+    changed, small, large, fallbacks = changes(_LeftHalf(), (6, 6, 9), False)
+    assert (changed == large).all() and small.sum() < large.sum() and fallbacks == 0
+    changed, small, _, fallbacks = changes(_AllButNegativeClicks(), (6, 6, 9), False)
+    assert (changed == small).all() and fallbacks == 0
 
 
 def test_a_label_with_few_voxels_near_the_click_goes_to_the_small_object_refiner():
