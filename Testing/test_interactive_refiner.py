@@ -164,7 +164,7 @@ def test_a_label_with_few_voxels_near_the_click_goes_to_the_small_object_refiner
 def test_a_label_under_fallback_voxels_goes_to_the_fallback_unasked():
     """A 1728-voxel label, under the 4000 of the default: the network is not asked, the fallback
     (counted) answers; with fallback_voxels 0 the network is, on a click whose fallback takes
-    the swallowed-tissue step (the only one it can veto)."""
+    the swallowed-tissue step (the only choice it makes)."""
     shape = (12, 12, 12)
     image = np.random.default_rng(0).normal(0, 0.05, shape).astype(np.float32)
     image[:, :6] += 1.0

@@ -1,6 +1,6 @@
 """Click correction benchmark: robot user on the phantom-ct-mr target test split, learned refiner
-(the boundary shift refiner, whose swallowed-tissue step on negative clicks the network vetoes
-where it still sees the label; the network alone is reported too) against the sphere, region-growing, local Otsu
+(the boundary shift refiner, whose swallowed-tissue step on negative clicks the network takes or
+leaves, whichever agrees more with its own mask; the network alone is reported too) against the sphere, region-growing, local Otsu
 and boundary shift baselines (same run, same automatic starts: one session per object), and
 latency per click on a 128^3 volume with a warm model. Also the test figures of the method the bundle names for front ends (chosen on the
 validation split by `eval clicks --choose`), and that method and the learned refiner on 48 freshly

@@ -370,7 +370,7 @@ class BoundaryShiftRefiner:
 
     def proposals(self, inputs: CropInputs, without_swallowed: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """The proposal, and (`without_swallowed`) where the click took the swallowed-tissue step
-        the proposal without it, else None: the learned refiner lets its network veto that step."""
+        the proposal without it, else None: the learned refiner lets its network choose between them."""
         if inputs.current.sum() < self.min_voxels:
             return self.otherwise.propose(inputs), None
         signed = signed_distance(inputs.current, inputs.spacing)

@@ -153,7 +153,7 @@ class LearnedRefiner:
             self.fallbacks += 1
             return self.fallback.propose(inputs)
         proposal, without_swallowed = self.fallback.proposals(inputs)
-        if without_swallowed is None:  # no swallowed-tissue step: nothing for the network to veto
+        if without_swallowed is None:  # no swallowed-tissue step: nothing for the network to choose
             self.fallbacks += 1
             return proposal
         probability = self.network_probability(inputs)
