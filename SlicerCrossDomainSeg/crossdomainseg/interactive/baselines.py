@@ -330,10 +330,13 @@ class BoundaryShiftRefiner:
     0.017); on 120 generated subjects (seeds 920001-920120, robot on every label) it cost clicks
     (NoC@90 2.82 against 2.71 without it; all faces beyond 20 / 25 mm: 2.73 / 2.73) and spared
     none the drop (clicks lowering Dice by over 0.01: 19 with it, 15 without), so there is none.
+    On those 120 subjects the move tapering to nothing at 25 mm rather than 30 mm kept NoC@90
+    (2.71) and took the clicks lowering Dice by over 0.01 from 15 to 9 (20 / 22.5 mm: 3.11 /
+    2.85 with 9 / 8; 40 mm: 3.06 with 74; inner 3 mm rather than 5: 2.72 with 11).
     A negative click at least `lobe_depth_mm` deep at the centre of a lobe of the label (`lobe_at`,
     a part joined to the rest by a neck thinner than `lobe_theta` x the click's depth) takes the
     whole lobe, where the lobe holds no positive click and at most `lobe_share` of the label in
-    the crop: the move tapers off over 30 mm, and a lobe of swallowed body wall or fat beside a
+    the crop: the move tapers off over 25-30 mm, and a lobe of swallowed body wall or fat beside a
     kidney took 6-10 clicks of 400-1700 voxels each. Tuning subjects (seeds 920025-920048) NoC@90
     3.78 -> 3.71 (liver 1.83 -> 1.67, kidneys 5.92 -> 5.79), seeds 920049-920072 2.86 -> 2.85,
     seeds 920001-920024 2.20 -> 2.18, the same clicks lowering Dice by over 0.01. Without the
@@ -343,7 +346,7 @@ class BoundaryShiftRefiner:
     name = "boundary_shift"
 
     def __init__(self, crop_mm=DEFAULT_CROP_MM, factor: float = 1.5, inner_mm: float = 5.0,
-                 outer_mm: float = 30.0, max_depth_mm: float = 20.0, min_voxels: int = SMALL_LABEL_VOXELS,
+                 outer_mm: float = 25.0, max_depth_mm: float = 20.0, min_voxels: int = SMALL_LABEL_VOXELS,
                  evidence: float = 3.0, bins: int = 24, rim_mm: float = 4.0, prior_mm: float = 3.0,
                  refit_mm: float = 45.0, fine_depth_mm: float = 2.0, fine_voxels: int = FINE_VOXELS,
                  smooth_voxels: float = 1.0, swallowed: dict[int, str] | None = None, deep_mm: float = 10.0,
