@@ -336,7 +336,7 @@ class BoundaryShiftRefiner:
     A negative click at least `lobe_depth_mm` deep at the centre of a lobe of the label (`lobe_at`,
     a part joined to the rest by a neck thinner than `lobe_theta` x the click's depth) takes the
     whole lobe, where the lobe holds no positive click and at most `lobe_share` of the label in
-    the crop: the move tapers off over 25-30 mm, and a lobe of swallowed body wall or fat beside a
+    the crop: the move tapers off over 30 mm (as measured here; 25 mm now), and a lobe of swallowed body wall or fat beside a
     kidney took 6-10 clicks of 400-1700 voxels each. Tuning subjects (seeds 920025-920048) NoC@90
     3.78 -> 3.71 (liver 1.83 -> 1.67, kidneys 5.92 -> 5.79), seeds 920049-920072 2.86 -> 2.85,
     seeds 920001-920024 2.20 -> 2.18, the same clicks lowering Dice by over 0.01. Without the

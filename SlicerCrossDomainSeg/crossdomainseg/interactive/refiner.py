@@ -49,8 +49,8 @@ without it, whichever agrees more with its own mask (Dice in the crop). On 120 t
 (seeds 920001-920120, 480 objects, 9600 clicks) NoC@90 2.82 with the veto, 2.72 with the choice,
 2.71 for the fallback alone (clicks lowering Dice by over 0.01: 17 / 15 / 15); validation 1.17 /
 1.12 / 1.12; test 3.08 / 3.00 / 3.00. The choice changes the clicks on a fifth of the objects and
-costs or saves about as many clicks as it changes: the network is no better a judge of this
-image than the fallback's rules. Letting it choose the move too (factor 1, 1.5 or 2, the
+saves about as many clicks as it costs: the network is no better a judge of this image than the
+fallback's rules. Letting it choose the move too (factor 1, 1.5 or 2, the
 candidate it agrees with most) cost clicks (seeds 920025-920048 and 920097-920120: 3.31 against
 3.27).
 
