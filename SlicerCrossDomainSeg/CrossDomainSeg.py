@@ -542,7 +542,7 @@ class CrossDomainSegTest(ScriptedLoadableModuleTest):
         middle = image.TransformIndexToPhysicalPoint((24, 20, 12))
         include.AddControlPoint(vtk.vtkVector3d(*nodes.lps_to_ras(middle)))
         self.assertEqual(len(logic.clicks), 1, logic.last_error)
-        np.testing.assert_allclose(logic.clicks[0].point_lps, middle, atol=1e-6)
+        np.testing.assert_allclose(logic.clicks[0].point, middle, atol=1e-6)
         label = sitk.GetArrayFromImage(nodes.label_from_segmentation_node(
             logic.segmentation_node, volume, logic.metadata["labels"], logic.segmentations_logic))
         self.assertEqual(label[12, 20, 24], 1)

@@ -19,6 +19,7 @@ import torch
 import vtk
 
 import slicer
+import vtk.util.numpy_support
 from slicer_shim import headless_slicer, install_module_stand_ins
 
 from crossdomainseg import imageio
@@ -189,7 +190,7 @@ def test_heatmap_overlay_and_flick_between_real_and_synthetic(app, volume, bundl
     legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(outcome.heatmap_node)
     assert legend is not None and legend.GetTitleText() == "Uncertainty" and legend.GetVisibility()
     heat = slicer.util.arrayFromVolume(outcome.heatmap_node)
-    assert display.GetWindowLevelMax() == pytest.approx(float(heat.max()))
+    assert heat.max() <= 1.0 and display.GetWindowLevelMax() == 1.0  # entropy / log C: one scale
 
     composites = [app.scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode") for i in range(3)]
     for composite in composites:
@@ -207,6 +208,51 @@ def test_heatmap_overlay_and_flick_between_real_and_synthetic(app, volume, bundl
         assert composite.GetForegroundOpacity() == pytest.approx(0.3)
 
 
+def test_the_heatmap_is_clear_where_the_model_is_sure_in_a_rendered_slice(app):
+    """Slicer's own slice pipeline (vtkMRMLSliceLogic) renders the heatmap layer: no colour at
+    all below the clear fraction of the scale, so the segmentation under it stays visible."""
+    from CrossDomainSegLib import display
+
+    image = sitk.GetImageFromArray(np.full((3, 16, 16), 100, np.float32))
+    background = nodes.add_volume_node(app.scene, image, "input")
+    heat = np.zeros((3, 16, 16), np.float32)
+    heat[:, :, 4:8] = 0.1  # sure
+    heat[:, :, 8:] = np.linspace(0.2, 1.0, 8)  # unsure
+    heat_image = sitk.GetImageFromArray(heat)
+    heatmap = nodes.add_volume_node(app.scene, heat_image, "uncertainty")
+    display.style_heatmap(app.scene, heatmap, heat)
+    display.show_layers(app.scene, background, heatmap, 1.0)
+    slice_logic = slicer.vtkMRMLSliceLogic()
+    slice_logic.SetMRMLApplicationLogic(app.app_logic)
+    slice_logic.SetMRMLScene(app.scene)
+    slice_logic.SetSliceNode(app.scene.GetFirstNodeByClass("vtkMRMLSliceNode"))
+    slice_logic.GetSliceNode().SetDimensions(16, 16, 1)
+    slice_logic.FitSliceToAll()
+    producer = slice_logic.GetForegroundLayer().GetImageDataConnection().GetProducer()
+    producer.Update()
+    rendered = producer.GetOutputDataObject(0)
+    rgba = vtk.util.numpy_support.vtk_to_numpy(rendered.GetPointData().GetScalars()).reshape(16, 16, 4)
+    # one row across the image's columns, which run right to left in the slice (RAS x = -LPS x)
+    alpha = rgba[8, ::-1, 3]
+    assert (alpha[:8] == 0).all() and (alpha[8:] == 255).all()
+    assert rgba[8, 0, 1] < rgba[8, 7, 1]  # more uncertain: redder
+    legend = display.heatmap_legend(heat)
+    assert legend["high"] == 1.0 and legend["clear_below"] == pytest.approx(display.CLEAR_BELOW)
+
+
+def test_label_colours_that_look_alike_are_replaced_by_distinct_ones():
+    from CrossDomainSegLib import display
+
+    colors = {"liver": [221, 130, 101], "kidneys": [185, 102, 83], "spleen": [157, 108, 162],
+              "lesion": [241, 214, 145]}
+    chosen = display.distinct_colors(colors, list(colors))
+    assert chosen["liver"] == (221, 130, 101) and chosen["spleen"] == (157, 108, 162)
+    assert chosen["kidneys"] != (185, 102, 83)
+    values = list(chosen.values())
+    assert min(np.linalg.norm(np.subtract(a, b)) for i, a in enumerate(values) for b in values[i + 1:]) \
+        >= display.MIN_COLOR_DISTANCE
+
+
 def test_placed_points_refine_at_once_and_undo_redo_moves_them(app, volume, bundles, tmp_path):
     logic = make_logic(app, tmp_path, bundles["empty"])
     outcome = logic.segment(volume)
@@ -222,8 +268,8 @@ def test_placed_points_refine_at_once_and_undo_redo_moves_them(app, volume, bund
     assert logic.last_error == ""
     assert len(logic.clicks) == 1
     click = logic.clicks[0]
-    np.testing.assert_allclose(click.point_lps, (-ras[0], -ras[1], ras[2]), atol=1e-9)
-    assert logic.session.index_of(click.point_lps) == BLOB_CENTER  # RAS -> LPS -> the same voxel
+    np.testing.assert_allclose(click.point, (-ras[0], -ras[1], ras[2]), atol=1e-9)
+    assert logic.session.index_of(click.point) == BLOB_CENTER  # RAS -> LPS -> the same voxel
 
     liver = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver"])
     ball = sitk.GetArrayFromImage(make_image()) > 50
@@ -243,6 +289,114 @@ def test_placed_points_refine_at_once_and_undo_redo_moves_them(app, volume, bund
     assert not logic.redo()  # nothing left to redo
     logic.segment(volume)  # a new result starts a new case: no clicks, no points
     assert logic.clicks == [] and include.GetNumberOfControlPoints() == 0
+
+
+def test_moving_or_deleting_a_point_moves_or_takes_out_its_click(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    outcome = logic.segment(volume)
+    include, exclude = logic.click_nodes()
+    logic.active_label = "liver"
+    outside_ras = ras_of_index(volume, (3, 3, 3))  # background, far from the ball
+    include.AddControlPoint(vtk.vtkVector3d(*outside_ras))
+    logic.active_label = "kidney"  # a later click, on another segment
+    exclude.AddControlPoint(vtk.vtkVector3d(*ras_of_index(volume, (40, 35, 20))))
+    assert len(logic.clicks) == 2 and logic.last_error == ""
+    liver = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver"]).astype(bool)
+    ball = sitk.GetArrayFromImage(make_image()) > 50
+    assert liver[3, 3, 3] and not (liver & ball).any()
+
+    # dragged onto the ball: the click moves there, the later click stays in effect after it
+    center_ras = ras_of_index(volume, BLOB_CENTER[::-1])
+    include.SetNthControlPointPositionWorld(0, *center_ras)
+    assert logic.last_error == ""
+    assert len(logic.clicks) == 2 and logic.clicks[0].positive and not logic.clicks[1].positive
+    np.testing.assert_allclose(logic.clicks[0].point, nodes.ras_to_lps(center_ras), atol=1e-6)
+    liver = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver"]).astype(bool)
+    assert liver[BLOB_CENTER] and not liver[3, 3, 3]
+    assert (liver & ball).sum() > 0.3 * ball.sum()
+    np.testing.assert_array_equal(liver, np.asarray(logic.session.label) == 1)
+
+    # deleted: its click is taken out, and with it what it added
+    include.RemoveNthControlPoint(0)
+    assert len(logic.clicks) == 1 and not logic.clicks[0].positive
+    assert not segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver"]).any()
+    assert logic.undo()  # Undo now takes back the remaining (exclude) click and its point
+    logic.active_label = "liver"
+    assert exclude.GetNumberOfControlPoints() == 0 and logic.clicks == []
+
+    # a point dragged outside the image is refused with a message; nothing changes
+    messages = []
+    logic.on_error = messages.append
+    include.AddControlPoint(vtk.vtkVector3d(*center_ras))
+    before = np.asarray(logic.session.label).copy()
+    include.SetNthControlPointPositionWorld(0, 500.0, 500.0, 500.0)
+    assert messages and "outside" in messages[-1]
+    np.testing.assert_array_equal(np.asarray(logic.session.label), before)
+
+
+def test_clicks_run_on_a_worker_and_the_scene_changes_on_the_callers_thread(app, volume, bundles,
+                                                                         tmp_path):
+    """A front end's run_job gets the click's job; MRML changes only when it calls finish."""
+    import threading
+
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    outcome = logic.segment(volume)
+    handed = []
+    logic.run_job = lambda job, finish: handed.append((job, finish))
+    include, _ = logic.click_nodes()
+    logic.active_label = "kidney"
+    include.AddControlPoint(vtk.vtkVector3d(*ras_of_index(volume, BLOB_CENTER[::-1])))
+    ((job, finish),) = handed
+    assert job._thread is not threading.current_thread()
+    job.wait()
+    assert not segment_label_via_slicer(app, outcome.segmentation_node, volume, ["kidney"]).any()
+    with pytest.raises(InputError, match="still being applied"):
+        logic.add_click(ras_of_index(volume, (5, 5, 5)), True, "kidney")
+    assert finish(job)["changed_voxels"] > 0
+    assert segment_label_via_slicer(app, outcome.segmentation_node, volume, ["kidney"])[BLOB_CENTER] == 1
+    assert logic.undo() and include.GetNumberOfControlPoints() == 0  # the point was tied to its click
+
+
+def test_errors_in_observers_reach_the_user(app, volume, bundles, tmp_path, monkeypatch, caplog):
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    logic.segment(volume)
+    messages = []
+    logic.on_error = messages.append
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("refiner exploded")
+
+    monkeypatch.setattr(logic.session, "add_click", broken)
+    include, _ = logic.click_nodes()
+    include.AddControlPoint(vtk.vtkVector3d(*ras_of_index(volume, BLOB_CENTER[::-1])))
+    assert messages == ["The click failed: refiner exploded (details in the Python log)."]
+    assert "refiner exploded" in caplog.text  # logged with its traceback
+    assert include.GetNumberOfControlPoints() == 0 and logic.clicks == []
+
+
+def test_scene_close_and_deleted_nodes_turn_the_case_off(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    outcome = logic.segment(volume)
+    logic.add_click(ras_of_index(volume, BLOB_CENTER[::-1]), True, "liver")
+    app.scene.Clear(0)  # File > Close scene
+    assert not logic.has_case
+    for action in (logic.undo, logic.accept, lambda: logic.export(tmp_path / "x.nii.gz"),
+                   logic.lock_from_segmentation):
+        with pytest.raises(InputError, match="Segment a volume first"):
+            action()
+    # a new scene works again, with new point lists
+    volume = nodes.add_volume_node(app.scene, make_image(), "again")
+    outcome = logic.segment(volume)
+    include, _ = logic.click_nodes()
+    include.AddControlPoint(vtk.vtkVector3d(*ras_of_index(volume, BLOB_CENTER[::-1])))
+    assert len(logic.clicks) == 1 and logic.last_error == ""
+
+    messages = []
+    logic.on_error = messages.append
+    app.scene.RemoveNode(outcome.segmentation_node)  # deleted in the Data module
+    assert not logic.has_case and "deleted" in messages[0]
+    with pytest.raises(InputError, match="Segment a volume first"):
+        logic.undo()
 
 
 def test_mrml_holds_the_session_label_after_a_click_across_segments(app, volume, bundles, tmp_path):
@@ -272,16 +426,135 @@ def test_a_point_outside_the_volume_is_dropped_with_a_message(app, volume, bundl
         logic.add_click(ras_of_index(volume, (24, 20, 12)), True, "spleen")
 
 
-def test_hand_edits_in_the_segmentation_stay_locked(app, volume, bundles, tmp_path, monkeypatch):
-    install_module_stand_ins(app, monkeypatch)  # slicer.util's segment array helpers look up module logics
+def segment_editor_stroke(segmentation_node, segment_id, mask, volume_node, erase=False) -> None:
+    """Change a segment the way a Segment Editor effect does (vtkSlicerSegmentEditorLogic::
+    ModifySegmentByLabelmap): a modifier labelmap on the source volume's geometry, cropped to the
+    stroke, added with MODE_MERGE_MASK over the other segments (the editor's default "overwrite
+    other segments: all") or erased with its inverse and MODE_MERGE_MIN, through
+    vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment. This fires the segmentation's
+    SourceRepresentationModified, not SegmentModified."""
+    (zs, ys, xs) = ndimage_bounds(mask)
+    crop = mask[zs, ys, xs].astype(np.uint8)
+    modifier = slicer.vtkOrientedImageData()
+    modifier.SetSpacing(volume_node.GetSpacing())
+    modifier.SetOrigin(volume_node.GetOrigin())
+    directions = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(directions)
+    modifier.SetDirectionMatrix(directions)
+    extent = [xs.start, xs.stop - 1, ys.start, ys.stop - 1, zs.start, zs.stop - 1]
+    modifier.SetExtent(*extent)
+    modifier.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    voxels = vtk.util.numpy_support.vtk_to_numpy(modifier.GetPointData().GetScalars())
+    voxels[:] = ((1 - crop) * 255 if erase else crop).ravel()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    mode = logic.MODE_MERGE_MIN if erase else logic.MODE_MERGE_MASK
+    segmentation = segmentation_node.GetSegmentation()
+    others = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
+              if segmentation.GetNthSegmentID(i) != segment_id]
+    assert logic.SetBinaryLabelmapToSegment(modifier, segmentation_node, segment_id, mode, extent,
+                                            False, others)
+
+
+def ndimage_bounds(mask: np.ndarray) -> tuple:
+    from scipy import ndimage
+
+    return ndimage.find_objects(mask.astype(np.uint8))[0]
+
+
+def test_segment_editor_strokes_survive_clicks_accept_and_export(app, volume, bundles, tmp_path):
+    """The issue's target: paint and erase with the Segment Editor's own mechanism, click, accept
+    and export; every painted voxel is in the exported label and every erased one stays erased."""
+    logic = make_logic(app, tmp_path, bundles["mixed"])
+    outcome = logic.segment(volume)
+    node = outcome.segmentation_node
+    events = []
+    segmentation = node.GetSegmentation()
+    for event in ("SegmentModified", "SourceRepresentationModified"):
+        segmentation.AddObserver(getattr(segmentation, event), lambda *a, e=event: events.append(e))
+    before = segment_label_via_slicer(app, node, volume, ["liver", "kidney"])
+    ball = sitk.GetArrayFromImage(make_image()) > 50
+    painted = np.zeros(ball.shape, bool)
+    painted[2:5, 3:12, 30:44] = True  # kidney painted in the background, far from the ball
+    erased = ball.copy()
+    erased[BLOB_CENTER[0] - 2:] = False  # the ball's top cap erased from liver and kidney
+    assert (before[erased] != 0).any() and (before[painted] != 2).any()  # the strokes change things
+    segment_editor_stroke(node, "kidney", painted, volume)
+    for name in ("liver", "kidney"):
+        segment_editor_stroke(node, name, erased, volume, erase=True)
+    assert "SourceRepresentationModified" in events and "SegmentModified" not in events
+
+    logic.add_click(ras_of_index(volume, BLOB_CENTER[::-1]), True, "liver")  # grows over the ball
+    logic.add_click(ras_of_index(volume, (37, 7, 3)), False, "kidney")  # inside the painted slab
+    # what the strokes changed is locked (a painted voxel that was kidney already is not an edit)
+    assert logic.session.locked.sum() == np.count_nonzero((painted & (before != 2)) | (erased & (before != 0)))
+
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(str(logic.export(tmp_path / "out.nii.gz"))))
+    assert (exported[painted] == 2).all()
+    assert (exported[erased] == 0).all()
+    assert (exported[ball & ~erased] == 1).mean() > 0.3  # the click did work around the strokes
+    case = AcceptedCaseStore(logic.store_dir).load(logic.accept())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(case.label), exported)
+    # what is on screen, exactly: Slicer's own export of the segments
+    np.testing.assert_array_equal(segment_label_via_slicer(app, node, volume, ["liver", "kidney"]), exported)
+
+
+def test_an_edit_made_with_events_off_is_still_taken_in(app, volume, bundles, tmp_path):
+    """A script that writes into a segment's labelmap without any event: the fingerprint sees it."""
     logic = make_logic(app, tmp_path, bundles["empty"])
     outcome = logic.segment(volume)
-    # the user paints liver by hand on the top cap of the ball (as a Segment Editor stroke does)
+    logic.add_click(ras_of_index(volume, BLOB_CENTER[::-1]), True, "liver")
+    segment = outcome.segmentation_node.GetSegmentation().GetSegment("liver")
+    labelmap = segment.GetRepresentation("Binary labelmap")
+    voxels = vtk.util.numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
+    extent = labelmap.GetExtent()
+    voxels[:] = np.where(voxels == segment.GetLabelValue(), 0, voxels)  # liver erased in place
+    labelmap.Modified()
+    assert extent == labelmap.GetExtent()
+    assert logic.lock_from_segmentation() > 0
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(str(logic.export(tmp_path / "out.nii.gz"))))
+    assert not (exported == 1).any()
+
+
+def test_clicks_write_only_their_box_and_keep_the_users_other_segments(app, volume, bundles, tmp_path):
+    """Results go into the user's own segmentation; a click changes only the voxels in its box,
+    other segments (and the 3D surface) stay."""
+    mine = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my segmentation")
+    mine.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    mine.GetSegmentation().AddEmptySegment("notes", "notes", (0.1, 0.2, 0.9))
+    notes = np.zeros((24, 40, 48), bool)
+    notes[20:23, 30:38, 2:9] = True
+    segment_editor_stroke(mine, "notes", notes, volume)
+    logic = make_logic(app, tmp_path, bundles["mixed"])
+    outcome = logic.segment(volume, segmentation_node=mine)
+    assert outcome.segmentation_node is mine
+    mine.CreateClosedSurfaceRepresentation()
+    before = segment_label_via_slicer(app, mine, volume, ["liver", "kidney"])
+    written = []
+    original = nodes.write_segments_in_box
+    nodes.write_segments_in_box = lambda *a, **k: written.append(a[2]) or original(*a, **k)
+    try:
+        logic.add_click(ras_of_index(volume, BLOB_CENTER[::-1]), True, "kidney")
+    finally:
+        nodes.write_segments_in_box = original
+    (box,) = written
+    after = segment_label_via_slicer(app, mine, volume, ["liver", "kidney"])
+    outside = np.ones(after.shape, bool)
+    outside[box] = False
+    assert outside.any() and (after != before)[box].any()
+    np.testing.assert_array_equal(after[outside], before[outside])
+    np.testing.assert_array_equal(after, np.asarray(logic.session.label))
+    np.testing.assert_array_equal(segment_label_via_slicer(app, mine, volume, ["notes"]).astype(bool), notes)
+    assert mine.GetSegmentation().GetSegment("kidney").GetRepresentation("Closed surface") is not None
+
+
+def test_hand_edits_in_the_segmentation_stay_locked(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    outcome = logic.segment(volume)
+    # the user paints liver by hand on the top cap of the ball, with a Segment Editor stroke
     ball = sitk.GetArrayFromImage(make_image()) > 50
     cap = ball.copy()
     cap[BLOB_CENTER[0] - 2:] = False
-    slicer.util.updateSegmentBinaryLabelmapFromArray(cap.astype(np.uint8), outcome.segmentation_node,
-                                                     "liver", volume)
+    segment_editor_stroke(outcome.segmentation_node, "liver", cap, volume)
     center_ras = ras_of_index(volume, BLOB_CENTER[::-1])
     logic.add_click(center_ras, True, "liver")  # grows liver over the whole ball
     assert logic.session.locked.sum() == cap.sum()

@@ -2,8 +2,12 @@
 
 `CrossDomainSegLogic(scene)` works on any `vtkMRMLScene`: the one of a running Slicer, of
 trame-slicer's `SlicerApp`, or a bare scene from the slicer-core wheel (tests). It never touches
-widgets or `slicer.app`; long work runs off the calling thread (`start_segment`) and reports
-progress through a callback, and everything that changes MRML happens on the calling thread.
+widgets or `slicer.app`. Segmentation and click refinement run on a worker thread (`jobs.Job`);
+everything that changes MRML happens on the calling thread, in the `finish...` methods.
+
+The segmentation node is the truth: what the user sees there (clicks' results and edits made with
+any Segment Editor effect) is what Accept and Export write. The click session of the engine
+(crossdomainseg.interactive) holds the correction history; the Logic keeps no copy of it.
 
 Coordinates: MRML speaks RAS, the engine LPS (both mm); points are converted here and nowhere else.
 All nodes it makes live on the input volume's own grid.
@@ -12,13 +16,16 @@ API (stable; the web front end codes against it):
     logic = CrossDomainSegLogic(scene, segmentations_logic=None, workspace=None, threads=None)
     logic.load_bundle(path) -> metadata        bundle or registry folder; label_names()
     logic.load_volume(path) -> volume node     file or DICOM folder (Slicer has its own loaders)
-    logic.segment(volume_node, progress=None) -> SegmentOutcome
-        or job = logic.start_segment(volume_node, progress); job.fraction/.message/.done/.cancel();
+    logic.segment(volume_node, progress=None, segmentation_node=None) -> SegmentOutcome
+        or job = logic.start_segment(...); job.fraction/.message/.done/.cancel();
         logic.finish(job) -> SegmentOutcome (on the scene's thread)
     logic.show_layers(synthetic=False, heatmap=True, heatmap_opacity=None); set_heatmap_opacity(x)
-    logic.click_nodes() -> (include, exclude) markups nodes; a placed point refines at once
-        (logic.active_label names the segment; logic.on_error(message) hears rejected points)
+    logic.click_nodes() -> (include, exclude) markups nodes; a point placed refines, a point
+        moved or deleted moves or takes out its click (logic.active_label names the segment;
+        logic.run_job(job, finish) runs clicks in the background; logic.on_error(message) hears
+        what went wrong in an observer)
     logic.add_click(ras_point, positive, segment_name) -> {"changed_voxels", "seconds"}
+        or job = logic.start_click(...); logic.finish_click(job)
     logic.undo() / logic.redo() -> bool;  logic.lock_from_segmentation() -> locked voxel count
     logic.accept() -> case id;  logic.export(path) -> path (.seg.nrrd, .nii.gz, .nii, .nrrd, .dcm)
     logic.trainer_status() -> dict; start_trainer(unlabelled_folder=None); stop_trainer(); rollback()
@@ -28,9 +35,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,8 +51,13 @@ from crossdomainseg.errors import BundleError, InputError
 
 # torch and MONAI are imported only when a model is loaded: the Slicer module must open (and offer
 # to install them) in a Slicer that does not have them yet.
-from . import nodes
+from . import display, nodes
+from .click_points import ClickPoints
+from .edit_watch import EditWatch
+from .jobs import Job
 from .trainer import TrainerControl, safe_name
+
+logger = logging.getLogger(__name__)
 
 HINTS = (  # (upper bound of U, plain-language hint); tau_u starts at 0.05 (METHOD.md 3)
     (0.05, "The model is confident on this image: a quick check should be enough."),
@@ -53,8 +66,6 @@ HINTS = (  # (upper bound of U, plain-language hint); tau_u starts at 0.05 (METH
                    "on. Review it carefully and correct it with clicks."),
 )
 
-INCLUDE_NODE_NAME = "CrossDomainSeg include"
-EXCLUDE_NODE_NAME = "CrossDomainSeg exclude"
 EXPORT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm")
 
 
@@ -79,63 +90,6 @@ class SegmentOutcome:
     timings: dict = field(default_factory=dict)
 
 
-@dataclass
-class Click:
-    point_lps: tuple[float, float, float]
-    positive: bool
-    label: str
-    markups_id: str = ""  # control point ID in its markups node, to remove it on undo
-
-    def to_dict(self) -> dict:
-        return {"point": list(self.point_lps), "positive": self.positive, "label": self.label}
-
-
-HAND_EDIT = "hand edit"  # an entry of the correction history that is not a click
-
-
-class SegmentJob:
-    """A segmentation running on a worker thread; poll `done`, then `CrossDomainSegLogic.finish`."""
-
-    def __init__(self, volume_node, run: Callable, progress: Callable | None):
-        self.volume_node = volume_node
-        self.fraction = 0.0
-        self.message = "starting"
-        self.result = None
-        self.error: BaseException | None = None
-        self._progress = progress
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(run,), daemon=True,
-                                        name="CrossDomainSeg segmentation")
-        self._thread.start()
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        """Ask the engine to stop at its next stage; `finish` then raises SegmentationCancelled."""
-        self._cancel.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return self.done
-
-    def report(self, fraction: float, message: str) -> None:
-        self.fraction, self.message = float(fraction), str(message)
-        if self._progress is not None:
-            self._progress(self.fraction, self.message)
-
-    def _work(self, run: Callable) -> None:
-        try:
-            self.result = run(self.report, self._cancel.is_set)
-        except BaseException as error:  # handed over to the calling thread by `finish`
-            self.error = error
-
-
 class CrossDomainSegLogic:
     """Segment, preview, show uncertainty, correct with clicks, accept, export, steer the trainer.
 
@@ -154,13 +108,22 @@ class CrossDomainSegLogic:
         self.engine = None
         self.trainer = TrainerControl(self.workspace)
         self.active_label: str | None = None
-        self.on_error: Callable[[str], None] | None = None  # errors of clicks placed in a view
+        self.on_error: Callable[[str], None] | None = None  # what went wrong in an observer
+        # run_job(job, finish): how a front end waits for a click's job without blocking its GUI
+        # (poll job.done, then call finish(job) on its own thread); None: wait here
+        self.run_job: Callable | None = None
         # DICOM instance UID -> file (Slicer: slicer.dicomDatabase.fileForInstance)
         self.dicom_file_for_instance: Callable[[str], str] | None = None
         self.last_error = ""
+        self.points = ClickPoints(scene, weakly(self._on_point_placed), weakly(self._on_point_moved),
+                                  weakly(self._on_point_removed))
+        self._watch: EditWatch | None = None
+        self._click_job: Job | None = None
         self._clear_case()
-        self._observations: list[tuple[object, int]] = []
-        self._placing_from_logic = False
+        # weakly, and taken off when the Logic goes: a scene that is being deleted fires these too
+        tags = [scene.AddObserver(scene.StartCloseEvent, weakly(self._on_scene_closing)),
+                scene.AddObserver(scene.NodeRemovedEvent, weakly(self._on_node_removed))]
+        self._unobserve_scene = weakref.finalize(self, _remove_observers, scene, tags)
 
     # -- model -------------------------------------------------------------------------------
     def load_bundle(self, path) -> dict:
@@ -207,14 +170,18 @@ class CrossDomainSegLogic:
         return self.engine
 
     # -- segmentation ------------------------------------------------------------------------
-    def start_segment(self, volume_node, progress: Callable | None = None) -> SegmentJob:
+    def start_segment(self, volume_node, progress: Callable | None = None,
+                      segmentation_node=None) -> Job:
         """Start segmenting `volume_node` on a worker thread; returns the job to poll and cancel.
 
-        `progress(fraction, message)` is called from the worker thread: a GUI must hand it over
-        to its own thread rather than touch widgets there.
+        segmentation_node: where the result goes (the user's own segmentation: its segments of
+        other names are kept); None: "<volume> segmentation", made or reused. `progress(fraction,
+        message)` is called from the worker thread.
         """
         engine = self._require_engine()
         image = nodes.image_from_volume_node(volume_node)  # read MRML here, on the caller's thread
+        if segmentation_node is not None and not segmentation_node.IsA("vtkMRMLSegmentationNode"):
+            raise InputError("The output must be a segmentation; pick one or leave it empty.")
 
         def run(report, cancel):
             result = engine.segment(image, preview=True, uncertainty=True, progress=report,
@@ -222,283 +189,272 @@ class CrossDomainSegLogic:
             report(1.0, "preparing click correction")
             return result, _new_session(engine, image, result)  # also off the caller's thread
 
-        return SegmentJob(volume_node, run, progress)
+        job = Job(run, progress, "CrossDomainSeg segmentation")
+        job.volume_node, job.segmentation_node = volume_node, segmentation_node
+        return job
 
-    def finish(self, job: SegmentJob) -> SegmentOutcome:
+    def finish(self, job: Job) -> SegmentOutcome:
         """Put a finished job's results into the scene (call on the thread that owns the scene).
         Raises the job's error, or crossdomainseg.engine.SegmentationCancelled after `cancel`."""
         from crossdomainseg.engine import SegmentationCancelled
 
-        job.wait()
-        if job.error is not None:
-            raise job.error
+        result = job.outcome()
         if job.cancelled:
             raise SegmentationCancelled("segmentation cancelled")
-        return self._show_result(job.volume_node, *job.result)
+        for node in (job.volume_node, job.segmentation_node):
+            if node is not None and not self.scene.IsNodePresent(node):
+                raise InputError("The volume or segmentation was deleted while it was being "
+                                 "segmented; load it again and press Segment.")
+        return self._show_result(job.volume_node, job.segmentation_node, *result)
 
-    def segment(self, volume_node, progress: Callable | None = None) -> SegmentOutcome:
+    def segment(self, volume_node, progress: Callable | None = None,
+                segmentation_node=None) -> SegmentOutcome:
         """Segment and wait: `start_segment` then `finish`."""
-        return self.finish(self.start_segment(volume_node, progress))
+        return self.finish(self.start_segment(volume_node, progress, segmentation_node))
 
-    def _show_result(self, volume_node, result, session) -> SegmentOutcome:
+    def _show_result(self, volume_node, segmentation_node, result, session) -> SegmentOutcome:
         self._clear_case()
-        for name in (INCLUDE_NODE_NAME, EXCLUDE_NODE_NAME):  # points of the previous case
-            for node in _nodes_of(self.scene, "vtkMRMLMarkupsFiducialNode"):
-                if node.GetName() == name:
-                    node.RemoveAllControlPoints()
-        self.volume_node = volume_node
-        self.result = result
-        self.session = session
-        self.image = session.image
+        self.points.clear()  # points of the previous case
+        self.volume_node, self.session = volume_node, session
         self.metadata = dict(self.engine.bundle.metadata)  # the version that made this result
         base = volume_node.GetName()
 
-        segmentation_node = self._node("vtkMRMLSegmentationNode", f"{base} segmentation")
+        if segmentation_node is None:
+            segmentation_node = display.find_or_add(self.scene, "vtkMRMLSegmentationNode",
+                                                    f"{base} segmentation")
         segmentation_node.CreateDefaultDisplayNodes()
         self.segmentation_node = segmentation_node
-        self._write_label()
-        segmentation = segmentation_node.GetSegmentation()
-        self._segmentation_observer = (segmentation, [
-            segmentation.AddObserver(event, self._on_segmentation_changed)
-            for event in (segmentation.SegmentModified, segmentation.SegmentAdded,
-                          segmentation.SegmentRemoved)])
+        nodes.fill_segmentation_node(segmentation_node, session.label_image(), self.metadata["labels"],
+                                     self.metadata.get("colors", {}), self.segmentations_logic,
+                                     volume_node)
+        self._watch = EditWatch(segmentation_node)
 
         preview_node = None
         if result.preview is not None:
-            preview_node = self._node("vtkMRMLScalarVolumeNode",
-                                      f"{base} synthetic {self.metadata.get('output_modality', '')}".strip())
+            preview_node = display.find_or_add(
+                self.scene, "vtkMRMLScalarVolumeNode",
+                f"{base} synthetic {self.metadata.get('output_modality', '')}".strip())
             nodes.update_volume_node(preview_node, sitk.Cast(result.preview, sitk.sitkFloat32))
             preview_node.CreateDefaultDisplayNodes()
             preview_node.GetDisplayNode().AutoWindowLevelOn()
         heatmap_node = None
         if result.uncertainty is not None:
-            heatmap_node = self._node("vtkMRMLScalarVolumeNode", f"{base} uncertainty")
+            heatmap_node = display.find_or_add(self.scene, "vtkMRMLScalarVolumeNode", f"{base} uncertainty")
             nodes.update_volume_node(heatmap_node, sitk.Cast(result.uncertainty, sitk.sitkFloat32))
-            self._style_heatmap(heatmap_node)
+            display.style_heatmap(self.scene, heatmap_node, _array(result.uncertainty))
         self.preview_node, self.heatmap_node = preview_node, heatmap_node
         self.show_layers(synthetic=False)
 
         u = None if result.U is None else float(result.U)
-        outcome = SegmentOutcome(segmentation_node, preview_node, heatmap_node, u,
-                                 uncertainty_hint(u) if u is not None else "",
-                                 getattr(result, "model_version", None),
-                                 dict(getattr(result, "timings", {}) or {}))
-        self.outcome = outcome
-        return outcome
-
-    def _node(self, class_name: str, name: str):
-        """The node of that class and name made by an earlier run (reused), else a new one."""
-        for node in _nodes_of(self.scene, class_name):
-            if node.GetName() == name and node.GetClassName() == class_name:
-                return node
-        return self.scene.AddNewNodeByClass(class_name, name)
-
-    def _style_heatmap(self, node) -> None:
-        node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
-        display.SetAndObserveColorNodeID(self._heatmap_colors().GetID())
-        values = _array(self.result.uncertainty)
-        high = float(values.max()) if values.size and values.max() > 0 else 1.0
-        display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(0.0, high)
-        legend = _add_color_legend(node)
-        if legend is not None:
-            legend.SetVisibility(True)
-            legend.SetTitleText("Uncertainty")
-            legend.SetLabelFormat("%.2f")
-
-    def _heatmap_colors(self):
-        """Transparent where the model is sure, through yellow to red where it is not."""
-        table = self._node("vtkMRMLColorTableNode", "CrossDomainSeg uncertainty")
-        if table.GetNumberOfColors() != 256:
-            table.SetTypeToUser()
-            table.SetNumberOfColors(256)
-            for i in range(256):
-                t = i / 255.0
-                table.SetColor(i, f"{t:.2f}", 1.0, 1.0 - 0.85 * t, 0.1 * (1 - t), min(1.0, 2 * t))
-        return table
+        self.outcome = SegmentOutcome(segmentation_node, preview_node, heatmap_node, u,
+                                      uncertainty_hint(u) if u is not None else "",
+                                      getattr(result, "model_version", None),
+                                      dict(getattr(result, "timings", {}) or {}))
+        return self.outcome
 
     # -- views ---------------------------------------------------------------------------------
     def show_layers(self, synthetic: bool = False, heatmap: bool = True,
                     heatmap_opacity: float | None = None) -> None:
-        """Show the input (or its synthetic preview) with the heatmap over it in every slice view.
-
-        All slice views change together, so the clinician flicks between real and synthetic on
-        the same grid without losing their place.
-        """
+        """Show the input (or its synthetic preview) with the heatmap over it in every slice view."""
         background = self.preview_node if synthetic and self.preview_node else self.volume_node
-        foreground = self.heatmap_node if heatmap else None
-        for composite in _nodes_of(self.scene, "vtkMRMLSliceCompositeNode"):
-            was_modifying = composite.StartModify()
-            composite.SetBackgroundVolumeID(background.GetID() if background else None)
-            composite.SetForegroundVolumeID(foreground.GetID() if foreground else None)
-            if heatmap_opacity is not None:
-                composite.SetForegroundOpacity(float(heatmap_opacity))
-            elif foreground is not None and composite.GetForegroundOpacity() == 0.0:
-                composite.SetForegroundOpacity(0.5)
-            composite.EndModify(was_modifying)
+        display.show_layers(self.scene, background, self.heatmap_node if heatmap else None,
+                            heatmap_opacity)
 
     def set_heatmap_opacity(self, opacity: float) -> None:
-        for composite in _nodes_of(self.scene, "vtkMRMLSliceCompositeNode"):
-            composite.SetForegroundOpacity(float(np.clip(opacity, 0.0, 1.0)))
+        display.set_foreground_opacity(self.scene, opacity)
 
     # -- clicks --------------------------------------------------------------------------------
     def click_nodes(self):
-        """The include and exclude point lists (made on first call); points placed in them
-        refine the segmentation as soon as they are placed."""
-        pair = []
-        for name, color, positive in ((INCLUDE_NODE_NAME, (0.2, 0.9, 0.2), True),
-                                      (EXCLUDE_NODE_NAME, (0.95, 0.2, 0.2), False)):
-            node = self._node("vtkMRMLMarkupsFiducialNode", name)
-            if node.GetDisplayNode() is None:
-                node.CreateDefaultDisplayNodes()
-            node.GetDisplayNode().SetSelectedColor(*color)
-            node.GetDisplayNode().SetColor(*color)
-            node.SetMarkupLabelFormat("+" if positive else "-")
-            if not any(observed is node for observed, _ in self._observations):
-                tag = node.AddObserver(node.PointPositionDefinedEvent,
-                                       lambda caller, event, positive=positive:
-                                       self._on_point_placed(caller, positive))
-                self._observations.append((node, tag))
-            pair.append(node)
-        return tuple(pair)
+        """The include and exclude point lists (made on first call)."""
+        return self.points.nodes()
 
-    def _on_point_placed(self, markups_node, positive: bool) -> None:
-        if self._placing_from_logic or self.segmentation_node is None:
-            return
-        index = markups_node.GetNumberOfControlPoints() - 1
-        point_id = markups_node.GetNthControlPointID(index)
-        try:
-            self.add_click(markups_node.GetNthControlPointPositionWorld(index), positive,
-                           self.active_label, markups_id=point_id)
-        except InputError as error:  # observers cannot raise to the user: drop the point, report
-            markups_node.RemoveNthControlPoint(index)
-            self.last_error = str(error)
-            if self.on_error is not None:
-                self.on_error(str(error))
+    @property
+    def clicks(self) -> list:
+        """The clicks in effect, oldest first: the session's (`point` in LPS mm, `positive`,
+        `label` value)."""
+        return list(self.session.clicks) if self.session is not None else []
 
-    def add_click(self, ras_point, positive: bool, segment_name: str | None = None,
-                  markups_id: str = "") -> dict:
-        """Refine around one click at `ras_point` (RAS mm): positive adds to `segment_name`,
-        negative removes from it. Hand edits made since the last update are locked first.
-        Returns {"changed_voxels", "seconds"}."""
-        self._require_case()
+    def start_click(self, ras_point, positive: bool, segment_name: str | None = None) -> Job:
+        """Start refining around a click at `ras_point` (RAS mm) on a worker thread: positive
+        adds to `segment_name`, negative removes from it. Hand edits made since the last update
+        are locked first (here, on the caller's thread). Finish with `finish_click`."""
+        self._require_clicks()
         label = segment_name or self.active_label
         if label not in self.label_names():
             raise InputError(f"Unknown segment {label!r}: choose one of {', '.join(self.label_names())}.")
-        started = time.perf_counter()
+        point = nodes.ras_to_lps(ras_point)
+        self.session.index_of(point)  # a point outside the image is refused before any work
         self.lock_from_segmentation()
-        result = self.session.add_click(nodes.ras_to_lps(ras_point), positive,
-                                        int(self.metadata["labels"][label]))
-        self._actions.append(Click(nodes.ras_to_lps(ras_point), bool(positive), label, markups_id))
-        self._undone.clear()
-        self._write_label()
-        return {"changed_voxels": int(result.changed), "seconds": time.perf_counter() - started}
+        value = int(self.metadata["labels"][label])
+        session = self.session
+        return self._start_session_job(lambda: session.add_click(point, positive, value))
 
-    @property
-    def clicks(self) -> list[Click]:
-        """The clicks in effect, oldest first (LPS mm)."""
-        return [action for action in self._actions if isinstance(action, Click)]
+    def _start_session_job(self, change: Callable) -> Job:
+        started = time.perf_counter()
+        job = Job(lambda report, cancelled: change(), name="CrossDomainSeg click")
+        job.started, job.session = started, self.session
+        job.then = None  # what ties the points to the session's clicks once the change is shown
+        self._click_job = job
+        return job
+
+    def finish_click(self, job: Job) -> dict:
+        """Show a finished click's change (the changed box of each segment only; call on the
+        scene's thread). Returns {"changed_voxels", "seconds"}."""
+        try:
+            result = job.outcome()
+        finally:
+            self._click_job = None
+        if job.session is not self.session:  # the case was closed or replaced meanwhile
+            raise InputError("The segmentation was closed or replaced while the click was being "
+                             "applied; place the point again.")
+        if job.then is not None:
+            job.then()
+        self._show_change(result)
+        return {"changed_voxels": int(result.changed), "seconds": time.perf_counter() - job.started}
+
+    def add_click(self, ras_point, positive: bool, segment_name: str | None = None) -> dict:
+        """Refine around one click and wait: `start_click` then `finish_click`."""
+        return self.finish_click(self.start_click(ras_point, positive, segment_name))
+
+    def _on_point_placed(self, markups_node, index: int, positive: bool) -> None:
+        point_id = markups_node.GetNthControlPointID(index)
+
+        def drop_point():
+            index = markups_node.GetNthControlPointIndexByID(point_id)
+            if index >= 0:
+                markups_node.RemoveNthControlPoint(index)
+
+        def place():
+            job = self.start_click(markups_node.GetNthControlPointPositionWorld(index), positive,
+                                   self.active_label)
+            job.then = lambda: self.points.bind(markups_node, point_id, self.session.clicks[-1])
+            self._run(job, drop_point)
+
+        self._guarded("The click", place, drop_point)
+
+    def _run(self, job: Job, on_failure: Callable) -> None:
+        """Finish `job` now, or hand it to the front end's `run_job`; a failure undoes the point."""
+        def finish(job):
+            try:
+                return self.finish_click(job)
+            except BaseException:
+                on_failure()
+                raise
+
+        if self.run_job is None:
+            finish(job)
+        else:
+            self.run_job(job, finish)
+
+    def _on_point_moved(self, click, ras) -> None:
+        def move():
+            self._require_clicks()
+            self.lock_from_segmentation()
+            index = next(i for i, c in enumerate(self.session.clicks) if c is click)
+            session, point = self.session, nodes.ras_to_lps(ras)
+            job = self._start_session_job(lambda: session.revise_click(click, point))
+            job.then = lambda: self.points.rebind(click, self.session.clicks[index])
+            self._run(job, lambda: None)
+
+        self._guarded("Moving the point", move)
+
+    def _on_point_removed(self, click) -> None:
+        def remove():
+            self._require_clicks()
+            self.lock_from_segmentation()
+            session = self.session
+            self._run(self._start_session_job(lambda: session.revise_click(click, None)), lambda: None)
+
+        self._guarded("Deleting the point", remove)
+
+    def _guarded(self, what: str, action: Callable, on_failure: Callable | None = None) -> None:
+        """Run an observer's work: observers cannot raise to the user, so an InputError is shown
+        as it is and anything else is logged with its traceback and shown too."""
+        try:
+            action()
+        except InputError as error:
+            message = str(error)
+        except Exception as error:
+            logger.exception("%s failed", what)
+            message = f"{what} failed: {error} (details in the Python log)."
+        else:
+            return
+        if on_failure is not None:
+            on_failure()
+        self._report(message)
+
+    def _report(self, message: str) -> None:
+        self.last_error = message
+        if self.on_error is not None:
+            self.on_error(message)
 
     def undo(self) -> bool:
         """Take back the last correction, a click (its point disappears too) or a hand edit;
         False when there is none."""
-        self._require_case()
+        self._require_clicks()
         self.lock_from_segmentation()
-        if not self._actions or self.session.undo() is None:
+        clicks = list(self.session.clicks)
+        result = self.session.undo()
+        if result is None:
             return False
-        action = self._actions.pop()
-        self._undone.append(action)
-        if isinstance(action, Click):
-            self._remove_point(action)
-        self._write_label()
+        if len(self.session.clicks) < len(clicks):
+            self.points.remove(clicks[-1])
+        self._show_change(result)
         return True
 
     def redo(self) -> bool:
         """Apply again the last correction undone; False when there is none."""
-        self._require_case()
-        if not self._undone or self.session.redo() is None:
+        self._require_clicks()
+        self.lock_from_segmentation()
+        before = len(self.session.clicks)
+        result = self.session.redo()
+        if result is None:
             return False
-        action = self._undone.pop()
-        if isinstance(action, Click):
-            action.markups_id = self._restore_point(action)
-        self._actions.append(action)
-        self._write_label()
+        if len(self.session.clicks) > before:
+            self.points.restore(self.session.clicks[-1])
+        self._show_change(result)
         return True
 
     def lock_from_segmentation(self) -> int:
-        """Take in the user's hand edits (e.g. Segment Editor strokes) made since the logic last
-        wrote the segmentation, and lock those voxels: clicks never change them again. Returns
-        how many voxels are locked in all."""
-        self._require_case()
-        if not self._edited_by_hand:  # nothing but the logic wrote the segmentation since
-            return int(self.session.locked.sum())
-        current = self._current_label()
-        self._edited_by_hand = False
-        edited = current != self._written
-        if edited.any():
+        """Take in the user's hand edits (strokes of any Segment Editor effect, or a script) made
+        since the Logic last wrote the segmentation, and lock those voxels: clicks never change
+        them again. Returns how many voxels are locked in all."""
+        self._require_clicks()
+        if self._watch.edited:
+            current = self._screen_label()
+            edited = current != self.session.label
             for value in np.unique(current[edited]):
                 self.session.paint(edited & (current == value), int(value), lock=True)
-                self._actions.append(HAND_EDIT)
-            self._undone.clear()
-            self._written = current
+            self._watch.mark_clean()
         return int(self.session.locked.sum())
 
-    def _current_label(self) -> np.ndarray:
+    def _screen_label(self) -> np.ndarray:
+        """What the segmentation node holds now, as bundle label values on the input grid."""
         label = nodes.label_from_segmentation_node(self.segmentation_node, self.volume_node,
                                                    self.metadata["labels"], self.segmentations_logic)
-        return _array(label).astype(np.uint16)
+        return _array(label).astype(np.int16)
 
-    def _write_label(self) -> None:
-        """Put the session's label into the segmentation node (when it changed)."""
-        new = np.asarray(self.session.label).astype(np.uint16)
-        only = None
-        if self._written is not None:
-            changed = new != self._written
-            values = set(np.unique(new[changed]).tolist()) | set(np.unique(self._written[changed]).tolist())
-            only = {name for name, value in self.metadata["labels"].items()
-                    if value in values and value != 0}
-        if only is None or only:
-            self._writing = True
-            try:
-                nodes.fill_segmentation_node(self.segmentation_node, self._like(new),
-                                             self.metadata["labels"], self.metadata.get("colors", {}),
-                                             self.segmentations_logic, self.volume_node, only)
-            finally:
-                self._writing = False
-        self._written = new
-
-    def _on_segmentation_changed(self, caller, event) -> None:
-        if not self._writing:
-            self._edited_by_hand = True
-
-    def _remove_point(self, click: Click) -> None:
-        for node in self.click_nodes():
-            index = node.GetNthControlPointIndexByID(click.markups_id) if click.markups_id else -1
-            if index >= 0:
-                node.RemoveNthControlPoint(index)
-
-    def _restore_point(self, click: Click) -> str:
-        node = self.click_nodes()[0 if click.positive else 1]
-        self._placing_from_logic = True
-        try:
-            index = node.AddControlPoint(vtk.vtkVector3d(*nodes.lps_to_ras(click.point_lps)))
-        finally:
-            self._placing_from_logic = False
-        return node.GetNthControlPointID(index)
+    def _show_change(self, result) -> None:
+        """Put the session's label into the segmentation inside the box that changed."""
+        if result.box is None:
+            return
+        with self._watch.writing():
+            nodes.write_segments_in_box(self.segmentation_node, self.session.label, result.box.slices,
+                                        self.metadata["labels"], self.volume_node)
 
     # -- accept and export ---------------------------------------------------------------------
     def accept(self) -> str:
-        """Store the corrected case (image, label, clicks, model version) in the accepted-case
-        store the trainer learns from; returns the case id."""
+        """Store what the segmentation shows now (image, label, clicks, model version) in the
+        accepted-case store the trainer learns from; returns the case id."""
         from crossdomainseg.store import AcceptedCaseStore
 
-        self._require_case()
-        self.lock_from_segmentation()
-        label = self._like(self._written)
+        label = self._label_on_screen()
+        names = {int(v): n for n, v in self.metadata["labels"].items()}
+        clicks = [{"point": list(c.point), "positive": c.positive, "label": names[c.label]}
+                  for c in self.clicks]
         store = AcceptedCaseStore(self.store_dir)
         case_id = store.accept(
-            self.image, label, clicks=[c.to_dict() for c in self.clicks],
+            nodes.image_from_volume_node(self.volume_node), label, clicks=clicks,
             model_version=self.outcome.model_version,
             meta={"volume": self.volume_node.GetName(), "task": self.metadata.get("task"),
                   "U": self.outcome.U, "locked_voxels": int(self.session.locked.sum()),
@@ -506,19 +462,17 @@ class CrossDomainSegLogic:
         return case_id  # a running trainer reads new cases from the store at its next epoch
 
     def export(self, path) -> Path:
-        """Write the current label map on the input's grid: .seg.nrrd (with the segment names and
-        colours), .nii.gz/.nii/.nrrd (label values), or .dcm (DICOM SEG referencing the source
-        series; only for an input loaded from DICOM). Returns the path written."""
+        """Write what the segmentation shows now, on the input's grid: .seg.nrrd (with the segment
+        names and colours), .nii.gz/.nii/.nrrd (label values), or .dcm (DICOM SEG referencing the
+        source series; only for an input loaded from DICOM). Returns the path written."""
         from crossdomainseg import imageio
 
-        self._require_case()
         path = Path(path).expanduser()
         name = path.name.lower()
         suffix = next((s for s in EXPORT_SUFFIXES if name.endswith(s)), None)
         if suffix is None:
             raise InputError(f"{path}: choose a name ending in one of {', '.join(EXPORT_SUFFIXES)}.")
-        self.lock_from_segmentation()
-        label = self._like(self._written)
+        label = self._label_on_screen()
         if suffix == ".seg.nrrd":
             in_value_order = dict(sorted(self.metadata["labels"].items(), key=lambda kv: kv[1]))
             return imageio.write_seg_nrrd(label, path, in_value_order, self.metadata.get("colors", {}))
@@ -528,9 +482,16 @@ class CrossDomainSegLogic:
             algorithm = f"CrossDomainSeg {self.metadata.get('task')} {self.outcome.model_version}"
             return write_dicom_seg(label, self._dicom_source_files(), path, self.metadata["labels"],
                                    self.metadata.get("colors", {}), algorithm,
-                                   manual_edits=bool(self._actions))
+                                   manual_edits=bool(self.clicks) or bool(self.session.locked.any()))
         return imageio.write_image(sitk.Cast(label, sitk.sitkUInt8 if label_max(label) < 256
                                              else sitk.sitkUInt16), path)
+
+    def _label_on_screen(self) -> sitk.Image:
+        """The segmentation node's content now, with its hand edits locked into the session."""
+        self.lock_from_segmentation()
+        label = sitk.GetImageFromArray(self._screen_label())
+        label.CopyInformation(self.session.image)
+        return label
 
     # -- loading volumes (front ends without Slicer's own loaders) -------------------------------
     def load_volume(self, path, name: str | None = None):
@@ -595,36 +556,69 @@ class CrossDomainSegLogic:
             raise BundleError("Load a model bundle first.")
         return self.trainer.rollback()
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- case and scene life ------------------------------------------------------------------
+    @property
+    def has_case(self) -> bool:
+        """Whether a result is on screen that clicks, Undo, Accept and Export can work on."""
+        return self.session is not None
+
     def _clear_case(self) -> None:
-        if getattr(self, "_segmentation_observer", None):
-            segmentation, tags = self._segmentation_observer
-            for tag in tags:
-                segmentation.RemoveObserver(tag)
-        self._segmentation_observer = None
-        self._writing = self._edited_by_hand = False
+        if self._watch is not None:
+            self._watch.close()
+        self._watch = None
         self.volume_node = self.segmentation_node = self.preview_node = self.heatmap_node = None
-        self.result = self.image = self.outcome = None
-        self.session = None
-        self._actions: list = []  # Click or HAND_EDIT, mirroring the session's history
-        self._undone: list = []
-        self._written = None  # the label the logic last put into the segmentation node
+        self.outcome = self.session = None
 
-    def _require_case(self) -> None:
-        if self.segmentation_node is None:
-            raise InputError("Segment a volume first.")
+    def _require_clicks(self) -> None:
+        if self.session is None:
+            raise InputError("Segment a volume first (a result restored from a saved scene or "
+                             "closed with the scene has no click session: press Segment again).")
+        if self._click_job is not None:
+            raise InputError("The previous click is still being applied; try again when it is done.")
 
-    def _like(self, array: np.ndarray) -> sitk.Image:
-        image = sitk.GetImageFromArray(array)
-        image.CopyInformation(self.image)
-        return image
+    def _on_scene_closing(self, caller, event) -> None:
+        # the case's nodes and the point lists are about to be deleted: forget them first
+        self.points.close()
+        self._clear_case()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def _on_node_removed(self, caller, event, node) -> None:
+        if node is None:
+            return
+        if any(node.GetID() == points.GetID() for points in self.points.nodes(create=False)):
+            self.points.close()  # a point list deleted: its clicks stay, new points make new lists
+        if self.session is not None and node.GetID() in (self.volume_node.GetID(),
+                                                         self.segmentation_node.GetID()):
+            self._clear_case()
+            self._report(f"'{node.GetName()}' was deleted: clicks, Undo, Accept and Export are off "
+                         "until you press Segment again.")
 
     def close(self) -> None:
-        """Stop observing the scene's nodes (the trainer process, if running, keeps going)."""
-        for node, tag in self._observations:
-            node.RemoveObserver(tag)
-        self._observations.clear()
+        """Stop observing the scene and its nodes (the trainer process, if running, keeps going)."""
+        self._unobserve_scene()
+        self.points.close()
         self._clear_case()
+
+
+def weakly(method) -> Callable:
+    """`method` called while its object lives, for VTK observers: a VTK object holds its observers
+    strongly, so a bound method there would keep (or, collected in a cycle, half-clear) a Logic
+    that its front end has dropped."""
+    reference = weakref.WeakMethod(method)
+
+    def observer(*args):
+        bound = reference()
+        if bound is not None:
+            bound(*args)
+
+    if hasattr(method, "CallDataType"):
+        observer.CallDataType = method.CallDataType
+    return observer
+
+
+def _remove_observers(vtk_object, tags) -> None:
+    for tag in tags:
+        vtk_object.RemoveObserver(tag)
 
 
 def _new_session(engine, image: sitk.Image, result):
@@ -632,15 +626,8 @@ def _new_session(engine, image: sitk.Image, result):
     from crossdomainseg.interactive import InteractiveSession
     from crossdomainseg.interactive.refiner import click_refiner
 
-    bundle = engine.bundle
-    features = bundle.normalize(_array(image).astype(np.float32), "target")
-    preview = None
-    if result.preview is not None:
-        preview = bundle.normalize(_array(result.preview).astype(np.float32), "source")
-    return InteractiveSession(image, result.label, probabilities=result.probabilities,
-                              image_features=features, preview=preview,
-                              refiner=click_refiner(bundle, engine.device),
-                              label_values=[int(v) for v in result.labels.values()])
+    return InteractiveSession.from_result(image, result, engine.bundle,
+                                          click_refiner(engine.bundle, engine.device))
 
 
 def _segmentations_logic(scene):
@@ -649,19 +636,6 @@ def _segmentations_logic(scene):
     logic = slicer.vtkSlicerSegmentationsModuleLogic()
     logic.SetMRMLScene(scene)
     return logic
-
-
-def _add_color_legend(node):
-    try:
-        from slicer import vtkSlicerColorLogic
-    except ImportError:
-        return None
-    return vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
-
-
-def _nodes_of(scene, class_name: str) -> list:
-    return [scene.GetNthNodeByClass(i, class_name)
-            for i in range(scene.GetNumberOfNodesByClass(class_name))]
 
 
 def _array(image: sitk.Image) -> np.ndarray:

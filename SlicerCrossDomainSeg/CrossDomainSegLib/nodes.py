@@ -145,6 +145,64 @@ def fill_segmentation_node(segmentation_node, label: sitk.Image, labels: dict, c
         scene.RemoveNode(label_node)
 
 
+def write_segments_in_box(segmentation_node, label: np.ndarray, box_slices, labels: dict,
+                          reference_volume_node) -> None:
+    """Make every bundle segment equal `label` (z, y, x, bundle values) inside the voxel box
+    `box_slices` of the reference volume's grid, leaving the segments outside it untouched.
+
+    Uses the Segment Editor's own mechanism (vtkSlicerSegmentationsModuleLogic.
+    SetBinaryLabelmapToSegment: erase as MODE_MERGE_MIN with the inverted mask, paint as
+    MODE_MERGE_MASK), so shared labelmap layers, other representations (the 3D surface) and
+    segments of other names are kept. All erasing comes first: a voxel moving from one segment to
+    another never overlaps both.
+    """
+    import slicer
+
+    matrix = vtk.vtkMatrix4x4()
+    reference_volume_node.GetIJKToRASMatrix(matrix)
+    z, y, x = box_slices
+    extent = [x.start, x.stop - 1, y.start, y.stop - 1, z.start, z.stop - 1]
+    crop = label[box_slices]
+    segmentation = segmentation_node.GetSegmentation()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    targets = [(name, crop == int(value)) for name, value in labels.items()
+               if int(value) != 0 and segmentation.GetSegment(name) is not None]
+    for mode, fill in ((logic.MODE_MERGE_MIN, lambda inside: 255 * inside),
+                       (logic.MODE_MERGE_MASK, lambda inside: inside)):
+        for name, inside in targets:
+            modifier = _oriented_image(fill(inside.astype(np.uint8)), matrix, extent)
+            if not logic.SetBinaryLabelmapToSegment(modifier, segmentation_node, name, mode, extent):
+                raise RuntimeError(f"Slicer could not update segment {name!r}.")
+
+
+def _oriented_image(array: np.ndarray, ijk_to_ras, extent) -> object:
+    """A vtkOrientedImageData holding `array` (z, y, x) at `extent` of the grid `ijk_to_ras`."""
+    import slicer
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(*extent)
+    image.SetImageToWorldMatrix(ijk_to_ras)
+    scalars = numpy_to_vtk(np.ascontiguousarray(array, np.uint8).ravel(), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def segment_fingerprint(segmentation_node) -> tuple:
+    """What identifies the segments' current content cheaply: each segment's ID and the address
+    and modification time of its source representation. Any edit, with or without an event,
+    changes it."""
+    segmentation = segmentation_node.GetSegmentation()
+    name = segmentation.GetSourceRepresentationName()
+    prints = []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        representation = segmentation.GetSegment(segment_id).GetRepresentation(name)
+        prints.append((segment_id, None if representation is None else (
+            representation.GetAddressAsString("vtkDataObject"), representation.GetMTime())))
+    return tuple(prints)
+
+
 def label_from_segmentation_node(segmentation_node, reference_volume_node, labels: dict,
                                  segmentations_logic) -> sitk.Image:
     """The segmentation as a label image on the reference volume's grid, with the bundle's values.

@@ -341,6 +341,37 @@ class InteractiveSession:
         self._done.append(action)
         return ClickResult(self.label, action.box, self._changed(action))
 
+    def revise_click(self, click: Click, point=None) -> ClickResult:
+        """Move a click in effect to `point` (LPS mm), or take it out when `point` is None (the
+        user dragged or deleted its point), then apply every later click and hand edit again, in
+        order, from their patient-space positions. The moved click keeps its place in `clicks`;
+        the redo history is dropped."""
+        starts = [i for i, action in enumerate(self._done) if action.click is click]
+        if not starts:
+            raise InputError("That click is no longer in effect (undone, or made on an earlier "
+                             "result); place a new point instead.")
+        moved = None
+        if point is not None:
+            moved = Click(tuple(float(p) for p in point), click.positive, click.label)
+            self.index_of(moved.point)  # InputError outside the image, before anything changes
+        start = starts[-1]
+        undone = self._done[start:]
+        before = {"label": self.label.copy(), "locked": self.locked.copy()}
+        for action in reversed(undone):
+            if action.box is not None:
+                self._restore(action.box, action.before)
+        del self._done[start:]
+        self._undone.clear()
+        self.clicks = [action.click for action in self._done if action.kind == "click"]
+        self._replay(([] if moved is None else [_Action("click", None, click=moved)]) + undone[1:])
+        boxes = [a.box for a in undone + self._done[start:] if a.box is not None]
+        box = None if not boxes else Box(tuple(min(b.start[i] for b in boxes) for i in range(3)),
+                                         tuple(max(b.stop[i] for b in boxes) for i in range(3)))
+        changed = 0 if box is None else int(
+            np.count_nonzero(before["label"] != self.label)
+            + np.count_nonzero(before["locked"] != self.locked))
+        return ClickResult(self.label, box, changed)
+
     def set_refiner(self, refiner) -> None:
         """Use another refiner (a reloaded model) for the next clicks; clicks so far stay."""
         self.refiner = refiner
@@ -354,7 +385,13 @@ class InteractiveSession:
             self.refiner = refiner
         self._set_grid(image, label, probabilities, image_features, preview, self.label_values)
         self.clicks, self._done, self._undone = [], [], []
-        for action in history:
+        self._replay(history)
+        return ClickResult(self.label, Box((0, 0, 0), self.label.shape), sum(map(self._changed, self._done)))
+
+    def _replay(self, actions) -> None:
+        """Apply `actions` (clicks and hand edits) again, in order, from their patient-space
+        positions, appending them to the history."""
+        for action in actions:
             if action.kind == "click":
                 try:
                     replayed = self._apply_click(action.click)
@@ -367,7 +404,6 @@ class InteractiveSession:
                     sitk.GetArrayFromImage(self._on_grid(mask_image)).astype(bool), value, lock)
                 replayed.paint = action.paint
             self._done.append(replayed)
-        return ClickResult(self.label, Box((0, 0, 0), self.label.shape), sum(map(self._changed, self._done)))
 
     def label_image(self) -> sitk.Image:
         """The current label as an image on the input grid."""
