@@ -740,7 +740,7 @@ def test_module_file_imports_and_its_slicer_self_test_passes(module_file, tmp_pa
     test.test_CrossDomainSeg_workflow()
 
 
-def test_every_widget_the_module_uses_is_in_the_ui_file():
+def test_every_widget_the_module_uses_is_in_the_ui_file(module_file):
     import re
     import xml.etree.ElementTree as ET
 
@@ -750,7 +750,10 @@ def test_every_widget_the_module_uses_is_in_the_ui_file():
     assert used and used <= names, sorted(used - names)
     parameters = {p.find("string").text for p in ui.iter("property")
                   if p.get("name") == "SlicerParameterName"}
-    assert parameters == {"inputVolume", "showSynthetic", "showHeatmap", "heatmapOpacity"}
+    assert parameters == {"inputVolume", "outputSegmentation", "showSynthetic", "showHeatmap",
+                          "heatmapOpacity"}
+    wrapped = set(module_file.CrossDomainSegParameterNode.fields)
+    assert parameters <= wrapped, sorted(parameters - wrapped)
 
 
 STUB_SLICER_CONFIG = r"""
@@ -908,23 +911,45 @@ def test_trainer_panel_starts_and_stops_the_background_process(app, volume, bund
     assert status["current_version"] == "v0001" and 0.0 <= status["progress"] <= 1.0
 
 
-def test_missing_packages_are_installed_only_after_asking_and_never_replace_shipped_ones(
-        module_file, monkeypatch):
+def test_missing_packages_install_in_the_background_and_never_replace_shipped_ones(monkeypatch):
+    """The install commands (torch through light-the-torch, the rest pinned to what is installed)
+    run on a worker thread that reports each output line and can be cancelled."""
+    import threading
     from importlib.metadata import version
 
-    module = module_file
-    monkeypatch.setitem(module.REQUIREMENTS, "cds_not_installed_pkg", "cds-not-installed-pkg>=1")
-    installs, answers = [], []
-    monkeypatch.setattr(slicer.util, "pip_install", installs.append)
-    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text: answers.pop(0))
-    monkeypatch.setattr(slicer.util, "WaitCursor", contextlib.nullcontext)
+    from CrossDomainSegLib import dependencies
 
-    assert module.missingRequirements() == ["cds_not_installed_pkg"]
-    answers.append(False)
-    assert module.ensureDependencies() is False and installs == []  # declined: nothing installed
-    answers.append(True)
-    assert module.ensureDependencies() is False  # the stand-in pip installs nothing
-    (arguments,) = installs
-    assert arguments[0] == "cds-not-installed-pkg>=1" and arguments[1] == "-c"
-    pins = Path(arguments[2]).read_text().lower().splitlines()  # pip names are case-blind
+    monkeypatch.setitem(dependencies.REQUIREMENTS, "cds_not_installed_pkg", "cds-not-installed-pkg>=1")
+    assert dependencies.missing() == ["cds_not_installed_pkg"]
+    monkeypatch.setattr(dependencies, "torch_version", lambda: (1, 13))
+    assert dependencies.missing() == ["torch", "cds_not_installed_pkg"]  # too old counts as missing
+    assert "installed 1.13, needs >=2.0" in dependencies.describe(["torch"])
+
+    constraints = dependencies.constraints_file()
+    pins = constraints.read_text().lower().splitlines()  # pip names are case-blind
     assert f"numpy=={version('numpy')}" in pins and f"simpleitk=={version('SimpleITK')}" in pins
+    assert not any(pin.startswith("torch==") for pin in pins)  # torch may be upgraded
+    commands = dependencies.install_commands(["torch", "cds_not_installed_pkg"], "PY", constraints)
+    assert commands == [["PY", "-m", "pip", "install", "light-the-torch>=0.5"],
+                        ["PY", "-m", "light_the_torch", "install", "torch>=2.0"],
+                        ["PY", "-m", "pip", "install", "cds-not-installed-pkg>=1", "-c", str(constraints)]]
+
+    lines, threads = [], set()
+
+    def report(fraction, message):
+        lines.append((fraction, message))
+        threads.add(threading.current_thread())
+
+    ok = [[sys.executable, "-c", "print('step one')"], [sys.executable, "-c", "print('step two')"]]
+    job = dependencies.Job(lambda r, c: dependencies.run_commands(ok, r, c), report)
+    job.outcome()
+    assert lines == [(0.0, "step one"), (0.5, "step two"), (1.0, "installed")]
+    assert threading.current_thread() not in threads
+    failing = [[sys.executable, "-c", "print('no such package'); raise SystemExit(1)"]]
+    with pytest.raises(RuntimeError, match="no such package"):
+        dependencies.Job(lambda r, c: dependencies.run_commands(failing, r, c)).outcome()
+    slow = [[sys.executable, "-c", "import time\nfor i in range(600): print(i, flush=True); time.sleep(0.1)"]]
+    job = dependencies.Job(lambda r, c: dependencies.run_commands(slow, r, c))
+    job.cancel()
+    with pytest.raises(InterruptedError):
+        job.outcome()

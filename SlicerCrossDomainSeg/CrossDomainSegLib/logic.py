@@ -164,6 +164,11 @@ class CrossDomainSegLogic:
         labels = self.metadata.get("labels", {})
         return [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if int(v) != 0]
 
+    def label_colors(self) -> dict:
+        """Each label's display colour (RGB 0-255): the bundle's (its terminology's), except
+        where two are too alike to tell apart on a slice (display.distinct_colors)."""
+        return display.distinct_colors(self.metadata.get("colors", {}), self.label_names())
+
     def _require_engine(self):
         if self.engine is None:
             raise BundleError("No model loaded: pick a model bundle first.")
@@ -225,8 +230,7 @@ class CrossDomainSegLogic:
         segmentation_node.CreateDefaultDisplayNodes()
         self.segmentation_node = segmentation_node
         nodes.fill_segmentation_node(segmentation_node, session.label_image(), self.metadata["labels"],
-                                     self.metadata.get("colors", {}), self.segmentations_logic,
-                                     volume_node)
+                                     self.label_colors(), self.segmentations_logic, volume_node)
         self._watch = EditWatch(segmentation_node)
 
         preview_node = None
@@ -475,13 +479,13 @@ class CrossDomainSegLogic:
         label = self._label_on_screen()
         if suffix == ".seg.nrrd":
             in_value_order = dict(sorted(self.metadata["labels"].items(), key=lambda kv: kv[1]))
-            return imageio.write_seg_nrrd(label, path, in_value_order, self.metadata.get("colors", {}))
+            return imageio.write_seg_nrrd(label, path, in_value_order, self.label_colors())
         if suffix == ".dcm":
             from .dicom_seg import write_dicom_seg
 
             algorithm = f"CrossDomainSeg {self.metadata.get('task')} {self.outcome.model_version}"
             return write_dicom_seg(label, self._dicom_source_files(), path, self.metadata["labels"],
-                                   self.metadata.get("colors", {}), algorithm,
+                                   self.label_colors(), algorithm,
                                    manual_edits=bool(self.clicks) or bool(self.session.locked.any()))
         return imageio.write_image(sitk.Cast(label, sitk.sitkUInt8 if label_max(label) < 256
                                              else sitk.sitkUInt16), path)

@@ -30,6 +30,8 @@ from trame_slicer.app.ui import (
 )
 from trame_slicer.core import LayoutManager
 
+from .legend import heatmap_legend
+
 WORKFLOW_TOOL = "workflow"
 EDITOR_TOOL = "editor"
 
@@ -101,6 +103,7 @@ class WebUI:
                 VSwitch(v_model=("cds_show_heatmap", False), label="Uncertainty heatmap", density="compact",
                         hide_details=True, color="primary", disabled=("!cds_segmented",),
                         raw_attrs=_testid("toggle-heatmap"))
+                heatmap_legend()
                 html.Div("Image uncertainty U = {{ cds_uncertainty }}. {{ cds_hint }}",
                          v_if=("cds_segmented",), classes="text-caption", raw_attrs=_testid("uncertainty"))
                 VDivider()
@@ -120,9 +123,14 @@ class WebUI:
                      disabled=("cds_busy || !cds_segmented",), raw_attrs=_testid("undo"))
                 html.Div("Cursor: {{ cds_probe }}", classes="text-caption", raw_attrs=_testid("probe"))
                 with html.Div(raw_attrs=_testid("voxel-counts"), classes="text-caption"):
-                    html.Div("{{ item.name }}: {{ item.voxels }} voxels ({{ item.ml }} mL)",
-                             v_for="item in cds_segments", key="item.name",
-                             raw_attrs=[':data-testid="`voxels-${item.name}`"', ':data-voxels="item.voxels"'])
+                    with html.Div(v_for="item in cds_segments", key="item.name",
+                                  classes="d-flex align-center ga-1",
+                                  raw_attrs=[':data-testid="`voxels-${item.name}`"',
+                                             ':data-voxels="item.voxels"']):
+                        html.Span(style=("{ background: cds_segment_colors[item.name] || '#888', "
+                                         "width: '10px', height: '10px', display: 'inline-block' }",),
+                                  raw_attrs=[':data-testid="`swatch-${item.name}`"'])
+                        html.Span("{{ item.name }}: {{ item.voxels }} voxels ({{ item.ml }} mL)")
                 VDivider()
 
                 VBtn("Accept", prepend_icon="mdi-check", color="success", block=True,

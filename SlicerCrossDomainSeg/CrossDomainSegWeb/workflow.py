@@ -23,6 +23,7 @@ from crossdomainseg.engine import SegmentationCancelled
 from crossdomainseg.errors import InputError
 
 from .click_effect import ClickEffect
+from .legend import heatmap_legend_state, segment_colors_state
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class WorkflowLogic:
             "cds_segments": [], "cds_click_segment": "", "cds_probe": "-", "cds_trainer_status": "-",
             "cds_has_demo": self.case is not None, "cds_export_formats": EXPORT_FORMATS,
             "cds_export_format": EXPORT_FORMATS[0], "cds_export_name": "segmentation" + EXPORT_FORMATS[0],
+            "cds_heatmap_legend": None, "cds_segment_colors": {},
         })
         self.state.change("cds_show_preview", "cds_show_heatmap")(self._update_layers)
         self.state.change("cds_click_mode")(self._on_click_mode)
@@ -138,6 +140,7 @@ class WorkflowLogic:
             "cds_show_heatmap": False,
             "cds_click_mode": "off", "cds_segments": [], "cds_segment_names": [], "cds_uncertainty": "",
             "cds_hint": "", "cds_progress": 0.0, "cds_volume_loaded": False, "cds_case_name": "",
+            "cds_heatmap_legend": None, "cds_segment_colors": {},
         })
 
     # -- segmentation ----------------------------------------------------------------------------
@@ -200,6 +203,9 @@ class WorkflowLogic:
         self.state.cds_segmented = True
         self.state.cds_uncertainty = "-" if outcome.U is None else f"{outcome.U:.3f}"
         self.state.cds_hint = outcome.hint
+        self.state.cds_heatmap_legend = (heatmap_legend_state(outcome.heatmap_node)
+                                         if outcome.heatmap_node is not None else None)
+        self.state.cds_segment_colors = segment_colors_state(self.logic.label_colors())
         self.state.cds_model_version = str(outcome.model_version or self.logic.metadata.get("version", ""))
         total = outcome.timings.get("total") or sum(v for v in outcome.timings.values()
                                                     if isinstance(v, (int, float)))
