@@ -810,6 +810,15 @@ def test_cmake_lists_declare_the_extension_and_every_module_file(tmp_path):
     assert record["EXTENSION_CATEGORY"] == ["Segmentation"]
     for key in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert record[f"EXTENSION_{key}"][0], key
+    import re
+
+    assert re.fullmatch(r"[^,()]+ \([^()]+\)(, [^,()]+ \([^()]+\))*", record["EXTENSION_CONTRIBUTORS"][0])
+    repository = "https://raw.githubusercontent.com/SlicerCrossDomainSeg/SlicerCrossDomainSeg/main/"
+    icon = record["EXTENSION_ICONURL"][0]
+    assert icon.startswith(repository) and (MODULE_DIR.parent / icon[len(repository):]).is_file()
+    screenshot = record["EXTENSION_SCREENSHOTURLS"][0]
+    assert screenshot.startswith(repository) and "web" not in screenshot  # the Slicer module, not the web app
+    assert (MODULE_DIR.parent / "LICENSE").read_text().split()[:3] == ["Apache", "License", "Version"]
     scripts = {Path(p).resolve() for p in record["SCRIPT"]}
     wanted = {MODULE_DIR / "CrossDomainSeg.py"} | set(MODULE_DIR.glob("CrossDomainSegLib/*.py")) \
         | set(MODULE_DIR.glob("crossdomainseg/**/*.py"))
