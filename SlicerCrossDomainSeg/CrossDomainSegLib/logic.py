@@ -462,11 +462,18 @@ class CrossDomainSegLogic:
             self._writing = True
             try:
                 nodes.fill_segmentation_node(self.segmentation_node, self._like(new),
-                                             self.metadata["labels"], self.metadata.get("colors", {}),
+                                             self.metadata["labels"], self._colors(),
                                              self.segmentations_logic, self.volume_node, only)
             finally:
                 self._writing = False
         self._written = new
+
+    def _colors(self) -> dict:
+        """{label name: [r, g, b]} from the bundle's terminology (distinct within a task)."""
+        from crossdomainseg.terminology import colors_for
+
+        return colors_for(self.metadata["labels"], self.metadata.get("terminology"),
+                          self.metadata.get("colors"))
 
     def _on_segmentation_changed(self, caller, event) -> None:
         if not self._writing:
@@ -521,7 +528,7 @@ class CrossDomainSegLogic:
         label = self._like(self._written)
         if suffix == ".seg.nrrd":
             in_value_order = dict(sorted(self.metadata["labels"].items(), key=lambda kv: kv[1]))
-            return imageio.write_seg_nrrd(label, path, in_value_order, self.metadata.get("colors", {}))
+            return imageio.write_seg_nrrd(label, path, in_value_order, self._colors())
         if suffix == ".dcm":
             from .dicom_seg import write_dicom_seg
 
