@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom_series import check_series
 from .errors import InputError
 
 READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -101,6 +102,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> sitk.Image:
     elif series_uid not in series:
         raise InputError(f"{folder}: no DICOM series {series_uid} (found: {', '.join(series)}).")
     files = reader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    check_series(files, f"{folder} (series {series_uid})")
     reader.SetFileNames(files)
     try:
         return reader.Execute()
