@@ -530,12 +530,13 @@ class CrossDomainSegLogic:
             in_value_order = dict(sorted(self.metadata["labels"].items(), key=lambda kv: kv[1]))
             return imageio.write_seg_nrrd(label, path, in_value_order, self._colors())
         if suffix == ".dcm":
-            from .dicom_seg import write_dicom_seg
+            from crossdomainseg.dicom_seg import Provenance, write_dicom_seg
 
-            algorithm = f"CrossDomainSeg {self.metadata.get('task')} {self.outcome.model_version}"
+            provenance = Provenance(self.outcome.model_version, clicks=len(self.clicks),
+                                    corrected=bool(self._actions))
             return write_dicom_seg(label, self._dicom_source_files(), path, self.metadata["labels"],
-                                   self.metadata.get("colors", {}), algorithm,
-                                   manual_edits=bool(self._actions))
+                                   provenance, self.metadata.get("terminology"),
+                                   self.metadata.get("colors"))
         return imageio.write_image(sitk.Cast(label, sitk.sitkUInt8 if label_max(label) < 256
                                              else sitk.sitkUInt16), path)
 
@@ -562,7 +563,7 @@ class CrossDomainSegLogic:
         return bool(source.name) and (source.is_dir() or source.suffix.lower() == ".dcm")
 
     def _dicom_source_files(self) -> list[Path]:
-        from .dicom_seg import dicom_files
+        from crossdomainseg.dicom_seg import dicom_files
 
         if not self.came_from_dicom():
             raise InputError("DICOM SEG export needs an image loaded from DICOM; export this one "

@@ -99,8 +99,8 @@ def write_dicom_seg(label: sitk.Image, source_files, path, labels: dict, provena
         segment_descriptions=descriptions, series_instance_uid=hd.UID(),
         series_number=int(getattr(first, "SeriesNumber", 0) or 0) + 1000,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="SlicerCrossDomainSeg",
-        manufacturer_model_name="CrossDomainSeg", software_versions=(
-            f"crossdomainseg {__version__}", provenance.model_version[:64]),
+        manufacturer_model_name="CrossDomainSeg", software_versions=[
+            f"crossdomainseg {__version__}", provenance.model_version[:64]],
         device_serial_number="1", content_label="SEGMENTATION",
         content_description=provenance.describe()[:64],
         content_creator_name=_person_name(provenance.accepted_by),
@@ -200,8 +200,10 @@ def _lab(rgb) -> tuple[float, float, float]:
 
 
 def _person_name(name: str) -> str:
-    """A DICOM person name (PN): components separated by '^', at most 64 characters each."""
-    return "^".join(part[:64] for part in str(name).replace("\\", " ").split("^")[:5]) or "UNKNOWN"
+    """A DICOM person name (PN): components separated by '^', at most 64 characters each; a
+    single name (a login) is a family name ("name^")."""
+    parts = [part[:64] for part in str(name).replace("\\", " ").split("^")[:5]]
+    return "^".join(parts) if len(parts) > 1 else f"{parts[0] or 'UNKNOWN'}^"
 
 
 def _user_name() -> str:

@@ -98,7 +98,7 @@ def write_series(image: sitk.Image, folder, modality: str = "MR", patient_name: 
                            ("0008|0060", modality), ("0020|000d", uids["study"]),
                            ("0020|000e", uids["series"]), ("0020|0052", uids["frame"]),
                            ("0008|0016", sop_class), ("0008|0018", pydicom.uid.generate_uid()),
-                           ("0020|0011", "1"), ("0020|0013", str(k + 1)), ("0020|0037", orientation),
+                           ("0020|0010", "1"), ("0020|0011", "1"), ("0020|0013", str(k + 1)), ("0020|0037", orientation),
                            ("0020|0032", position), ("0018|0050", f"{image.GetSpacing()[2]:.6f}")):
             plane.SetMetaData(tag, value)
         files.append(folder / f"slice{k:04d}.dcm")
