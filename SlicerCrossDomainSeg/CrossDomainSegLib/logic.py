@@ -528,7 +528,8 @@ class CrossDomainSegLogic:
         label = self._like(self._written)
         if suffix == ".seg.nrrd":
             in_value_order = dict(sorted(self.metadata["labels"].items(), key=lambda kv: kv[1]))
-            return imageio.write_seg_nrrd(label, path, in_value_order, self._colors())
+            return imageio.write_seg_nrrd(label, path, in_value_order, self._colors(),
+                                          self.metadata.get("terminology"))
         if suffix == ".dcm":
             from crossdomainseg.dicom_seg import Provenance, write_dicom_seg
 
