@@ -21,7 +21,7 @@ import vtk
 import slicer
 from slicer_shim import headless_slicer, install_module_stand_ins
 
-from crossdomainseg import imageio
+from crossdomainseg import dciodvfy, imageio
 from crossdomainseg.bundle import load_bundle, make_random_bundle, update_bundle
 from crossdomainseg.engine import Engine, SegmentationCancelled
 from crossdomainseg.errors import BundleError, InputError
@@ -582,7 +582,9 @@ def test_dicom_input_exports_a_dicom_seg_on_its_series(app, bundles, tmp_path):
     expected = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver", "kidney"])
     assert expected.any()
 
-    seg = pydicom.dcmread(logic.export(tmp_path / "out" / "case.dcm"))
+    exported = logic.export(tmp_path / "out" / "case.dcm")
+    assert dciodvfy.validate(exported).errors == []  # the standard's own checker (dicom3tools)
+    seg = pydicom.dcmread(exported)
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.Modality == "SEG"
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["kidney"]
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"

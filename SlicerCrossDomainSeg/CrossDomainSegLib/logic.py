@@ -462,11 +462,18 @@ class CrossDomainSegLogic:
             self._writing = True
             try:
                 nodes.fill_segmentation_node(self.segmentation_node, self._like(new),
-                                             self.metadata["labels"], self.metadata.get("colors", {}),
+                                             self.metadata["labels"], self._colors(),
                                              self.segmentations_logic, self.volume_node, only)
             finally:
                 self._writing = False
         self._written = new
+
+    def _colors(self) -> dict:
+        """{label name: [r, g, b]} from the bundle's terminology (distinct within a task)."""
+        from crossdomainseg.terminology import colors_for
+
+        return colors_for(self.metadata["labels"], self.metadata.get("terminology"),
+                          self.metadata.get("colors"))
 
     def _on_segmentation_changed(self, caller, event) -> None:
         if not self._writing:
@@ -521,14 +528,16 @@ class CrossDomainSegLogic:
         label = self._like(self._written)
         if suffix == ".seg.nrrd":
             in_value_order = dict(sorted(self.metadata["labels"].items(), key=lambda kv: kv[1]))
-            return imageio.write_seg_nrrd(label, path, in_value_order, self.metadata.get("colors", {}))
+            return imageio.write_seg_nrrd(label, path, in_value_order, self._colors(),
+                                          self.metadata.get("terminology"))
         if suffix == ".dcm":
-            from .dicom_seg import write_dicom_seg
+            from crossdomainseg.dicom_seg import Provenance, write_dicom_seg
 
-            algorithm = f"CrossDomainSeg {self.metadata.get('task')} {self.outcome.model_version}"
+            provenance = Provenance(self.outcome.model_version, clicks=len(self.clicks),
+                                    corrected=bool(self._actions))
             return write_dicom_seg(label, self._dicom_source_files(), path, self.metadata["labels"],
-                                   self.metadata.get("colors", {}), algorithm,
-                                   manual_edits=bool(self._actions))
+                                   provenance, self.metadata.get("terminology"),
+                                   self.metadata.get("colors"))
         return imageio.write_image(sitk.Cast(label, sitk.sitkUInt8 if label_max(label) < 256
                                              else sitk.sitkUInt16), path)
 
@@ -555,7 +564,7 @@ class CrossDomainSegLogic:
         return bool(source.name) and (source.is_dir() or source.suffix.lower() == ".dcm")
 
     def _dicom_source_files(self) -> list[Path]:
-        from .dicom_seg import dicom_files
+        from crossdomainseg.dicom_seg import dicom_files
 
         if not self.came_from_dicom():
             raise InputError("DICOM SEG export needs an image loaded from DICOM; export this one "
