@@ -216,7 +216,8 @@ def _drive(page, url, case, reference, labels, started, passed, record, tmp_path
 
 
 def _web_args(**overrides) -> argparse.Namespace:
-    values = {"case": None, "bundle": None, "workspace": None, "host": "127.0.0.1", "port": 8080}
+    values = {"case": None, "bundle": None, "workspace": None, "host": "127.0.0.1", "port": 8080,
+              "pacs": None, "pacs_user": None}
     return argparse.Namespace(**{**values, **overrides})
 
 

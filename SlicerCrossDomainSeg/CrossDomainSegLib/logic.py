@@ -21,6 +21,7 @@ API (stable; the web front end codes against it):
     logic.add_click(ras_point, positive, segment_name) -> {"changed_voxels", "seconds"}
     logic.undo() / logic.redo() -> bool;  logic.lock_from_segmentation() -> locked voxel count
     logic.accept() -> case id;  logic.export(path) -> path (.seg.nrrd, .nii.gz, .nii, .nrrd, .dcm)
+    logic.load_from_pacs(dicomweb_url, user, password) -> volume node; logic.export_to_pacs() -> SEG
     logic.trainer_status() -> dict; start_trainer(unlabelled_folder=None); stop_trainer(); rollback()
 """
 
@@ -161,6 +162,7 @@ class CrossDomainSegLogic:
         self._clear_case()
         self._observations: list[tuple[object, int]] = []
         self._placing_from_logic = False
+        self._pacs_login: tuple[str | None, str | None] = (None, None)
 
     # -- model -------------------------------------------------------------------------------
     def load_bundle(self, path) -> dict:
@@ -552,6 +554,38 @@ class CrossDomainSegLogic:
         node = nodes.add_volume_node(self.scene, image, name or _stem(path))
         node.SetAttribute("CrossDomainSeg.source", str(path.resolve()))
         return node
+
+    # -- PACS (DICOMweb) -------------------------------------------------------------------------
+    def load_from_pacs(self, series_url: str, user: str | None = None, password: str | None = None,
+                       name: str | None = None):
+        """Pull a series from a DICOMweb PACS (dicomweb://HOST:PORT/PATH/studies/S/series/R) into
+        the workspace and load it as a new volume node; `export_to_pacs` stores the SEG back."""
+        import tempfile
+
+        from crossdomainseg.pacs.client import connect, parse_url, pull_series
+
+        address = parse_url(series_url)
+        (self.workspace / "pacs").mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="series-", dir=self.workspace / "pacs"))
+        pull_series(connect(address.url, user, password), address, folder)
+        node = self.load_volume(folder, name or f"PACS series {address.series}")
+        node.SetAttribute("CrossDomainSeg.pacs", series_url)
+        self._pacs_login = (user, password)
+        return node
+
+    def export_to_pacs(self) -> Path:
+        """Write the current label as a DICOM SEG (see `export`) and store it on the PACS the
+        volume was pulled from; returns the SEG file kept in the workspace."""
+        from crossdomainseg.pacs.client import connect, parse_url, push
+
+        self._require_case()
+        series_url = self.volume_node.GetAttribute("CrossDomainSeg.pacs")
+        if not series_url:
+            raise InputError("This image was not opened from a PACS; export it to a file instead.")
+        source = Path(self.volume_node.GetAttribute("CrossDomainSeg.source"))
+        seg = self.export(source.parent / f"{source.name}-seg-{time.strftime('%Y%m%d-%H%M%S')}.dcm")
+        push(connect(parse_url(series_url).url, *self._pacs_login), [seg])
+        return seg
 
     def came_from_dicom(self, volume_node=None) -> bool:
         """Whether the volume was loaded from DICOM (so DICOM SEG export is possible)."""

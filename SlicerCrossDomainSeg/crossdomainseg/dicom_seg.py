@@ -37,12 +37,15 @@ class Provenance:
     model_version: str
     clicks: int = 0
     corrected: bool = False  # corrected by clicks or paint: SEMIAUTOMATIC
-    accepted_by: str = field(default_factory=lambda: _user_name())
+    accepted_by: str | None = None  # a DICOM person name; None: the login name
     when: datetime.datetime = field(default_factory=datetime.datetime.now)
+
+    def person(self) -> str:
+        return self.accepted_by or _user_name()
 
     def describe(self) -> str:
         how = f"corrected ({self.clicks} clicks)" if self.corrected else "automatic"
-        return f"CrossDomainSeg {self.model_version}, {how}, accepted by {self.accepted_by}"
+        return f"CrossDomainSeg {self.model_version}, {how}, accepted by {self.person()}"
 
 
 def dicom_files(source) -> list[Path]:
@@ -103,7 +106,7 @@ def write_dicom_seg(label: sitk.Image, source_files, path, labels: dict, provena
             f"crossdomainseg {__version__}", provenance.model_version[:64]],
         device_serial_number="1", content_label="SEGMENTATION",
         content_description=provenance.describe()[:64],
-        content_creator_name=_person_name(provenance.accepted_by),
+        content_creator_name=_person_name(provenance.person()),
         series_description=f"CrossDomainSeg {provenance.model_version}"[:64],
         content_date=provenance.when.date(), content_time=provenance.when.time().replace(microsecond=0),
         coding_schemes=_local_schemes(terms[name] for name, _ in present))
@@ -117,12 +120,14 @@ def write_dicom_seg(label: sitk.Image, source_files, path, labels: dict, provena
 
 
 def read_dicom_seg(path, source_files, labels: dict | None = None) -> tuple[sitk.Image, dict]:
-    """Read a DICOM SEG back onto the grid of its source series.
+    """Read a DICOM SEG back onto the grid of its source series (source_files: its files, in a
+    folder that may hold other series too).
 
     Returns the label map (SimpleITK, the series' geometry) and {segment label: value}: `labels`'
     values for the segment labels it knows, else the segment numbers.
     """
     import highdicom as hd
+    import pydicom
 
     from .imageio import read_image
 
@@ -130,8 +135,9 @@ def read_dicom_seg(path, source_files, labels: dict | None = None) -> tuple[sitk
         seg = hd.seg.segread(str(path))
     except Exception as error:  # not a DICOM file, or not a SEG
         raise InputError(f"{path}: not a readable DICOM SEG ({error}).") from None
-    files = dicom_files(source_files) if not isinstance(source_files, (list, tuple)) else source_files
-    image = read_image(files[0].parent if len(files) > 1 else files[0])
+    files = [Path(f) for f in source_files]
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    image = read_image(files[0].parent, series_uid=uid)  # the source series' grid, checked
     sources = sources_by_slice(image, files)
     frames = seg.get_pixels_by_source_instance(
         [ds.SOPInstanceUID for ds in sources], combine_segments=True, relabel=False,

@@ -74,7 +74,7 @@ def check_series(files, where: str) -> None:
             "export the complete series again.")
 
 
-def write_series(image: sitk.Image, folder, modality: str = "MR", patient_name: str = "Anonymous",
+def write_series(image: sitk.Image, folder, modality: str = "MR", patient_name: str = "Anonymous^",
                  patient_id: str = "CDS-0", uids: dict | None = None) -> list[Path]:
     """Write a 3D image as a DICOM series, one file per slice, with its geometry (for demos and
     benchmarks that need a DICOM series; intensities are rounded to int16). `uids` may give

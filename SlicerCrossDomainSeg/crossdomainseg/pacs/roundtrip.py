@@ -26,7 +26,7 @@ def segment_series(client, address: SeriesAddress, engine, workdir, push_seg: bo
     files = pull_series(client, address, workdir / "series")
     result = engine.segment(workdir / "series", preview=False, uncertainty=False)
     metadata = engine.bundle.metadata
-    provenance = Provenance(result.model_version, **({"accepted_by": accepted_by} if accepted_by else {}))
+    provenance = Provenance(result.model_version, accepted_by=accepted_by)
     seg = write_dicom_seg(result.label, files, workdir / "seg.dcm", result.labels, provenance,
                           metadata.get("terminology"), metadata.get("colors"))
     label = write_image(sitk.Cast(result.label, sitk.sitkUInt8), workdir / "label.nii.gz")
