@@ -18,4 +18,5 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/install_browser.sh
+	bash scripts/install_system_deps.sh
 	$(BIN)/python -m pytest -q

@@ -22,7 +22,7 @@ import slicer
 import vtk.util.numpy_support
 from slicer_shim import headless_slicer, install_module_stand_ins
 
-from crossdomainseg import imageio
+from crossdomainseg import dciodvfy, imageio
 from crossdomainseg.bundle import load_bundle, make_random_bundle, update_bundle
 from crossdomainseg.engine import Engine, SegmentationCancelled
 from crossdomainseg.errors import BundleError, InputError
@@ -240,17 +240,22 @@ def test_the_heatmap_is_clear_where_the_model_is_sure_in_a_rendered_slice(app):
     assert legend["high"] == 1.0 and legend["clear_below"] == pytest.approx(display.CLEAR_BELOW)
 
 
-def test_label_colours_that_look_alike_are_replaced_by_distinct_ones():
-    from CrossDomainSegLib import display
+def test_segments_take_their_colours_from_the_terminology(app, volume, tmp_path):
+    """Liver and kidneys share a hue in the bundle's old colours; the terminology's are told apart,
+    and the segments, the .seg.nrrd and the web swatches all use them."""
+    from crossdomainseg.data import abdomen
+    from crossdomainseg.terminology import color_distance, colors_for
 
-    colors = {"liver": [221, 130, 101], "kidneys": [185, 102, 83], "spleen": [157, 108, 162],
-              "lesion": [241, 214, 145]}
-    chosen = display.distinct_colors(colors, list(colors))
-    assert chosen["liver"] == (221, 130, 101) and chosen["spleen"] == (157, 108, 162)
-    assert chosen["kidneys"] != (185, 102, 83)
-    values = list(chosen.values())
-    assert min(np.linalg.norm(np.subtract(a, b)) for i, a in enumerate(values) for b in values[i + 1:]) \
-        >= display.MIN_COLOR_DISTANCE
+    bundle = make_random_bundle(tmp_path / "abdomen", task="phantom-ct-mr", labels=abdomen.LABELS)
+    logic = make_logic(app, tmp_path, bundle.path)
+    segmentation = logic.segment(volume).segmentation_node.GetSegmentation()
+    expected = colors_for(abdomen.LABELS, logic.metadata.get("terminology"), logic.metadata.get("colors"))
+    assert logic.label_colors() == expected
+    for name, rgb in expected.items():
+        if name != "background":
+            np.testing.assert_allclose(segmentation.GetSegment(name).GetColor(), np.divide(rgb, 255.0),
+                                       atol=1e-6)
+    assert color_distance(expected["liver"], expected["kidneys"]) > 20
 
 
 def test_placed_points_refine_at_once_and_undo_redo_moves_them(app, volume, bundles, tmp_path):
@@ -867,7 +872,9 @@ def test_dicom_input_exports_a_dicom_seg_on_its_series(app, bundles, tmp_path):
     expected = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver", "kidney"])
     assert expected.any()
 
-    seg = pydicom.dcmread(logic.export(tmp_path / "out" / "case.dcm"))
+    exported = logic.export(tmp_path / "out" / "case.dcm")
+    assert dciodvfy.validate(exported).errors == []  # the standard's own checker (dicom3tools)
+    seg = pydicom.dcmread(exported)
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.Modality == "SEG"
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["kidney"]
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"

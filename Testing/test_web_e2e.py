@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -215,7 +216,8 @@ def _drive(page, url, case, reference, labels, started, passed, record, tmp_path
 
 
 def _web_args(**overrides) -> argparse.Namespace:
-    values = {"case": None, "bundle": None, "workspace": None, "host": "127.0.0.1", "port": 8080}
+    values = {"case": None, "bundle": None, "workspace": None, "host": "127.0.0.1", "port": 8080,
+              "pacs": None, "pacs_user": None}
     return argparse.Namespace(**{**values, **overrides})
 
 
@@ -286,8 +288,10 @@ def test_web_workflow_in_browser(tmp_path):
             finally:
                 browser.close()
     finally:
-        # the steps that passed, also when one failed
-        shutil.rmtree(SHOTS, ignore_errors=True)
-        shutil.copytree(shots_dir, SHOTS)
-        _benchmark_common().write_result("web_e2e", record, 1)
+        # benchmarks/web_e2e.sh records the steps that passed (also when one failed) under
+        # benchmarks/results; a plain test run leaves tracked files alone
+        if os.environ.get("CROSSDOMAINSEG_RECORD_WEB") == "1":
+            shutil.rmtree(SHOTS, ignore_errors=True)
+            shutil.copytree(shots_dir, SHOTS)
+            _benchmark_common().write_result("web_e2e", record, 1)
     assert steps == STEPS

@@ -1,5 +1,5 @@
 """How results look in the slice views: the uncertainty heatmap's colours, transparency and
-legend, which volume is in the background, and label colours that can be told apart.
+legend, and which volume is in the background (label colours come from the terminology).
 
 Shared by the Slicer module and the web app (both render through Slicer's slice logic).
 """
@@ -13,11 +13,6 @@ HEATMAP_TABLE_NAME = "CrossDomainSeg uncertainty"
 # the segmentation under it must stay visible. Slice views take a volume layer's transparency
 # from its display threshold, not from the colour table's alpha, so the threshold does it.
 CLEAR_BELOW = 0.15
-MIN_COLOR_DISTANCE = 60.0  # RGB 0-255: closer label colours are hard to tell apart on a slice
-
-# Well-separated colours for labels whose own colours are too close to an earlier label's.
-DISTINCT_PALETTE = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
-                    (213, 94, 0), (204, 121, 167), (120, 120, 240))
 
 
 def heatmap_rgba(t: float) -> tuple[float, float, float, float]:
@@ -90,32 +85,6 @@ def show_layers(scene, background, foreground, opacity: float | None = None) -> 
 def set_foreground_opacity(scene, opacity: float) -> None:
     for composite in nodes_of(scene, "vtkMRMLSliceCompositeNode"):
         composite.SetForegroundOpacity(float(np.clip(opacity, 0.0, 1.0)))
-
-
-def distinct_colors(colors: dict, names: list[str]) -> dict:
-    """Each label's colour (RGB 0-255), its own unless it lies within MIN_COLOR_DISTANCE of an
-    earlier label's; those get the next palette colour far enough from all colours chosen so far
-    (liver and kidney share a terminology hue, and on a slice the two must differ)."""
-    chosen: dict[str, tuple[int, int, int]] = {}
-    palette = list(DISTINCT_PALETTE)
-    for name in names:
-        own = colors.get(name)
-        candidates = ([tuple(int(c) for c in _as_255(own))] if own is not None else []) + palette
-        pick = next((c for c in candidates if all(_distance(c, other) >= MIN_COLOR_DISTANCE
-                                                   for other in chosen.values())), candidates[0])
-        if pick in palette:
-            palette.remove(pick)
-        chosen[name] = pick
-    return chosen
-
-
-def _as_255(rgb) -> np.ndarray:
-    rgb = np.asarray(rgb, dtype=float)
-    return np.round(rgb * 255.0) if rgb.max() <= 1.0 else rgb
-
-
-def _distance(a, b) -> float:
-    return float(np.linalg.norm(np.asarray(a, float) - np.asarray(b, float)))
 
 
 def find_or_add(scene, class_name: str, name: str):

@@ -28,6 +28,7 @@ API (stable; the web front end codes against it):
         or job = logic.start_click(...); logic.finish_click(job)
     logic.undo() / logic.redo() -> bool;  logic.lock_from_segmentation() -> locked voxel count
     logic.accept() -> case id;  logic.export(path) -> path (.seg.nrrd, .nii.gz, .nii, .nrrd, .dcm)
+    logic.load_from_pacs(dicomweb_url, user, password) -> volume node; logic.export_to_pacs() -> SEG
     logic.trainer_status() -> dict; start_trainer(unlabelled_folder=None); stop_trainer(); rollback()
 """
 
@@ -119,6 +120,7 @@ class CrossDomainSegLogic:
                                   weakly(self._on_point_removed))
         self._watch: EditWatch | None = None
         self._click_job: Job | None = None
+        self._pacs_login: tuple[str | None, str | None] = (None, None)
         self._clear_case()
         # weakly, and taken off when the Logic goes: a scene that is being deleted fires these too
         tags = [scene.AddObserver(scene.StartCloseEvent, weakly(self._on_scene_closing)),
@@ -165,9 +167,11 @@ class CrossDomainSegLogic:
         return [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if int(v) != 0]
 
     def label_colors(self) -> dict:
-        """Each label's display colour (RGB 0-255): the bundle's (its terminology's), except
-        where two are too alike to tell apart on a slice (display.distinct_colors)."""
-        return display.distinct_colors(self.metadata.get("colors", {}), self.label_names())
+        """{label name: [r, g, b]} (0-255) from the bundle's terminology (distinct within a task)."""
+        from crossdomainseg.terminology import colors_for
+
+        return colors_for(self.metadata["labels"], self.metadata.get("terminology"),
+                          self.metadata.get("colors"))
 
     def _require_engine(self):
         if self.engine is None:
@@ -479,14 +483,16 @@ class CrossDomainSegLogic:
         label = self._label_on_screen()
         if suffix == ".seg.nrrd":
             in_value_order = dict(sorted(self.metadata["labels"].items(), key=lambda kv: kv[1]))
-            return imageio.write_seg_nrrd(label, path, in_value_order, self.label_colors())
+            return imageio.write_seg_nrrd(label, path, in_value_order, self.label_colors(),
+                                          self.metadata.get("terminology"))
         if suffix == ".dcm":
-            from .dicom_seg import write_dicom_seg
+            from crossdomainseg.dicom_seg import Provenance, write_dicom_seg
 
-            algorithm = f"CrossDomainSeg {self.metadata.get('task')} {self.outcome.model_version}"
+            provenance = Provenance(self.outcome.model_version, clicks=len(self.clicks),
+                                    corrected=bool(self.clicks) or bool(self.session.locked.any()))
             return write_dicom_seg(label, self._dicom_source_files(), path, self.metadata["labels"],
-                                   self.label_colors(), algorithm,
-                                   manual_edits=bool(self.clicks) or bool(self.session.locked.any()))
+                                   provenance, self.metadata.get("terminology"),
+                                   self.metadata.get("colors"))
         return imageio.write_image(sitk.Cast(label, sitk.sitkUInt8 if label_max(label) < 256
                                              else sitk.sitkUInt16), path)
 
@@ -509,6 +515,38 @@ class CrossDomainSegLogic:
         node.SetAttribute("CrossDomainSeg.source", str(path.resolve()))
         return node
 
+    # -- PACS (DICOMweb) -------------------------------------------------------------------------
+    def load_from_pacs(self, series_url: str, user: str | None = None, password: str | None = None,
+                       name: str | None = None):
+        """Pull a series from a DICOMweb PACS (dicomweb://HOST:PORT/PATH/studies/S/series/R) into
+        the workspace and load it as a new volume node; `export_to_pacs` stores the SEG back."""
+        import tempfile
+
+        from crossdomainseg.pacs.client import connect, parse_url, pull_series
+
+        address = parse_url(series_url)
+        (self.workspace / "pacs").mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="series-", dir=self.workspace / "pacs"))
+        pull_series(connect(address.url, user, password), address, folder)
+        node = self.load_volume(folder, name or f"PACS series {address.series}")
+        node.SetAttribute("CrossDomainSeg.pacs", series_url)
+        self._pacs_login = (user, password)
+        return node
+
+    def export_to_pacs(self) -> Path:
+        """Write what the segmentation shows as a DICOM SEG (see `export`) and store it on the PACS
+        the volume was pulled from; returns the SEG file kept in the workspace."""
+        from crossdomainseg.pacs.client import connect, parse_url, push
+
+        self._require_clicks()
+        series_url = self.volume_node.GetAttribute("CrossDomainSeg.pacs")
+        if not series_url:
+            raise InputError("This image was not opened from a PACS; export it to a file instead.")
+        source = Path(self.volume_node.GetAttribute("CrossDomainSeg.source"))
+        seg = self.export(source.parent / f"{source.name}-seg-{time.strftime('%Y%m%d-%H%M%S')}.dcm")
+        push(connect(parse_url(series_url).url, *self._pacs_login), [seg])
+        return seg
+
     def came_from_dicom(self, volume_node=None) -> bool:
         """Whether the volume was loaded from DICOM (so DICOM SEG export is possible)."""
         node = volume_node or self.volume_node
@@ -520,7 +558,7 @@ class CrossDomainSegLogic:
         return bool(source.name) and (source.is_dir() or source.suffix.lower() == ".dcm")
 
     def _dicom_source_files(self) -> list[Path]:
-        from .dicom_seg import dicom_files
+        from crossdomainseg.dicom_seg import dicom_files
 
         if not self.came_from_dicom():
             raise InputError("DICOM SEG export needs an image loaded from DICOM; export this one "

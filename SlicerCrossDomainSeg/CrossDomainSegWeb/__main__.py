@@ -25,7 +25,8 @@ def main(argv=None) -> int:
                 raise InputError(f"{flag} {path}: no such file or folder.")
         from .app import CrossDomainSegWebApp
 
-        app = CrossDomainSegWebApp(case=case, bundle=bundle, workspace=args.workspace)
+        app = CrossDomainSegWebApp(case=case, bundle=bundle, workspace=args.workspace,
+                                   pacs=web_cli.pacs_login(args))
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
+from .pacs_panel import PacsWorkflow
 from .ui import WebUI
 from .workflow import WorkflowLogic
 
@@ -32,7 +33,7 @@ def _slice_layout() -> Layout:
 
 class CrossDomainSegWebApp(TrameApp):
     def __init__(self, server=None, case: Path | None = None, bundle: Path | None = None,
-                 workspace: Path | None = None):
+                 workspace: Path | None = None, pacs: tuple | None = None):
         super().__init__(server)
         self.server.enable_module(trame_slicer_module)
         self.server.state.trame__title = "CrossDomainSeg"
@@ -47,6 +48,8 @@ class CrossDomainSegWebApp(TrameApp):
         self.segment_editor_logic = SegmentEditorLogic(self.server, self.slicer_app)
         self.workflow = WorkflowLogic(self.server, self.slicer_app, case=case, bundle=bundle,
                                       workspace=workspace)
+        # pacs: (DICOMweb URL, user, password) of the PACS the page may open from and export to
+        self.pacs = PacsWorkflow(self.server, self.workflow, *pacs) if pacs else None
         self.ui = WebUI(self.server, self.layout_manager)
         self.segment_editor_logic.set_ui(self.ui.segment_editor)
         self.workflow.set_ui(self.ui)

@@ -31,6 +31,7 @@ from trame_slicer.app.ui import (
 from trame_slicer.core import LayoutManager
 
 from .legend import heatmap_legend
+from .pacs_panel import pacs_panel
 
 WORKFLOW_TOOL = "workflow"
 EDITOR_TOOL = "editor"
@@ -143,6 +144,7 @@ class WebUI:
                          click="utils.download(cds_export_name, trigger('cds_export'), "
                                "'application/octet-stream')",
                          disabled=("cds_busy || !cds_segmented",), raw_attrs=_testid("export"))
+                pacs_panel(_testid)
                 html.Div("Trainer: {{ cds_trainer_status }}", classes="text-caption",
                          raw_attrs=_testid("trainer-status"))
                 VBtn("Start fine-tuning", prepend_icon="mdi-school", block=True, variant="tonal",

@@ -110,7 +110,8 @@ class WorkflowLogic:
             # several files are the slices of one DICOM series: the Logic reads the folder
             self.load_case(Path(paths[0]) if len(paths) == 1 else Path(folder))
 
-    def load_case(self, path: Path) -> None:
+    def load_case(self, path: Path | None, loader=None) -> None:
+        """Load the volume at `path`, or the one `loader()` returns (a volume node)."""
         with self.state:
             if self.state.cds_busy:
                 self.state.cds_error = ("Wait for the segmentation to finish (or cancel it), "
@@ -120,7 +121,7 @@ class WorkflowLogic:
             self.editor.deactivate_effect()
             self.slicer_app.scene.Clear()
             try:
-                node = self.logic.load_volume(path, name=None)
+                node = loader() if loader else self.logic.load_volume(path, name=None)
             except InputError as error:
                 self.volume_node = None
                 self.state.cds_error = str(error)

@@ -13,7 +13,8 @@ patch in array order z, y, x / y, x), `normalization` {"source": spec, "target":
 sha256}, `metrics`; optional: `click_refiner` (interactive.refiner), `curriculum_params`
 (curriculum.params.CurriculumParams.for_bundle), `boundary_fit` (boundary_fit.fit_bundle_label),
 `inside` {child label name: parent label name} (postprocess.keep_inside) and `inside_contrast`
-(postprocess.refit_inside).
+(postprocess.refit_inside), `terminology` {label name: codes and colour} (terminology.py; it
+overrides the built-in table; `colors` is used only for labels neither colours).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BundleError
+from .errors import BundleError, InputError
 from .networks import build_network, full_spec
 from .normalize import normalize as _normalize
 from .normalize import validate_spec
+from .terminology import terms_for, validate_overrides
 
 BUNDLE_FORMAT = "1"
 METADATA_FILE = "configs/metadata.json"
@@ -69,7 +71,16 @@ class Bundle:
     task = property(lambda self: self.metadata["task"])
     spatial_dims = property(lambda self: int(self.metadata["spatial_dims"]))
     labels = property(lambda self: dict(self.metadata["labels"]))
-    colors = property(lambda self: dict(self.metadata.get("colors", {})))
+    @property
+    def terminology(self) -> dict:
+        """{label name: terminology.Term} for the foreground labels (codes and display colour)."""
+        return terms_for(self.labels, self.metadata.get("terminology"), self.metadata.get("colors"))
+
+    @property
+    def colors(self) -> dict:
+        """{label name: [r, g, b]} display colours, from the terminology (distinct within a task)."""
+        return {name: list(term.color) for name, term in self.terminology.items()}
+
     spacing = property(lambda self: [float(s) for s in self.metadata["spacing"]])
     roi_size = property(lambda self: [int(s) for s in self.metadata["roi_size"]])
     metrics = property(lambda self: dict(self.metadata.get("metrics", {})))
@@ -196,6 +207,17 @@ def validate_metadata(metadata: dict) -> None:
             for domain, value in contrast.items())):
         raise BundleError("Bundle inside_contrast must map a domain (source, target) to a number of standard "
                           f"deviations (> 0) and needs inside; got {contrast!r}.")
+    terminology = metadata.get("terminology")
+    if terminology is not None:
+        try:
+            validate_overrides(terminology, "Bundle terminology")
+        except InputError as error:
+            raise BundleError(str(error)) from None
+        foreground = set(labels) - {"background"}
+        strangers = sorted(set(terminology) - foreground)
+        if strangers:
+            raise BundleError(f"Bundle terminology codes {strangers}, which are not foreground labels of "
+                              "the bundle.")
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -18,6 +18,7 @@ COMMANDS = [
     "crossdomainseg.curriculum.cli",
     "crossdomainseg.segment_cli",
     "crossdomainseg.demo",
+    "crossdomainseg.pacs.cli",
 ]
 
 

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     written = {
         "label": imageio.write_image(result.label, out / "demo_label.nii.gz"),
         "segmentation": imageio.write_seg_nrrd(result.label, out / "demo_label.seg.nrrd",
-                                               result.labels, result.colors),
+                                               result.labels, result.colors,
+                                               engine.bundle.metadata.get("terminology")),
         "preview": imageio.write_image(result.preview, out / "demo_preview.nii.gz"),
         "uncertainty": imageio.write_image(result.uncertainty, out / "demo_uncertainty.nii.gz"),
     }

@@ -98,7 +98,8 @@ def run(args) -> int:
 def _segment_one(engine, path: Path, out: Path, preview, heatmap, with_uncertainty: bool):
     result = engine.segment(path, preview=preview is not None, uncertainty=with_uncertainty)
     if out.name.lower().endswith(".seg.nrrd"):
-        write_seg_nrrd(result.label, out, result.labels, result.colors)
+        write_seg_nrrd(result.label, out, result.labels, result.colors,
+                       engine.bundle.metadata.get("terminology"))
     else:
         write_image(result.label, out)
     if preview is not None:

@@ -6,6 +6,7 @@ imports it only when the command runs, so the `web` extra is needed only by thos
 
 import argparse
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--pacs", default=None,
+                        help="DICOMweb root URL of a PACS the page may open series from and store "
+                        "DICOM SEG on (e.g. http://HOST:8042/dicom-web)")
+    parser.add_argument("--pacs-user", default=None,
+                        help="PACS user (password from $CROSSDOMAINSEG_PACS_PASSWORD)")
 
 
 def web_arguments(args: argparse.Namespace) -> list[str]:
@@ -45,6 +51,10 @@ def web_arguments(args: argparse.Namespace) -> list[str]:
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port}: choose a TCP port between 1 and 65535 (0 picks a free one).")
     argv = ["--host", args.host, "--port", str(args.port)]
+    for flag, value in (("--pacs", args.pacs), ("--pacs-user", args.pacs_user)):
+        if value is not None:
+            argv += [flag, value]
+    pacs_login(args)  # a missing password or bad URL is said before the server starts
     for flag, value in (("--case", args.case), ("--bundle", args.bundle), ("--workspace", args.workspace)):
         if value is None:
             continue
@@ -52,6 +62,21 @@ def web_arguments(args: argparse.Namespace) -> list[str]:
             raise InputError(f"{flag} {value}: no such file or folder.")
         argv += [flag, str(Path(value).expanduser().resolve())]
     return argv
+
+
+def pacs_login(args: argparse.Namespace) -> tuple | None:
+    """(URL, user, password) of --pacs, the password from the environment; None without --pacs."""
+    from .pacs.client import PASSWORD_VARIABLE
+
+    if args.pacs is None:
+        return None
+    if not args.pacs.startswith(("http://", "https://")):
+        raise InputError(f"--pacs {args.pacs}: give the PACS's DICOMweb root URL (http:// or https://).")
+    password = os.environ.get(PASSWORD_VARIABLE) if args.pacs_user else None
+    if args.pacs_user and password is None:
+        raise InputError(f"--pacs-user {args.pacs_user}: set the password in the environment "
+                         f"variable {PASSWORD_VARIABLE}.")
+    return (args.pacs, args.pacs_user, password)
 
 
 def run(args: argparse.Namespace) -> int:
