@@ -355,11 +355,29 @@ def test_clicks_run_on_a_worker_and_the_scene_changes_on_the_callers_thread(app,
     assert job._thread is not threading.current_thread()
     job.wait()
     assert not segment_label_via_slicer(app, outcome.segmentation_node, volume, ["kidney"]).any()
+    # the GUI stays usable: a liver stroke painted into the ball while the click runs is kept
+    stroke = np.zeros((24, 40, 48), bool)
+    stroke[BLOB_CENTER[0], BLOB_CENTER[1] - 3:BLOB_CENTER[1] + 3, BLOB_CENTER[2] + 2:BLOB_CENTER[2] + 5] = True
+    segment_editor_stroke(outcome.segmentation_node, "liver", stroke, volume)
     with pytest.raises(InputError, match="still being applied"):
         logic.add_click(ras_of_index(volume, (5, 5, 5)), True, "kidney")
     assert finish(job)["changed_voxels"] > 0
-    assert segment_label_via_slicer(app, outcome.segmentation_node, volume, ["kidney"])[BLOB_CENTER] == 1
+    shown = segment_label_via_slicer(app, outcome.segmentation_node, volume, ["liver", "kidney"])
+    assert shown[BLOB_CENTER] == 2 and (shown[stroke] == 1).all() and logic.session.locked[stroke].all()
+    np.testing.assert_array_equal(shown, np.asarray(logic.session.label))
+    assert logic.undo() and include.GetNumberOfControlPoints() == 1  # the stroke is undone first
     assert logic.undo() and include.GetNumberOfControlPoints() == 0  # the point was tied to its click
+
+    # the scene closes while a click is being refined: its result is refused, the next case works
+    include.AddControlPoint(vtk.vtkVector3d(*ras_of_index(volume, BLOB_CENTER[::-1])))
+    job, finish = handed[-1]
+    app.scene.Clear(0)
+    with pytest.raises(InputError, match="closed or replaced"):
+        finish(job)
+    volume = nodes.add_volume_node(app.scene, make_image(), "again")
+    logic.segment(volume)
+    logic.run_job = None
+    assert logic.add_click(ras_of_index(volume, BLOB_CENTER[::-1]), True, "kidney")["changed_voxels"] > 0
 
 
 def test_errors_in_observers_reach_the_user(app, volume, bundles, tmp_path, monkeypatch, caplog):

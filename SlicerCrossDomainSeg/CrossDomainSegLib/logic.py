@@ -119,7 +119,6 @@ class CrossDomainSegLogic:
         self.points = ClickPoints(scene, weakly(self._on_point_placed), weakly(self._on_point_moved),
                                   weakly(self._on_point_removed))
         self._watch: EditWatch | None = None
-        self._click_job: Job | None = None
         self._pacs_login: tuple[str | None, str | None] = (None, None)
         self._clear_case()
         # weakly, and taken off when the Logic goes: a scene that is being deleted fires these too
@@ -299,8 +298,11 @@ class CrossDomainSegLogic:
 
     def _start_session_job(self, change: Callable) -> Job:
         started = time.perf_counter()
+        # the label before the change (copied before the worker starts): the GUI stays usable
+        # meanwhile, and a stroke painted then is told apart from the click's own change by it
+        before = self.session.label.copy()
         job = Job(lambda report, cancelled: change(), name="CrossDomainSeg click")
-        job.started, job.session = started, self.session
+        job.started, job.session, job.before = started, self.session, before
         job.then = None  # what ties the points to the session's clicks once the change is shown
         self._click_job = job
         return job
@@ -311,13 +313,18 @@ class CrossDomainSegLogic:
         try:
             result = job.outcome()
         finally:
-            self._click_job = None
+            if self._click_job is job:
+                self._click_job = None
         if job.session is not self.session:  # the case was closed or replaced meanwhile
             raise InputError("The segmentation was closed or replaced while the click was being "
                              "applied; place the point again.")
+        painted_meanwhile = self._screen_label() if self._watch.edited else None
         if job.then is not None:
             job.then()
         self._show_change(result)
+        if painted_meanwhile is not None:  # strokes made while the click ran win over it
+            for change in self._take_edits(painted_meanwhile != job.before, painted_meanwhile):
+                self._show_change(change)
         return {"changed_voxels": int(result.changed), "seconds": time.perf_counter() - job.started}
 
     def add_click(self, ras_point, positive: bool, segment_name: str | None = None) -> dict:
@@ -358,7 +365,9 @@ class CrossDomainSegLogic:
         def move():
             self._require_clicks()
             self.lock_from_segmentation()
-            index = next(i for i, c in enumerate(self.session.clicks) if c is click)
+            index = next((i for i, c in enumerate(self.session.clicks) if c is click), None)
+            if index is None:
+                raise InputError("That point's click is no longer in effect; place a new point.")
             session, point = self.session, nodes.ras_to_lps(ras)
             job = self._start_session_job(lambda: session.revise_click(click, point))
             job.then = lambda: self.points.rebind(click, self.session.clicks[index])
@@ -430,11 +439,15 @@ class CrossDomainSegLogic:
         self._require_clicks()
         if self._watch.edited:
             current = self._screen_label()
-            edited = current != self.session.label
-            for value in np.unique(current[edited]):
-                self.session.paint(edited & (current == value), int(value), lock=True)
+            self._take_edits(current != self.session.label, current)
             self._watch.mark_clean()
         return int(self.session.locked.sum())
+
+    def _take_edits(self, edited: np.ndarray, current: np.ndarray) -> list:
+        """Paint the voxels `edited` by hand into the session with their values in `current`,
+        locked (one undoable step per value); returns the session's changes."""
+        return [self.session.paint(edited & (current == value), int(value), lock=True)
+                for value in np.unique(current[edited])]
 
     def _screen_label(self) -> np.ndarray:
         """What the segmentation node holds now, as bundle label values on the input grid."""
@@ -610,6 +623,7 @@ class CrossDomainSegLogic:
         self._watch = None
         self.volume_node = self.segmentation_node = self.preview_node = self.heatmap_node = None
         self.outcome = self.session = None
+        self._click_job = None  # a click still running belongs to the case gone (finish_click says so)
 
     def _require_clicks(self) -> None:
         if self.session is None:
