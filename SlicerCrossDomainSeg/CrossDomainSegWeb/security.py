@@ -93,7 +93,8 @@ def same_origin(origin: str | None, host: str | None) -> bool:
     if origin is None:
         return True
     parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == (host or "").lower()
+    return (parts.scheme in ("http", "https") and bool(parts.netloc)
+            and parts.netloc.lower() == (host or "").lower())
 
 
 @web.middleware
