@@ -226,3 +226,18 @@ def test_batch_reports_a_refused_file_as_failed_with_its_reason(bundle, tmp_path
     assert "segmented 1 case(s)" in captured.out and "1 failed" in captured.out
     assert "failed: cut.nii.gz:" in captured.err and "cut short" in captured.err
     assert sorted(p.name for p in out.iterdir()) == ["good.json", "good.nii.gz"]
+
+
+def test_piecewise_constant_and_8bit_images_have_no_padding():
+    # background 10 around organs of 60 and 100: a background, not padding (nothing to fill)
+    array = np.full((20, 40, 40), 10.0, np.float32)
+    array[5:15, 10:30, 10:20], array[5:15, 10:30, 20:30] = 60.0, 100.0
+    assert find_padding(array, sitk.sitkFloat32) is None
+    # a small bright object in a dark background is an image, not "almost no image"
+    small = np.zeros((40, 40, 40), np.int16)
+    small[18:21, 18:21, 18:21] = 500
+    assert find_padding(small, sitk.sitkInt16) is None
+    # saturated 255 in an 8-bit image is ordinary saturation
+    saturated = np.random.default_rng(0).integers(0, 256, size=(20, 40, 40)).astype(np.uint8)
+    saturated[:, :10] = 255
+    assert find_padding(saturated, sitk.sitkUInt8) is None

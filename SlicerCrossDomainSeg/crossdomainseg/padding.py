@@ -7,7 +7,8 @@ normalisation's lower percentile and squeeze the anatomy into a sliver of the ne
 range (the demo case padded with -32768: foreground Dice 0.0002 instead of 0.76). A sentinel is
 the image's minimum or maximum when it covers at least MIN_SHARE of the voxels and either is the
 pixel type's extreme or lies further than MIN_GAP times the other voxels' 1st-99th percentile
-range from their nearest value. A dark MR background of 0 (next value a few units up) is not one.
+range from their nearest value, beside at least MIN_GREY_LEVELS grey levels. A dark MR
+background of 0 (next value a few units up) is not one.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ MIN_SHARE = 0.01
 MIN_GAP = 0.4
 # What must be left once the padding is removed for there to be an image at all.
 MIN_IMAGE_SHARE = 0.01
+# The gap rule needs a real image beside the constant (noise, many grey levels): a synthetic
+# piecewise-constant image (background 10, organ 60) has no padding, only a background.
+MIN_GREY_LEVELS = 64
 SAMPLE = 1_000_000
 
+# 8-bit images are left out: 255 there is ordinary saturation, not a sentinel.
 _INTEGER_LIMITS = {
-    sitk.sitkInt8: np.iinfo(np.int8), sitk.sitkUInt8: np.iinfo(np.uint8),
     sitk.sitkInt16: np.iinfo(np.int16), sitk.sitkUInt16: np.iinfo(np.uint16),
     sitk.sitkInt32: np.iinfo(np.int32), sitk.sitkUInt32: np.iinfo(np.uint32),
     sitk.sitkInt64: np.iinfo(np.int64), sitk.sitkUInt64: np.iinfo(np.uint64),
@@ -53,17 +57,21 @@ def find_padding(array: np.ndarray, pixel_id: int) -> Padding | None:
         if share < MIN_SHARE:
             continue
         rest = sample[sample != value]
+        # 0 in an unsigned image is ordinary background, not a sentinel
+        extreme = limits is not None and value in ({float(limits.min)} - {0.0}) | {float(limits.max)}
+        far = False
+        if np.unique(rest).size >= MIN_GREY_LEVELS:
+            p1, p99 = np.percentile(rest, [1, 99])
+            nearest = rest.min() if value == low else rest.max()
+            far = abs(float(nearest) - value) > MIN_GAP * float(p99 - p1)
+        if not (extreme or far):
+            continue
         if rest.size < MIN_IMAGE_SHARE * sample.size:
             raise InputError(
                 f"{100 * share:.0f}% of the image is one padding value ({value:g}); there is "
                 "almost no image inside the field of view to segment.")
-        # 0 in an unsigned image is ordinary background, not a sentinel
-        extreme = limits is not None and value in ({float(limits.min)} - {0.0}) | {float(limits.max)}
-        p1, p99 = np.percentile(rest, [1, 99])
-        nearest = float(rest.min()) if value == low else float(rest.max())
-        if extreme or abs(nearest - value) > MIN_GAP * max(float(p99 - p1), 1e-6):
-            fill = float(np.min(flat, initial=flat.max(), where=flat != value))
-            return Padding(value=value, share=share, fill=fill)
+        fill = float(np.min(flat, initial=flat.max(), where=flat != value))
+        return Padding(value=value, share=share, fill=fill)
     return None
 
 
