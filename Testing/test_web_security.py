@@ -31,7 +31,10 @@ def test_client_file_names_are_reduced_to_a_plain_name_or_refused():
     assert safe_file_name("../../x/case01.nii.gz") == "case01.nii.gz"
     assert safe_file_name("C:\\Users\\a\\..\\case 2.nrrd") == "case 2.nrrd"
     assert safe_file_name("/etc/cron.d/job.mha") == "job.mha"
-    for bad in ["", "..", ".", "../", ".bashrc", "a\x00b.nii", "con.nii.gz", "x/", "a:b.nii", None, 3]:
+    assert safe_file_name("case (1).nii.gz") == "case (1).nii.gz"  # a browser's second download
+    assert safe_file_name("Müller_T1.nii.gz") == "Müller_T1.nii.gz"
+    for bad in ["", "..", ".", "../", ".bashrc", "a\x00b.nii", "con.nii.gz", "x/", "a:b.nii", "a.nii ",
+                "a|b.nii", "x" * 201, None, 3]:
         with pytest.raises(InputError):
             safe_file_name(bad)
 

@@ -19,21 +19,24 @@ from aiohttp import web
 
 from crossdomainseg.errors import InputError
 
-# Letters, digits and . _ - + space, not starting with a dot: nothing a file system reads as a
-# path, a device, a hidden file or a drive.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_+\- ][A-Za-z0-9._+\- ]{0,199}$")
+# A plain file name on every system: no folder separators, none of the characters Windows
+# forbids, no control characters, no leading dot (hidden file) or trailing dot/space, not a
+# Windows device name.
+_FORBIDDEN = set('<>:"/\\|?*') | {chr(c) for c in range(32)} | {chr(127)}
 _WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
                     *(f"lpt{i}" for i in range(1, 10))}
+MAX_NAME_LENGTH = 200
 
 
 def safe_file_name(name) -> str:
     """`name` reduced to its last path component; InputError if that is not a plain file name."""
     if not isinstance(name, str):
         raise InputError("The file name sent by the page is not text; choose the file again.")
-    base = re.split(r"[\\/]", name.strip())[-1].strip()
-    if not _SAFE_NAME.match(base) or base.split(".")[0].lower() in _WINDOWS_DEVICES:
-        raise InputError(f"File name {name[:80]!r} is not accepted: use letters, digits and . _ - + "
-                         "only (no folders), e.g. case01.nii.gz.")
+    base = re.split(r"[\\/]", name)[-1]
+    if (not base or len(base) > MAX_NAME_LENGTH or set(base) & _FORBIDDEN or base[0] in ". "
+            or base[-1] in ". " or base.split(".")[0].strip().lower() in _WINDOWS_DEVICES):
+        raise InputError(f"File name {name[:80]!r} is not accepted: give the file a plain name "
+                         "without folders or the characters < > : \" / \\ | ? *, e.g. case01.nii.gz.")
     return base
 
 
