@@ -5,7 +5,9 @@ file or a DICOM series folder; `--out` ending in `.seg.nrrd` writes a Slicer seg
 Batch: IN is a folder of image files (NIfTI/NRRD/MHA); `--out`, `--preview` and `--uncertainty`
 are folders and each case keeps its file name. A case is finished when its `<case>.json` report
 (U, model version, timings) exists; it is written last, after the images, so a rerun skips exactly
-the finished cases and redoes an interrupted one.
+the finished cases and redoes an interrupted one. A case the engine refuses is reported as failed
+with its reason (exit status 1). Before the model loads, the outputs are checked: none may be the
+input or another output, and each must be writable.
 """
 
 from __future__ import annotations
