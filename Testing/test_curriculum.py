@@ -19,6 +19,7 @@ from crossdomainseg.curriculum.teacher import update_teacher
 from crossdomainseg.curriculum.trainer import CurriculumTrainer, is_heldout, prepare
 from crossdomainseg.errors import InputError
 from crossdomainseg.registry import ModelRegistry
+from crossdomainseg.training.loops import load_checkpoint
 
 
 def _const_net(value):
@@ -185,6 +186,22 @@ def test_training_on_accepted_cases_improves_heldout_dice_and_moves_teacher_by_e
     assert after > before + 0.2 and after > 0.7
     moved = sum(float((a - b).abs().sum()) for a, b in zip(trainer.teacher.parameters(), teacher_before))
     assert moved > 0
+
+
+def test_checkpoint_holds_only_plain_data_and_resumes(tmp_path, bundle):
+    # read back with weights_only=True (load_checkpoint): tensors and plain data only
+    params = CurriculumParams(epochs=0, steps_per_epoch=1, supervised_batch=1, tau_u0=1.0, tau_ts0=1.0)
+    target = [prepare(bundle, _volume(0)[0], "t0")]
+    accepted = [prepare(bundle, _volume(1)[0], "a0", label=_volume(1)[1])]
+    trainer = CurriculumTrainer(bundle, params, target, accepted)
+    trainer.run_epoch()
+    torch.save(trainer.state_dict(), tmp_path / "checkpoint.pt")
+    resumed = CurriculumTrainer(bundle, params, target, accepted)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt"))
+    assert resumed.epoch == trainer.epoch == 1 and resumed.history == trainer.history
+    assert resumed.rng.getstate() == trainer.rng.getstate()
+    student = trainer.student.state_dict()
+    assert all(torch.equal(student[k], v) for k, v in resumed.student.state_dict().items())
 
 
 def test_promotion_gate_refuses_a_worse_student(tmp_path, bundle):

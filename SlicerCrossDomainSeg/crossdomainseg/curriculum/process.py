@@ -178,12 +178,10 @@ class _Run:
         atomic_write_bytes(self.workdir / "checkpoint.pt", buffer.getvalue())
 
     def load_checkpoint(self):
-        import torch
+        from ..training.loops import load_checkpoint
 
         path = self.workdir / "checkpoint.pt"
-        if not path.is_file():
-            return None
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load_checkpoint(path) if path.is_file() else None
 
     def data(self, bundle, store, known: dict):
         """Volumes of every unlabelled image and accepted case, prepared once and kept."""
