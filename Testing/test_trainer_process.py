@@ -42,7 +42,8 @@ def _setup(tmp_path, n_unlabelled=3, n_accepted=2):
         sitk.WriteImage(_pair(100 + i)[0], str(folder / f"u{i}.nii.gz"))
     store = AcceptedCaseStore(tmp_path / "store")
     for i in range(n_accepted):
-        store.accept(*_pair(i), clicks=[{"point": [0.0, 0.0, 0.0], "positive": True}], model_version="random-0")
+        store.accept(*_pair(i), clicks=[{"point": [0.0, 0.0, 0.0], "positive": True}], model_version="random-0",
+                     labels={"background": 0, "organ": 1})
     return bundle.path, folder, store
 
 
@@ -143,7 +144,7 @@ while True:
     image.SetSpacing((4.0, 4.0, 4.0))
     label = sitk.GetImageFromArray((array > 1.5).astype(np.uint8))
     label.CopyInformation(image)
-    print(store.accept(image, label, [], "v0001"), flush=True)
+    print(store.accept(image, label, [], "v0001", labels={"background": 0, "organ": 1}), flush=True)
 """
 
 
