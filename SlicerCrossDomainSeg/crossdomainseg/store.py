@@ -40,10 +40,10 @@ _STALE_PARTIAL_S = 3600.0
 def fsync_dir(path: Path) -> None:
     """Make a rename in `path` durable where the OS lets a folder be opened and synced (POSIX);
     elsewhere (Windows) the rename alone is what the file system offers."""
-    if not hasattr(os, "O_DIRECTORY"):
+    if os.name == "nt":
         return
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:  # a file system that refuses to open folders
         return
     try:
