@@ -154,8 +154,8 @@ for snippet in ("import fcntl", "import os; os.sysconf('SC_PAGE_SIZE')", "open('
     except (ImportError, AttributeError, PermissionError):
         pass
 
-names = ["crossdomainseg." + m.name for m in pkgutil.walk_packages(
-    [str(product / "crossdomainseg")], prefix="") if m.name != "__main__"]
+names = [m.name for m in pkgutil.walk_packages([str(product / "crossdomainseg")], prefix="crossdomainseg.")
+         if not m.name.endswith("__main__")]
 names += [f"CrossDomainSegLib.{p.stem}" for p in (product / "CrossDomainSegLib").glob("*.py")]
 names += [f"CrossDomainSegWeb.{p.stem}" for p in (product / "CrossDomainSegWeb").glob("*.py")]
 for name in ["crossdomainseg"] + sorted(names):
