@@ -188,3 +188,39 @@ def test_own_writers_sign_metadata(bundle, tmp_path):
     file = bundle.path / METADATA_FILE
     file.write_text(json.dumps(json.loads(file.read_text()), indent=1, sort_keys=True))
     assert load_bundle(bundle.path).colors["organ"] == [1, 2, 3]
+
+
+def test_a_bundle_is_hashed_once_per_load_and_again_when_changed(bundle, tmp_path, monkeypatch):
+    """The front end, the registry's copy and the engine all load the same files: their weights
+    are hashed once; a file rewritten afterwards is hashed (and refused) again."""
+    import os
+    import shutil
+    import time
+    from pathlib import Path
+
+    from crossdomainseg import bundle as bundle_module
+    from crossdomainseg.registry import ModelRegistry
+
+    old = time.time() - 60
+    for file in bundle.path.rglob("*.pt"):
+        os.utime(file, (old, old))  # settled files, as an installed bundle's are
+    hashed = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    load_bundle(bundle.path)
+    load_bundle(bundle.path)
+    assert sorted(hashed) == ["generator.pt", "segmenter.pt"]
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.init_from(bundle.path)  # a copy: its files are new, hashed once
+    load_bundle(registry.current_path())
+    assert len(hashed) == 4
+    moved = tmp_path / "moved"
+    shutil.move(str(registry.current_path()), moved)  # renamed, same files
+    load_bundle(moved)
+    assert len(hashed) == 4
+    file = moved / "models" / "segmenter.pt"
+    data = bytearray(file.read_bytes())
+    data[-10] ^= 0xFF
+    file.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="Checksum mismatch"):
+        load_bundle(moved)
