@@ -253,6 +253,7 @@ class CrossDomainSegLogic:
         self.show_layers(synthetic=False)
 
         u = None if result.U is None else float(result.U)
+        self.draft = result.label  # the model's label before any correction (the store counts edits)
         self.outcome = SegmentOutcome(segmentation_node, preview_node, heatmap_node, u,
                                       uncertainty_hint(u) if u is not None else "",
                                       getattr(result, "model_version", None),
@@ -477,6 +478,7 @@ class CrossDomainSegLogic:
         case_id = store.accept(
             nodes.image_from_volume_node(self.volume_node), label, clicks=clicks,
             model_version=self.outcome.model_version,
+            labels=self.metadata["labels"], draft=self.draft,
             meta={"volume": self.volume_node.GetName(), "task": self.metadata.get("task"),
                   "U": self.outcome.U, "locked_voxels": int(self.session.locked.sum()),
                   "source": self.volume_node.GetAttribute("CrossDomainSeg.source") or ""})
@@ -622,7 +624,7 @@ class CrossDomainSegLogic:
             self._watch.close()
         self._watch = None
         self.volume_node = self.segmentation_node = self.preview_node = self.heatmap_node = None
-        self.outcome = self.session = None
+        self.outcome = self.session = self.draft = None
         self._click_job = None  # a click still running belongs to the case gone (finish_click says so)
 
     def _require_clicks(self) -> None:
