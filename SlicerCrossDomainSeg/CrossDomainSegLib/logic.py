@@ -322,8 +322,9 @@ class CrossDomainSegLogic:
         painted_meanwhile = self._screen_label() if self._watch.edited else None
         if job.then is not None:
             job.then()
-        self._show_change(result)
-        if painted_meanwhile is not None:  # strokes made while the click ran win over it
+        # strokes made while the click ran are on screen too: then every segment is rewritten
+        self._show_change(result, job.before if painted_meanwhile is None else None)
+        if painted_meanwhile is not None:  # and win over the click
             for change in self._take_edits(painted_meanwhile != job.before, painted_meanwhile):
                 self._show_change(change)
         return {"changed_voxels": int(result.changed), "seconds": time.perf_counter() - job.started}
@@ -411,26 +412,26 @@ class CrossDomainSegLogic:
         False when there is none."""
         self._require_clicks()
         self.lock_from_segmentation()
-        clicks = list(self.session.clicks)
+        clicks, before = list(self.session.clicks), self.session.label.copy()
         result = self.session.undo()
         if result is None:
             return False
         if len(self.session.clicks) < len(clicks):
             self.points.remove(clicks[-1])
-        self._show_change(result)
+        self._show_change(result, before)
         return True
 
     def redo(self) -> bool:
         """Apply again the last correction undone; False when there is none."""
         self._require_clicks()
         self.lock_from_segmentation()
-        before = len(self.session.clicks)
+        clicks, before = len(self.session.clicks), self.session.label.copy()
         result = self.session.redo()
         if result is None:
             return False
-        if len(self.session.clicks) > before:
+        if len(self.session.clicks) > clicks:
             self.points.restore(self.session.clicks[-1])
-        self._show_change(result)
+        self._show_change(result, before)
         return True
 
     def lock_from_segmentation(self) -> int:
@@ -456,13 +457,14 @@ class CrossDomainSegLogic:
                                                    self.metadata["labels"], self.segmentations_logic)
         return _array(label).astype(np.int16)
 
-    def _show_change(self, result) -> None:
-        """Put the session's label into the segmentation inside the box that changed."""
+    def _show_change(self, result, before: np.ndarray | None = None) -> None:
+        """Put the session's label into the segmentation inside the box that changed (`before`:
+        what the segmentation shows now, when known: only segments that changed are written)."""
         if result.box is None:
             return
         with self._watch.writing():
             nodes.write_segments_in_box(self.segmentation_node, self.session.label, result.box.slices,
-                                        self.metadata["labels"], self.volume_node)
+                                        self.metadata["labels"], self.volume_node, before)
 
     # -- accept and export ---------------------------------------------------------------------
     def accept(self) -> str:

@@ -146,9 +146,11 @@ def fill_segmentation_node(segmentation_node, label: sitk.Image, labels: dict, c
 
 
 def write_segments_in_box(segmentation_node, label: np.ndarray, box_slices, labels: dict,
-                          reference_volume_node) -> None:
+                          reference_volume_node, before: np.ndarray | None = None) -> None:
     """Make every bundle segment equal `label` (z, y, x, bundle values) inside the voxel box
     `box_slices` of the reference volume's grid, leaving the segments outside it untouched.
+    `before`: the label the segments show now; then only segments that lose voxels are erased
+    from and only those that gain voxels are painted (each call rescans the segment's labelmap).
 
     Uses the Segment Editor's own mechanism (vtkSlicerSegmentationsModuleLogic.
     SetBinaryLabelmapToSegment: erase as MODE_MERGE_MIN with the inverted mask, paint as
@@ -163,13 +165,18 @@ def write_segments_in_box(segmentation_node, label: np.ndarray, box_slices, labe
     z, y, x = box_slices
     extent = [x.start, x.stop - 1, y.start, y.stop - 1, z.start, z.stop - 1]
     crop = label[box_slices]
+    old = None if before is None else before[box_slices]
     segmentation = segmentation_node.GetSegmentation()
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    targets = [(name, crop == int(value)) for name, value in labels.items()
+    targets = [(name, crop == int(value), None if old is None else old == int(value))
+               for name, value in labels.items()
                if int(value) != 0 and segmentation.GetSegment(name) is not None]
-    for mode, fill in ((logic.MODE_MERGE_MIN, lambda inside: 255 * inside),
-                       (logic.MODE_MERGE_MASK, lambda inside: inside)):
-        for name, inside in targets:
+    for mode, fill, needed in (
+            (logic.MODE_MERGE_MIN, lambda inside: 255 * inside, lambda now, was: (was & ~now).any()),
+            (logic.MODE_MERGE_MASK, lambda inside: inside, lambda now, was: (now & ~was).any())):
+        for name, inside, was in targets:
+            if was is not None and not needed(inside, was):
+                continue
             modifier = _oriented_image(fill(inside.astype(np.uint8)), matrix, extent)
             if not logic.SetBinaryLabelmapToSegment(modifier, segmentation_node, name, mode, extent):
                 raise RuntimeError(f"Slicer could not update segment {name!r}.")
