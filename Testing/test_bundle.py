@@ -180,14 +180,14 @@ def test_own_writers_sign_metadata(bundle, tmp_path):
     the file (same content) is not an edit."""
     from crossdomainseg.registry import ModelRegistry
 
-    update_bundle(bundle.path, metadata={"colors": {**bundle.colors, "organ": [1, 2, 3]}})
-    assert load_bundle(bundle.path).colors["organ"] == [1, 2, 3]
+    update_bundle(bundle.path, metadata={"metrics": {"note": "edited by update_bundle"}})
+    assert load_bundle(bundle.path).metrics["note"] == "edited by update_bundle"
     registry = ModelRegistry(tmp_path / "reg")
     registry.init_from(bundle.path)
     assert load_bundle(registry.current_path()).version == "v0001"
     file = bundle.path / METADATA_FILE
     file.write_text(json.dumps(json.loads(file.read_text()), indent=1, sort_keys=True))
-    assert load_bundle(bundle.path).colors["organ"] == [1, 2, 3]
+    assert load_bundle(bundle.path).metrics["note"] == "edited by update_bundle"
 
 
 def test_a_bundle_is_hashed_once_per_load_and_again_when_changed(bundle, tmp_path, monkeypatch):
