@@ -220,6 +220,18 @@ def test_domain_randomize_trains_on_synthetic_crops_and_is_recorded(folders, tmp
     assert np.isfinite(losses["1"]) and losses["1"] != losses["0"]
 
 
+def test_checkpoint_from_before_domain_randomize_resumes_only_without_it(folders, tmp_path):
+    out = tmp_path / "old"
+    assert _train_source(folders, out, ["--epochs", "1"]) == 0
+    checkpoint = tmp_path / "old.ckpt" / "source.ckpt"
+    state = torch.load(checkpoint, weights_only=False)
+    del state["config"]["domain_randomize"]  # as written before the option existed
+    torch.save(state, checkpoint)
+    assert _train_source(folders, out, ["--epochs", "2", "--resume", "--domain-randomize", "0.5"]) == 2
+    assert _train_source(folders, out, ["--epochs", "2", "--resume"]) == 0
+    assert [h["epoch"] for h in load_bundle(out).metadata["training"]["source"]["history"]] == [1, 2]
+
+
 def test_intensity_remap_gives_other_contrasts_on_the_same_anatomy():
     from crossdomainseg.training.intensity import remap_intensity
 

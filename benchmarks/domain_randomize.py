@@ -24,7 +24,8 @@ import numpy as np
 from common import ROOT, task_dir, write_result
 
 SOURCE_OPTIONS = ["--source-norm", "window:-160:240", "--class-balanced", "--spacing", "3", "--roi", "40",
-                  "--batch", "2", "--lr", "2e-3", "--steps", "25", "--seed", "1", "--no-progress"]
+                  "--batch", "2", "--lr", "2e-3", "--steps", "25", "--seed", "1", "--no-progress",
+                  "--rotated-copies", "2", "--max-degrees", "20"]
 
 
 def speed(task, roi: int, repeats: int) -> dict:

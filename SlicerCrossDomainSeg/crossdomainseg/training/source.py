@@ -30,6 +30,11 @@ PALETTE = [[0, 0, 0], [230, 80, 60], [80, 180, 90], [70, 110, 220], [230, 200, 6
            [60, 200, 200], [240, 150, 40]]
 
 
+# Settings added after checkpoints were written, at the value those runs trained with: a
+# checkpoint without them resumes when they are left at that value.
+ADDED_SETTINGS = {"domain_randomize": 0.0}
+
+
 @dataclass
 class SourceConfig:
     """What defines the bundle and the run (all JSON-able; recorded in metadata.training)."""
@@ -152,7 +157,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
     start, history, best = 0, [], {"score": -1.0, "state": None, "epoch": -1}
     state = checkpoint.load() if resume else None
     if state is not None:
-        if not same_run(state["config"], asdict(config)):
+        if not same_run({**ADDED_SETTINGS, **state["config"]}, asdict(config)):
             raise InputError(f"Checkpoint {checkpoint.file} was made with other settings; "
                              "rerun without --resume or with the same settings.")
         network.load_state_dict(state["network"])
