@@ -206,6 +206,32 @@ def test_train_source_then_translator_and_resume(folders, tmp_path):
     assert load_bundle(out).metadata["training"]["source"]["config"]["intensity_remap"] == 1.0
 
 
+def test_domain_randomize_trains_on_synthetic_crops_and_is_recorded(folders, tmp_path):
+    """`--domain-randomize 1`: every crop synthesised (the training losses differ from the same
+    seeded run without it), the share recorded in the bundle's training metadata."""
+    losses = {}
+    for share in ("0", "1"):
+        out = tmp_path / f"dr{share}"
+        assert _train_source(folders, out, ["--epochs", "1", "--domain-randomize", share]) == 0
+        meta = load_bundle(out).metadata["training"]
+        assert meta["source"]["config"]["domain_randomize"] == float(share)
+        assert f"--domain-randomize {share}" in meta["command"]
+        losses[share] = meta["source"]["history"][0]["loss"]
+    assert np.isfinite(losses["1"]) and losses["1"] != losses["0"]
+
+
+def test_checkpoint_from_before_domain_randomize_resumes_only_without_it(folders, tmp_path):
+    out = tmp_path / "old"
+    assert _train_source(folders, out, ["--epochs", "1"]) == 0
+    checkpoint = tmp_path / "old.ckpt" / "source.ckpt"
+    state = torch.load(checkpoint, weights_only=False)
+    del state["config"]["domain_randomize"]  # as written before the option existed
+    torch.save(state, checkpoint)
+    assert _train_source(folders, out, ["--epochs", "2", "--resume", "--domain-randomize", "0.5"]) == 2
+    assert _train_source(folders, out, ["--epochs", "2", "--resume"]) == 0
+    assert [h["epoch"] for h in load_bundle(out).metadata["training"]["source"]["history"]] == [1, 2]
+
+
 def test_intensity_remap_gives_other_contrasts_on_the_same_anatomy():
     from crossdomainseg.training.intensity import remap_intensity
 

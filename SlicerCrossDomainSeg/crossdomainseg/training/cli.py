@@ -149,6 +149,7 @@ def run_source(args) -> int:
         intensity_remap=args.intensity_remap,
         class_balanced=args.class_balanced,
         label_contrast=args.label_contrast,
+        domain_randomize=args.domain_randomize,
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         batch_size=args.batch,
@@ -266,6 +267,10 @@ def add_parser(subparsers) -> None:
     src.add_argument("--label-contrast", type=float, default=0.0,
                      help="remapped crops also shift each labelled structure's brightness by up to "
                           "this much either way (0 = off)")
+    src.add_argument("--domain-randomize", type=float, default=0.0, metavar="P",
+                     help="share of crops synthesised from their labels with random contrast per "
+                          "label and tissue class, texture, bias, noise and resolution (SynthSeg-"
+                          "style; 1 = synthetic images only; 0 = off)")
     src.add_argument("--version", default="0.1.0", help="model version recorded in the bundle")
     src.set_defaults(func=run_source)
 

@@ -24,9 +24,15 @@ from .datasets import load_samples
 from .intensity import remap_intensity
 from .loops import (Checkpoint, batch, epoch_rng, predict_probabilities, random_patch, same_run,
                     seed_everything)
+from .randomize import crop_normalization, synthesize
 
 PALETTE = [[0, 0, 0], [230, 80, 60], [80, 180, 90], [70, 110, 220], [230, 200, 60], [180, 90, 200],
            [60, 200, 200], [240, 150, 40]]
+
+
+# Settings added after checkpoints were written, at the value those runs trained with: a
+# checkpoint without them resumes when they are left at that value.
+ADDED_SETTINGS = {"domain_randomize": 0.0}
 
 
 @dataclass
@@ -56,6 +62,10 @@ class SourceConfig:
     # Remapped crops also shift each labelled structure's brightness by up to this much either
     # way (intensity.remap_intensity; 0 = off).
     label_contrast: float = 0.0
+    # Share of training crops synthesised from their labels and source intensity classes with
+    # random contrast, texture, bias, noise and resolution (randomize.synthesize, SynthSeg-style);
+    # 1 trains on synthetic images alone (the `domain_randomized` peer), 0 is off.
+    domain_randomize: float = 0.0
     epochs: int = 20
     steps_per_epoch: int = 20
     batch_size: int = 2
@@ -124,6 +134,10 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
     out = Path(out)
     if not train_cases:
         raise InputError("No labelled source images to train on.")
+    for name in ("intensity_remap", "domain_randomize"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise InputError(f"{name.replace('_', '-')} is a share of the training crops, between 0 "
+                             f"and 1; got {getattr(config, name)}.")
     device = pick_device(device)
     label_values = sorted(config.labels.values())
     norm = config.normalization["source"]
@@ -143,7 +157,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
     start, history, best = 0, [], {"score": -1.0, "state": None, "epoch": -1}
     state = checkpoint.load() if resume else None
     if state is not None:
-        if not same_run(state["config"], asdict(config)):
+        if not same_run({**ADDED_SETTINGS, **state["config"]}, asdict(config)):
             raise InputError(f"Checkpoint {checkpoint.file} was made with other settings; "
                              "rerun without --resume or with the same settings.")
         network.load_state_dict(state["network"])
@@ -160,8 +174,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
             picks = rng.integers(len(train), size=config.batch_size)
             patches = [random_patch(train[i], config.roi_size, rng, class_balanced=config.class_balanced)
                        for i in picks]
-            patches = [(remap_intensity(x, rng, y if config.label_contrast else None, config.label_contrast)
-                        if rng.random() < config.intensity_remap else x, y) for x, y in patches]
+            patches = [(_crop_intensities(x, y, rng, config), y) for x, y in patches]
             images, labels = batch(patches, device)
             images = _intensity_jitter(images, rng)
             loss = loss_fn(network(images), labels)
@@ -202,6 +215,17 @@ def _networks_to_keep(out: Path, config: SourceConfig) -> dict:
         return {}
     return {name: old.network(name) for name in old.network_names
             if name not in ("segmenter", "generator")}
+
+
+def _crop_intensities(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+                      config: SourceConfig) -> np.ndarray:
+    """A training crop's image: synthesised from its labels (share `domain_randomize`), else
+    through a random transfer function (share `intensity_remap`), else as it is."""
+    if config.domain_randomize and rng.random() < config.domain_randomize:
+        return synthesize(x, y, rng, crop_normalization(config.normalization["target"]))
+    if rng.random() < config.intensity_remap:
+        return remap_intensity(x, rng, y if config.label_contrast else None, config.label_contrast)
+    return x
 
 
 def _intensity_jitter(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
