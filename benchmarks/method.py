@@ -50,7 +50,7 @@ PROTOCOL = {
     # scripts/train_default_bundles.sh before any target label was read.
     "tuned_on": ["source validation split (best epoch)", "scripts/train_default_bundles.sh options"],
 }
-DR_FIELD = "domain_randomize"  # the SourceConfig option of `train source --domain-randomize`
+DR_FIELD = "domain_randomize"  # `train source --domain-randomize 1`: synthetic crops only
 
 
 def reference_config(bundle, **changes) -> SourceConfig:
@@ -88,7 +88,7 @@ def train_row(row: str, data, bundle, device) -> Path:
     else:
         train = list(data.cases("train", "source"))
         val = list(data.cases("val", "source"))
-        config = reference_config(bundle, version=f"{bundle.version}-dr", **{DR_FIELD: True})
+        config = reference_config(bundle, version=f"{bundle.version}-dr", **{DR_FIELD: 1.0})
     train_source(config, train, val, out, None, False, device, True, f"benchmarks/method.py ({row})")
     return out
 
@@ -99,13 +99,14 @@ def train_seconds(bundle) -> float:
                      for e in (training.get(stage) or {}).get("history", [])))
 
 
-def raw_label(bundle, image, segmenter, generator, device) -> sitk.Image:
+def raw_label(bundle, image, segmenter, generator, device, domain="target") -> sitk.Image:
+    """The raw network's label (argmax on the working grid) on the input's grid."""
     reference = working_grid(bundle, image)
-    array = bundle.normalize(to_working_array(bundle, image, reference), "target")
+    array = bundle.normalize(to_working_array(bundle, image, reference), domain)
     if generator is not None:
         array = translate(generator, array, bundle.roi_size, device)
     label = predict_probabilities(segmenter, array, bundle.roi_size, device).argmax(0).astype(np.uint8)
-    label_image = sitk.GetImageFromArray(label)
+    label_image = sitk.GetImageFromArray(label[None] if bundle.spatial_dims == 2 else label)
     label_image.CopyInformation(reference)
     return resample_to_reference(label_image, image, sitk.sitkNearestNeighbor, 0)
 
@@ -145,17 +146,8 @@ def source_dice(bundle_path: Path, cases, device) -> float:
     bundle = load_bundle(bundle_path)
     segmenter = bundle.network("segmenter", device)
     labels = [v for v in bundle.labels.values() if v]
-    scores = []
-    for _, image_path, label_path in cases:
-        image = read_image(image_path)
-        reference = working_grid(bundle, image)
-        array = bundle.normalize(to_working_array(bundle, image, reference), "source")
-        label = predict_probabilities(segmenter, array, bundle.roi_size, device).argmax(0).astype(np.uint8)
-        label_image = sitk.GetImageFromArray(label)
-        label_image.CopyInformation(reference)
-        pred = resample_to_reference(label_image, image, sitk.sitkNearestNeighbor, 0)
-        scores.append(metrics.dice(pred, read_image(label_path), labels))
-    return round(float(np.mean(scores)), 4)
+    return round(float(np.mean([metrics.dice(raw_label(bundle, read_image(image), segmenter, None, device, "source"),
+                                             read_image(label), labels) for _, image, label in cases])), 4)
 
 
 def dr_available() -> bool:

@@ -12,7 +12,6 @@ for independent evaluation and are never extracted or read.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..bundle import sha256_file as sha256
 from ..errors import InputError
 
 PACKAGE = "niworkflows==0.0.5"
@@ -78,14 +78,6 @@ def cache_root() -> Path:
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "crossdomainseg"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_archive(path: Path) -> None:
