@@ -12,7 +12,7 @@ import argparse
 import sys
 
 import numpy as np
-from common import DATA_SEED, write_result
+from common import DATA_SEED, N_CASES, write_result
 from method import raw_label
 
 from crossdomainseg import metrics
@@ -21,9 +21,6 @@ from crossdomainseg.data import generate_case
 from crossdomainseg.data.tasks import plan_task
 from crossdomainseg.device import configure, pick_device
 from crossdomainseg.resources import shipped_bundle
-
-N_CASES = {"brain-t1-t2": 30, "phantom-ct-mr": 30, "xray-drr": 60}  # scripts/train_default_bundles.sh
-
 
 def raw_dice(task: str, device) -> dict:
     bundle = load_bundle(shipped_bundle(task))

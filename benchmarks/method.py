@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +76,13 @@ def supervised_cases(data, folder: Path) -> tuple[list, list]:
 
 
 def train_row(row: str, data, bundle, device) -> Path:
-    """The reference bundle of `row` under WORK (trained once, then reused)."""
+    """The reference bundle of `row` under WORK (trained once, then reused; a run stopped
+    part-way resumes from its checkpoint)."""
     out = WORK / data.name / row
     if (out / "configs" / "metadata.json").exists():
-        return out
+        source = load_bundle(out).metadata["training"]["source"]
+        if len(source["history"]) >= source["config"]["epochs"]:
+            return out
     if row == "supervised":
         train, val = supervised_cases(data, WORK / data.name / "supervised-labels")
         config = reference_config(bundle, version=f"{bundle.version}-supervised",
@@ -89,7 +91,8 @@ def train_row(row: str, data, bundle, device) -> Path:
         train = list(data.cases("train", "source"))
         val = list(data.cases("val", "source"))
         config = reference_config(bundle, version=f"{bundle.version}-dr", **{DR_FIELD: 1.0})
-    train_source(config, train, val, out, None, False, device, True, f"benchmarks/method.py ({row})")
+    resume = out.with_name(out.name + ".ckpt").exists()
+    train_source(config, train, val, out, None, resume, device, True, f"benchmarks/method.py ({row})")
     return out
 
 
