@@ -13,7 +13,7 @@ Rows, each {dice, hd95, assd, dice_per_label, delivered_dice, delivered_dice_per
 grid); `delivered_*` are the engine's output with the bundle's default post-processing.
 The reference rows are trained here (once, reused) with the shipped bundle's own source config.
 
-  python benchmarks/method.py --task brain-t1-t2 [--threads 2] [--train-only ROW]
+  python benchmarks/method.py --task brain-t1-t2 [--threads 2] [--train-only ROW] [--rows ROW ...]
 
 Results merge into benchmarks/results/method.json per task (other tasks' entries are kept).
 """
@@ -49,6 +49,7 @@ PROTOCOL = {
     # scripts/train_default_bundles.sh before any target label was read.
     "tuned_on": ["source validation split (best epoch)", "scripts/train_default_bundles.sh options"],
 }
+ROWS = ("vanilla", "tdgan", "domain_randomized", "supervised")
 DR_FIELD = "domain_randomize"  # `train source --domain-randomize 1`: synthetic crops only
 
 
@@ -164,6 +165,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-only", choices=("supervised", "domain_randomized"),
                         help="train that reference row's network and stop (rows train in parallel)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to score")
     args = parser.parse_args()
     threads = configure(args.threads)
     device = pick_device()
@@ -175,17 +177,18 @@ def main() -> int:
         return 0
     test = [c for c in data.cases("test", "target") if c[2] is not None]
     entry = {"source_dice": source_dice(shipped, list(data.cases("test", "source")), device),
-             "n_test": len(test), "bundle_version": bundle.version,
-             "vanilla": score_row(shipped, "vanilla", test, device)}
-    if bundle.has_network("generator"):
-        entry["tdgan"] = score_row(shipped, "tdgan", test, device)
-        entry["tdgan"]["train_s"] = round(train_seconds(bundle), 1)
+             "n_test": len(test), "bundle_version": bundle.version}
+    if "vanilla" in args.rows:
+        entry["vanilla"] = score_row(shipped, "vanilla", test, device)
         entry["vanilla"]["train_s"] = round(float(sum(
             e["seconds"] for e in bundle.metadata["training"]["source"]["history"])), 1)
-    if dr_available():
+    if "tdgan" in args.rows and bundle.has_network("generator"):
+        entry["tdgan"] = score_row(shipped, "tdgan", test, device)
+    if "domain_randomized" in args.rows and dr_available():
         entry["domain_randomized"] = score_row(train_row("domain_randomized", data, bundle, device),
                                                "vanilla", test, device)
-    entry["supervised"] = score_row(train_row("supervised", data, bundle, device), "vanilla", test, device)
+    if "supervised" in args.rows:
+        entry["supervised"] = score_row(train_row("supervised", data, bundle, device), "vanilla", test, device)
     print(json.dumps(entry, indent=1), file=sys.stderr)
     existing = RESULTS / "method.json"
     tasks = json.loads(existing.read_text()).get("tasks", {}) if existing.exists() else {}
