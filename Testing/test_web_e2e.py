@@ -54,7 +54,7 @@ def _case_and_bundle(tmp_path: Path) -> tuple[Path, Path, Path, str]:
     from crossdomainseg.data import abdomen, generate_case
     from crossdomainseg.errors import InputError
 
-    case = resources.demo_case("phantom-ct-mr")
+    case = resources.demo_case()
     reference = case.with_name(case.name.replace(".nii.gz", "_label.nii.gz"))
     if not (case.exists() and reference.exists()):
         demo = generate_case("phantom-ct-mr", 1, "target")

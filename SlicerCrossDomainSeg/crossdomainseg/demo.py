@@ -33,8 +33,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    case = resources.demo_case()
-    bundle = resources.shipped_bundle()
+    case = resources.demo_case(resources.DEMO_TASK)
+    bundle = resources.shipped_bundle(resources.DEMO_TASK)
     image = imageio.read_image(case)
     engine = Engine(bundle)
     result = engine.segment(image, progress=lambda fraction, message: print(

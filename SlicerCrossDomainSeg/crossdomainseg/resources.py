@@ -22,10 +22,10 @@ def shipped_bundles() -> dict[str, Path]:
         if root.is_dir() else {}
 
 
-DEFAULT_TASK = "brain-t1-t2"  # what the demo and the web app open when no task is named
+DEMO_TASK = "brain-t1-t2"  # the headline task: what `crossdomainseg demo` and the web app open
 
 
-def shipped_bundle(task: str = DEFAULT_TASK) -> Path:
+def shipped_bundle(task: str = "phantom-ct-mr") -> Path:
     bundles = shipped_bundles()
     if task not in bundles:
         raise InputError(f"No shipped model bundle for task '{task}' (shipped: "
@@ -33,7 +33,7 @@ def shipped_bundle(task: str = DEFAULT_TASK) -> Path:
     return bundles[task]
 
 
-def demo_case(task: str = DEFAULT_TASK) -> Path:
+def demo_case(task: str = "phantom-ct-mr") -> Path:
     """The embedded target case of `task` (scripts/make_demo_case.py); its ground truth lies beside
     it as `<task>_target_label.nii.gz`."""
     return resources_dir() / "demo" / f"{task}_target.nii.gz"
