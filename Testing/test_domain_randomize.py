@@ -130,3 +130,24 @@ def test_train_source_rejects_a_share_outside_0_1(tmp_path):
         train_source(_config(domain_randomize=1.5), [("c", tmp_path / "missing.nii.gz", None)], [],
                      tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
+
+
+def test_partial_volume_rims_do_not_become_outlines():
+    """Two labels meeting at a blurred source edge: the synthetic profile across the edge stays
+    between the two sides' intensities, whatever the texture gain (the deviation of the rim's
+    partial-volume voxels from their label's mean is not texture)."""
+    from scipy import ndimage
+
+    label = np.ones((16, 16, 32), np.int64)
+    label[..., 16:] = 2
+    image = ndimage.gaussian_filter1d(np.where(label == 1, 0.2, 0.8).astype(np.float32), 1.5, axis=2)
+    inside = []
+    for seed in range(60):
+        profile = synthesize(image, label, np.random.default_rng(seed), SPEC)[2:-2, 2:-2].mean((0, 1))
+        left, right = profile[9:11].mean(), profile[21:23].mean()  # just outside the rims
+        if abs(left - right) < 0.2:  # too little contrast to tell an outline from the texture
+            continue
+        tolerance = 0.1 * abs(left - right) + 0.03
+        rim = profile[12:20]
+        inside.append(bool(np.all(rim >= min(left, right) - tolerance) and np.all(rim <= max(left, right) + tolerance)))
+    assert len(inside) > 20 and np.mean(inside) >= 0.9

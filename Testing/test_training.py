@@ -206,6 +206,7 @@ def test_train_source_then_translator_and_resume(folders, tmp_path):
     assert load_bundle(out).metadata["training"]["source"]["config"]["intensity_remap"] == 1.0
 
 
+@pytest.mark.slow
 def test_domain_randomize_trains_on_synthetic_crops_and_is_recorded(folders, tmp_path):
     """`--domain-randomize 1`: every crop synthesised (the training losses differ from the same
     seeded run without it), the share recorded in the bundle's training metadata."""
@@ -220,6 +221,7 @@ def test_domain_randomize_trains_on_synthetic_crops_and_is_recorded(folders, tmp
     assert np.isfinite(losses["1"]) and losses["1"] != losses["0"]
 
 
+@pytest.mark.slow
 def test_checkpoint_from_before_domain_randomize_resumes_only_without_it(folders, tmp_path):
     out = tmp_path / "old"
     assert _train_source(folders, out, ["--epochs", "1"]) == 0

@@ -24,6 +24,7 @@ BACKGROUND_CLASSES = (2, 5)  # k-means classes of the unlabelled part, inclusive
 # units, a range of width 1 by default: 20 HU in a 400 HU CT window).
 MIN_CLASS_GAP = 0.05
 TEXTURE_GAIN = 2.0  # the source texture within a class is scaled by U(-gain, gain)
+TEXTURE_CLIP = 2.0  # after clipping to this many of its standard deviations within the class
 CLASS_NOISE = 0.05  # per-class noise std up to this
 BIAS_STD = 0.3  # log bias field: a coarse random grid with std up to this
 GAMMA_STD = 0.25  # exponent exp(N(0, std))
@@ -66,18 +67,47 @@ def background_classes(values: np.ndarray, k: int, iterations: int = 10, bins: i
     return ((kept[:-1] + kept[1:]) / 2).astype(np.float32)
 
 
-def tissue_classes(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def tissue_classes(smooth: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """A class per voxel: each label value its own, the unlabelled voxels one of a few k-means
     classes of the (lightly smoothed) source intensities. Returns (classes, number of classes)."""
     classes = label.astype(np.int64)
     first = int(classes.max()) + 1
     unlabelled = classes == 0
     if unlabelled.any():
-        smooth = ndimage.uniform_filter(image, 3)[unlabelled]
-        thresholds = background_classes(smooth, int(rng.integers(BACKGROUND_CLASSES[0], BACKGROUND_CLASSES[1] + 1)))
-        classes[unlabelled] = first + np.searchsorted(thresholds, smooth)
+        values = smooth[unlabelled]
+        thresholds = background_classes(values, int(rng.integers(BACKGROUND_CLASSES[0], BACKGROUND_CLASSES[1] + 1)))
+        classes[unlabelled] = first + np.searchsorted(thresholds, values)
         return classes, first + len(thresholds) + 1
     return classes, first
+
+
+def texture(image: np.ndarray, smooth: np.ndarray, classes: np.ndarray, n: int) -> np.ndarray:
+    """The source's fine texture: its deviation from the local 3-voxel mean, clipped to
+    TEXTURE_CLIP of its standard deviation within each class, and none on the voxels next to
+    another class. A deviation from the class mean would also hold partial volume (a class's rim
+    darker or brighter towards its neighbour), which at a large or negative gain draws an outline
+    round every structure; the blur in `synthesize` makes partial volume instead."""
+    fine = image - smooth
+    flat = classes.ravel()
+    spread = np.sqrt(np.bincount(flat, weights=(fine**2).ravel(), minlength=n)
+                     / np.maximum(np.bincount(flat, minlength=n), 1))
+    limit = np.take((TEXTURE_CLIP * spread).astype(np.float32), classes)
+    fine = np.clip(fine, -limit, limit)
+    fine[class_edges(classes)] = 0
+    return fine
+
+
+def class_edges(classes: np.ndarray) -> np.ndarray:
+    """Voxels with a face neighbour of another class (both sides of every boundary)."""
+    edges = np.zeros(classes.shape, bool)
+    for axis in range(classes.ndim):
+        differs = np.diff(classes, axis=axis) != 0
+        before = [slice(None)] * classes.ndim
+        after = [slice(None)] * classes.ndim
+        before[axis], after[axis] = slice(None, -1), slice(1, None)
+        edges[tuple(before)] |= differs
+        edges[tuple(after)] |= differs
+    return edges
 
 
 def bias_field(shape, rng: np.random.Generator) -> np.ndarray:
@@ -118,15 +148,13 @@ def synthesize(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, s
     """A random-modality image of the crop's anatomy (see the module docstring), float32,
     normalised with `spec` (`crop_normalization` of the network's target spec)."""
     image = np.asarray(image, np.float32)
-    classes, n = tissue_classes(image, label, rng)
-    flat = classes.ravel()
-    counts = np.bincount(flat, minlength=n)
-    source_mean = (np.bincount(flat, weights=image.ravel(), minlength=n) / np.maximum(counts, 1)).astype(np.float32)
+    smooth = ndimage.uniform_filter(image, 3)
+    classes, n = tissue_classes(smooth, label, rng)
+    fine = texture(image, smooth, classes, n)
     mean = rng.uniform(0, 1, n).astype(np.float32)
     gain = rng.uniform(-TEXTURE_GAIN, TEXTURE_GAIN, n).astype(np.float32)
     spread = rng.uniform(0, CLASS_NOISE, n).astype(np.float32)
-    # mean + gain * (image - source mean) + noise, per class, with one lookup per term
-    y = (np.take(mean - gain * source_mean, classes) + np.take(gain, classes) * image
+    y = (np.take(mean, classes) + np.take(gain, classes) * fine
          + np.take(spread, classes) * rng.standard_normal(image.shape, dtype=np.float32))
     y = ndimage.gaussian_filter(y, rng.uniform(0, BLUR_SIGMA), mode="nearest")
     y = np.maximum(y, 0) * bias_field(y.shape, rng)
