@@ -12,18 +12,21 @@ from crossdomainseg.data import generate_case
 from crossdomainseg.resources import shipped_bundles
 from crossdomainseg.training.evaluate import CaseRunner
 
-TASKS = ["phantom-ct-mr", "xray-drr"]
+TASKS = ["brain-t1-t2", "phantom-ct-mr", "xray-drr"]
 # Outside the training task's subject seeds. Eight 3D subjects, because one subject's mean Dice
 # swings by 0.15 with whether its small lesion is found (phantom-ct-mr 1.2 misses it in 2 of these
 # 8); 32 radiographs (a second each), because xray-drr's translator gains ~0.01 on average but
 # +-0.03 per subject.
-FRESH_SEEDS = {"phantom-ct-mr": list(range(900001, 900009)), "xray-drr": list(range(900001, 900033))}
+FRESH_SEEDS = {"phantom-ct-mr": list(range(900001, 900009)), "xray-drr": list(range(900001, 900033)),
+               "brain-t1-t2": list(range(900001, 900005))}
 TOLERANCE = 0.06  # fresh subjects vary around the 6-case validation mean
 # TD-GAN's lead over vanilla that fresh subjects must show. phantom-ct-mr's translator has moved
 # only a little from the identity: before the bundle found lesions again by their contrast
 # (inside_contrast) TD-GAN trailed vanilla on its test split (0.625 / 0.635) and on these subjects
 # (0.601 / 0.605); with it, 0.841 / 0.805 and 0.792 / 0.753.
-TDGAN_LEAD = {"phantom-ct-mr": 0.0, "xray-drr": 0.0}
+# brain-t1-t2 1.0: neither path works yet on T2 (target test split, raw: vanilla 0.080, TD-GAN 0.077;
+# benchmarks/results/method.json), so there is no lead to hold; its source Dice is still checked.
+TDGAN_LEAD = {"phantom-ct-mr": 0.0, "xray-drr": 0.0, "brain-t1-t2": None}
 
 
 def _bundle(task):
@@ -47,7 +50,9 @@ def test_shipped_bundle_is_complete_and_small(task):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
-def test_shipped_bundle_reaches_recorded_dice_on_fresh_subjects(task):
+def test_shipped_bundle_reaches_recorded_dice_on_fresh_subjects(task, request):
+    if task == "brain-t1-t2":
+        request.getfixturevalue("icbm152_templates")  # generate_case reads the cached templates
     bundle = _bundle(task)
     runner = CaseRunner(bundle)
     labels = [v for v in bundle.labels.values() if v]
@@ -62,7 +67,8 @@ def test_shipped_bundle_reaches_recorded_dice_on_fresh_subjects(task):
         pred, _ = runner.segment(case.image, "target", via_generator=True)
         tdgan.append(metrics.dice(pred, case.label, labels))
     assert np.mean(source) >= bundle.metrics["source_val_dice"] - TOLERANCE
-    assert np.mean(tdgan) - np.mean(vanilla) > TDGAN_LEAD[task]
+    if TDGAN_LEAD[task] is not None:
+        assert np.mean(tdgan) - np.mean(vanilla) > TDGAN_LEAD[task]
 
 
 @pytest.mark.slow

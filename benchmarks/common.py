@@ -11,7 +11,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = ROOT / "build" / "default-bundle-data"  # what scripts/train_default_bundles.sh makes
-N_CASES = {"phantom-ct-mr": 30, "xray-drr": 60}  # as in scripts/train_default_bundles.sh
+N_CASES = {"brain-t1-t2": 30, "phantom-ct-mr": 30, "xray-drr": 60}  # as in scripts/train_default_bundles.sh
 DATA_SEED = 0
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SlicerCrossDomainSeg"))
 

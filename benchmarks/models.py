@@ -5,7 +5,7 @@ target test split of the reference applied directly ("vanilla") and to G(target)
 translation quality against the paired ground-truth source rendering (Dice between the
 segmenter's output on the real source rendering and on the translation; MAE, PSNR, SSIM in the
 bundle's normalised source units, [0, 1]); the size of the shipped weights.
-Writes benchmarks/results/models.json and benchmarks/results/domain_gap.json.
+Writes benchmarks/results/models.json (the raw networks' domain gap: benchmarks/domain_gap.py).
 
   python benchmarks/models.py [--tasks phantom-ct-mr xray-drr] [--data-root DIR] [--threads 2]
 
@@ -58,12 +58,6 @@ def main() -> int:
     device = pick_device()
     results = {task: run_task(task, Path(args.data_root), device) for task in args.tasks}
     write_result("models", results, threads)
-    gap_task = "phantom-ct-mr" if "phantom-ct-mr" in results else args.tasks[0]
-    gap = {"task": gap_task, "source_dice": results[gap_task]["source_dice"],
-           "target_dice_vanilla": results[gap_task]["vanilla_dice"],
-           "per_task": {t: {"source_dice": r["source_dice"], "target_dice_vanilla": r["vanilla_dice"]}
-                        for t, r in results.items()}}
-    write_result("domain_gap", gap, threads)
     return 0
 
 

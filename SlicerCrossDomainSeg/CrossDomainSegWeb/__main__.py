@@ -20,8 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        case = args.case or resources.demo_case()
-        bundle = args.bundle or resources.shipped_bundle()
+        case = args.case or resources.demo_case(resources.DEMO_TASK)
+        bundle = args.bundle or resources.shipped_bundle(resources.DEMO_TASK)
         for flag, path in (("--case", case), ("--bundle", bundle)):
             if not Path(path).exists():
                 raise InputError(f"{flag} {path}: no such file or folder.")

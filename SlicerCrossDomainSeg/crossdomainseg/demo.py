@@ -1,19 +1,16 @@
 """`crossdomainseg demo`: the whole product on the embedded default case, then the web app.
 
-Generates a small phantom task (to show the data generator), segments the embedded MR-like demo
-case with the shipped bundle (label map, synthetic CT preview, uncertainty heatmap, U), scores it
-against the demo case's ground truth, writes everything under --out, and serves the web app on
-the same case unless --no-serve.
+Segments the embedded demo case (a brain T2 volume with 4-6 mm coronal slices, task brain-t1-t2)
+with the shipped bundle (label map, synthetic T1 preview, uncertainty heatmap, U), scores it
+against the case's ground truth, writes everything under --out, and serves the web app on the
+same case unless --no-serve.
 """
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
-
 from . import imageio, metrics, resources
-from .data import make_task
 from .engine import Engine
 
 DEFAULT_OUT = Path("output") / "demo"
@@ -23,9 +20,9 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the whole workflow on the embedded demo case and serve the web app",
-        description="Generate a small phantom task, segment the embedded MR-like demo case with "
-        "the shipped phantom-ct-mr bundle (label, synthetic CT preview, uncertainty), score it "
-        "against its ground truth, write the outputs, then serve the web app on that case.",
+        description="Segment the embedded brain T2 demo case with the shipped brain-t1-t2 bundle "
+        "(label, synthetic T1 preview, uncertainty), score it against its ground truth, write the "
+        "outputs, then serve the web app on that case.",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"folder for the outputs (default {DEFAULT_OUT})")
@@ -36,16 +33,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    task_dir = out / "phantom-ct-mr"
-    if (task_dir / "task.json").exists():  # written last: the folder is complete, reuse it
-        print(f"phantom-ct-mr task already in {task_dir}")
-    else:
-        shutil.rmtree(task_dir, ignore_errors=True)  # a run stopped half-way
-        make_task("phantom-ct-mr", n=3, seed=0, out=task_dir)
-        print(f"generated a 3-subject phantom-ct-mr task in {task_dir}")
-
-    case = resources.demo_case()
-    bundle = resources.shipped_bundle("phantom-ct-mr")
+    case = resources.demo_case(resources.DEMO_TASK)
+    bundle = resources.shipped_bundle(resources.DEMO_TASK)
     image = imageio.read_image(case)
     engine = Engine(bundle)
     result = engine.segment(image, progress=lambda fraction, message: print(

@@ -22,6 +22,9 @@ def shipped_bundles() -> dict[str, Path]:
         if root.is_dir() else {}
 
 
+DEMO_TASK = "brain-t1-t2"  # the headline task: what `crossdomainseg demo` and the web app open
+
+
 def shipped_bundle(task: str = "phantom-ct-mr") -> Path:
     bundles = shipped_bundles()
     if task not in bundles:
@@ -30,5 +33,7 @@ def shipped_bundle(task: str = "phantom-ct-mr") -> Path:
     return bundles[task]
 
 
-def demo_case() -> Path:
-    return resources_dir() / "demo" / "phantom-ct-mr_target.nii.gz"
+def demo_case(task: str = "phantom-ct-mr") -> Path:
+    """The embedded target case of `task` (scripts/make_demo_case.py); its ground truth lies beside
+    it as `<task>_target_label.nii.gz`."""
+    return resources_dir() / "demo" / f"{task}_target.nii.gz"

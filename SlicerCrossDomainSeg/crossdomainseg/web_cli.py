@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", type=Path, default=None,
                         help="volume loaded when the page opens (default: the embedded demo case)")
     parser.add_argument("--bundle", type=Path, default=None,
-                        help="model bundle or registry folder (default: the shipped phantom-ct-mr bundle)")
+                        help="model bundle or registry folder (default: the shipped brain-t1-t2 bundle)")
     parser.add_argument("--workspace", type=Path, default=None,
                         help="accepted cases and model versions "
                         "(default: $CROSSDOMAINSEG_HOME or ~/.crossdomainseg)")

@@ -1,4 +1,4 @@
-"""Seeded cross-domain segmentation tasks with ground truth (phantom-ct-mr, xray-drr).
+"""Seeded cross-domain segmentation tasks with ground truth (brain-t1-t2, phantom-ct-mr, xray-drr).
 
 `generate_case` renders one subject in memory; `make_task` writes a whole task folder;
 `TaskDir` reads one back. The `crossdomainseg data make` command wraps `make_task`."""

@@ -25,6 +25,9 @@ def add_parser(subparsers) -> None:
     make.add_argument("--n", type=int, default=20, help="cases per domain (at least 3)")
     make.add_argument("--seed", type=int, default=0, help="same seed, same task, voxel for voxel")
     make.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    make.add_argument("--templates", help="brain-t1-t2: the niworkflows-0.0.5.tar.gz archive or the folder "
+                      "extracted from it (default: downloaded from PyPI once and cached, see "
+                      "CROSSDOMAINSEG_CACHE)")
     make.set_defaults(func=_make)
 
 
@@ -41,7 +44,7 @@ def _make(args) -> int:
         bars[0].update(1)
 
     try:
-        out = make_task(args.task, args.n, args.seed, args.out, progress=progress)
+        out = make_task(args.task, args.n, args.seed, args.out, progress=progress, templates=args.templates)
     finally:
         for bar in bars:
             bar.close()

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from .abdomen import FIELD_OF_VIEW_MM, TISSUE_TO_LABEL, Subject, Tissue, sample_abdomen
-from .shapes import Grid, rasterise, rotation
+from .shapes import Grid, bias_field, rasterise, rotation
 
 CT_SPACING = (1.5, 1.5, 2.5)
 MR_SPACING = (1.8, 1.8, 3.0)
@@ -84,24 +84,12 @@ def render_mr(tissue: np.ndarray, grid: Grid, seed: int) -> np.ndarray:
     # Partial volume: thick slices blur more along the slice axis.
     sigma = np.array([1.2, 0.6, 0.6]) * np.array([grid.spacing[2] / 3.0, *grid.spacing[1::-1]]) / 1.8
     image = ndimage.gaussian_filter(np.maximum(image, 0), sigma)
-    image *= _bias_field(grid, rng)
+    image *= bias_field(grid, rng)
     noise = rng.uniform(15, 35)
     real = image + rng.normal(0, noise, size=image.shape).astype(np.float32)
     imag = rng.normal(0, noise, size=image.shape).astype(np.float32)
     image = np.sqrt(real * real + imag * imag) * rng.uniform(0.6, 1.4)
     return np.clip(np.round(image), 0, 32767).astype(np.int16)
-
-
-def _bias_field(grid: Grid, rng) -> np.ndarray:
-    """exp of a random smooth (quadratic + low-frequency cosine) field, about +-30 %."""
-    x, y, z = grid.physical_points()
-    log_bias = np.zeros(grid.shape, np.float32)
-    for p in (x / 100, y / 80, z / 80):
-        log_bias += np.float32(rng.uniform(-0.25, 0.25)) * p + np.float32(rng.uniform(-0.15, 0.15)) * p * p
-    w = rng.normal(size=3) * 2 * np.pi / 300
-    log_bias += np.float32(0.12) * np.cos(np.float32(w[0]) * x + np.float32(w[1]) * y + np.float32(w[2]) * z
-                                          + np.float32(rng.uniform(0, 2 * np.pi)))
-    return np.exp(log_bias)
 
 
 def render_case(seed: int, domain: str, with_paired: bool = False, size=None, spacing=None):

@@ -258,3 +258,15 @@ def rotation(axis, degrees: float) -> np.ndarray:
     a = np.deg2rad(degrees)
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+
+
+def bias_field(grid: Grid, rng) -> np.ndarray:
+    """exp of a random smooth (quadratic + low-frequency cosine) field, about +-30 %."""
+    x, y, z = grid.physical_points()
+    log_bias = np.zeros(grid.shape, np.float32)
+    for p in (x / 100, y / 80, z / 80):
+        log_bias += np.float32(rng.uniform(-0.25, 0.25)) * p + np.float32(rng.uniform(-0.15, 0.15)) * p * p
+    w = rng.normal(size=3) * 2 * np.pi / 300
+    log_bias += np.float32(0.12) * np.cos(np.float32(w[0]) * x + np.float32(w[1]) * y + np.float32(w[2]) * z
+                                          + np.float32(rng.uniform(0, 2 * np.pi)))
+    return np.exp(log_bias)

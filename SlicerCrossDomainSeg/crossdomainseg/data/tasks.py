@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from . import abdomen, render_ct_mr, render_xray, thorax
+from . import abdomen, icbm152, brain, render_brain, render_ct_mr, render_xray, thorax
 
 DOMAINS = ("source", "target")
 SPLITS = ("train", "val", "test")
@@ -49,7 +49,15 @@ TASKS = {
     "xray-drr": TaskSpec(
         "xray-drr", 2, thorax.LABELS, thorax.COLORS, "DRR", "XR", render_xray.render_case,
         "2D chest: DRRs of CT phantoms (source) -> X-ray-like radiographs of other phantoms (target)"),
+    "brain-t1-t2": TaskSpec(
+        "brain-t1-t2", 3, brain.LABELS, brain.COLORS, "T1", "T2", render_brain.render_case,
+        "3D brain from the real ICBM152 2009c T1 and T2 templates, each subject under its own affine "
+        "and smooth deformation: axial 1.5 mm T1 (source) -> coronal/oblique T2 with 4-6 mm slices, "
+        "bias field and Rician noise (target); labels from the template's tissue maps and its "
+        "Harvard-Oxford based parcellation (FSL licence, non-commercial use)"),
 }
+# Tasks rendered from the ICBM152 templates (`templates`: the archive or folder a user names).
+TEMPLATE_TASKS = ("brain-t1-t2",)
 
 
 def task_spec(name: str) -> TaskSpec:
@@ -58,11 +66,13 @@ def task_spec(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-def generate_case(name: str, seed: int, domain: str, with_paired: bool = False, **overrides) -> Case:
+def generate_case(name: str, seed: int, domain: str, with_paired: bool = False, templates=None,
+                  **overrides) -> Case:
     """One subject (from `seed`) rendered in `domain` ("source" or "target"), in memory.
 
     `with_paired` adds, for the target domain, the same subject rendered in the source modality on
-    the target grid. phantom-ct-mr accepts `size` and/or `spacing` (x, y, z) for its target grid."""
+    the target grid. phantom-ct-mr accepts `size` and/or `spacing` (x, y, z) for its target grid.
+    `templates` (brain-t1-t2 only): the ICBM152 archive or folder to read instead of the cache."""
     spec = task_spec(name)
     _check_seed(seed)
     if domain not in DOMAINS:
@@ -70,6 +80,10 @@ def generate_case(name: str, seed: int, domain: str, with_paired: bool = False, 
     if overrides and (name != "phantom-ct-mr" or domain != "target" or set(overrides) - {"size", "spacing"}):
         raise InputError(f"grid overrides {sorted(overrides)} are only supported for the phantom-ct-mr target "
                          "domain (size, spacing)")
+    if templates is not None:
+        if name not in TEMPLATE_TASKS:
+            raise InputError(f"--templates is only used by {', '.join(TEMPLATE_TASKS)}, not {name}")
+        overrides["templates"] = templates
     image, label, paired = spec.render(int(seed), domain, with_paired and domain == "target", **overrides)
     return Case(image, label, paired)
 
@@ -109,22 +123,30 @@ def plan_task(n: int, seed: int) -> dict[str, dict[str, list[tuple[str, int]]]]:
     return plan
 
 
-def make_task(name: str, n: int, seed: int, out, progress: Callable | None = None) -> Path:
+def make_task(name: str, n: int, seed: int, out, progress: Callable | None = None, templates=None) -> Path:
     """Write task `name` (n cases per domain) under `out` in the layout of docs/ARCHITECTURE.md.
 
-    `progress(done, total, case_id)` is called after each case (the CLI drives a progress bar)."""
+    `progress(done, total, case_id)` is called after each case (the CLI drives a progress bar).
+    Template tasks fetch (or read `templates`) and check the templates before writing anything,
+    and copy their licence notice to `out/NOTICE.txt`."""
     spec = task_spec(name)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} is not empty; choose a new folder or remove it first")
     plan = plan_task(n, seed)
+    if name in TEMPLATE_TASKS:
+        templates = str(icbm152.locate(templates))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "NOTICE.txt").write_text(icbm152.NOTICE)
+    elif templates is not None:
+        raise InputError(f"--templates is only used by {', '.join(TEMPLATE_TASKS)}, not {name}")
     total = 2 * n
     done = 0
     for domain in DOMAINS:
         for split in SPLITS:
             for case_id, subject_seed in plan[domain][split]:
                 evaluation = domain == "target" and split != "train"
-                case = generate_case(name, subject_seed, domain, with_paired=evaluation)
+                case = generate_case(name, subject_seed, domain, with_paired=evaluation, templates=templates)
                 _write(case.image, out / domain / "images" / f"{case_id}.nii.gz")
                 if domain == "source" or evaluation:
                     _write(case.label, out / domain / "labels" / f"{case_id}.nii.gz")
