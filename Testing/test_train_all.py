@@ -77,8 +77,10 @@ def phantom(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_train_all_from_three_folders_to_a_bundle_the_engine_loads(phantom, capsys):
     from crossdomainseg.engine import Engine
+    from crossdomainseg.registry import ModelRegistry
 
     task, out = phantom / "task", phantom / "bundle"
     argv = ["train", "all", "--source-images", str(task / "source" / "images"),
@@ -107,6 +109,10 @@ def test_train_all_from_three_folders_to_a_bundle_the_engine_loads(phantom, caps
     assert result.label.GetSize() == image.GetSize()
     assert np.allclose(result.label.GetOrigin(), image.GetOrigin())
     assert result.preview is not None
+    # the front ends (Slicer module, web app) copy a bundle into a workspace registry first
+    registry = ModelRegistry(phantom / "registry")
+    registry.init_from(out)
+    assert load_bundle(registry.current_path()).metadata["plan"] == plan
 
     # an existing bundle is not overwritten without --resume
     weights = (out / "models" / "segmenter.pt").read_bytes()
