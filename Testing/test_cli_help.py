@@ -29,4 +29,5 @@ def test_every_option_default_is_in_the_help():
 def test_train_all_help_names_its_budget_default():
     train_all = next(p for path, p in _parsers(build_parser()) if path[-2:] == ("train", "all"))
     text = " ".join(train_all.format_help().split())
+    assert max(len(line) for line in train_all.format_help().splitlines()) <= 100  # wrapped
     assert "--budget-minutes BUDGET_MINUTES wall-clock time for all stages (default: 90.0)" in text

@@ -31,8 +31,14 @@ def _shows_default(action: argparse.Action) -> bool:
                                                  or default is argparse.SUPPRESS)
 
 
-class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions as written; every option with a default says it, with or without help text."""
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option with a default says it, with or without help text; a description written in
+    lines keeps them, a one-line description is wrapped."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text.strip():
+            return argparse.RawDescriptionHelpFormatter._fill_text(self, text, width, indent)
+        return super()._fill_text(text, width, indent)
 
     def _format_action(self, action):
         if not action.help and _shows_default(action):

@@ -4,8 +4,8 @@ Single: `segment IN --bundle B --out label.nii.gz [--preview P] [--uncertainty U
 file or a DICOM series folder; `--out` ending in `.seg.nrrd` writes a Slicer segmentation.
 Batch: IN is a folder of image files (NIfTI/NRRD/MHA); `--out`, `--preview` and `--uncertainty`
 are folders and each case keeps its file name. A case is finished when its `<case>.json` report
-(U, model version, which path ran, timings) exists; it is written last, after the images, so a rerun skips exactly
-the finished cases and redoes an interrupted one.
+(U, model version, which path ran, timings) exists; it is written last, after the images, so a
+rerun skips exactly the finished cases and redoes an interrupted one.
 """
 
 from __future__ import annotations
