@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from crossdomainseg.bundle import (
-    METADATA_FILE, load_bundle, make_random_bundle, save_bundle, update_bundle,
+    METADATA_FILE, load_bundle, make_random_bundle, save_bundle, sign_bundle, signed, update_bundle,
 )
 from crossdomainseg.errors import BundleError
 from crossdomainseg.networks import build_network
@@ -61,10 +61,11 @@ def test_checksum_mismatch(bundle):
 
 
 def _edit_metadata(bundle, **changes):
+    """Change metadata as a maintainer would (signed), to test what validation makes of it."""
     file = bundle.path / METADATA_FILE
     meta = json.loads(file.read_text())
     meta.update(changes)
-    file.write_text(json.dumps(meta))
+    file.write_text(json.dumps(signed(meta)))
     return meta
 
 
@@ -93,7 +94,7 @@ def test_corrupt_pt_with_matching_checksum_fails_on_network(bundle):
     update = _edit_metadata(bundle)
     import hashlib
     update["weights"]["models/generator.pt"] = hashlib.sha256(file.read_bytes()).hexdigest()
-    (bundle.path / METADATA_FILE).write_text(json.dumps(update))
+    (bundle.path / METADATA_FILE).write_text(json.dumps(signed(update)))
     loaded = load_bundle(bundle.path)
     with pytest.raises(BundleError, match="Cannot load weights"):
         loaded.network("generator")
@@ -102,7 +103,7 @@ def test_corrupt_pt_with_matching_checksum_fails_on_network(bundle):
 def test_weights_of_another_spec_fail_on_network(bundle):
     meta = _edit_metadata(bundle)
     meta["networks"]["segmenter"]["channels"] = [8, 16, 32, 64]
-    (bundle.path / METADATA_FILE).write_text(json.dumps(meta))
+    (bundle.path / METADATA_FILE).write_text(json.dumps(signed(meta)))
     with pytest.raises(BundleError, match="Cannot load weights"):
         load_bundle(bundle.path).network("segmenter")
 
@@ -151,3 +152,75 @@ def test_boundary_fit_swallowed_is_checked(bundle, swallowed, deep, ok):
     else:
         with pytest.raises(BundleError, match="swallowed must map"):
             load_bundle(bundle.path)
+
+
+@pytest.mark.parametrize("edit", ["rename", "renumber", "normalization", "drop_digest"])
+def test_hand_edited_metadata_is_refused(bundle, edit):
+    """Labels renamed or renumbered by hand would colour and name every result wrongly."""
+    meta = json.loads((bundle.path / METADATA_FILE).read_text())
+    if edit == "rename":
+        meta["labels"] = {"background": 0, "liver": 1}
+    elif edit == "renumber":
+        meta["labels"]["organ"] = 2
+    elif edit == "normalization":
+        meta["normalization"]["target"] = {"kind": "window", "low": 0, "high": 100}
+    else:
+        del meta["metadata_sha256"]
+    (bundle.path / METADATA_FILE).write_text(json.dumps(meta, indent=4))
+    with pytest.raises(BundleError, match="changed after the bundle was written|no metadata_sha256"):
+        load_bundle(bundle.path)
+    with pytest.raises(BundleError):  # nor re-signed behind the user's back by an update
+        update_bundle(bundle.path, metadata={"inside": None})
+    if edit == "rename":  # a maintainer's deliberate edit is signed explicitly
+        assert sign_bundle(bundle.path).labels == {"background": 0, "liver": 1}
+
+
+def test_own_writers_sign_metadata(bundle, tmp_path):
+    """update_bundle and the registry change metadata legitimately and re-sign it; reformatting
+    the file (same content) is not an edit."""
+    from crossdomainseg.registry import ModelRegistry
+
+    update_bundle(bundle.path, metadata={"colors": {**bundle.colors, "organ": [1, 2, 3]}})
+    assert load_bundle(bundle.path).colors["organ"] == [1, 2, 3]
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.init_from(bundle.path)
+    assert load_bundle(registry.current_path()).version == "v0001"
+    file = bundle.path / METADATA_FILE
+    file.write_text(json.dumps(json.loads(file.read_text()), indent=1, sort_keys=True))
+    assert load_bundle(bundle.path).colors["organ"] == [1, 2, 3]
+
+
+def test_a_bundle_is_hashed_once_per_load_and_again_when_changed(bundle, tmp_path, monkeypatch):
+    """The front end, the registry's copy and the engine all load the same files: their weights
+    are hashed once; a file rewritten afterwards is hashed (and refused) again."""
+    import os
+    import shutil
+    import time
+    from pathlib import Path
+
+    from crossdomainseg import bundle as bundle_module
+    from crossdomainseg.registry import ModelRegistry
+
+    old = time.time() - 60
+    for file in bundle.path.rglob("*.pt"):
+        os.utime(file, (old, old))  # settled files, as an installed bundle's are
+    hashed = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    load_bundle(bundle.path)
+    load_bundle(bundle.path)
+    assert sorted(hashed) == ["generator.pt", "segmenter.pt"]
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.init_from(bundle.path)  # a copy: its files are new, hashed once
+    load_bundle(registry.current_path())
+    assert len(hashed) == 4
+    moved = tmp_path / "moved"
+    shutil.move(str(registry.current_path()), moved)  # renamed, same files
+    load_bundle(moved)
+    assert len(hashed) == 4
+    file = moved / "models" / "segmenter.pt"
+    data = bytearray(file.read_bytes())
+    data[-10] ^= 0xFF
+    file.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="Checksum mismatch"):
+        load_bundle(moved)

@@ -14,11 +14,12 @@ from crossdomainseg.curriculum.augment import flip_pair, views
 from crossdomainseg.curriculum.losses import ce_dice_loss, consistency_loss, dice_distance
 from crossdomainseg.curriculum.memory_bank import MemoryBank
 from crossdomainseg.curriculum.params import CurriculumParams
-from crossdomainseg.curriculum.promotion import promote_if_not_worse
+from crossdomainseg.curriculum.promotion import promote_if_best
 from crossdomainseg.curriculum.teacher import update_teacher
 from crossdomainseg.curriculum.trainer import CurriculumTrainer, is_heldout, prepare
 from crossdomainseg.errors import InputError
 from crossdomainseg.registry import ModelRegistry
+from crossdomainseg.training.loops import load_checkpoint
 
 
 def _const_net(value):
@@ -187,6 +188,31 @@ def test_training_on_accepted_cases_improves_heldout_dice_and_moves_teacher_by_e
     assert moved > 0
 
 
+def test_checkpoint_holds_only_plain_data_and_resumes(tmp_path, bundle):
+    # read back with weights_only=True (load_checkpoint): tensors and plain data only
+    params = CurriculumParams(epochs=0, steps_per_epoch=1, supervised_batch=1, tau_u0=1.0, tau_ts0=1.0)
+    target = [prepare(bundle, _volume(0)[0], "t0")]
+    accepted = [prepare(bundle, _volume(1)[0], "a0", label=_volume(1)[1])]
+    trainer = CurriculumTrainer(bundle, params, target, accepted)
+    trainer.run_epoch()
+    torch.save(trainer.state_dict(), tmp_path / "checkpoint.pt")
+    resumed = CurriculumTrainer(bundle, params, target, accepted)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt"))
+    assert resumed.epoch == trainer.epoch == 1 and resumed.history == trainer.history
+    assert resumed.rng.getstate() == trainer.rng.getstate()
+    student = trainer.student.state_dict()
+    assert all(torch.equal(student[k], v) for k, v in resumed.student.state_dict().items())
+
+
+def _zero_student(trainer):
+    """The student predicts background everywhere."""
+    with torch.no_grad():
+        for p in trainer.student.parameters():
+            p.zero_()
+        last = [m for m in trainer.student.modules() if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)][-1]
+        last.bias[0] = 5.0
+
+
 def test_promotion_gate_refuses_a_worse_student(tmp_path, bundle):
     registry = ModelRegistry(tmp_path / "reg")
     registry.init_from(bundle.path)
@@ -194,25 +220,68 @@ def test_promotion_gate_refuses_a_worse_student(tmp_path, bundle):
     accepted = [prepare(bundle, _volume(i)[0], f"a{i}", label=_volume(i)[1]) for i in range(2)]
     trainer = CurriculumTrainer(bundle, params, [], accepted)
     # The student starts as a copy of the current model: equal Dice passes the gate.
-    same = promote_if_not_worse(trainer, registry, tmp_path / "candidate")
-    assert same["published"] == "v0002" and same["student_dice"] == pytest.approx(same["current_dice"], abs=0.05)
+    same = promote_if_best(trainer, registry, tmp_path / "candidate")
+    first = same["versions"]["v0001"]
+    assert same["published"] == "v0002" and first["student_dice"] == pytest.approx(first["dice"], abs=0.05)
     from crossdomainseg.bundle import load_bundle
 
     published = load_bundle(registry.current_path())
     assert published.metadata["segmenter_input"] == "preview" and published.has_network("reference")
+    assert registry.best_version() == "v0002"
     # A student that predicts background everywhere is worse: not published, CURRENT unchanged.
-    with torch.no_grad():
-        for p in trainer.student.parameters():
-            p.zero_()
-        last = [m for m in trainer.student.modules() if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)][-1]
-        last.bias[0] = 5.0
-    worse = promote_if_not_worse(trainer, registry, tmp_path / "candidate")
-    assert worse["current_dice"] > 0.05 and worse["student_dice"] == 0.0
+    _zero_student(trainer)
+    worse = promote_if_best(trainer, registry, tmp_path / "candidate")
+    assert worse["versions"]["v0002"]["dice"] > 0.05 and worse["student_dice"] == 0.0
     assert worse["published"] is None and registry.current_version() == "v0002"
     assert registry.versions() == ["v0001", "v0002"]
     # No held-out case yet -> nothing is published.
     lonely = CurriculumTrainer(bundle, params, [], accepted[:1])
-    assert promote_if_not_worse(lonely, registry, tmp_path / "candidate")["published"] is None
+    assert promote_if_best(lonely, registry, tmp_path / "candidate")["published"] is None
+
+
+def test_promotion_gate_compares_with_the_best_version_not_only_the_current(tmp_path, bundle):
+    """Regressions must not pile up: a worse model became current (published by hand); a student
+    as bad as it but worse than the shipped version is refused (the old gate, current only, took it)."""
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.init_from(bundle.path)
+    accepted = [prepare(bundle, _volume(i)[0], f"a{i}", label=_volume(i)[1]) for i in range(2)]
+    broken = CurriculumTrainer(bundle, CurriculumParams(holdout_every=2), [], accepted)
+    _zero_student(broken)
+    broken.export(tmp_path / "broken")
+    assert registry.publish(tmp_path / "broken") == "v0002"
+    trainer = CurriculumTrainer(bundle, CurriculumParams(holdout_every=2), [], accepted)
+    _zero_student(trainer)
+    gate = promote_if_best(trainer, registry, tmp_path / "candidate")
+    assert gate["versions"]["v0002"]["student_dice"] >= gate["versions"]["v0002"]["dice"]  # as good as current
+    assert gate["published"] is None and "v0001" in gate["reason"] and "v0002" not in gate["reason"]
+    assert gate["best_version"] == "v0001" and registry.best_version() == "v0001"
+
+
+def test_promotion_gives_no_credit_for_a_draft_accepted_unchanged(tmp_path, bundle):
+    """An unchanged draft of v0001 would score v0001 1.0 and reward copying it: it is left out of
+    the comparison with v0001, and a gate with only such cases publishes nothing."""
+    from crossdomainseg.curriculum.trainer import Volume
+
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.init_from(bundle.path)
+    truth = np.zeros((16, 16, 16), np.int64)
+    truth[4:12, 4:12, 4:12] = 1
+    draft = np.zeros_like(truth)
+    draft[4:12, 4:12, 4:8] = 1  # the current model's draft: half the organ
+    x = torch.zeros(1, 16, 16, 16)
+    copied = Volume("a1", x, torch.from_numpy(draft), unchanged_draft_of="random-0")  # name it was shipped as
+    corrected = Volume("a3", x, torch.from_numpy(truth))
+    trainer = CurriculumTrainer(bundle, CurriculumParams(holdout_every=2, curriculum=False, student_input="image"),
+                                [], [Volume("a0", x, torch.from_numpy(truth)), copied,
+                                     Volume("a2", x, torch.from_numpy(truth)), corrected])
+    trainer.predict = lambda network, volume, reads=None: (truth if network is trainer.student else draft)
+    gate = promote_if_best(trainer, registry, tmp_path / "candidate")
+    assert gate["versions"]["v0001"] == {"dice": pytest.approx(2 / 3), "student_dice": 1.0, "cases": 1}
+    assert gate["published"] == "v0002"
+    only_copied = CurriculumTrainer(bundle, trainer.params, [], trainer.accepted[:2])
+    only_copied.predict = trainer.predict
+    refused = promote_if_best(only_copied, registry, tmp_path / "candidate")
+    assert refused["published"] is None and "unchanged draft of v0001" in refused["reason"]
 
 
 def test_promotion_scores_what_the_engine_delivers(tmp_path):

@@ -65,7 +65,7 @@ def test_spacing_far_from_bundle(engine3d):
 
 def test_volume_too_large_for_memory_is_refused(tmp_path):
     bundle = make_random_bundle(tmp_path / "bundle", spacing=2.0, roi=32)
-    engine = Engine(bundle, memory_limit_bytes=20 * 2**20)
+    engine = Engine(bundle, memory_limit_bytes=200 * 2**20)
     small = volume(shape=(16, 16, 16))
     engine.segment(small, uncertainty=False)  # fits
     with pytest.raises(InputError, match="GiB .*crop"):

@@ -91,7 +91,10 @@ def test_sigkill_publisher_leaves_a_loadable_current_model(tmp_path, bundles):
         proc.wait()
         current = load_bundle(registry.current_path())  # must load, whatever was interrupted
         assert current.version == registry.current_version()
-    assert set(published) <= set(registry.versions())
+    # every reported version is there, or was pruned by the retention rule (recorded as such)
+    pruned = {v for e in registry.history()["events"] if e["event"] == "prune" for v in e["versions"]}
+    assert set(published) <= set(registry.versions()) | pruned
+    assert published[-1] in registry.versions()
     for version in registry.versions():
         load_bundle(registry.versions_dir / version)
     assert registry.publish(bundles[1]) not in published  # publishing still works afterwards
@@ -113,3 +116,46 @@ def test_engine_reloads_published_version_without_restart(tmp_path, bundles):
     assert not np.allclose(sitk.GetArrayFromImage(first.probabilities), sitk.GetArrayFromImage(second.probabilities))
     registry.rollback()
     assert engine.segment(image, preview=False, uncertainty=False).model_version == "v0001"
+
+
+def test_pruning_keeps_what_the_retention_rule_names(tmp_path, bundles):
+    """publish_every=1 over many publications: the registry keeps the shipped version, current,
+    best, the rollback target and the last 3, nothing else; every kept version loads."""
+    registry = ModelRegistry(tmp_path / "reg", keep_last=3)
+    registry.init_from(bundles[0])
+    for i in range(12):
+        version = registry.publish(bundles[i % 2], {"i": i}, best=(i == 4))
+    assert version == "v0013" and registry.best_version() == "v0006"
+    assert registry.versions() == ["v0001", "v0006", "v0011", "v0012", "v0013"]
+    assert not [p for p in registry.versions_dir.iterdir() if p.name.startswith(".")]
+    assert registry.rollback() == "v0012" and registry.rollback() == "v0011"
+    # Rolled back to v0011: the next publication keeps its rollback target v0011 too.
+    registry.publish(bundles[0], protect=("v0012",))
+    kept = registry.versions()
+    assert kept == ["v0001", "v0006", "v0011", "v0012", "v0013", "v0014"]
+    registry.publish(bundles[1])
+    assert registry.versions() == ["v0001", "v0006", "v0013", "v0014", "v0015"]
+    assert registry.rollback() == "v0014"
+    for version in registry.versions():
+        assert load_bundle(registry.versions_dir / version).version == version
+    pruned = [v for e in registry.history()["events"] if e["event"] == "prune" for v in e["versions"]]
+    assert "v0001" not in pruned and len(pruned) == 15 - 5
+
+
+def test_hand_edited_bundle_is_not_published(tmp_path, bundles):
+    import json
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(bundles[1], edited)
+    meta_file = edited / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["labels"] = {"background": 0, "liver": 1}
+    meta_file.write_text(json.dumps(meta))
+    registry = ModelRegistry(tmp_path / "reg")
+    with pytest.raises(BundleError, match="changed after the bundle was written"):
+        registry.init_from(edited)
+    registry.init_from(bundles[0])
+    with pytest.raises(BundleError, match="changed after the bundle was written"):
+        registry.publish(edited)
+    assert registry.versions() == ["v0001"]

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from crossdomainseg.errors import InputError
 from crossdomainseg.store import AcceptedCaseStore
 
+LABELS = {"background": 0, "organ": 1}
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "SlicerCrossDomainSeg"
 
 
@@ -35,7 +36,8 @@ def test_accept_round_trip(tmp_path):
     store = AcceptedCaseStore(tmp_path / "store")
     image, label = make_pair(1)
     clicks = [{"point": [1.0, -2.5, 33.0], "positive": True}, {"point": (0, 0, 40), "positive": False}]
-    case_id = store.accept(image, label, clicks, model_version="v0003", meta={"user": "dr a"})
+    case_id = store.accept(image, label, clicks, model_version="v0003", meta={"user": "dr a"},
+                           labels=LABELS)
     second = store.accept(*make_pair(2), clicks=[], model_version="v0004")
     assert store.cases() == [case_id, second]
     case = store.load(case_id)
@@ -52,7 +54,7 @@ def test_accept_round_trip(tmp_path):
 
 def test_incomplete_case_is_not_a_case(tmp_path):
     store = AcceptedCaseStore(tmp_path)
-    case_id = store.accept(*make_pair(), clicks=[])
+    case_id = store.accept(*make_pair(), clicks=[], labels=LABELS)
     (tmp_path / "cases" / "20990101T000000.000000-dead00").mkdir()
     (tmp_path / "cases" / "20990101T000000.000000-dead00" / "image.nii.gz").write_bytes(b"half")
     assert store.cases() == [case_id]
@@ -60,7 +62,7 @@ def test_incomplete_case_is_not_a_case(tmp_path):
 
 def test_damaged_file_is_detected(tmp_path):
     store = AcceptedCaseStore(tmp_path)
-    case_id = store.accept(*make_pair(), clicks=[])
+    case_id = store.accept(*make_pair(), clicks=[], labels=LABELS)
     label_path = store.label_path(case_id)
     data = bytearray(label_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -83,8 +85,50 @@ def test_bad_input_is_refused(tmp_path, problem):
     else:
         meta = {"when": object()}
     with pytest.raises(InputError):
-        store.accept(image, label, clicks, model_version="v1", meta=meta)
+        store.accept(image, label, clicks, model_version="v1", meta=meta, labels=LABELS)
     assert store.cases() == []
+
+
+@pytest.mark.parametrize("value", [256, 300, 2])
+def test_label_values_the_model_does_not_define_are_refused(tmp_path, value):
+    """256 would wrap to 0 in the uint8 label file (erasing the organ); 2 is no label of the model;
+    nothing of the case is stored."""
+    store = AcceptedCaseStore(tmp_path)
+    image, label = make_pair()
+    array = sitk.GetArrayFromImage(label).astype(np.int32)
+    array[array == 1] = value
+    bad = sitk.GetImageFromArray(array)
+    bad.CopyInformation(label)
+    with pytest.raises(InputError, match=f"values \\[{value}\\] that the model does not define"):
+        store.accept(image, bad, [], labels=LABELS)
+    assert store.cases() == [] and not list(store.cases_dir.iterdir())
+    assert store.labels() is None
+
+
+def test_labels_are_recorded_and_checked(tmp_path):
+    store = AcceptedCaseStore(tmp_path)
+    image, label = make_pair()
+    with pytest.raises(InputError, match="needs the model's labels"):
+        store.accept(image, label, [])
+    first = store.accept(image, label, [], labels=LABELS)
+    assert store.labels() == LABELS
+    second = store.accept(image, label, [])  # checked against the recorded labels
+    with pytest.raises(InputError, match="another model or task"):
+        store.accept(image, label, [], labels={"background": 0, "liver": 1})
+    assert store.cases() == [first, second]
+
+
+def test_edited_voxels_against_the_draft(tmp_path):
+    store = AcceptedCaseStore(tmp_path)
+    image, label = make_pair()
+    unchanged = store.accept(image, label, [], model_version="v0002", labels=LABELS, draft=label)
+    array = sitk.GetArrayFromImage(label)
+    array[0, 0, :5] = 1 - array[0, 0, :5]
+    edited = sitk.GetImageFromArray(array)
+    edited.CopyInformation(label)
+    corrected = store.accept(image, edited, [], model_version="v0002", labels=LABELS, draft=label)
+    unknown = store.accept(image, edited, [], labels=LABELS)
+    assert [store.manifest(c)["edited_voxels"] for c in (unchanged, corrected, unknown)] == [0, 5, None]
 
 
 def test_unlabelled_folder(tmp_path):
@@ -115,7 +159,8 @@ while True:
     array = rng.normal(size=(48, 48, 48)).astype(np.float32)
     image = sitk.GetImageFromArray(array)
     label = sitk.GetImageFromArray((array > 0.5).astype(np.uint8))
-    case_id = store.accept(image, label, [{"point": [1.0, 2.0, 3.0]}], "v0001", {"seed": int(sys.argv[2])})
+    case_id = store.accept(image, label, [{"point": [1.0, 2.0, 3.0]}], "v0001", {"seed": int(sys.argv[2])},
+                           labels={"background": 0, "organ": 1})
     print(case_id, float(array.sum()), flush=True)
 """
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import SimpleITK as sitk
 
@@ -42,7 +43,8 @@ def _setup(tmp_path, n_unlabelled=3, n_accepted=2):
         sitk.WriteImage(_pair(100 + i)[0], str(folder / f"u{i}.nii.gz"))
     store = AcceptedCaseStore(tmp_path / "store")
     for i in range(n_accepted):
-        store.accept(*_pair(i), clicks=[{"point": [0.0, 0.0, 0.0], "positive": True}], model_version="random-0")
+        store.accept(*_pair(i), clicks=[{"point": [0.0, 0.0, 0.0], "positive": True}], model_version="random-0",
+                     labels={"background": 0, "organ": 1})
     return bundle.path, folder, store
 
 
@@ -83,7 +85,7 @@ def test_start_status_stop_resume(tmp_path):
         assert key in status, key
     assert status["state"] == "training" and status["running"] and status["pid"] == pid
     assert status["nice"] >= 7 and status["threads"] == 1 and status["image_threads"] == 1
-    assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) >= 7
+    assert psutil.Process(pid).nice() >= 7
     assert status["n_target"] == 3 and status["n_accepted"] == 2 and status["n_heldout"] == 1
     assert status["tau_u"] == pytest.approx(1.0 + status["epoch"] * 0.02)
     final = process.stop(store.root, timeout=60)
@@ -143,7 +145,7 @@ while True:
     image.SetSpacing((4.0, 4.0, 4.0))
     label = sitk.GetImageFromArray((array > 1.5).astype(np.uint8))
     label.CopyInformation(image)
-    print(store.accept(image, label, [], "v0001"), flush=True)
+    print(store.accept(image, label, [], "v0001", labels={"background": 0, "organ": 1}), flush=True)
 """
 
 
@@ -177,3 +179,73 @@ def test_sigkill_trainer_and_writers_at_random_moments(tmp_path):
     process.start(store.root, registry.root, params={**FAST, "epochs": 1000}, nice=1)
     _wait(lambda: process.status(store.root).get("state") == "training", what="resume")
     assert process.stop(store.root)["state"] == "stopped"
+
+
+def _trainers(workdir: Path) -> list[psutil.Process]:
+    """Trainer processes of this store, found without /proc (psutil)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "crossdomainseg.curriculum.process" in cmdline and str(workdir) in cmdline:
+            found.append(proc)
+    return found
+
+
+@pytest.mark.slow
+def test_concurrent_starts_run_one_trainer(tmp_path):
+    """Two `trainer start` at the same moment: one trainer runs, the other start is refused."""
+    bundle, folder, store = _setup(tmp_path, n_unlabelled=1)
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.init_from(bundle)
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    params = [f"--param={k}={v}" for k, v in {**FAST, "epochs": 1000}.items()]
+    command = [sys.executable, "-m", "crossdomainseg.cli", "trainer", "start", "--store", str(store.root),
+               "--registry", str(registry.root), "--unlabelled", str(folder), "--nice", "1", *params]
+    starts = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+              for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in starts]
+    assert sorted(r[0] for r in results) == [0, 2], results
+    assert "already running" in next(r[2] for r in results if r[0] == 2)
+    workdir = process.trainer_dir(store.root).resolve()
+    time.sleep(2.0)  # a second trainer, had one been launched, would be up by now
+    trainers = _trainers(workdir)
+    assert len(trainers) == 1
+    assert process.status(store.root)["running"]
+    assert process.stop(store.root, timeout=60)["state"] == "stopped"
+    assert not _trainers(workdir) and not process.is_running(store.root)
+
+
+@pytest.mark.slow
+def test_a_second_trainer_process_leaves_the_running_one_alone(tmp_path):
+    """A trainer process launched beside a running one ends at once without touching its pid or
+    status, so `status` and `stop` still see and stop the one that runs (no survivor)."""
+    bundle, folder, store = _setup(tmp_path, n_unlabelled=1)
+    pid = process.start(store.root, tmp_path / "reg", bundle=bundle, unlabelled=folder,
+                        params={**FAST, "epochs": 1000}, nice=1)
+    workdir = process.trainer_dir(store.root).resolve()
+    _wait(lambda: process.status(store.root).get("state") == "training", what="training")
+    pid_record = (workdir / "trainer.pid").read_text()
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    rogue = subprocess.run([sys.executable, "-m", "crossdomainseg.curriculum.process", "--workdir", str(workdir)],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert rogue.returncode == process.ALREADY_RUNNING, rogue.stdout + rogue.stderr
+    assert (workdir / "trainer.pid").read_text() == pid_record
+    state = process.status(store.root)
+    assert state["running"] and state["state"] == "training" and state["pid"] == pid
+    assert process.stop(store.root, timeout=60)["state"] == "stopped"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.slow
+def test_killed_trainer_reads_crashed_and_frees_the_store(tmp_path):
+    """Killed without warning: the OS drops its lock, status says crashed, start works again."""
+    bundle, folder, store = _setup(tmp_path, n_unlabelled=1)
+    pid = process.start(store.root, tmp_path / "reg", bundle=bundle, unlabelled=folder,
+                        params={**FAST, "epochs": 1000}, nice=1)
+    _wait(lambda: process.status(store.root).get("state") == "training", what="training")
+    psutil.Process(pid).kill()
+    _wait(lambda: not process.is_running(store.root), timeout=30, what="lock released")
+    assert process.status(store.root)["state"] == "crashed"
+    second = process.start(store.root, tmp_path / "reg", params={**FAST, "epochs": 1000}, nice=1)
+    assert second != pid and process.status(store.root)["running"]
+    assert process.stop(store.root, timeout=60)["state"] == "stopped"

@@ -192,7 +192,7 @@ def test_train_source_then_translator_and_resume(folders, tmp_path):
     assert bundle.network_spec("generator")["norm"] == "none"
     assert bundle.metadata["training"]["translator"]["config"]["seg_detached"] is True
     assert bundle.version == "test-1.1" and load_bundle(out).metadata["labels"] == meta["labels"]
-    state = torch.load(tmp_path / "avg" / "translator.ckpt", weights_only=False)
+    state = torch.load(tmp_path / "avg" / "translator.ckpt", weights_only=True)
     shipped = bundle.network("generator").state_dict()
     assert all(torch.equal(shipped[k], state["g_avg"][k]) for k in shipped)
     assert not all(torch.equal(shipped[k], state["g_ts"][k]) for k in shipped)

@@ -24,6 +24,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
 PROBE = re.compile(r"R (-?[\d.]+) A (-?[\d.]+) S (-?[\d.]+)")
+PAGE_URL = re.compile(r"running at: (http://\S+\?secret=[\w-]+)")
 
 
 def free_port() -> int:
@@ -34,7 +35,8 @@ def free_port() -> int:
 
 @contextmanager
 def web_server(args: list[str], log_path: Path, timeout: float = 240.0):
-    """`crossdomainseg web ARGS` on a free localhost port; yields its URL once it answers."""
+    """`crossdomainseg web ARGS` on a free localhost port; yields the URL it prints (with its
+    session token) once the server answers."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "SlicerCrossDomainSeg"), CROSSDOMAINSEG_THREADS="1")
     command = [sys.executable, "-m", "crossdomainseg.cli", "web", "--host", "127.0.0.1", "--port", str(port),
@@ -43,7 +45,7 @@ def web_server(args: list[str], log_path: Path, timeout: float = 240.0):
         # own process group: the server and anything it starts stop together with the test
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                    start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
+    url = None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -51,9 +53,10 @@ def web_server(args: list[str], log_path: Path, timeout: float = 240.0):
                 raise RuntimeError(f"web server exited ({process.returncode}):\n"
                                    f"{log_path.read_text()[-3000:]}")
             try:
+                url = url or PAGE_URL.search(log_path.read_text(errors="replace")).group(1)
                 with urllib.request.urlopen(url, timeout=2):
                     break
-            except OSError:
+            except (OSError, AttributeError):  # not listening yet, or the URL not printed yet
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"web server not up in {timeout} s:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.5)

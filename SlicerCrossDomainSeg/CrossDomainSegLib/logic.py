@@ -509,6 +509,7 @@ class CrossDomainSegLogic:
         case_id = store.accept(
             self.image, label, clicks=[c.to_dict() for c in self.clicks],
             model_version=self.outcome.model_version,
+            labels=self.metadata["labels"], draft=self.result.label,
             meta={"volume": self.volume_node.GetName(), "task": self.metadata.get("task"),
                   "U": self.outcome.U, "locked_voxels": int(self.session.locked.sum()),
                   "source": self.volume_node.GetAttribute("CrossDomainSeg.source") or ""})

@@ -7,6 +7,8 @@ from pathlib import Path
 from crossdomainseg import resources, web_cli
 from crossdomainseg.errors import InputError
 
+from .security import new_token, page_url, secure_server
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m CrossDomainSegWeb",
@@ -30,8 +32,16 @@ def main(argv=None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    # trame prints the address it serves: "App running at: - Local: http://HOST:PORT/"
-    app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=True)
+    token = new_token()
+    secure_server(app.server, token)
+
+    def announce(**_state) -> None:
+        # as Jupyter does: the address with its token is what the user opens (flushed: a log file
+        # or a pipe must show it at once)
+        print(f"CrossDomainSeg web app running at: {page_url(args.host, app.server.port, token)}", flush=True)
+
+    app.server.controller.on_server_ready.add(announce)
+    app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False)
     return 0
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import vtk
 from trame_server.utils.asynchronous import create_task
-from trame_slicer.utils import write_client_files_to_dir
 
 from CrossDomainSegLib.logic import CrossDomainSegLogic
 from crossdomainseg.engine import SegmentationCancelled
 from crossdomainseg.errors import InputError
 
 from .click_effect import ClickEffect
+from .security import export_file_name, write_uploads
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +104,13 @@ class WorkflowLogic:
 
     def load_uploaded(self, files: list[dict]) -> None:
         with tempfile.TemporaryDirectory() as folder:
-            paths = write_client_files_to_dir(files, folder)
+            try:  # the client names the files: only plain names, written inside `folder`
+                paths = write_uploads(files, Path(folder))
+            except InputError as error:
+                self._show_error(str(error))
+                return
             # several files are the slices of one DICOM series: the Logic reads the folder
-            self.load_case(Path(paths[0]) if len(paths) == 1 else Path(folder))
+            self.load_case(paths[0] if len(paths) == 1 else Path(folder))
 
     def load_case(self, path: Path | None, loader=None) -> None:
         """Load the volume at `path`, or the one `loader()` returns (a volume node)."""
@@ -293,14 +297,22 @@ class WorkflowLogic:
                 self.state.cds_error = str(error)
             self.state.cds_trainer_status = self._trainer_status()
 
+    def _export_name(self) -> str:
+        base = self.volume_node.GetName() if self.volume_node is not None else None
+        return export_file_name(base, self.state.cds_export_format, EXPORT_FORMATS)
+
     def _update_export_name(self, **_kwargs) -> None:
-        base = self.volume_node.GetName() if self.volume_node is not None else "segmentation"
-        self.state.cds_export_name = f"{base}_label{self.state.cds_export_format}"
+        try:
+            self.state.cds_export_name = self._export_name()
+        except InputError as error:
+            self._show_error(str(error))
 
     def export(self):
+        # the file name is made here from the volume and an offered format; the page's
+        # cds_export_name (a client-settable value) only names the browser's download
         with tempfile.TemporaryDirectory() as folder:
             try:
-                path = self.logic.export(Path(folder) / self.state.cds_export_name)
+                path = self.logic.export(Path(folder) / self._export_name())
             except InputError as error:
                 self._show_error(str(error))
                 return None

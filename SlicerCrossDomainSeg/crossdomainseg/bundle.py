@@ -1,16 +1,22 @@
 """Model bundles: a folder with `configs/metadata.json` and `models/<name>.pt` (state dicts).
 
 `load_bundle` validates everything up front (format version, required keys, network specs,
-normalisation specs, that each weight file exists and matches its sha256) and raises BundleError
-with the reason; a weight file that does not fit its spec fails in `Bundle.network`. A bundle is
-never silently half-used.
+normalisation specs, that the metadata matches its own digest and each weight file its sha256) and
+raises BundleError with the reason; a weight file that does not fit its spec fails in
+`Bundle.network`. A bundle is never silently half-used.
+
+`metadata_sha256` is the sha256 of the metadata's content (every other key, as canonical JSON), so
+a metadata.json edited by hand (labels renamed or renumbered, another normalisation) is refused
+like a changed weight file. The project's own writers (`save_bundle`, `update_bundle`, the model
+registry) sign what they write; `sign_bundle` signs a bundle whose metadata a maintainer changed
+on purpose.
 
 metadata.json keys (see docs/ARCHITECTURE.md): `bundle_format` ("1"), `version`, `task`,
 `spatial_dims`, `input_modality`, `output_modality`, `labels` {name: int, background 0}, `colors`
 {name: [r, g, b]}, `spacing` (working grid mm, SimpleITK order x, y[, z]), `roi_size` (network
 patch in array order z, y, x / y, x), `normalization` {"source": spec, "target": spec}
 (normalize.py), `networks` {name: spec} (networks.py), `training`, `weights` {"models/x.pt":
-sha256}, `metrics`; optional: `click_refiner` (interactive.refiner), `curriculum_params`
+sha256}, `metrics`, `metadata_sha256`; optional: `click_refiner` (interactive.refiner), `curriculum_params`
 (curriculum.params.CurriculumParams.for_bundle), `boundary_fit` (boundary_fit.fit_bundle_label),
 `inside` {child label name: parent label name} (postprocess.keep_inside) and `inside_contrast`
 (postprocess.refit_inside), `terminology` {label name: codes and colour} (terminology.py; it
@@ -25,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +45,7 @@ from .terminology import terms_for, validate_overrides
 
 BUNDLE_FORMAT = "1"
 METADATA_FILE = "configs/metadata.json"
+METADATA_DIGEST = "metadata_sha256"
 REQUIRED_KEYS = (
     "bundle_format", "version", "task", "spatial_dims", "input_modality", "output_modality",
     "labels", "spacing", "roi_size", "normalization", "networks", "weights",
@@ -143,6 +151,36 @@ def read_metadata(path: Path) -> dict:
     return metadata
 
 
+def metadata_digest(metadata: dict) -> str:
+    """sha256 of the metadata's content: every key but the digest itself, as canonical JSON."""
+    content = {key: value for key, value in metadata.items() if key != METADATA_DIGEST}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def signed(metadata: dict) -> dict:
+    """A copy of `metadata` with its digest."""
+    out = {key: value for key, value in copy.deepcopy(metadata).items() if key != METADATA_DIGEST}
+    out[METADATA_DIGEST] = metadata_digest(out)
+    return out
+
+
+def check_metadata_digest(metadata: dict, path: Path) -> None:
+    recorded = metadata.get(METADATA_DIGEST)
+    if recorded is None:
+        raise BundleError(
+            f"{path / METADATA_FILE} has no {METADATA_DIGEST}, so changes to it cannot be detected; "
+            "reinstall the bundle, or re-save it with this version of crossdomainseg."
+        )
+    if recorded != metadata_digest(metadata):
+        raise BundleError(
+            f"{path / METADATA_FILE} was changed after the bundle was written (its content no longer "
+            "matches its checksum): labels, normalisation or settings may not be what the networks "
+            "were trained with. Reinstall the bundle; change settings with `crossdomainseg train "
+            "settings`, not by editing the file."
+        )
+
+
 def _partial_volume_ok(fit: dict) -> bool:
     """boundary_fit's partial-volume step: both keys or neither, share in 0..1, reach > 0."""
     keys = ("partial_volume_share", "partial_volume_mm")
@@ -225,15 +263,54 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     metadata = read_metadata(path)
     validate_metadata(metadata)
+    check_metadata_digest(metadata, path)
+    _check_weights(path, metadata)
+    return Bundle(path, metadata)
+
+
+# Weight files whose checksum this process has verified, by file identity (device, inode, size,
+# modification time) and expected digest: a bundle read again (the front end, the registry's copy
+# renamed into place, the engine) is hashed once, and a file rewritten since is hashed again. A
+# file modified in the last seconds is not remembered: a rewrite within the file system's clock
+# tick would keep its modification time (git's "racily clean" index entries).
+_verified: set[tuple] = set()
+_SETTLED_S = 2.0
+
+
+def _check_weights(path: Path, metadata: dict) -> None:
     for relative, expected in metadata["weights"].items():
         file = path / relative
         if not file.is_file():
             raise BundleError(f"Bundle {path} is missing weight file {relative}; reinstall the bundle.")
+        info = file.stat()
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, expected)
+        if identity in _verified:
+            continue
         if sha256_file(file) != expected:
             raise BundleError(
                 f"Checksum mismatch for {file}: the file was modified or is corrupt; reinstall the bundle."
             )
-    return Bundle(path, metadata)
+        if time.time() - info.st_mtime > _SETTLED_S:
+            if len(_verified) > 1024:
+                _verified.clear()
+            _verified.add(identity)
+
+
+def write_metadata(path: str | Path, metadata: dict) -> None:
+    """Validate, sign and atomically write the metadata of the bundle at `path`."""
+    validate_metadata(metadata)
+    _write_json_atomic(Path(path) / METADATA_FILE, signed(metadata))
+
+
+def sign_bundle(path: str | Path) -> Bundle:
+    """Sign a bundle whose metadata.json a maintainer edited on purpose (or that an older version
+    wrote without a digest): validates it and its weight checksums, then records the digest."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    validate_metadata(metadata)
+    _check_weights(path, metadata)
+    write_metadata(path, metadata)
+    return load_bundle(path)
 
 
 def _state_and_spec(name: str, network, metadata: dict):
@@ -289,8 +366,7 @@ def save_bundle(path: str | Path, metadata: dict, networks: dict) -> Bundle:
             spec, state = _state_and_spec(name, network, metadata)
             metadata["networks"][name] = spec
             metadata["weights"][weight_file(name)] = _write_weights(staging, name, state)
-        validate_metadata(metadata)
-        _write_json_atomic(staging / METADATA_FILE, metadata)
+        write_metadata(staging, metadata)
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
             os.replace(path, old / "bundle")
@@ -314,9 +390,10 @@ def update_bundle(path: str | Path, networks: dict | None = None, metadata: dict
     path = Path(path)
     current = read_metadata(path)
     validate_metadata(current)
+    check_metadata_digest(current, path)  # a hand-edited bundle is not re-signed behind the user's back
     new = copy.deepcopy(current)
     for key, value in (metadata or {}).items():
-        if key in ("bundle_format", "weights"):
+        if key in ("bundle_format", "weights", METADATA_DIGEST):
             continue  # owned by this module
         new[key] = copy.deepcopy(value)
     new["networks"] = {**current["networks"], **(metadata or {}).get("networks", {})}
@@ -324,8 +401,7 @@ def update_bundle(path: str | Path, networks: dict | None = None, metadata: dict
         spec, state = _state_and_spec(name, network, new)
         new["networks"][name] = spec
         new["weights"][weight_file(name)] = _write_weights(path, name, state)
-    validate_metadata(new)
-    _write_json_atomic(path / METADATA_FILE, new)
+    write_metadata(path, new)
     return load_bundle(path)
 
 

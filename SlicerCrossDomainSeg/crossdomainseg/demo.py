@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     web_args = argparse.Namespace(case=case, bundle=bundle, workspace=out / "workspace",
                                   port=args.port, host="127.0.0.1")
-    print(f"serving the web app at http://127.0.0.1:{args.port}/ (Ctrl-C stops it)")
+    print(f"serving the web app on 127.0.0.1 port {args.port}: open the address printed below, "
+          "with its session token (Ctrl-C stops it)", flush=True)
     return web_cli.run(web_args)
 

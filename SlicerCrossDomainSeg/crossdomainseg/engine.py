@@ -14,13 +14,13 @@ re-reads `CURRENT` on every call (one small file read) and reloads when a new ve
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import psutil
 import SimpleITK as sitk
 import torch
 from monai.inferers import sliding_window_inference
@@ -33,6 +33,7 @@ from .device import configure, pick_device
 from .errors import BundleError, InputError
 from .imageio import read_image, validate_image
 from .normalize import denormalize
+from .padding import fill_padding
 from .postprocess import DEFAULT_MIN_ISLAND_FRACTION, check_min_fraction, remove_islands
 
 # Chosen by measurement on the xray-drr test split (benchmarks/uncertainty.py, by_config): with
@@ -47,6 +48,20 @@ DEFAULT_HEATMAP = "entropy"
 # or slice axis for 3D bundles) is refused: structures would be invented or lost in resampling.
 MAX_SPACING_RATIO = 6.0
 MODES = ("auto", "tdgan", "vanilla")
+# An image must cover at least this share of the network's patch along every segmented axis.
+MIN_EXTENT_FRACTION = 0.25
+# Peak memory of one segmentation above the loaded engine (benchmarks/engine_memory.py, phantom-ct-mr,
+# 5 classes, 6 TTA passes): about 68-77 bytes per voxel of the input grid (the image, its float
+# copy, the class probabilities resampled back, argmax, island removal and the full-resolution
+# boundary fit, preview, heatmap) and 360 per voxel of the working grid (network input, preview,
+# per-pass probabilities, sliding-window buffers). The constants below (100 and 440 bytes at 5
+# classes and 6 passes) put the estimate 1.37-1.91x above every measured peak
+# (benchmarks/results/engine_memory.json); a 600^3 volume at 1 mm: 23.5 GiB.
+INPUT_BYTES = 60
+INPUT_BYTES_PER_CLASS = 8
+WORK_BYTES = 200
+WORK_BYTES_PER_CLASS_PASS = 6
+BASE_BYTES = 100 * 2**20
 # Sliding windows per forward pass, and TTA images per batch: batching the small training-sized
 # windows was 4x faster per window on CPU than one at a time (measured, 2 threads).
 WINDOW_BATCH = 8
@@ -106,14 +121,41 @@ class SegmentationResult:
 
 
 def _available_memory_bytes() -> int:
+    return int(psutil.virtual_memory().available)
+
+
+class _FileGeometry:
+    """Size and geometry of an image file from its header, without its voxels: enough for
+    geometry.working_reference (which reads GetSize and maps indices to physical points)."""
+
+    def __init__(self, reader: sitk.ImageFileReader):
+        self.size = reader.GetSize()
+        self._probe = sitk.Image([1] * len(self.size), sitk.sitkUInt8)
+        self._probe.SetSpacing(reader.GetSpacing())
+        self._probe.SetOrigin(reader.GetOrigin())
+        self._probe.SetDirection(reader.GetDirection())
+
+    def GetSize(self):  # noqa: N802 (SimpleITK's naming)
+        return self.size
+
+    def TransformContinuousIndexToPhysicalPoint(self, index):  # noqa: N802
+        return self._probe.TransformContinuousIndexToPhysicalPoint(index)
+
+
+def _file_geometry(path: Path) -> _FileGeometry | None:
+    """The header geometry of a 3D image file, or None (DICOM folder, 2D, unreadable header:
+    the checks after reading cover those)."""
+    if not path.is_file():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    if reader.GetDimension() != 3 or reader.GetSize()[2] == 1:
+        return None
+    return _FileGeometry(reader)
 
 
 def bundle_mode(bundle: Bundle) -> str:
@@ -234,17 +276,37 @@ class Engine:
             )
         return image
 
-    def _check_memory(self, image: sitk.Image, reference: sitk.Image, tta: int) -> None:
+    def _check_extent(self, reference, name: str) -> None:
+        """Refuse an image far smaller than the region the network looks at: padded to the
+        network's patch, it would be mostly padding, and the network has not seen such input."""
+        dims = self.bundle.spatial_dims
+        size = np.asarray(reference.GetSize()[:dims])
+        roi = np.asarray(self.bundle.roi_size)
+        if np.any(size < MIN_EXTENT_FRACTION * roi):
+            spacing = np.asarray(self.bundle.spacing, dtype=float)[:dims]
+            raise InputError(
+                f"{name}: the image covers only {' x '.join(f'{v:.0f}' for v in size * spacing)} mm; "
+                f"this model ({self.bundle.task}) looks at {' x '.join(f'{v:.0f}' for v in roi * spacing)} "
+                f"mm at a time and needs at least {MIN_EXTENT_FRACTION:.0%} of that along every axis. "
+                "Give the whole scan (or a larger crop) rather than a small cut-out."
+            )
+
+    def memory_estimate(self, input_size, working_size, tta: int) -> int:
+        """Peak bytes to segment an image of `input_size` voxels whose working grid has
+        `working_size` voxels, with `tta` segmenter passes (see the constants above)."""
         classes = self.bundle.num_classes
-        work = int(np.prod(reference.GetSize()))
-        # float32 arrays: image, preview, heatmap, TTA stack + mean on the working grid; on the
-        # input grid the probabilities twice (resample + array), label, preview, heatmap.
-        estimate = 4 * (work * (classes * (tta + 2) + 4) + int(np.prod(image.GetSize())) * (2 * classes + 4))
+        n_input, n_work = int(np.prod(input_size)), int(np.prod(working_size))
+        return int(n_input * (INPUT_BYTES + INPUT_BYTES_PER_CLASS * classes)
+                   + n_work * (WORK_BYTES + WORK_BYTES_PER_CLASS_PASS * classes * (tta + 2))
+                   + BASE_BYTES)
+
+    def _check_memory(self, input_size, working_size, tta: int) -> None:
+        estimate = self.memory_estimate(input_size, working_size, tta)
         limit = self.memory_limit_bytes or int(0.8 * _available_memory_bytes())
         if estimate > limit:
             raise InputError(
-                f"The image ({'x'.join(map(str, image.GetSize()))} voxels, "
-                f"{'x'.join(map(str, reference.GetSize()))} at the model's spacing) needs about "
+                f"The image ({'x'.join(map(str, input_size))} voxels, "
+                f"{'x'.join(map(str, working_size))} at the model's spacing) needs about "
                 f"{estimate / 2**30:.1f} GiB to segment but only {limit / 2**30:.1f} GiB is "
                 "available; crop it to the region of interest, lower the uncertainty "
                 "augmentations (tta_n), or close other programs."
@@ -274,12 +336,24 @@ class Engine:
 
     def _prepare(self, image_or_path, passes: int):
         """Checked float image, working-grid reference, normalised working-grid array; `passes`
-        segmenter runs are planned (for the memory estimate)."""
-        name = str(image_or_path) if not isinstance(image_or_path, sitk.Image) else "image"
-        image = image_or_path if isinstance(image_or_path, sitk.Image) else read_image(image_or_path)
-        image = sitk.Cast(self._check_image(image, name), sitk.sitkFloat32)
+        segmenter runs are planned (for the memory estimate). A file's size is checked against
+        the memory from its header, before its voxels are read."""
+        if isinstance(image_or_path, sitk.Image):
+            name, image = "image", image_or_path
+        else:
+            name = str(image_or_path)
+            header = _file_geometry(Path(image_or_path))
+            if header is not None:
+                reference = geometry.working_reference(header, self.bundle.spacing)
+                self._check_memory(header.GetSize(), reference.GetSize(), passes)
+            image = read_image(image_or_path)
+        pixel_id = image.GetPixelID()
+        image = self._check_image(image, name)
         reference = geometry.working_reference(image, self.bundle.spacing)
-        self._check_memory(image, reference, passes)
+        self._check_extent(reference, name)
+        self._check_memory(image.GetSize(), reference.GetSize(), passes)
+        # padding outside the field of view becomes background before anything measures the image
+        image, _ = fill_padding(sitk.Cast(image, sitk.sitkFloat32), pixel_id)
         # Exactly as training prepares images (training/datasets.py): resample with the image
         # minimum as padding, then normalise the working-grid array.
         working = geometry.to_working_grid(image, self.bundle.spacing)

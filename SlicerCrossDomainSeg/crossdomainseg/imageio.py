@@ -10,6 +10,7 @@ import gzip
 import os
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,14 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
     if path.is_dir():
         image = _read_dicom_folder(path, series_uid)
     else:
+        if _suffix(path) in (".nii", ".nii.gz"):
+            _check_nifti_data(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
             raise InputError(
-                f"{path}: could not be read as an image ({_first_line(error)}). Supported: "
+                f"{path}: could not be read as an image: the file is damaged, cut short or of an "
+                f"unsupported kind (ITK: {_first_line(error)}). Supported: "
                 "NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd), DICOM."
             ) from None
         if _header_lacks_spacing(path):
@@ -51,9 +55,69 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
                 f"{path}: the file's header gives no voxel spacing, so sizes in mm are unknown. "
                 "Re-export it from the scanner software or viewer with its geometry."
             )
+    _check_finite(image, path)
     if image.GetDimension() == 2:
         image = as_single_slice(image)
     return image
+
+
+def _check_finite(image: sitk.Image, name) -> None:
+    """NaN or infinite voxels (float images only) make every downstream number meaningless."""
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32,
+                                  sitk.sitkVectorFloat64):
+        return
+    finite = np.isfinite(sitk.GetArrayViewFromImage(image))
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise InputError(
+            f"{name}: {bad} voxel(s) are NaN or infinite; the image is corrupt or was exported "
+            "wrongly. Re-export it or fill those voxels before segmenting."
+        )
+
+
+NIFTI_CHUNK_BYTES = 1 << 24
+
+
+def _check_nifti_data(path: Path) -> None:
+    """Refuse a NIfTI file whose voxel data is cut short (ITK would fill the rest with zeros) or,
+    for float data, holds NaN/Inf (ITK's NIfTI reader turns them into 0). Streams the data in
+    chunks, so a large file costs no extra memory."""
+    import nibabel
+
+    try:
+        header = nibabel.load(str(path)).header
+        dtype = header.get_data_dtype()
+        expected = int(np.prod(header.get_data_shape(), dtype=np.int64)) * dtype.itemsize
+        offset = int(header.get_data_offset())
+    except Exception as error:  # nibabel reads every valid NIfTI header; anything else is refused
+        raise InputError(f"{path}: could not be read as a NIfTI image ({_first_line(error)}).") from None
+    check_values = dtype.kind == "f"
+    opener = gzip.open if _suffix(path) == ".nii.gz" else open
+    received = 0
+    try:
+        with opener(path, "rb") as stream:
+            stream.seek(offset)
+            while received < expected:
+                want = min(NIFTI_CHUNK_BYTES, expected - received)
+                chunk = stream.read(want)
+                if not chunk:
+                    break
+                if check_values:
+                    usable = len(chunk) - len(chunk) % dtype.itemsize
+                    values = np.frombuffer(chunk[:usable], dtype=dtype)
+                    if not np.isfinite(values).all():
+                        raise InputError(
+                            f"{path}: some voxels are NaN or infinite; the image is corrupt or was "
+                            "exported wrongly. Re-export it or fill those voxels before segmenting.")
+                received += len(chunk)
+    except (EOFError, OSError, gzip.BadGzipFile, zlib.error) as error:
+        raise InputError(f"{path}: the file is damaged or cut short ({_first_line(error)}); "
+                         "copy or export it again.") from None
+    if received < expected:
+        raise InputError(
+            f"{path}: the file is cut short: its header describes {expected} bytes of voxel data but "
+            f"only {received} are there ({100 * received / max(expected, 1):.0f}%). The copy or "
+            "download was incomplete; copy or export it again.")
 
 
 def _header_lacks_spacing(path: Path) -> bool:
@@ -148,14 +212,8 @@ def validate_image(image: sitk.Image, name: str = "image") -> sitk.Image:
             f"{name}: the voxel spacing {tuple(spacing)} is missing or invalid; the file's header "
             "must give positive spacing in mm."
         )
+    _check_finite(image, name)
     array = sitk.GetArrayViewFromImage(image)
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad = int(finite.size - np.count_nonzero(finite))
-        raise InputError(
-            f"{name}: {bad} voxel(s) are NaN or infinite; the image is corrupt or was exported "
-            "wrongly. Re-export it or fill those voxels before segmenting."
-        )
     if array.min() == array.max():
         raise InputError(
             f"{name}: every voxel has the same value ({array.flat[0]}); there is nothing to segment."

@@ -5,7 +5,9 @@ file or a DICOM series folder; `--out` ending in `.seg.nrrd` writes a Slicer seg
 Batch: IN is a folder of image files (NIfTI/NRRD/MHA); `--out`, `--preview` and `--uncertainty`
 are folders and each case keeps its file name. A case is finished when its `<case>.json` report
 (U, model version, which path ran, timings) exists; it is written last, after the images, so a
-rerun skips exactly the finished cases and redoes an interrupted one.
+rerun skips exactly the finished cases and redoes an interrupted one. A case the engine refuses is reported as failed
+with its reason (exit status 1). Before the model loads, the outputs are checked: none may be the
+input or another output, and each must be writable.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import InputError
-from .imageio import READ_SUFFIXES, write_image, write_seg_nrrd
+from .imageio import READ_SUFFIXES, WRITE_SUFFIXES, write_image, write_seg_nrrd
+from .output_paths import check_distinct, check_output_file, check_output_folder
 from .store import atomic_write_json
 
 BATCH_SUFFIXES = tuple(s for s in READ_SUFFIXES if s not in (".dcm", ".nhdr", ".mhd"))
@@ -84,8 +87,15 @@ def run(args) -> int:
     if not source.exists():
         raise InputError(f"{source}: no such file or folder.")
     cases = batch_inputs(source) if source.is_dir() else []
+    outputs = {flag: Path(value) for flag, value in
+               (("--out", args.out), ("--preview", args.preview), ("--uncertainty", args.uncertainty)) if value}
+    # where the results go is checked before the model loads and anything runs
+    (_check_batch_outputs if cases else _check_single_outputs)(source, cases, outputs)
     engine = Engine(_bundle_path(args.bundle), device=args.device, threads=args.threads,
                     tta_n=args.tta, mode=args.mode)
+    if args.preview and engine.generator is None:
+        raise InputError(f"--preview: the model {args.bundle} has no generator, so it makes no synthetic "
+                         "preview; drop --preview.")
     if cases:
         return _run_batch(engine, cases, args)
     result = _segment_one(engine, source, Path(args.out), args.preview, args.uncertainty,
@@ -100,6 +110,28 @@ def ran(result) -> str:
     if result.working.segmenter_input == "preview":
         return "TD-GAN: segmented the synthetic preview"
     return "vanilla: segmented the image as it is"
+
+
+def _check_single_outputs(source: Path, _cases, outputs: dict[str, Path]) -> None:
+    for flag, path in outputs.items():
+        check_output_file(flag, path, WRITE_SUFFIXES + (".seg.nrrd",) if flag == "--out" else WRITE_SUFFIXES)
+    check_distinct([source], outputs)
+
+
+def _check_batch_outputs(source: Path, cases: list[Path], outputs: dict[str, Path]) -> None:
+    if outputs["--out"].suffix:
+        raise InputError(f"{source} is a folder of images, so --out must be a folder, not {outputs['--out']}.")
+    for flag, folder in outputs.items():
+        check_output_folder(flag, folder)
+    # each case writes <name>.nii.gz into every output folder: the input folder's files would be
+    # overwritten, and two output folders in one would overwrite each other
+    check_distinct([source], outputs)
+    names: dict[str, Path] = {}
+    for path in cases:
+        other = names.setdefault(_case_name(path).lower(), path)
+        if other != path:
+            raise InputError(f"{other.name} and {path.name} in {source} would both be written as "
+                             f"{_case_name(path)}.nii.gz; rename one or move it to another folder.")
 
 
 def _segment_one(engine, path: Path, out: Path, preview, heatmap, with_uncertainty: bool):
@@ -118,8 +150,6 @@ def _segment_one(engine, path: Path, out: Path, preview, heatmap, with_uncertain
 
 def _run_batch(engine, cases: list[Path], args) -> int:
     out = Path(args.out)
-    if out.suffix:
-        raise InputError(f"{args.input} is a folder of images, so --out must be a folder, not {out}.")
     out.mkdir(parents=True, exist_ok=True)
     extra = {"preview": args.preview, "uncertainty": args.uncertainty}
     done, failed = 0, []

@@ -2,11 +2,15 @@
 
 Layout under the store root:
     cases/<case_id>/image.nii.gz  label.nii.gz  clicks.json  manifest.json
+    labels.json                   {name: value} of the model whose cases the store holds
     unlabelled.json               {"folder": path} the user's folder of unlabelled target images
 A case exists only once its manifest is on disk: the manifest is written last and names the sha256
 of every other file, so a writer killed at any moment leaves either a whole case or none (a
 half-written folder without a manifest is ignored and swept up by the next writer).
-Every file is written to a temporary name, fsynced, renamed into place, and the folder fsynced.
+Every file is written to a temporary name, fsynced, renamed into place, and the folder fsynced
+where the OS can open a folder (not Windows, whose NTFS journals the rename itself).
+A label is checked against the model's label values before anything is written: values it does
+not define (or above 255, which the uint8 label file cannot hold) are refused.
 """
 
 from __future__ import annotations
@@ -34,9 +38,18 @@ _STALE_PARTIAL_S = 3600.0
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    """Make a rename in `path` durable where the OS lets a folder be opened and synced (POSIX);
+    elsewhere (Windows) the rename alone is what the file system offers."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a file system that refuses to open folders
+        return
     try:
         os.fsync(fd)
+    except OSError:  # some file systems (network shares) refuse fsync on a folder
+        pass
     finally:
         os.close(fd)
 
@@ -137,6 +150,22 @@ def _check_pair(image: sitk.Image, label: sitk.Image) -> None:
         raise InputError("The corrected label holds negative values; label values start at 0.")
 
 
+def check_label_values(label: sitk.Image, labels: dict) -> None:
+    """Refuse label values the model does not define (`labels`: {name: value}); the stored label
+    file is uint8, so values above 255 would wrap (256 would become background)."""
+    present = {int(v) for v in np.unique(sitk.GetArrayViewFromImage(label))}
+    defined = {int(v) for v in labels.values()} | {0}
+    unknown = sorted(present - defined)
+    if unknown:
+        names = ", ".join(f"{name} = {value}" for name, value in sorted(labels.items(), key=lambda kv: kv[1]))
+        raise InputError(
+            f"The corrected label holds values {unknown[:10]} that the model does not define "
+            f"(its labels: {names}). Relabel those voxels with one of the model's labels before accepting."
+        )
+    if max(defined) > 255:
+        raise InputError(f"Label values above 255 cannot be stored (model labels {labels}).")
+
+
 class AcceptedCaseStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -151,14 +180,32 @@ class AcceptedCaseStore:
         clicks: Iterable[Any] = (),
         model_version: str | None = None,
         meta: dict | None = None,
+        labels: dict | None = None,
+        draft: sitk.Image | None = None,
     ) -> str:
-        """Store one accepted case; returns its id once every byte of it is durable."""
+        """Store one accepted case; returns its id once every byte of it is durable.
+
+        labels: {name: value} of the model the case was corrected with; the first accept records
+        them in the store (labels.json) and later cases are checked against them. draft: the
+        model's label before the clinician's corrections; the manifest records how many voxels
+        differ (`edited_voxels`, None without a draft), so the promotion gate can tell a draft
+        accepted unchanged from a corrected one.
+        """
         _check_pair(image, label)
+        labels = self._labels_for(labels)
+        check_label_values(label, labels)
+        edited = None
+        if draft is not None:
+            _check_pair(image, draft)
+            edited = int(np.count_nonzero(sitk.GetArrayViewFromImage(draft).astype(np.int64)
+                                          != sitk.GetArrayViewFromImage(label).astype(np.int64)))
         click_list = [_click_to_dict(c) for c in clicks or ()]
         try:
             meta_json = json.loads(json.dumps(meta or {}))
         except TypeError as error:
             raise InputError(f"Case metadata must be JSON-serialisable: {error}") from None
+        if self.labels() is None:
+            atomic_write_json(self.root / "labels.json", labels)
         self._sweep_partials()
         accepted_at = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(accepted_at))
@@ -176,10 +223,34 @@ class AcceptedCaseStore:
             "accepted_at": accepted_at,
             "accepted_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(accepted_at)),
             "meta": meta_json,
+            "edited_voxels": edited,
             "sha256": {name: sha256_file(folder / name) for name in _FILES},
         }
         atomic_write_json(folder / "manifest.json", manifest)
         return case_id
+
+    def labels(self) -> dict | None:
+        """{name: value} the store's cases are labelled with, or None before the first accept."""
+        path = self.root / "labels.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _labels_for(self, labels: dict | None) -> dict:
+        recorded = self.labels()
+        if labels is None:
+            if recorded is None:
+                raise InputError("Accepting a case needs the model's labels ({name: value}) so that "
+                                 "its label values can be checked.")
+            return recorded
+        if not isinstance(labels, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                   for v in labels.values()):
+            raise InputError(f"Labels must map names to integer values, got {labels!r}.")
+        labels = {str(k): int(v) for k, v in labels.items()}
+        if recorded is not None and recorded != labels:
+            raise InputError(
+                f"This store holds cases labelled {recorded}, but the model's labels are {labels}; "
+                "accepted cases of another model or task belong in another store."
+            )
+        return labels
 
     def cases(self) -> list[str]:
         """Ids of complete cases, oldest first."""

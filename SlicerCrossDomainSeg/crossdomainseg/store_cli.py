@@ -5,13 +5,11 @@ fine-tunes on what the store holds).
 IMAGE is an image file or a DICOM series folder, LABEL the corrected label map on the image's
 grid; `--clicks` a JSON file of clicks (a list, or {"clicks": [...]}, each with a "point" in LPS
 mm); `--draft` the model's label before the corrections. The store checks the pair (same grid,
-integer values; label values against the model's where its `accept` takes them) before anything
-is written.
+integer values, label values the model defines) before anything is written.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -59,18 +57,9 @@ def run(args) -> int:
     bundle = load_bundle(_bundle_path(args.bundle))
     clicks = read_clicks(args.clicks)
     image, label = read_image(args.image), read_image(args.label)
-    store = AcceptedCaseStore(args.store)
-    # The store's own checks of the label against the model where it has them (labels=, draft=).
-    takes = inspect.signature(store.accept).parameters
-    extra = {}
-    if "labels" in takes:
-        extra["labels"] = bundle.labels
-    if args.draft is not None:
-        if "draft" not in takes:
-            raise InputError("This store cannot record a draft; leave --draft off.")
-        extra["draft"] = read_image(args.draft)
-    case_id = store.accept(image, label, clicks, model_version=bundle.version,
-                           meta={"image": str(Path(args.image).resolve()), "label": str(Path(args.label).resolve())},
-                           **extra)
+    draft = read_image(args.draft) if args.draft is not None else None
+    case_id = AcceptedCaseStore(args.store).accept(
+        image, label, clicks, model_version=bundle.version, labels=bundle.labels, draft=draft,
+        meta={"image": str(Path(args.image).resolve()), "label": str(Path(args.label).resolve())})
     print(f"accepted {args.image} as case {case_id} in {args.store} (model {bundle.version}, {len(clicks)} click(s))")
     return 0

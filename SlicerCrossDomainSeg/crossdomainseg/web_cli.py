@@ -21,7 +21,8 @@ def add_parser(subparsers) -> None:
         "web",
         help="serve the segmentation app in the browser (trame-slicer)",
         description="Serve the web app on this machine: load a volume (upload, or the embedded "
-        "demo case), segment, preview, click-correct, accept and export. Prints the URL.",
+        "demo case), segment, preview, click-correct, accept and export. Prints the URL to open, "
+        "with the session token the page needs (other origins are refused).",
     )
     add_arguments(parser)
     parser.set_defaults(func=run)

@@ -67,7 +67,7 @@ def add_parser(subparsers) -> None:
 
     stop = actions.add_parser("stop", help="stop after the current step (checkpointed)")
     stop.add_argument("--store", required=True)
-    stop.add_argument("--timeout", type=float, default=120.0, help="seconds before SIGKILL")
+    stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a clean stop before the process is terminated")
     stop.set_defaults(func=_stop)
 
     status = actions.add_parser("status", help="print the trainer status as JSON")

@@ -82,10 +82,11 @@ class CurriculumParams:
     replay_weight: float = 0.05  # labelled source data, low weight against forgetting (METHOD.md 3)
     replay_batch: int = 1
     # Every holdout_every-th accepted case (second, then every k-th) is kept out of training and
-    # decides promotion: publish when held-out Dice >= current model's - promotion_tolerance.
-    # 0: train on every accepted case (nothing held out, so nothing can be published).
+    # decides promotion (promotion.py): publish when the student's held-out Dice is at least every
+    # kept version's + promotion_margin. 0: train on every accepted case (nothing held out, so
+    # nothing can be published).
     holdout_every: int = 3
-    promotion_tolerance: float = 0.005
+    promotion_margin: float = 0.0
     publish_every: int = 5  # epochs between promotion checks (each publication is a version)
     # What teacher and student read: "preview" = G(x) (the Engine's tdgan path) or "image" = raw
     # target x (patent; needs a reference that is already fair on raw target images).

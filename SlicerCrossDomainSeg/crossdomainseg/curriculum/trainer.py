@@ -56,12 +56,14 @@ REFERENCE = "reference"  # network name of the source-trained S_pre inside fine-
 
 @dataclass
 class Volume:
-    """One image on the bundle's working grid: x (1, *spatial) normalised, y (*spatial) or None."""
+    """One image on the bundle's working grid: x (1, *spatial) normalised, y (*spatial) or None;
+    unchanged_draft_of: the model version whose draft was accepted as y with no voxel edited."""
 
     key: str
     x: torch.Tensor
     y: torch.Tensor | None = None
     domain: str = "target"
+    unchanged_draft_of: str | None = None
 
 
 def prepare(bundle: Bundle, image: sitk.Image, key: str, domain: str = "target",
@@ -338,9 +340,9 @@ class CurriculumTrainer:
                                                          image, domain=volume.domain))
         return fitted[0] if flat else fitted
 
-    def mean_dice(self, network: torch.nn.Module, volumes: list[Volume], reads: str | None = None,
-                  delivered: bool = False) -> float:
-        """Mean Dice of `network` on labelled `volumes`; `delivered`: after the bundle's fit to the
+    def case_dice(self, network: torch.nn.Module, volumes: list[Volume], reads: str | None = None,
+                  delivered: bool = False) -> list[float]:
+        """Dice of `network` on each labelled volume; `delivered`: after the bundle's fit to the
         image, as the clinician gets the result."""
         labels = [v for v in self.bundle.labels.values() if v != 0]
         scores = []
@@ -348,7 +350,12 @@ class CurriculumTrainer:
             label = self.predict(network, volume, reads)
             if delivered:
                 label = self.delivered(label.astype(np.uint8), volume)
-            scores.append(dice(label, volume.y.numpy(), labels))
+            scores.append(float(dice(label, volume.y.numpy(), labels)))
+        return scores
+
+    def mean_dice(self, network: torch.nn.Module, volumes: list[Volume], reads: str | None = None,
+                  delivered: bool = False) -> float:
+        scores = self.case_dice(network, volumes, reads, delivered)
         return float(np.mean(scores)) if scores else float("nan")
 
     def export(self, path: Path, network: str = "student") -> Bundle:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .datasets import Sample
 
 
@@ -107,7 +108,7 @@ class Checkpoint:
     def load(self) -> dict | None:
         if not self.file.is_file():
             return None
-        return torch.load(self.file, map_location="cpu", weights_only=False)
+        return load_checkpoint(self.file)
 
     def save(self, state: dict) -> None:
         self.file.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +116,21 @@ class Checkpoint:
         os.close(fd)
         torch.save(state, tmp)
         os.replace(tmp, self.file)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by torch.save, read with weights_only=True: only tensors and plain
+    data are rebuilt, so a file planted in its place cannot run code; anything else is refused."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # hostile pickle, truncated zip, not a torch file: all refused alike
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: not a checkpoint this program wrote, or damaged ({reason[:200]}); "
+                         "delete it to start training afresh.") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a checkpoint this program wrote (holds {type(state).__name__}); "
+                         "delete it to start training afresh.")
+    return state
 
 
 def same_run(saved: dict, current: dict) -> bool:
