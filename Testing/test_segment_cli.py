@@ -91,3 +91,22 @@ def test_bad_arguments_give_clear_errors(bundle, tmp_path, capsys):
     write_case(folder / "a.nii.gz")
     assert cli.main(["segment", str(folder), "--bundle", str(bundle.path), "--out", str(tmp_path / "x.nii.gz")]) == 2
     assert "must be a folder" in capsys.readouterr().err
+
+
+def test_report_says_whether_td_gan_or_vanilla_ran(bundle, tmp_path, capsys):
+    write_case(tmp_path / "in.nii.gz")
+    single = ["segment", str(tmp_path / "in.nii.gz"), "--bundle", str(bundle.path), "--no-uncertainty"]
+    assert cli.main(single + ["--out", str(tmp_path / "a.nii.gz")]) == 0  # auto: the bundle has a generator
+    assert "TD-GAN: segmented the synthetic preview" in capsys.readouterr().out
+    assert cli.main(single + ["--out", str(tmp_path / "b.nii.gz"), "--mode", "vanilla"]) == 0
+    assert "vanilla: segmented the image as it is" in capsys.readouterr().out
+
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    write_case(folder / "c.nii.gz")
+    for mode, segmenter_input in (("tdgan", "preview"), ("vanilla", "image")):
+        out = tmp_path / f"labels_{mode}"
+        assert cli.main(["segment", str(folder), "--bundle", str(bundle.path), "--out", str(out),
+                         "--no-uncertainty", "--mode", mode]) == 0
+        report = json.loads((out / "c.json").read_text())
+        assert (report["mode"], report["segmenter_input"]) == (mode, segmenter_input)

@@ -4,8 +4,8 @@ Single: `segment IN --bundle B --out label.nii.gz [--preview P] [--uncertainty U
 file or a DICOM series folder; `--out` ending in `.seg.nrrd` writes a Slicer segmentation.
 Batch: IN is a folder of image files (NIfTI/NRRD/MHA); `--out`, `--preview` and `--uncertainty`
 are folders and each case keeps its file name. A case is finished when its `<case>.json` report
-(U, model version, timings) exists; it is written last, after the images, so a rerun skips exactly
-the finished cases and redoes an interrupted one. A case the engine refuses is reported as failed
+(U, model version, which path ran, timings) exists; it is written last, after the images, so a
+rerun skips exactly the finished cases and redoes an interrupted one. A case the engine refuses is reported as failed
 with its reason (exit status 1). Before the model loads, the outputs are checked: none may be the
 input or another output, and each must be writable.
 """
@@ -101,8 +101,15 @@ def run(args) -> int:
     result = _segment_one(engine, source, Path(args.out), args.preview, args.uncertainty,
                           not args.no_uncertainty)
     u = "" if result.U is None else f", U = {result.U:.4f}"
-    print(f"wrote {args.out} (model {result.model_version}{u}) in {result.timings['total']:.2f} s")
+    print(f"wrote {args.out} (model {result.model_version}, {ran(result)}{u}) in {result.timings['total']:.2f} s")
     return 0
+
+
+def ran(result) -> str:
+    """Which path made the label: TD-GAN (the segmenter read the synthetic preview) or vanilla."""
+    if result.working.segmenter_input == "preview":
+        return "TD-GAN: segmented the synthetic preview"
+    return "vanilla: segmented the image as it is"
 
 
 def _check_single_outputs(source: Path, _cases, outputs: dict[str, Path]) -> None:
@@ -162,6 +169,8 @@ def _run_batch(engine, cases: list[Path], args) -> int:
                 continue
             atomic_write_json(report, {
                 "case": name, "input": str(path), "U": result.U, "model_version": result.model_version,
+                "mode": "tdgan" if result.working.segmenter_input == "preview" else "vanilla",
+                "segmenter_input": result.working.segmenter_input,
                 "tta_n": result.tta_n, "timings": {k: round(v, 4) for k, v in result.timings.items()},
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from tqdm import tqdm
@@ -19,8 +18,7 @@ def add_parser(subparsers) -> None:
         "make", help="write a task folder (source/ and target/ images, labels, task.json)",
         description=f"Write N source and N target cases (different subjects, split 60/20/20 into "
         f"train/val/test) to OUT. Target labels and paired source renderings are written for val and "
-        f"test only. Tasks: {tasks}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        f"test only. Tasks: {tasks}.")
     make.add_argument("--task", default="phantom-ct-mr", choices=sorted(TASKS), help="which task")
     make.add_argument("--n", type=int, default=20, help="cases per domain (at least 3)")
     make.add_argument("--seed", type=int, default=0, help="same seed, same task, voxel for voxel")

@@ -32,8 +32,11 @@ def add_parser(subparsers) -> None:
         "fewest clicks for Dice 0.90 becomes the one front ends click with (bundle metadata "
         "click_refiner).")
     clicks.add_argument("--bundle", required=True, help="model bundle folder (with a refiner)")
-    clicks.add_argument("--data", required=True, help="task folder (crossdomainseg data make)")
-    clicks.add_argument("--split", default="test", choices=("val", "test"))
+    clicks.add_argument("--data", help="task folder (crossdomainseg data make), or a folder holding "
+                        "images/ and labels/ (label maps named as their images)")
+    clicks.add_argument("--images", help="instead of --data: a folder of target images")
+    clicks.add_argument("--labels", help="with --images: their reference label maps, same file names")
+    clicks.add_argument("--split", default="test", choices=("val", "test"), help="task folders only")
     clicks.add_argument("--methods", default=None,
                         help=f"comma-separated, from {', '.join(METHODS)} (default: all; the classical "
                         "ones only for a bundle without a refiner network)")
@@ -92,13 +95,34 @@ def choose(results: dict) -> str:
                                            results[m]["clicks_dropping_over_0.01"], m.startswith("learned")))
 
 
+def labelled_folders(args) -> tuple[str, str] | None:
+    """(images, labels) folders the robot user clicks on, from --images/--labels or a --data
+    folder with images/ and labels/ (and no task.json); None for a task folder."""
+    from ..errors import InputError
+
+    if args.images or args.labels:
+        if not (args.images and args.labels) or args.data:
+            raise InputError("Give --images and --labels together (your images and their reference "
+                             "label maps), or --data, not both.")
+        return args.images, args.labels
+    if not args.data:
+        raise InputError("Give --images DIR --labels DIR (your images and their reference label maps), "
+                         "or --data with a task folder or a folder holding images/ and labels/.")
+    data = Path(args.data)
+    if not (data / "task.json").exists() and (data / "images").is_dir() and (data / "labels").is_dir():
+        return str(data / "images"), str(data / "labels")
+    return None
+
+
 def run_eval(args) -> int:
     from ..bundle import update_bundle
     from ..engine import Engine
     from ..errors import InputError
-    from .evaluate import evaluate
+    from ..training.datasets import labelled_cases
+    from .evaluate import evaluate, evaluate_paths
 
-    if args.choose and args.split != "val":
+    folders = labelled_folders(args)
+    if args.choose and folders is None and args.split != "val":
         raise InputError("--choose picks a method on the validation split (--split val); choosing on "
                          "the test split would leave no unbiased figure to report.")
     engine = Engine(args.bundle, device=args.device, threads=args.threads, mode=args.mode)
@@ -107,8 +131,12 @@ def run_eval(args) -> int:
     else:
         methods = [m for m in args.methods.split(",") if m]
     refiners = build_refiners(engine.bundle, methods, args.device)
-    results = evaluate(engine, args.data, refiners, args.split, args.max_clicks, args.limit,
-                       log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if folders is None:
+        results = evaluate(engine, args.data, refiners, args.split, args.max_clicks, args.limit, log=log)
+    else:
+        results = evaluate_paths(engine, labelled_cases(*folders, what="evaluation"), refiners,
+                                 args.max_clicks, args.limit, log=log)
     for name, r in results.items():
         print(f"{name:15s} NoC@85 {r['noc85_mean']:.2f}  NoC@90 {r['noc90_mean']:.2f}  never@90 "
               f"{r['never_90_share']:.0%}  max drop {r['max_dice_drop']:.4f}  Dice@" + " ".join(
@@ -120,7 +148,8 @@ def run_eval(args) -> int:
     if args.choose:
         name = choose(results)
         update_bundle(args.bundle, metadata={"click_refiner": {
-            "name": name, "split": args.split, "data": str(args.data), "max_clicks": args.max_clicks,
+            "name": name, "split": args.split if folders is None else "user folders",
+            "data": str(args.data) if folders is None else " ".join(folders), "max_clicks": args.max_clicks,
             "command": "crossdomainseg " + shlex.join(sys.argv[1:]),
             "noc90_mean": {m: r["noc90_mean"] for m, r in results.items()},
             "noc85_mean": {m: r["noc85_mean"] for m, r in results.items()}}})

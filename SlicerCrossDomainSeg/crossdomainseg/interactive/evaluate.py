@@ -45,15 +45,24 @@ def summarise(curves: list, latencies: list, names: list, other_drops: list | No
 
 def evaluate(engine, data_dir, refiners: dict, split: str = "test", max_clicks: int = 20,
              limit: int | None = None, log=print) -> dict:
-    """Per method name in `refiners`: `evaluate_cases` over the target cases of `split` of the
-    task folder `data_dir` that have labels (the first `limit`)."""
+    """Per method name in `refiners`: `evaluate_paths` over the target cases of `split` of the
+    task folder `data_dir` that have labels."""
     from ..data import TaskDir
-    from ..imageio import read_image
 
-    paths = [c for c in TaskDir(data_dir).cases(split, "target") if c[2] is not None][: limit or None]
+    paths = [c for c in TaskDir(data_dir).cases(split, "target") if c[2] is not None]
     if not paths:
         raise InputError(f"{data_dir} has no labelled target cases in split {split!r}: the robot "
                          "user needs reference labels to click against.")
+    return evaluate_paths(engine, paths, refiners, max_clicks, limit, log)
+
+
+def evaluate_paths(engine, paths, refiners: dict, max_clicks: int = 20, limit: int | None = None,
+                   log=print) -> dict:
+    """`evaluate_cases` over (id, image path, reference label path) cases (the first `limit`),
+    e.g. a user's folders of images and label maps."""
+    from ..imageio import read_image
+
+    paths = list(paths)[: limit or None]
 
     def read(image_path, label_path):
         image, truth = read_image(image_path), read_image(label_path)

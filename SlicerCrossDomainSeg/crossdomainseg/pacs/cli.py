@@ -15,7 +15,6 @@ which other users of the machine can see).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -26,8 +25,7 @@ from .client import PASSWORD_VARIABLE, check_uid, connect, list_series, list_stu
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("pacs", help="list, pull, segment and push series on a DICOMweb PACS",
-                                   description=__doc__.split("\n", 1)[1],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=__doc__.split("\n", 1)[1])
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     listing = actions.add_parser("list", help="studies, or the series of --study")

@@ -1,5 +1,9 @@
-"""`crossdomainseg train source|translator|settings`: train a bundle from a task directory or any
+"""`crossdomainseg train all|source|translator|settings`: train a bundle from a task directory or any
 folders, and record the settings chosen on its validation split.
+
+  crossdomainseg train all --source-images SRC_IMG --source-labels SRC_LAB --target-images TGT_IMG \
+      --out BUNDLE [--budget-minutes 90]
+  (plans grid, patch and normalisation from the data and runs both stages below: train_all.py)
 
   crossdomainseg train source --images SRC_IMG --labels SRC_LAB --out BUNDLE \
       --source-modality CT --target-modality MR --spacing 3
@@ -7,7 +11,7 @@ folders, and record the settings chosen on its validation split.
       --target-images TGT_IMG
   (or --task-dir DIR instead of the folders, for data made by `crossdomainseg data make`)
 
-Both are seeded, show a progress bar, log losses per epoch into the bundle's metadata and resume
+Both are seeded, show a progress bar on a terminal (one line per epoch), log losses per epoch into the bundle's metadata and resume
 from their last checkpoint with --resume. `train source` writes fresh metadata, so the settings
 chosen on a validation split (SETTINGS) are written again afterwards:
 
@@ -202,6 +206,46 @@ def run_translator(args) -> int:
     return 0
 
 
+def _all_inputs(args):
+    """TaskData for `train all` from --task-dir or the three folders."""
+    from .train_all import TaskData, split_validation
+
+    if args.task_dir:
+        task = read_task(args.task_dir)
+        target_val = [c for c in task_cases(args.task_dir, "val", "target") if c[2] is not None][:2]
+        train = task_cases(args.task_dir, "train", "source")
+        return TaskData(
+            source_train=train, source_val=task_cases(args.task_dir, "val", "source"),
+            target=task_cases(args.task_dir, "train", "target", labelled=False), target_val=target_val,
+            labels=task["labels"] if not args.label_names else _label_names(args.label_names, train),
+            colors=task.get("colors", {}), task=args.task or task.get("task", "custom"),
+            source_modality=args.source_modality or task.get("source_modality", "source"),
+            target_modality=args.target_modality or task.get("target_modality", "target"),
+            description=f"task dir {Path(args.task_dir).name} (seed {task.get('seed')})")
+    if not (args.source_images and args.source_labels and args.target_images):
+        raise InputError("Give --source-images, --source-labels and --target-images (or --task-dir).")
+    source = labelled_cases(args.source_images, args.source_labels)
+    train, val = split_validation(source, args.val_share, args.seed)
+    target = unlabelled_cases(args.target_images)
+    return TaskData(
+        source_train=train, source_val=val, target=target,
+        labels=_label_names(args.label_names, source), task=args.task or "custom",
+        source_modality=args.source_modality or "source", target_modality=args.target_modality or "target",
+        description=(f"{len(train)} train / {len(val)} validation labelled images from {args.source_images}, "
+                     f"{len(target)} unlabelled target images from {args.target_images}"))
+
+
+def run_all(args) -> int:
+    from .train_all import train_all
+
+    configure(args.threads)
+    bundle = train_all(_all_inputs(args), args.out, args.budget_minutes, args.checkpoint_dir,
+                       args.resume, args.device, args.steps, args.seed, args.version,
+                       args.domain_randomize, not args.no_progress, _command(args))
+    print(f"bundle written: {bundle.path}")
+    return 0
+
+
 # Bundle metadata a user or a validation run chooses, not a trainer: boundary_fit.fit_bundle_label,
 # postprocess.keep_inside and refit_inside, curriculum.params.CurriculumParams.for_bundle.
 SETTINGS = ("boundary_fit", "inside", "inside_contrast", "curriculum_params")
@@ -237,7 +281,7 @@ def _common(p):
 
 
 def add_parser(subparsers) -> None:
-    train = subparsers.add_parser("train", help="train a model bundle (source segmenter, translator)")
+    train = subparsers.add_parser("train", help="train a model bundle (everything at once, source segmenter, translator)")
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
 
     src = stages.add_parser("source", help="train the reference segmenter on labelled source images")
@@ -311,6 +355,40 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--seg-noise", type=float, default=0.0,
                     help="std of Gaussian noise added to that detached image (with --seg-detached)")
     tr.set_defaults(func=run_translator)
+
+    everything = stages.add_parser(
+        "all", help="plan from the data and train every stage into one bundle within a time budget",
+        description="Chooses the working grid's spacing, the patch size and each domain's "
+        "normalisation from the images (median spacing and size; CT-like data with air in "
+        "Hounsfield units get a window round their tissue, other data per-image percentiles), then "
+        "trains the reference segmenter (best epoch on a held-out share of the source images) and "
+        "the TD-GAN translator, each for as many epochs as fit in its share of --budget-minutes "
+        "(the first epoch is timed). One log line per epoch; --resume continues after a kill. The "
+        "plan is stored in the bundle's metadata (plan).")
+    everything.add_argument("--source-images", help="folder of labelled source images")
+    everything.add_argument("--source-labels", help="folder of their label maps, same file names")
+    everything.add_argument("--target-images", help="folder of unlabelled target-modality images")
+    everything.add_argument("--task-dir", help="instead of the folders: a task made by `crossdomainseg data make`")
+    everything.add_argument("--out", required=True, help="bundle folder to write (must not hold a bundle unless --resume)")
+    everything.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock time for all stages")
+    everything.add_argument("--steps", type=int, default=25, help="optimiser steps per epoch of each stage")
+    everything.add_argument("--val-share", type=float, default=0.2,
+                            help="share of the source images held out to pick the segmenter's epoch")
+    everything.add_argument("--label-names", help="e.g. liver=1,spleen=2 (default: label_N for each value found)")
+    everything.add_argument("--task", help="task name recorded in the bundle (default: the task's, or custom)")
+    everything.add_argument("--source-modality", help="e.g. CT, recorded in the bundle")
+    everything.add_argument("--target-modality", help="e.g. MR, recorded in the bundle")
+    everything.add_argument("--domain-randomize", type=float, default=0.0, metavar="P",
+                            help="share of source crops synthesised from their labels (passed to "
+                            "train source where it supports it; 0 = off)")
+    everything.add_argument("--version", default="0.1.0", help="model version recorded in the bundle")
+    everything.add_argument("--seed", type=int, default=0)
+    everything.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
+    everything.add_argument("--checkpoint-dir", help="default: BUNDLE.ckpt beside the bundle")
+    everything.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    everything.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    everything.add_argument("--no-progress", action="store_true", help="no per-epoch log lines")
+    everything.set_defaults(func=run_all)
 
     st = stages.add_parser("settings", help="write settings chosen on a validation split into a bundle's metadata")
     st.add_argument("--bundle", required=True)

@@ -64,10 +64,11 @@ def list_images(folder: str | Path, what: str = "images") -> dict[str, Path]:
     return entries
 
 
-def labelled_cases(images_dir, labels_dir) -> list[tuple[str, Path, Path]]:
-    """(id, image, label) for every image, its label map matched by file name."""
-    images = list_images(images_dir, "source images")
-    labels = list_images(labels_dir, "source labels")
+def labelled_cases(images_dir, labels_dir, what: str = "source") -> list[tuple[str, Path, Path]]:
+    """(id, image, label) for every image, its label map matched by file name (`what` names the
+    folders in error messages)."""
+    images = list_images(images_dir, f"{what} images")
+    labels = list_images(labels_dir, f"{what} labels")
     unmatched = sorted(set(images) - set(labels))
     if unmatched:
         raise InputError(

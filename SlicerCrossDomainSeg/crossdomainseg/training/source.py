@@ -168,8 +168,9 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
         rng = epoch_rng(config.seed, epoch)
         network.train()
         losses, began = [], time.time()
+        # disable=None: no step bar when stderr is not a terminal (logs keep one line per epoch)
         bar = tqdm(range(config.steps_per_epoch), desc=f"source {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False)
+                   disable=None if progress else True, leave=False)
         for _ in bar:
             picks = rng.integers(len(train), size=config.batch_size)
             patches = [random_patch(train[i], config.roi_size, rng, class_balanced=config.class_balanced)

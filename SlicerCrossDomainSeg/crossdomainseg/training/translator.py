@@ -167,8 +167,9 @@ def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_c
         for m in (g_ts, g_st, d_s, d_t):
             m.train()
         sums, began = {}, time.time()
+        # disable=None: no step bar when stderr is not a terminal (logs keep one line per epoch)
         bar = tqdm(range(config.steps_per_epoch), desc=f"translator {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False)
+                   disable=None if progress else True, leave=False)
         for _ in bar:
             xs, ys = batch([random_patch(source[i], config.patch_size, rng, centres=source_centres[i])
                             for i in rng.integers(len(source), size=config.batch_size)], device)
