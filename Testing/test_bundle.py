@@ -135,19 +135,3 @@ def test_save_bundle_replaces_existing_and_validates(tmp_path, bundle):
     with pytest.raises(BundleError):
         save_bundle(tmp_path / "bad", bad, {"segmenter": seg})
     assert not (tmp_path / "bad").exists()
-
-
-@pytest.mark.parametrize("swallowed, deep, ok", [
-    ({"target": {"lung": "brighter"}}, True, True),
-    ({"target": {"lung": "brighter"}}, False, False),  # only the deep fit splits the core
-    ({"target": {"lung": "paler"}}, True, False),
-    ({"target": {"liver": "darker"}}, True, False),  # not a label of the bundle
-    ({"ct": {"lung": "darker"}}, True, False),
-])
-def test_boundary_fit_swallowed_is_checked(bundle, swallowed, deep, ok):
-    _edit_metadata(bundle, boundary_fit={"rim_mm": 6, "prior_mm": 4, "deep": deep, "swallowed": swallowed})
-    if ok:
-        assert load_bundle(bundle.path).metadata["boundary_fit"]["swallowed"] == swallowed
-    else:
-        with pytest.raises(BundleError, match="swallowed must map"):
-            load_bundle(bundle.path)
