@@ -19,10 +19,9 @@ TASKS = ["phantom-ct-mr", "xray-drr"]
 # +-0.03 per subject.
 FRESH_SEEDS = {"phantom-ct-mr": list(range(900001, 900009)), "xray-drr": list(range(900001, 900033))}
 TOLERANCE = 0.06  # fresh subjects vary around the 6-case validation mean
-# TD-GAN's lead over vanilla that fresh subjects must show. phantom-ct-mr's translator has moved
-# only a little from the identity: before the bundle found lesions again by their contrast
-# (inside_contrast) TD-GAN trailed vanilla on its test split (0.625 / 0.635) and on these subjects
-# (0.601 / 0.605); with it, 0.841 / 0.805 and 0.792 / 0.753.
+# TD-GAN's lead over vanilla that fresh subjects must show, on the raw networks (the translator's
+# own effect, whatever post-processing the bundle lists). Test splits (models.json, raw): phantom-ct-mr
+# 0.520 / 0.509, xray-drr 0.858 / 0.851.
 TDGAN_LEAD = {"phantom-ct-mr": 0.0, "xray-drr": 0.0}
 
 
@@ -49,7 +48,7 @@ def test_shipped_bundle_is_complete_and_small(task):
 @pytest.mark.parametrize("task", TASKS)
 def test_shipped_bundle_reaches_recorded_dice_on_fresh_subjects(task):
     bundle = _bundle(task)
-    runner = CaseRunner(bundle)
+    runner = CaseRunner(bundle, raw=True)
     labels = [v for v in bundle.labels.values() if v]
     source, vanilla, tdgan = [], [], []
     for seed in FRESH_SEEDS[task]:
