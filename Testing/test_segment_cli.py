@@ -91,3 +91,21 @@ def test_bad_arguments_give_clear_errors(bundle, tmp_path, capsys):
     write_case(folder / "a.nii.gz")
     assert cli.main(["segment", str(folder), "--bundle", str(bundle.path), "--out", str(tmp_path / "x.nii.gz")]) == 2
     assert "must be a folder" in capsys.readouterr().err
+
+
+def test_raw_writes_the_network_label_without_the_bundles_steps(tmp_path):
+    from crossdomainseg.bundle import update_bundle
+    from crossdomainseg.postprocess import remove_islands
+
+    bundle = make_random_bundle(tmp_path / "b", spacing=2.0, roi=32)
+    update_bundle(bundle.path, metadata={"postprocess": [{"step": "remove_islands", "min_fraction": 0.2}]})
+    write_case(tmp_path / "in.nii.gz", size=(40, 36, 32))
+    labels = {}
+    for name, extra in (("delivered", []), ("raw", ["--raw"])):
+        out = tmp_path / f"{name}.nii.gz"
+        assert cli.main(["segment", str(tmp_path / "in.nii.gz"), "--bundle", str(bundle.path), "--out", str(out),
+                         "--no-uncertainty", *extra]) == 0
+        labels[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert np.array_equal(labels["delivered"], remove_islands(labels["raw"], 0.2))
+    assert (labels["delivered"] != labels["raw"]).any()  # a random network on noise leaves islands
+

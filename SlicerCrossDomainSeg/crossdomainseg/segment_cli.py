@@ -42,6 +42,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--mode", choices=("auto", "tdgan", "vanilla"), default="auto",
                         help="tdgan: segment the synthetic preview; vanilla: the raw image; "
                              "auto (default): what the bundle's metadata says")
+    parser.add_argument("--raw", action="store_true",
+                        help="write the network's raw label, without the bundle's post-processing steps")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--force", action="store_true", help="batch: redo cases already finished")
@@ -85,7 +87,7 @@ def run(args) -> int:
         raise InputError(f"{source}: no such file or folder.")
     cases = batch_inputs(source) if source.is_dir() else []
     engine = Engine(_bundle_path(args.bundle), device=args.device, threads=args.threads,
-                    tta_n=args.tta, mode=args.mode)
+                    tta_n=args.tta, mode=args.mode, postprocess=not args.raw)
     if cases:
         return _run_batch(engine, cases, args)
     result = _segment_one(engine, source, Path(args.out), args.preview, args.uncertainty,
