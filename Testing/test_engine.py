@@ -14,7 +14,6 @@ import torch
 
 from crossdomainseg import metrics
 from crossdomainseg.bundle import make_random_bundle, update_bundle
-from crossdomainseg.postprocess import remove_islands
 from crossdomainseg.engine import Engine, SegmentationCancelled
 from crossdomainseg.errors import BundleError
 
@@ -79,7 +78,7 @@ def test_outputs_on_input_grid_for_oblique_flipped_volume(bundle3d):
     probs = sitk.GetArrayFromImage(result.probabilities)
     assert probs.shape[-1] == 2
     label = sitk.GetArrayFromImage(result.label)
-    assert np.array_equal(label, remove_islands(probs.argmax(-1).astype(np.uint8)))
+    assert np.array_equal(label, probs.argmax(-1))  # the bundle lists no post-processing steps
     interior = probs.sum(-1) > 0  # voxels whose centre lies inside the working grid
     assert interior.mean() > 0.9 and np.allclose(probs.sum(-1)[interior], 1.0, atol=1e-4)
     heat = sitk.GetArrayFromImage(result.uncertainty)
@@ -237,14 +236,15 @@ def test_auto_mode_follows_each_versions_segmenter_input(bundle3d, tmp_path):
     assert Engine(tuned.path, mode="tdgan").segment(image, uncertainty=False).working.segmenter_input == "preview"
 
 
-def test_tta_predictions_are_what_segment_averages(bundle3d):
+def test_tta_predictions_start_with_the_plain_pass_segment_labels(bundle3d):
     image, _ = sphere_image(size=(24, 24, 20))
     engine = Engine(bundle3d, tta_n=3)
     checked, reference, predictions = engine.tta_predictions(image)
     assert len(predictions) == 3 and checked.GetSize() == image.GetSize()
     result = engine.segment(image)
     assert reference.GetSize() == result.working.reference.GetSize()
-    assert np.allclose(np.mean(predictions, axis=0), result.working.probabilities, atol=1e-5)
+    # the label's probabilities are the un-augmented pass, the first of the TTA predictions
+    assert np.allclose(predictions[0], result.working.probabilities, atol=1e-5)
     assert not np.allclose(predictions[0], predictions[1], atol=1e-3)  # the augmentations differ
 
 
@@ -261,25 +261,11 @@ def test_bundle_boundary_fit_pulls_a_too_wide_label_onto_the_image_edge(tmp_path
     bundle = make_random_bundle(tmp_path / "bundle", spacing=2.0, roi=32)
     image, mask = sphere_image()
     dice = {}
-    for fit in (None, {"rim_mm": 6.0, "prior_mm": 4.0}):
+    for fit in (None, {"step": "boundary_fit", "rim_mm": 6.0, "prior_mm": 4.0}):
         if fit:
-            update_bundle(bundle.path, metadata={"boundary_fit": fit})
+            update_bundle(bundle.path, metadata={"postprocess": [fit]})
         engine = Engine(bundle.path, mode="vanilla")
         engine.segmenter = Wide()
         label = sitk.GetArrayFromImage(engine.segment(image, preview=False, uncertainty=False).label)
         dice[fit is not None] = metrics.dice(label.astype(bool), mask)
     assert dice[False] < 0.9 and dice[True] > 0.95, dice
-
-
-def test_bundle_boundary_fit_settings_are_checked(tmp_path):
-    bundle = make_random_bundle(tmp_path / "bundle", spacing=2.0, roi=32)
-    with pytest.raises(BundleError, match="boundary_fit"):
-        update_bundle(bundle.path, metadata={"boundary_fit": {"rim_mm": 6.0}})
-    with pytest.raises(BundleError, match="deep"):
-        update_bundle(bundle.path, metadata={"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "deep": "yes"}})
-    for partial in ({"partial_volume_share": 0.4}, {"partial_volume_share": 1.5, "partial_volume_mm": 3.0},
-                    {"partial_volume_share": 0.4, "partial_volume_mm": 0}):
-        with pytest.raises(BundleError, match="partial_volume"):
-            update_bundle(bundle.path, metadata={"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, **partial}})
-    update_bundle(bundle.path, metadata={"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "partial_volume_share": 0.4,
-                                                          "partial_volume_mm": 3.1}})

@@ -1,13 +1,17 @@
-"""Label clean-up: small islands go, organs in two similar parts stay, 0 turns it off; a label the
-bundle puts inside another loses its components outside it and is found again by its contrast."""
+"""Post-processing as named steps: the registry, bundle validation, the engine's raw and delivered
+labels, and the label not depending on whether uncertainty was asked for."""
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
+from crossdomainseg.boundary_fit import fit_labels, majority
 from crossdomainseg.bundle import BundleError, make_random_bundle, update_bundle
 from crossdomainseg.engine import Engine
 from crossdomainseg.errors import InputError
-from crossdomainseg.postprocess import keep_inside, refit_inside, remove_islands
+from crossdomainseg.postprocess import STEPS, apply_steps, check_steps, remove_islands
+
+ISLANDS = {"step": "remove_islands", "min_fraction": 0.2}
 
 
 def _label():
@@ -29,108 +33,90 @@ def test_small_islands_are_removed_and_similar_parts_kept():
     assert np.array_equal(remove_islands(label, 0.0), label)
 
 
-def test_engine_rejects_a_bad_island_fraction(tmp_path):
-    bundle = make_random_bundle(tmp_path / "b")
-    with pytest.raises(InputError, match="min_island_fraction"):
-        Engine(bundle, device="cpu", min_island_fraction=1.5)
+def _ball(shape, centre, radius):
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
 
 
-def test_engine_labels_are_cleaned(tmp_path):
-    import SimpleITK as sitk
-
-    bundle = make_random_bundle(tmp_path / "b", spatial_dims=2, spacing=1.0, roi=64)
+def test_steps_run_in_the_listed_order_and_nothing_without_steps():
     rng = np.random.default_rng(0)
-    image = sitk.GetImageFromArray(rng.normal(size=(1, 64, 64)).astype(np.float32))
-    raw = Engine(bundle, device="cpu", min_island_fraction=0).segment(image, preview=False, uncertainty=False)
-    clean = Engine(bundle, device="cpu").segment(image, preview=False, uncertainty=False)
-    raw, clean = sitk.GetArrayFromImage(raw.label), sitk.GetArrayFromImage(clean.label)
-    assert np.array_equal(clean, remove_islands(raw))
-    assert (clean != raw).any()  # a random network on noise leaves islands to remove
+    shape, spacing = (30, 30, 30), (3.0, 3.0, 3.0)
+    truth = _ball(shape, (15, 15, 15), 8)
+    image = (0.5 + 0.4 * truth + rng.normal(0, 0.08, shape)).astype(np.float32)
+    draft = _ball(shape, (15, 15, 15), 7).astype(np.uint8)
+    draft[2, 2, 2] = 1  # a stray island
+    assert np.array_equal(apply_steps([], draft, image, spacing), draft)
+    assert apply_steps([], draft, image, spacing) is not draft  # a copy: the caller's array stays
+    fit = {"step": "boundary_fit", "rim_mm": 6.0, "prior_mm": 4.0}
+    out = apply_steps([ISLANDS, fit], draft, image, spacing)
+    assert np.array_equal(out, majority(fit_labels(image, remove_islands(draft, 0.2), spacing, 6.0, 4.0)))
+    assert out[2, 2, 2] == 0 and (out.astype(bool) == truth).mean() > (draft.astype(bool) == truth).mean()
+    assert np.array_equal(apply_steps([ISLANDS], draft, image, spacing), remove_islands(draft, 0.2))
 
 
-def _liver_with_lesions():
-    label = np.zeros((20, 40, 40), np.uint8)
-    label[2:18, 5:30, 5:30] = 1   # liver
-    label[8:12, 12:16, 12:16] = 2  # lesion inside it: kept
-    label[8:12, 10:14, 27:33] = 2  # lesion at its edge, half the liver around it: kept
-    label[8:12, 33:37, 33:37] = 2  # "lesion" in another organ: dropped
-    label[8:12, 30:40, 0:4] = 3
-    label[9:11, 34:36, 1:3] = 2    # inside organ 3, not the liver: dropped
-    return label
+@pytest.mark.parametrize("steps, message", [
+    ({"step": "remove_islands"}, "must be a list"),
+    ([{"step": "keep_inside"}], "Unknown post-processing step"),
+    ([{"step": "remove_islands"}], "needs min_fraction"),
+    ([{"step": "remove_islands", "min_fraction": 1.5}], "needs min_fraction"),
+    ([{"step": "boundary_fit", "rim_mm": 6.0}], "needs prior_mm"),
+    ([{"step": "boundary_fit", "rim_mm": 6, "prior_mm": 4, "swallowed": {"target": {}}}], "no parameters"),
+    ([{"step": "boundary_fit", "rim_mm": 6, "prior_mm": 4, "deep": "yes"}], "needs deep"),
+])
+def test_bad_steps_are_refused_with_the_reason(steps, message):
+    with pytest.raises(InputError, match=message):
+        check_steps(steps)
 
 
-def test_a_contained_label_loses_the_components_outside_its_parent():
-    label = _liver_with_lesions()
-    kept = keep_inside(label, {2: 1})
-    assert (kept[8:12, 12:16, 12:16] == 2).all() and (kept[8:12, 10:14, 27:33] == 2).all()
-    assert (kept[8:12, 33:37, 33:37] == 0).all() and (kept[9:11, 34:36, 1:3] == 0).all()
-    assert ((kept != label) == ((label == 2) & (kept == 0))).all()  # nothing else changes
-    assert np.array_equal(label, _liver_with_lesions())
-    assert np.array_equal(keep_inside(label, {}), label)
+def test_every_registered_step_is_documented_with_its_parameters():
+    import crossdomainseg.postprocess as module
+
+    for name, step in STEPS.items():
+        assert f"- {name}:" in module.__doc__
+        assert all(len(spec) == 3 for spec in step.params.values())
 
 
-def test_bundle_inside_is_checked_and_applied(tmp_path):
-    import SimpleITK as sitk
-
-    from crossdomainseg.boundary_fit import fit_bundle_label
-
-    bundle = make_random_bundle(tmp_path / "b", labels={"background": 0, "liver": 1, "lesion": 2, "spleen": 3})
-    for bad in ({"lesion": "tumour"}, {"lesion": "lesion"}, {"background": "liver"}, ["lesion", "liver"]):
-        with pytest.raises(BundleError, match="inside"):
-            update_bundle(bundle.path, metadata={"inside": bad})
-    bundle = update_bundle(bundle.path, metadata={"inside": {"lesion": "liver"}})
-    label = _liver_with_lesions()
-    image = sitk.GetImageFromArray(np.zeros(label.shape, np.float32))
-    out = sitk.GetArrayFromImage(fit_bundle_label(bundle.metadata, label, image))
-    assert np.array_equal(out, keep_inside(label, {2: 1})) and not np.array_equal(out, label)
+def test_bundles_list_valid_steps_and_retired_rules_are_refused(tmp_path):
+    bundle = make_random_bundle(tmp_path / "b")
+    with pytest.raises(BundleError, match="Unknown post-processing step"):
+        update_bundle(bundle.path, metadata={"postprocess": [{"step": "refit_inside"}]})
+    for retired in ({"boundary_fit": {"rim_mm": 6, "prior_mm": 4}}, {"inside": {"a": "b"}},
+                    {"inside_contrast": {"target": 12}}):
+        with pytest.raises(BundleError, match="no longer applies"):
+            update_bundle(bundle.path, metadata=retired)
+    with pytest.raises(BundleError, match="uncertainty_hints"):
+        update_bundle(bundle.path, metadata={"uncertainty_hints": {"confident_up_to": 0.3, "unsure_above": 0.1}})
+    assert update_bundle(bundle.path, metadata={"postprocess": [ISLANDS]}).metadata["postprocess"] == [ISLANDS]
 
 
-def _liver_image(rng):
-    """A noisy liver (intensity 100, sd 5) around a true lesion 20 deviations brighter that the
-    draft left as a hole, and a drafted "lesion" of liver-like tissue."""
-    label = np.zeros((16, 40, 40), np.uint8)
-    label[2:14, 5:35, 5:35] = 1
-    truth = label.copy()
-    truth[6:10, 10:16, 10:16] = 2
-    label[6:10, 10:16, 10:16] = 0      # the true lesion: a hole in the draft's liver
-    label[6:10, 22:28, 22:28] = 2      # a drafted lesion of liver tissue
-    image = rng.normal(0.0, 5.0, label.shape) + np.where(truth == 2, 200.0, np.where(truth == 1, 100.0, 0.0))
-    image[0, 0, 0] = 1000.0            # a bright voxel outside the liver stays background
-    return image.astype(np.float32), label, truth
+def _noise(shape=(1, 64, 64)):
+    return sitk.GetImageFromArray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
 
 
-def test_a_contained_label_is_found_again_by_its_contrast():
-    image, label, truth = _liver_image(np.random.default_rng(0))
-    out = refit_inside(image, label, {2: 1}, contrast=12.0)
-    assert np.array_equal(out, truth)
-    assert np.array_equal(refit_inside(-image, label, {2: 1}, contrast=12.0), truth)  # either sign
-    # a contrast the lesion does not reach: the hole stays, the liver-like "lesion" is liver
-    weak = refit_inside(image, label, {2: 1}, contrast=50.0)
-    assert (weak == 2).sum() == 0 and (weak[6:10, 10:16, 10:16] == 0).all()
-    assert np.array_equal(refit_inside(image, label, {}, contrast=12.0), label)
-    # 2D: the enclosed hole is found, a bright slot open to the outside is not
-    flat, flat_image = label[8].copy(), image[8].copy()
-    flat[5:20, 18:22] = 0
-    flat_image[5:20, 18:22] = 200.0
-    out = refit_inside(flat_image, flat, {2: 1}, contrast=12.0)
-    assert (out[10:16, 10:16] == 2).all() and (out[5:20, 18:22] == 0).all()
+def test_engine_delivers_the_bundles_steps_and_raw_output_on_request(tmp_path):
+    bundle = make_random_bundle(tmp_path / "b", spatial_dims=2, spacing=1.0, roi=64)
+    image = _noise()
+    plain = Engine(bundle, device="cpu").segment(image, preview=False, uncertainty=False)
+    raw = sitk.GetArrayFromImage(plain.raw_label)
+    assert plain.postprocess == [] and np.array_equal(sitk.GetArrayFromImage(plain.label), raw)
+    assert np.array_equal(raw, sitk.GetArrayFromImage(plain.probabilities).argmax(-1))
+    bundle = update_bundle(bundle.path, metadata={"postprocess": [ISLANDS]})
+    delivered = Engine(bundle, device="cpu").segment(image, preview=False, uncertainty=False)
+    label = sitk.GetArrayFromImage(delivered.label)
+    assert delivered.postprocess == [ISLANDS] and np.array_equal(label, remove_islands(raw, 0.2))
+    assert (label != raw).any()  # a random network on noise leaves islands to remove
+    assert np.array_equal(sitk.GetArrayFromImage(delivered.raw_label), raw)
+    asked_raw = Engine(bundle, device="cpu", postprocess=False).segment(image, preview=False, uncertainty=False)
+    assert asked_raw.postprocess == [] and np.array_equal(sitk.GetArrayFromImage(asked_raw.label), raw)
 
 
-def test_bundle_inside_contrast_is_checked_and_applied(tmp_path):
-    import SimpleITK as sitk
-
-    from crossdomainseg.boundary_fit import fit_bundle_label
-
-    bundle = make_random_bundle(tmp_path / "b", labels={"background": 0, "liver": 1, "lesion": 2})
-    inside = {"inside": {"lesion": "liver"}}
-    for bad in ({"inside_contrast": {"target": 12.0}}, {**inside, "inside_contrast": {"target": 0}},
-                {**inside, "inside_contrast": 12.0}, {**inside, "inside_contrast": {"ct": 12.0}}):
-        with pytest.raises(BundleError, match="inside_contrast"):
-            update_bundle(bundle.path, metadata=bad)
-    bundle = update_bundle(bundle.path, metadata={"inside": {"lesion": "liver"}, "inside_contrast": {"target": 12.0}})
-    array, label, truth = _liver_image(np.random.default_rng(1))
-    image = sitk.GetImageFromArray(array)
-    assert np.array_equal(sitk.GetArrayFromImage(fit_bundle_label(bundle.metadata, label, image)), truth)
-    # source images (the lesion's contrast differs there) get no contrast: keep_inside only
-    source = sitk.GetArrayFromImage(fit_bundle_label(bundle.metadata, label, image, domain="source"))
-    assert np.array_equal(source, keep_inside(label, {2: 1}))
+def test_the_label_does_not_depend_on_whether_uncertainty_was_asked(tmp_path):
+    bundle = make_random_bundle(tmp_path / "b", spatial_dims=2, spacing=1.0, roi=64)
+    bundle = update_bundle(bundle.path, metadata={"postprocess": [ISLANDS]})
+    engine = Engine(bundle, device="cpu", tta_n=6)
+    image = _noise()
+    without = engine.segment(image, preview=False, uncertainty=False)
+    with_u = engine.segment(image, preview=False, uncertainty=True)
+    assert with_u.U is not None and with_u.uncertainty is not None
+    for key in ("label", "raw_label", "probabilities"):
+        assert np.array_equal(sitk.GetArrayFromImage(getattr(without, key)), sitk.GetArrayFromImage(getattr(with_u, key)))

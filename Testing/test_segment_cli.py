@@ -110,3 +110,19 @@ def test_report_says_whether_td_gan_or_vanilla_ran(bundle, tmp_path, capsys):
                          "--no-uncertainty", "--mode", mode]) == 0
         report = json.loads((out / "c.json").read_text())
         assert (report["mode"], report["segmenter_input"]) == (mode, segmenter_input)
+def test_raw_writes_the_network_label_without_the_bundles_steps(tmp_path):
+    from crossdomainseg.bundle import update_bundle
+    from crossdomainseg.postprocess import remove_islands
+
+    bundle = make_random_bundle(tmp_path / "b", spacing=2.0, roi=32)
+    update_bundle(bundle.path, metadata={"postprocess": [{"step": "remove_islands", "min_fraction": 0.2}]})
+    write_case(tmp_path / "in.nii.gz", size=(40, 36, 32))
+    labels = {}
+    for name, extra in (("delivered", []), ("raw", ["--raw"])):
+        out = tmp_path / f"{name}.nii.gz"
+        assert cli.main(["segment", str(tmp_path / "in.nii.gz"), "--bundle", str(bundle.path), "--out", str(out),
+                         "--no-uncertainty", *extra]) == 0
+        labels[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert np.array_equal(labels["delivered"], remove_islands(labels["raw"], 0.2))
+    assert (labels["delivered"] != labels["raw"]).any()  # a random network on noise leaves islands
+

@@ -177,7 +177,7 @@ def test_segment_puts_engine_results_on_the_input_grid(app, volume, bundles, tmp
         np.testing.assert_allclose(slicer.util.arrayFromVolume(node), sitk.GetArrayFromImage(image),
                                    rtol=1e-5, atol=1e-5)
     assert outcome.U == pytest.approx(expected.U, rel=1e-5)
-    assert outcome.hint == uncertainty_hint(outcome.U)
+    assert outcome.hint == uncertainty_hint(outcome.U, None)  # the test bundle has no calibrated bands
     assert outcome.model_version == "v0001"
     assert progress and progress[-1] == 1.0
 
@@ -987,3 +987,15 @@ def test_missing_packages_install_in_the_background_and_never_replace_shipped_on
     job.cancel()
     with pytest.raises(InterruptedError):
         job.outcome()
+
+
+def test_uncertainty_hint_reads_u_against_the_bundles_source_bands():
+    from CrossDomainSegLib.logic import HINTS
+
+    bands = {"confident_up_to": 0.1, "unsure_above": 0.2}
+    assert uncertainty_hint(0.05, bands) == HINTS["confident"]
+    assert uncertainty_hint(0.15, bands) == HINTS["some"]
+    assert uncertainty_hint(0.25, bands) == HINTS["unsure"]
+    # the same U reads otherwise against another bundle's bands: no fixed numbers
+    assert uncertainty_hint(0.25, {"confident_up_to": 0.3, "unsure_above": 0.5}) == HINTS["confident"]
+    assert uncertainty_hint(0.05, None) == HINTS["uncalibrated"]

@@ -10,7 +10,6 @@ import pytest
 
 from crossdomainseg.bundle import load_bundle
 from crossdomainseg.cli import main
-from crossdomainseg.training.cli import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,11 +34,14 @@ def test_default_bundle_script_runs_every_stage(tmp_path, icbm152_templates):
         assert len(bundle.metadata["training"]["translator"]["history"]) == 1
         assert not (out / f"{task}.ckpt").exists()
     assert load_bundle(out / "phantom-ct-mr").has_network("refiner")
-    # brain-t1-t2 has no settings chosen on target validation labels, and so no choose stage.
     assert load_bundle(out / "brain-t1-t2").metadata["training"]["translator"]["config"]["lambda_identity"] == 0
+    for task, reference in shipped.items():
+        bundle = load_bundle(out / task)
+        # the settings given by hand are the shipped ones; the chosen ones come from the source
+        # validation split of the (tiny) task folder
+        assert bundle.metadata.get("curriculum_params") == reference.metadata.get("curriculum_params"), task
+        assert bundle.metadata["postprocess_choice"]["split"] == "source val"
+        assert bundle.metadata["uncertainty_hints"]["split"] == "source val"
     for task in ("phantom-ct-mr", "xray-drr"):  # the choose stage named the click method front ends use
-        reference, bundle = shipped[task], load_bundle(out / task)
-        assert bundle.metadata["click_refiner"]["split"] == "val"
-        for key in SETTINGS:  # and the settings chosen on the validation split are the shipped ones
-            assert bundle.metadata.get(key) == reference.metadata.get(key), (task, key)
+        assert load_bundle(out / task).metadata["click_refiner"]["split"] == "source val"
     assert load_bundle(out / "xray-drr").metadata["training"]["translator"]["config"]["seg_detached"] is True

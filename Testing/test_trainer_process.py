@@ -70,13 +70,13 @@ def _wait(predicate, timeout=300.0, what="condition"):
 @pytest.mark.slow
 def test_start_status_stop_resume(tmp_path):
     bundle, folder, store = _setup(tmp_path)
-    update_bundle(bundle, metadata={"curriculum_params": {"pseudo_label_prior_mm": 5.0, "n_strong": 2}})
+    update_bundle(bundle, metadata={"curriculum_params": {"strong_magnitude": 0.4, "n_strong": 2}})
     pid = process.start(store.root, tmp_path / "reg", bundle=bundle, unlabelled=folder,
                         params={**FAST, "epochs": 1000}, threads=1, nice=7)
     assert process.is_running(store.root)
     # the bundle's curriculum defaults apply, under the caller's overrides
     config = json.loads((store.root / "trainer" / "config.json").read_text())
-    assert config["params"]["pseudo_label_prior_mm"] == 5.0 and config["params"]["n_strong"] == 1
+    assert config["params"]["strong_magnitude"] == 0.4 and config["params"]["n_strong"] == 1
     with pytest.raises(Exception, match="already running"):
         process.start(store.root, tmp_path / "reg")
     status = _wait(lambda: (s := process.status(store.root)).get("epoch", 0) >= 2 and s, what="2 epochs")

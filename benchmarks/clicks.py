@@ -1,9 +1,10 @@
 """Click correction benchmark: robot user on the phantom-ct-mr target test split, learned refiner
-(the boundary shift refiner, whose swallowed-tissue step on negative clicks the network takes or
-leaves, whichever agrees more with its own mask; the network alone is reported too) against the sphere, region-growing, local Otsu
-and boundary shift baselines (same run, same automatic starts: one session per object), and
-latency per click on a 128^3 volume with a warm model. Also the test figures of the method the bundle names for front ends (chosen on the
-validation split by `eval clicks --choose`), and that method and the learned refiner on 48 freshly
+(the boundary shift refiner, whose removals on a negative click the network agrees with it vetoes
+where it still sees the label; the network alone is reported too) against the sphere,
+region-growing, local Otsu and boundary shift baselines (same run, same automatic starts: one
+session per object, from the engine's delivered result), and latency per click on a 128^3 volume
+with a warm model. Also the test figures of the method the bundle names for front ends (chosen on
+the SOURCE validation split by `eval clicks --choose`), and that method and the learned refiner on 48 freshly
 generated subjects (the 6-case test split holds 24 objects: one click more or less on one of them
 moves NoC@90 by 0.04, and whether any of its 480 clicks lowers Dice by over 0.01 is a matter of
 luck at the rate the fresh subjects show).
@@ -145,6 +146,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--latency-seed", type=int, default=12345)
+    parser.add_argument("--fresh-subjects", type=int, default=len(FRESH_SEEDS),
+                        help=f"how many of the {len(FRESH_SEEDS)} fresh subjects to click on (the first N)")
     parser.add_argument("--mode", default="auto", choices=("auto", "tdgan", "vanilla"),
                         help="engine mode for the automatic result the robot starts from")
     args = parser.parse_args()
@@ -166,7 +169,7 @@ def main() -> int:
     oracle = oracle_noc(engine, task_dir("phantom-ct-mr", args.data).path, args.max_clicks)
     front_name = click_refiner_name(engine.bundle)  # when it is "learned", one run serves both keys
     fresh = fresh_subjects(engine, {name: refiners[name] for name in dict.fromkeys((front_name, "learned"))},
-                           FRESH_SEEDS, args.max_clicks)
+                           FRESH_SEEDS[: args.fresh_subjects], args.max_clicks)
     payload = {
         "task": engine.bundle.task,
         "split": "test (target domain)",

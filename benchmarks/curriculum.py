@@ -41,7 +41,6 @@ import torch
 from common import RESULTS, task_dir, write_result
 
 from crossdomainseg import geometry
-from crossdomainseg.boundary_fit import fit_bundle_label
 from crossdomainseg.bundle import load_bundle
 from crossdomainseg.curriculum import process
 from crossdomainseg.curriculum.params import CurriculumParams
@@ -49,6 +48,7 @@ from crossdomainseg.curriculum.trainer import CurriculumTrainer, prepare
 from crossdomainseg.device import configure
 from crossdomainseg.imageio import read_image
 from crossdomainseg.metrics import assd, dice, dice_per_label, hd95
+from crossdomainseg.postprocess import bundle_steps, postprocess_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,8 +64,8 @@ def load_split(bundle, task, split, domain, labelled=True, limit=None):
 
 def score(trainer, network, test, reads):
     """Mean Dice / HD95 / ASSD of `network` on the test cases, on each image's own grid, and the
-    mean Dice of each label; `delivered_dice`: the same labels after the bundle's fit to the
-    image (boundary_fit.fit_bundle_label), as the engine delivers them to the clinician."""
+    mean Dice of each label; `delivered_dice`: the same labels after the bundle's post-processing
+    steps (postprocess.py), as the engine delivers them to the clinician."""
     names = {v: k for k, v in trainer.bundle.labels.items() if v != 0}
     labels = list(names)
     rows, per_label, delivered = [], [], []
@@ -77,7 +77,7 @@ def score(trainer, network, test, reads):
         ref = sitk.Cast(label, sitk.sitkUInt8)
         rows.append((dice(pred, ref, labels), hd95(pred, ref, labels=labels), assd(pred, ref, labels=labels)))
         per_label.append(dice_per_label(pred, ref, labels))
-        fitted = fit_bundle_label(trainer.bundle.metadata, sitk.GetArrayFromImage(pred), image)
+        fitted = postprocess_image(bundle_steps(trainer.bundle.metadata), sitk.GetArrayFromImage(pred), image)
         delivered.append(dice(sitk.Cast(fitted, sitk.sitkUInt8), ref, labels))
     dice_m, hd_m, assd_m = (float(np.mean(col)) for col in zip(*rows))
     return {"dice": round(dice_m, 4), "hd95": round(hd_m, 2), "assd": round(assd_m, 2),
@@ -232,13 +232,12 @@ def main():
         "tdgan": score(probe, probe.reference, test, "preview"),
     }
     print(table, flush=True)
-    plain_params = {**base.to_dict(), "curriculum": False, "confidence_threshold": 0.0, "pseudo_label_fit_mm": 0.0,
-                    "pseudo_label_inside": False}
+    plain_params = {**base.to_dict(), "curriculum": False, "confidence_threshold": 0.0}
     plain = train(bundle, CurriculumParams(**plain_params), target, [], source, args.epochs, probe,
                   label="mean teacher")
     table["mean_teacher"] = score(plain, plain.student, test, None)
     print("mean_teacher", table["mean_teacher"], flush=True)
-    if base.confidence_threshold > 0 or base.pseudo_label_fit_mm > 0 or base.pseudo_label_inside:
+    if base.confidence_threshold > 0:
         same = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False}),
                      target, [], source, args.epochs, probe, label="mean teacher, same pseudo-labels")
         table["mean_teacher_same_pseudo_labels"] = score(same, same.student, test, None)

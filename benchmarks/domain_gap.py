@@ -49,7 +49,10 @@ def main() -> int:
     threads = configure(args.threads)
     device = pick_device()
     per_task = {task: raw_dice(task, device) for task in args.tasks}
-    write_result("domain_gap", {"raw_networks": True, "post_processing": "none (argmax)",
+    headline = "brain-t1-t2" if "brain-t1-t2" in per_task else args.tasks[0]
+    write_result("domain_gap", {"task": headline, "source_dice": per_task[headline]["source_dice"],
+                                "target_dice_vanilla": per_task[headline]["target_dice_vanilla"],
+                                "raw_networks": True, "post_processing": "none (argmax)",
                                 "split": "test", "per_task": per_task}, threads)
     return 0
 

@@ -50,9 +50,12 @@ train() {  # task, version, cases per domain, source options, translator options
   [ "$STAGE" = source ] || rm -rf "$out.ckpt"
 }
 
-settings() {  # task, JSON: the settings chosen on the validation split (`train source` writes fresh metadata)
+settings() {  # task, cases per domain[, JSON]: settings given by hand, then the post-processing steps
+  # and uncertainty hint bands chosen on the SOURCE validation split (`train source` writes fresh metadata)
   if [ "$STAGE" = all ] || [ "$STAGE" = source ] || [ "$STAGE" = settings ]; then
-    cdseg train settings --bundle "$OUT_ROOT/$1" --json "$2"
+    if [ -n "${3:-}" ]; then cdseg train settings --bundle "$OUT_ROOT/$1" --json "$3"; fi
+    cdseg train settings --bundle "$OUT_ROOT/$1" --task-dir "$(data_dir "$1" "$2")" --choose-postprocess \
+      --calibrate-hints --threads "$THREADS"
   fi
 }
 
@@ -63,10 +66,10 @@ refiner() {  # task, cases per domain, refiner options: the click refiner (3D ta
   fi
 }
 
-choose() {  # task, cases per domain: the click method front ends use, picked on the validation split
+choose() {  # task, cases per domain: the click method front ends use, picked on the SOURCE validation split
   if [ "$STAGE" = all ] || [ "$STAGE" = choose ]; then
     # shellcheck disable=SC2086
-    cdseg eval clicks --bundle "$OUT_ROOT/$1" --data "$(data_dir "$1" "$2")" --split val --threads "$THREADS" --choose ${CHOOSE_EXTRA:-}
+    cdseg eval clicks --bundle "$OUT_ROOT/$1" --data "$(data_dir "$1" "$2")" --threads "$THREADS" --choose ${CHOOSE_EXTRA:-}
   fi
 }
 
@@ -83,6 +86,7 @@ for task in "${TASKS[@]}"; do
       train brain-t1-t2 brain-t1-t2-1.0 30 \
         "--spacing 2 --roi 48 --channels 16,32,64,128 --res-units 1 --batch 2 --lr 2e-3 --class-balanced --epochs 24 --steps 30 --seed 1" \
         "--patch 32 --gen-channels 16 --n-down 2 --blocks 3 --stem-kernel 3 --disc-channels 16 --disc-layers 3 --batch 2 --lr 1e-3 --lambda-identity 0 --lambda-seg 5 --average-decay 0.99 --epochs 25 --steps 20 --val-cases 0 --seed 2"
+      settings brain-t1-t2 30
       ;;
     phantom-ct-mr)
       # CT in the abdominal soft-tissue window (W400 L40): liver, spleen and lesion differ by a few
@@ -95,14 +99,9 @@ for task in "${TASKS[@]}"; do
       train phantom-ct-mr phantom-ct-mr-1.2 30 \
         "--source-norm window:-160:240 --intensity-remap 0.5 --class-balanced --spacing 3 --roi 40 --channels 8,16,32,64 --res-units 1 --batch 2 --lr 2e-3 --rotated-copies 2 --max-degrees 20 --epochs 200 --steps 25 --seed 1" \
         "--patch 32 --gen-channels 8 --n-down 2 --blocks 2 --stem-kernel 3 --residual --disc-channels 8 --disc-layers 3 --lr 1e-3 --lambda-identity 0 --lambda-seg 5 --lambda-semantic 1 --lambda-class-intensity 10 --average-decay 0.99 --rotated-copies 1 --max-degrees 20 --epochs 40 --steps 20 --val-cases 2 --seed 2"
-      # Chosen on the validation split: the engine's boundary fit (rim 4-9 mm, prior 3-6 mm alike;
-      # the deep step for the slabs of fat the network's liver and spleen swallow; then the
-      # partial-volume voxels one voxel out, share 0.4 of the way from the surroundings to the
-      # core: 0.3-0.5 within 2-3.1 mm gave NoC@90 3.29-3.63 against 4.75 without), the lesion kept
-      # inside the liver and found again there by its contrast to the liver (12 deviations; 11-13
-      # alike), and the curriculum's pseudo-labels fitted to the image with the lesion found again
-      # (teacher and student read the raw MR, on which the reference is already fair).
-      settings phantom-ct-mr '{"boundary_fit": {"rim_mm": 6.0, "prior_mm": 4.0, "deep": true, "partial_volume_share": 0.4, "partial_volume_mm": 3.1, "swallowed": {"target": {"kidneys": "brighter", "spleen": "brighter"}}}, "inside": {"lesion": "liver"}, "inside_contrast": {"target": 12.0}, "curriculum_params": {"pseudo_label_fit_mm": 6.0, "pseudo_label_prior_mm": 4.0, "pseudo_label_inside": true, "pseudo_label_deep": true, "tau_u0": 0.223, "student_input": "image"}}'
+      # The curriculum's teacher and student read the raw MR, on which the reference is already
+      # fair; tau_u starts at the unlabelled target images' lowest U.
+      settings phantom-ct-mr 30 '{"curriculum_params": {"tau_u0": 0.223, "student_input": "image"}}'
       # The refiner learns from drafts (this bundle's segmenter on remapped source cases) in 80% of
       # its samples; the shipped one was trained by `--stage refiner` with THREADS=1.
       refiner phantom-ct-mr 30 "--steps 12000 --batch 4 --seed 0 --drafts 16"
@@ -117,9 +116,7 @@ for task in "${TASKS[@]}"; do
       train xray-drr xray-drr-1.1 60 \
         "--spacing 2.8 --roi 128 --channels 8,16,32,64,128 --res-units 1 --batch 8 --lr 2e-3 --epochs 12 --steps 20 --seed 1" \
         "--patch 64 --gen-channels 16 --n-down 2 --blocks 3 --stem-kernel 7 --residual --disc-channels 16 --disc-layers 3 --batch 8 --lr 1e-3 --lambda-identity 1 --lambda-seg 5 --seg-detached --seg-noise 0.05 --average-decay 0.99 --epochs 10 --steps 40 --val-cases 8 --seed 2"
-      # Chosen on the validation radiographs: rim 3-5 mm at prior 2 mm alike; the deep step hurts,
-      # and so does the partial-volume step (share 0.4 within 3.1 mm: NoC@90 4.29 -> 5.96).
-      settings xray-drr '{"boundary_fit": {"rim_mm": 4.0, "prior_mm": 2.0}}'
+      settings xray-drr 60
       choose xray-drr 60
       ;;
     *) echo "unknown task $task" >&2; exit 2 ;;

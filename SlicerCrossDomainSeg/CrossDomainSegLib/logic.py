@@ -60,19 +60,31 @@ from .trainer import TrainerControl, safe_name
 
 logger = logging.getLogger(__name__)
 
-HINTS = (  # (upper bound of U, plain-language hint); tau_u starts at 0.05 (METHOD.md 3)
-    (0.05, "The model is confident on this image: a quick check should be enough."),
-    (0.15, "Some regions are uncertain (bright in the heatmap): check those before accepting."),
-    (float("inf"), "The model is unsure about this image; it may differ from what it was trained "
-                   "on. Review it carefully and correct it with clicks."),
-)
+# What U means, against the bands the bundle's settings command calibrated on its own source
+# validation images (metadata `uncertainty_hints`): confident up to their median U, unsure above
+# their 90th percentile.
+HINTS = {
+    "confident": "The model is as confident on this image as on the images it was trained on: a quick "
+                 "check should be enough.",
+    "some": "Some regions are uncertain (bright in the heatmap): check those before accepting.",
+    "unsure": "The model is unsure about this image, more than on nine in ten of the images it was "
+              "validated on; it may differ from what it was trained on. Review it carefully and "
+              "correct it with clicks.",
+    "uncalibrated": "This model carries no calibration of its uncertainty: check the bright regions of "
+                    "the heatmap before accepting.",
+}
 
 EXPORT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm")
 
 
-def uncertainty_hint(u: float) -> str:
-    """What the per-image uncertainty U means for the clinician, in one sentence."""
-    return next(hint for bound, hint in HINTS if u <= bound)
+def uncertainty_hint(u: float, bands: dict | None) -> str:
+    """What the per-image uncertainty U means for the clinician, in one sentence; `bands`: the
+    bundle's metadata `uncertainty_hints` (None: uncalibrated)."""
+    if not bands:
+        return HINTS["uncalibrated"]
+    if u <= bands["confident_up_to"]:
+        return HINTS["confident"]
+    return HINTS["some"] if u <= bands["unsure_above"] else HINTS["unsure"]
 
 
 def default_workspace() -> Path:
@@ -255,7 +267,8 @@ class CrossDomainSegLogic:
         u = None if result.U is None else float(result.U)
         self.draft = result.label  # the model's label before any correction (the store counts edits)
         self.outcome = SegmentOutcome(segmentation_node, preview_node, heatmap_node, u,
-                                      uncertainty_hint(u) if u is not None else "",
+                                      uncertainty_hint(u, self.metadata.get("uncertainty_hints"))
+                                      if u is not None else "",
                                       getattr(result, "model_version", None),
                                       dict(getattr(result, "timings", {}) or {}))
         return self.outcome

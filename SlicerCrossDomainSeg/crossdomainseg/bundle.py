@@ -16,11 +16,12 @@ metadata.json keys (see docs/ARCHITECTURE.md): `bundle_format` ("1"), `version`,
 {name: [r, g, b]}, `spacing` (working grid mm, SimpleITK order x, y[, z]), `roi_size` (network
 patch in array order z, y, x / y, x), `normalization` {"source": spec, "target": spec}
 (normalize.py), `networks` {name: spec} (networks.py), `training`, `weights` {"models/x.pt":
-sha256}, `metrics`, `metadata_sha256`; optional: `click_refiner` (interactive.refiner), `curriculum_params`
-(curriculum.params.CurriculumParams.for_bundle), `boundary_fit` (boundary_fit.fit_bundle_label),
-`inside` {child label name: parent label name} (postprocess.keep_inside) and `inside_contrast`
-(postprocess.refit_inside), `terminology` {label name: codes and colour} (terminology.py; it
-overrides the built-in table; `colors` is used only for labels neither colours).
+sha256}, `metrics`, `metadata_sha256`; optional: `click_refiner` (interactive.refiner),
+`curriculum_params` (curriculum.params.CurriculumParams.for_bundle), `postprocess` (the named
+post-processing steps of postprocess.py, in order) and `uncertainty_hints` (U bands of the Logic's
+hint), both chosen on the source validation split (source_validation.py), `terminology` {label
+name: codes and colour} (terminology.py; it overrides the built-in table; `colors` is used only
+for labels neither colours).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .networks import build_network, full_spec
 from .normalize import normalize as _normalize
 from .normalize import validate_spec
 from .terminology import terms_for, validate_overrides
+from .postprocess import check_steps
 
 BUNDLE_FORMAT = "1"
 METADATA_FILE = "configs/metadata.json"
@@ -181,14 +183,17 @@ def check_metadata_digest(metadata: dict, path: Path) -> None:
         )
 
 
-def _partial_volume_ok(fit: dict) -> bool:
-    """boundary_fit's partial-volume step: both keys or neither, share in 0..1, reach > 0."""
-    keys = ("partial_volume_share", "partial_volume_mm")
-    if not any(key in fit for key in keys):
-        return True
-    share, reach = fit.get(keys[0]), fit.get(keys[1])
-    return (isinstance(share, (int, float)) and 0 < share <= 1 and isinstance(reach, (int, float))
-            and reach > 0)
+# Keys of the task-specific post-processing rules that were removed: a bundle naming them would
+# be delivered without them, so it is refused with what to do.
+RETIRED_KEYS = ("boundary_fit", "inside", "inside_contrast")
+
+
+def _check_hints(hints) -> bool:
+    """uncertainty_hints: confident_up_to <= unsure_above, both >= 0."""
+    if not isinstance(hints, dict):
+        return False
+    low, high = hints.get("confident_up_to"), hints.get("unsure_above")
+    return all(isinstance(v, (int, float)) and v >= 0 for v in (low, high)) and low <= high
 
 
 def validate_metadata(metadata: dict) -> None:
@@ -217,34 +222,15 @@ def validate_metadata(metadata: dict) -> None:
         full_spec(spec)
         if weight_file(name) not in metadata["weights"]:
             raise BundleError(f"Bundle metadata has no checksum for {weight_file(name)}.")
-    fit = metadata.get("boundary_fit")
-    if fit is not None and not (isinstance(fit, dict) and all(
-            isinstance(fit.get(key), (int, float)) and fit[key] > 0 for key in ("rim_mm", "prior_mm"))
-            and isinstance(fit.get("deep", False), bool) and _partial_volume_ok(fit)):
-        raise BundleError("Bundle boundary_fit must give rim_mm and prior_mm in mm (> 0) and optionally "
-                          "deep (true or false) and, together, partial_volume_share (0..1) and "
-                          f"partial_volume_mm (mm, > 0); got {fit!r}.")
-    swallowed = (fit or {}).get("swallowed")
-    if swallowed is not None and not (fit.get("deep") and isinstance(swallowed, dict) and all(
-            domain in ("source", "target") and isinstance(sides, dict) and all(
-                name in labels and name != "background" and side in ("brighter", "darker")
-                for name, side in sides.items())
-            for domain, sides in swallowed.items())):
-        raise BundleError("Bundle boundary_fit swallowed must map a domain (source, target) to {foreground "
-                          "label name: \"brighter\" or \"darker\"} and needs deep: true; got "
-                          f"{swallowed!r}.")
-    inside = metadata.get("inside")
-    if inside is not None and not (isinstance(inside, dict) and all(
-            child in labels and parent in labels and "background" not in (child, parent) and child != parent
-            for child, parent in inside.items())):
-        raise BundleError("Bundle inside must map a label's name to the name of the label it lies in "
-                          f"(two different foreground labels of the bundle); got {inside!r}.")
-    contrast = metadata.get("inside_contrast")
-    if contrast is not None and not (inside and isinstance(contrast, dict) and all(
-            domain in ("source", "target") and isinstance(value, (int, float)) and value > 0
-            for domain, value in contrast.items())):
-        raise BundleError("Bundle inside_contrast must map a domain (source, target) to a number of standard "
-                          f"deviations (> 0) and needs inside; got {contrast!r}.")
+    retired = [key for key in RETIRED_KEYS if key in metadata]
+    if retired:
+        raise BundleError(f"Bundle metadata names {retired}, task-specific post-processing this version no "
+                          "longer applies; remove those keys from configs/metadata.json and list its steps "
+                          "in `postprocess` (crossdomainseg train settings --choose-postprocess).")
+    check_steps(metadata.get("postprocess", []), BundleError)
+    if "uncertainty_hints" in metadata and not _check_hints(metadata["uncertainty_hints"]):
+        raise BundleError("Bundle uncertainty_hints must give confident_up_to <= unsure_above (U values >= 0); "
+                          f"got {metadata['uncertainty_hints']!r}.")
     terminology = metadata.get("terminology")
     if terminology is not None:
         try:

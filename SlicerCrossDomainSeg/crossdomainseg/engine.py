@@ -5,8 +5,9 @@ Pipeline: validate -> working grid at the bundle's spacing -> normalise as "targ
 G gives the preview x_s = G(x_t) -> reference segmenter on the preview ("tdgan", default) or on the
 raw target ("vanilla") -> softmax, with test-time augmentation when uncertainty is asked for ->
 heatmap and U (uncertainty.py) -> probabilities, preview and heatmap resampled linearly to the
-input grid, label = argmax there without small islands (postprocess.py), fitted to the image
-near its boundaries where the bundle says so (boundary_fit.fit_bundle_label).
+input grid, raw label = argmax there, label = the raw label after the post-processing steps the
+bundle lists (postprocess.py). Label and probabilities come from the un-augmented pass, so they
+are the same whether uncertainty was asked for or not.
 
 `Engine` loads the networks once and keeps them on the device; given a model registry folder it
 re-reads `CURRENT` on every call (one small file read) and reloads when a new version is current.
@@ -27,14 +28,13 @@ from monai.inferers import sliding_window_inference
 
 from . import geometry
 from . import uncertainty as unc
-from .boundary_fit import fit_bundle_label
 from .bundle import Bundle, load_bundle
 from .device import configure, pick_device
 from .errors import BundleError, InputError
 from .imageio import read_image, validate_image
 from .normalize import denormalize
 from .padding import fill_padding
-from .postprocess import DEFAULT_MIN_ISLAND_FRACTION, check_min_fraction, remove_islands
+from .postprocess import bundle_steps, postprocess_image
 
 # Chosen by measurement on the xray-drr test split (benchmarks/uncertainty.py, by_config): with
 # flips last, n = 6 is the smallest count whose error AUROC passed 0.85 (entropy 0.855, n = 8:
@@ -47,7 +47,7 @@ DEFAULT_HEATMAP = "entropy"
 # Input spacing more than this many times finer or coarser than the bundle's (any in-plane axis,
 # or slice axis for 3D bundles) is refused: structures would be invented or lost in resampling.
 MAX_SPACING_RATIO = 6.0
-MODES = ("auto", "tdgan", "vanilla")
+MODES = ("auto", "tdgan", "vanilla", "source")
 # An image must cover at least this share of the network's patch along every segmented axis.
 MIN_EXTENT_FRACTION = 0.25
 # Peak memory of one segmentation above the loaded engine (benchmarks/engine_memory.py, phantom-ct-mr,
@@ -83,7 +83,7 @@ class WorkingArrays:
     image: the target image normalised as "target" (float32).
     preview: G(image) in source-normalised units (float32), None for bundles without a generator
         when mode is "vanilla".
-    probabilities: (C, z, y, x) float32 class probabilities (TTA mean when uncertainty was asked).
+    probabilities: (C, z, y, x) float32 class probabilities of the un-augmented pass.
     heatmap: (z, y, x) float32 per-voxel uncertainty in [0, 1], or None.
     segmenter_input: "preview" (tdgan) or "image" (vanilla): which array the segmenter read.
     """
@@ -100,7 +100,9 @@ class WorkingArrays:
 class SegmentationResult:
     """Outputs on the input image's own grid (spacing, origin, direction, size preserved).
 
-    label: UInt8 label map (values as in `labels`). probabilities: float32 vector image, one
+    label: UInt8 label map (values as in `labels`), after the bundle's post-processing steps
+    (`postprocess`, the steps applied; none when the engine was asked for raw output). raw_label:
+    the argmax of the probabilities before those steps. probabilities: float32 vector image, one
     component per class. preview: synthetic source-modality image in source units (e.g. HU when
     the bundle's source normalisation is a window), None unless asked. uncertainty: float32
     heatmap in [0, 1], None unless asked. U: per-image uncertainty (patent eq. 1), None unless
@@ -108,6 +110,8 @@ class SegmentationResult:
     """
 
     label: sitk.Image
+    raw_label: sitk.Image
+    postprocess: list
     probabilities: sitk.Image
     preview: sitk.Image | None
     uncertainty: sitk.Image | None
@@ -174,17 +178,18 @@ class Engine:
     device: "cuda", "cpu", ... (default: CUDA when available). threads: torch CPU threads.
     tta_n: test-time augmentations for the uncertainty (default DEFAULT_TTA_N).
     mode: "tdgan" segments the synthetic preview, "vanilla" the raw target image, "auto" (default)
-    what each loaded bundle says (`bundle_mode`), also after a registry switches versions.
+    what each loaded bundle says (`bundle_mode`), also after a registry switches versions;
+    "source" segments an image of the source modality (normalised as "source", no translation,
+    the image itself as its preview: choices made on source validation cases).
     heatmap: one of uncertainty.HEATMAP_KINDS. memory_limit_bytes: refuse images whose estimated
     working memory exceeds it (default: 80% of the memory available at the call).
-    min_island_fraction: the label drops components smaller than this fraction of its label's
-    largest (postprocess.py; 0 keeps every voxel of the argmax).
+    postprocess: False delivers the raw argmax as the label (benchmarks report both).
     """
 
     def __init__(self, bundle_or_path_or_registry, device=None, threads: int | None = None,
                  tta_n: int | None = None, mode: str = "auto", heatmap: str = DEFAULT_HEATMAP,
                  memory_limit_bytes: int | None = None, max_spacing_ratio: float = MAX_SPACING_RATIO,
-                 min_island_fraction: float = DEFAULT_MIN_ISLAND_FRACTION):
+                 postprocess: bool = True):
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}.")
         if heatmap not in unc.HEATMAP_KINDS:
@@ -200,7 +205,7 @@ class Engine:
         self.heatmap_kind = heatmap
         self.memory_limit_bytes = memory_limit_bytes
         self.max_spacing_ratio = max_spacing_ratio
-        self.min_island_fraction = check_min_fraction(min_island_fraction)
+        self.postprocess = bool(postprocess)
         self.registry: Path | None = None
         self._registry_version: str | None = None
         self.bundle: Bundle | None = None
@@ -357,7 +362,8 @@ class Engine:
         # Exactly as training prepares images (training/datasets.py): resample with the image
         # minimum as padding, then normalise the working-grid array.
         working = geometry.to_working_grid(image, self.bundle.spacing)
-        return image, reference, self.bundle.normalize(sitk.GetArrayViewFromImage(working), "target")
+        domain = "source" if self.mode == "source" else "target"
+        return image, reference, self.bundle.normalize(sitk.GetArrayViewFromImage(working), domain)
 
     def tta_predictions(self, image_or_path, transforms: list[unc.Transform] | None = None):
         """Each TTA prediction separately, for evaluating heatmap kinds and transform sets without
@@ -402,39 +408,42 @@ class Engine:
 
         with torch.inference_mode():
             x = self._to_tensor(normalized)
-            x_s = None
-            if self.generator is not None and (self.mode == "tdgan" or preview):
+            x_s = x if self.mode == "source" else None
+            if self.mode != "source" and self.generator is not None and (self.mode == "tdgan" or preview):
                 x_s = self._run(self.generator, x)
                 stage("preview", 0.3, "made the synthetic preview")
             seg_input = x_s if self.mode == "tdgan" else x
+            # the label's pass alone, as without uncertainty (batching it with the augmentations
+            # could change its rounding and flip near-tie voxels)
+            plain = self._segment_probabilities(seg_input)
+            stage("segment", 0.35, "segmented")
+            heat, u_value = None, None
             if uncertainty:
                 transforms = unc.default_transforms(self.tta_n, self.bundle.spatial_dims)
 
                 def step(i):
-                    stage("tta", 0.3 + 0.5 * (i + 1) / len(transforms),
-                          f"segmented augmentation {i + 1} of {len(transforms)}")
+                    stage("tta", 0.35 + 0.45 * (i + 2) / len(transforms),
+                          f"segmented augmentation {i + 2} of {len(transforms)}")
 
-                predictions = unc.tta_probabilities(self._segment_probabilities, seg_input, transforms,
-                                                    step, chunk=TTA_CHUNK)
-                mean = torch.stack(predictions).mean(0)
+                # the first transform is the identity: the plain pass stands for it
+                predictions = [plain, *unc.tta_probabilities(self._segment_probabilities, seg_input,
+                                                             transforms[1:], step, chunk=TTA_CHUNK)]
                 heat = unc.heatmap(predictions, self.heatmap_kind)
                 u_value = float(unc.image_uncertainty(predictions)[0])
                 del predictions
                 stage("uncertainty", 0.85, "computed the uncertainty")
-            else:
-                mean = self._segment_probabilities(seg_input)
-                heat, u_value = None, None
-                stage("segment", 0.8, "segmented")
-            probabilities = self._from_tensor(mean)
+            probabilities = self._from_tensor(plain)
             preview_array = self._from_tensor(x_s)[0] if x_s is not None else None
             heat_array = self._from_tensor(heat)[0] if heat is not None else None
-        del mean, x, x_s, seg_input, heat
+        del plain, x, x_s, seg_input, heat
 
         probs_image = to_input_grid(np.moveaxis(probabilities, 0, -1), reference, image, vector=True)
         # Outside the working grid every class got 0, and argmax of all-zero is 0: background.
-        label_array = remove_islands(np.argmax(sitk.GetArrayViewFromImage(probs_image), axis=-1).astype(np.uint8),
-                                     self.min_island_fraction)
-        label = fit_bundle_label(self.bundle.metadata, label_array, image, self.min_island_fraction)
+        label_array = np.argmax(sitk.GetArrayViewFromImage(probs_image), axis=-1).astype(np.uint8)
+        raw_label = sitk.GetImageFromArray(label_array)
+        raw_label.CopyInformation(image)
+        steps = bundle_steps(self.bundle.metadata) if self.postprocess else []
+        label = postprocess_image(steps, label_array, image) if steps else raw_label
         preview_image = None
         if preview and preview_array is not None:
             display = denormalize(preview_array, self.bundle.metadata["normalization"]["source"])
@@ -443,7 +452,7 @@ class Engine:
         stage("resample_out", 1.0, "done")
         timings["total"] = time.perf_counter() - start
         return SegmentationResult(
-            label=label, probabilities=probs_image, preview=preview_image, uncertainty=heat_image,
+            label=label, raw_label=raw_label, postprocess=steps, probabilities=probs_image, preview=preview_image, uncertainty=heat_image,
             U=u_value, timings=timings, model_version=self.model_version, labels=self.bundle.labels,
             colors=self.bundle.colors, tta_n=self.tta_n if uncertainty else 1,
             working=WorkingArrays(

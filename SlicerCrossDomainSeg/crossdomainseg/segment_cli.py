@@ -45,6 +45,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--mode", choices=("auto", "tdgan", "vanilla"), default="auto",
                         help="tdgan: segment the synthetic preview; vanilla: the raw image; "
                              "auto (default): what the bundle's metadata says")
+    parser.add_argument("--raw", action="store_true",
+                        help="write the network's raw label, without the bundle's post-processing steps")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--force", action="store_true", help="batch: redo cases already finished")
@@ -92,7 +94,7 @@ def run(args) -> int:
     # where the results go is checked before the model loads and anything runs
     (_check_batch_outputs if cases else _check_single_outputs)(source, cases, outputs)
     engine = Engine(_bundle_path(args.bundle), device=args.device, threads=args.threads,
-                    tta_n=args.tta, mode=args.mode)
+                    tta_n=args.tta, mode=args.mode, postprocess=not args.raw)
     if args.preview and engine.generator is None:
         raise InputError(f"--preview: the model {args.bundle} has no generator, so it makes no synthetic "
                          "preview; drop --preview.")

@@ -2,19 +2,15 @@
 
 D is 1 - Dice between the segmentations (argmax) of two probability maps, over foreground
 classes (uncertainty.label_dice): the soft Dice of a soft map with itself is below 1. D~ is cross-entropy plus soft Dice loss of the student's logits against a
-hard one-hot target: the teacher's argmax H(S_tea) (optionally fitted to the image, see
-`pseudo_labels`) for the consistency loss, the clinician's label
+hard one-hot target: the teacher's argmax H(S_tea) for the consistency loss, the clinician's label
 for the supervised loss on accepted cases and the source label for replay.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..boundary_fit import fit_labels
-from ..postprocess import refit_inside
 from ..uncertainty import label_dice, segmentation
 
 
@@ -47,45 +43,20 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
     return ce + dice.mean()
 
 
-def pseudo_labels(teacher_logits: torch.Tensor, confidence_threshold: float = 0.0,
-                  images: torch.Tensor | None = None, spacing=None, fit_mm: float = 0.0,
-                  prior_mm: float = 4.0, inside: dict[int, int] | None = None,
-                  inside_contrast: float = 0.0,
-                  swallowed: dict[int, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def pseudo_labels(teacher_logits: torch.Tensor,
+                  confidence_threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """H(S_tea(T_i x)) of eq. 2 and the voxels that count (None: all). Voxels where the
     teacher's top softmax is below `confidence_threshold` are left out (0: every voxel, as in
-    the patent). With `fit_mm` > 0 each view's labels are fitted to that view's image
-    (boundary_fit.fit_labels, rim `fit_mm`, prior `prior_mm`, `spacing` in array order) and the
-    fitted rims count whatever the teacher's confidence: that is where the teacher is unsure.
-    With `swallowed` ({label: "brighter" / "darker"}, may be empty) the fit is the deep one
-    (boundary_fit.fit_mask), and its voxels taken off deep in a label count too.
-    With `inside` ({child: parent}) and `inside_contrast` > 0 each view's contained labels are
-    then found again by their contrast to their parent (postprocess.refit_inside), and the voxels
-    that changed count too."""
+    the patent)."""
     teacher = torch.softmax(teacher_logits.detach(), dim=1)
     confidence, labels = teacher.max(dim=1)
     weight = confidence >= confidence_threshold if confidence_threshold > 0 else None
-    if fit_mm > 0:
-        hard = labels.cpu().numpy()
-        pairs = [fit_labels(images[i, 0].detach().cpu().numpy(), hard[i], spacing, fit_mm, prior_mm,
-                            deep=swallowed is not None, swallowed=swallowed) for i in range(hard.shape[0])]
-        labels = torch.from_numpy(np.stack([p[0] for p in pairs])).to(labels)
-        if weight is not None:
-            weight = weight | torch.from_numpy(np.stack([p[1] for p in pairs])).to(weight.device)
-    if inside and inside_contrast > 0:
-        hard = labels.cpu().numpy()
-        refitted = np.stack([refit_inside(images[i, 0].detach().cpu().numpy(), hard[i], inside, inside_contrast)
-                             for i in range(hard.shape[0])])
-        labels = torch.from_numpy(refitted).to(labels)
-        if weight is not None:
-            weight = weight | torch.from_numpy(refitted != hard).to(weight.device)
     return labels, weight
 
 
 def consistency_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-                     confidence_threshold: float = 0.0, **fit) -> torch.Tensor:
+                     confidence_threshold: float = 0.0) -> torch.Tensor:
     """Eq. 2 for a batch of augmented views: D~(H(S_tea(T_i x)), S_stu(T_i x)); no gradient to
-    the teacher. `confidence_threshold` and `fit` (images, spacing, fit_mm, prior_mm) as in
-    `pseudo_labels`."""
-    labels, weight = pseudo_labels(teacher_logits, confidence_threshold, **fit)
+    the teacher. `confidence_threshold` as in `pseudo_labels`."""
+    labels, weight = pseudo_labels(teacher_logits, confidence_threshold)
     return ce_dice_loss(student_logits, labels, weight=weight)

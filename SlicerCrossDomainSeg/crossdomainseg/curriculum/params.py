@@ -24,8 +24,7 @@ class CurriculumParams:
     # U's scale depends on the bundle's networks, so a bundle sets its own start: phantom-ct-mr's
     # unlabelled target training images have U 0.22-0.41, so from 0.05 the curriculum admitted
     # nothing for half of its 30 epochs; from 0.223 (their lowest U, rounded up) it starts with
-    # its most confident image: validation 0.586 -> 0.614, test 0.612 -> 0.640 (with
-    # pseudo_label_deep; benchmarks/curriculum.py --auto-lambda-u, 30 epochs).
+    # its most confident image.
     tau_u0: float = 0.05
     lambda_u: float = 0.02
     # Warm-up gate tau_ts (eq. 3, teacher vs reference-on-translation disagreement): from 0.3, rising.
@@ -46,37 +45,6 @@ class CurriculumParams:
     # plain mean teacher 0.554 against 0.543 (benchmarks/curriculum.py, 30 epochs; HD95 28 and 21
     # against 35 mm).
     confidence_threshold: float = 0.9
-    # Not in the patent: the teacher's hard labels, fitted to each view's image before they teach
-    # the student (losses.pseudo_labels, boundary_fit.fit_labels): voxels within
-    # pseudo_label_fit_mm of a label's boundary are relabelled by how much likelier their
-    # intensity is in that label's core than in a ring around it, less their signed distance /
-    # pseudo_label_prior_mm; these voxels count whatever the teacher's confidence. 0 (default):
-    # H(S_tea) as in the patent. Whether it helps depends on the task, so a bundle turns it on in
-    # its metadata (`curriculum_params`, see for_bundle). phantom-ct-mr (on, 6 / 4 mm): curriculum
-    # on the target validation split 0.512 -> 0.539 (liver 0.715 -> 0.800, kidneys 0.577 ->
-    # 0.591, spleen 0.646 -> 0.716, lesion 0.112 -> 0.050), on the test split 0.549 -> 0.552
-    # (liver, kidneys, spleen up, lesion down; HD95 29 -> 37 mm). xray-drr (off): the test split
-    # curriculum fell 0.879 -> 0.848 with it, below vanilla (0.865).
-    pseudo_label_fit_mm: float = 0.0
-    pseudo_label_prior_mm: float = 4.0
-    # Not in the patent: that fit as the engine's deep fit (boundary_fit.fit_mask deep=True), with
-    # the bundle's `boundary_fit.swallowed` sides for what teacher and student read, so labels
-    # that swallowed the tissue around them give it back in the pseudo-labels too. phantom-ct-mr
-    # (on; kidneys and spleen swallow the target's fat), 30 epochs: curriculum on the target
-    # validation split 0.569 -> 0.586, test split 0.582 -> 0.612 (kidneys 0.658 -> 0.709,
-    # spleen 0.653 -> 0.699, HD95 31 -> 21 mm); with the bundle's tau_u0 as well 0.614 / 0.640.
-    pseudo_label_deep: bool = False
-    # Not in the patent: the labels the bundle puts inside another (`inside`, a lesion in the
-    # liver) found again in each view's pseudo-labels by their contrast to their parent, as the
-    # engine does (postprocess.refit_inside, the bundle's `inside_contrast`). The starting
-    # teacher on phantom-ct-mr leaves the target's lesions as holes in the liver (their contrast
-    # to it is reversed from CT's), so without it the student never learns them. Needs the
-    # bundle's contrast for what teacher and student read (student_input "image": target).
-    # phantom-ct-mr (on), 30 epochs: curriculum on the target validation split 0.539 without
-    # (tau_u reaching the 90th percentile of U at the last epoch), 0.585 with (at half the
-    # epochs; lesion 0.20); on the test split 0.552 -> 0.582 (at the last epoch), plain mean
-    # teacher with the same pseudo-labels 0.549 -> 0.594 (lesion 0.22).
-    pseudo_label_inside: bool = False
     supervised_weight: float = 1.0  # accepted (clinician-corrected) labels, patent Fig. 5
     supervised_batch: int = 2
     replay_weight: float = 0.05  # labelled source data, low weight against forgetting (METHOD.md 3)
@@ -139,8 +107,6 @@ class CurriculumParams:
         if not 0 <= self.confidence_threshold < 1:
             raise InputError("confidence_threshold must be in [0, 1): the teacher's top softmax "
                              "a voxel needs to count in the consistency loss.")
-        if self.pseudo_label_fit_mm < 0 or self.pseudo_label_prior_mm <= 0:
-            raise InputError("pseudo_label_fit_mm must be >= 0 (0: no fit) and pseudo_label_prior_mm > 0.")
         if self.confident_after < 1 or self.tta_n < 2:
             raise InputError("confident_after must be >= 1 and tta_n >= 2 (U compares predictions).")
         if self.student_input not in ("preview", "image"):

@@ -7,9 +7,7 @@ fine-tuned. Per step, for each unlabelled target image of the batch (Fig. 4 line
   U(x) = max_i D(T_i^-1 S_pre(T_i G(x)), mean) (eq. 1) must be <= tau_u, and the warm-up gate
   D(S_tea(x'), S_pre(G(x))) <= tau_ts (eq. 3); passing both increments the counter.
 Loss: consistency D~(H(S_tea(T_i x')), S_stu(T_i x')) over m weak + strong views (eq. 2), on the
-voxels where the teacher is confident (params.confidence_threshold), its labels fitted to each
-view's image near their boundaries (params.pseudo_label_fit_mm) and its contained labels found
-again by their contrast (params.pseudo_label_inside),
+voxels where the teacher is confident (params.confidence_threshold),
 + supervised CE + Dice on accepted (clinician-corrected) cases, + low-weight replay of labelled
 source images. After the optimiser step the teacher follows eq. 4. tau_u and tau_ts rise per epoch.
 G and S_pre are frozen, so U(x) and S_pre(G(x)) are computed once per image and cached.
@@ -39,11 +37,10 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from .. import geometry
-from ..boundary_fit import contained_labels, fit_bundle_label, swallowed_labels
 from ..bundle import Bundle, save_bundle
 from ..errors import InputError
 from ..metrics import dice
-from ..postprocess import remove_islands
+from ..postprocess import apply_steps, bundle_steps
 from ..uncertainty import default_transforms, image_uncertainty, tta_probabilities
 from .augment import flip_pair, views
 from .losses import ce_dice_loss, consistency_loss, dice_distance
@@ -121,7 +118,6 @@ class CurriculumTrainer:
         for p in self.student.parameters():
             p.requires_grad_(True)
         self.teacher = self._frozen(copy.deepcopy(start))
-        self.inside = self._inside()
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=params.lr, weight_decay=params.weight_decay)
         self.bank = MemoryBank(params.confident_after)
         self.epoch = 0
@@ -182,23 +178,6 @@ class CurriculumTrainer:
             self._ref_cache[volume.key] = torch.stack(predictions).mean(0).half()
         return self._ref_cache[volume.key].float(), self.bank.uncertainty[volume.key]
 
-    @torch.no_grad()
-    def _inside(self) -> dict:
-        """pseudo_labels' bundle-given arguments for what teacher and student read (raw target
-        images, or source-like previews): with params.pseudo_label_inside the bundle's `inside`
-        and its `inside_contrast`; with params.pseudo_label_deep its `boundary_fit.swallowed`."""
-        domain = "target" if self.params.student_input == "image" else "source"
-        out = {}
-        if self.params.pseudo_label_deep:
-            out["swallowed"] = swallowed_labels(self.bundle.metadata, domain)
-        if not self.params.pseudo_label_inside:
-            return out
-        inside, contrast = contained_labels(self.bundle.metadata, domain)
-        if not (inside and contrast):
-            raise InputError(f"pseudo_label_inside needs the bundle's inside and inside_contrast for {domain} "
-                             "images; this bundle has none: set them (train settings) or turn it off.")
-        return {**out, "inside": inside, "inside_contrast": contrast}
-
     def suitable(self, volume: Volume) -> bool:
         """Fig. 4 lines 8-12 with the memory bank; increments the counter when suitable."""
         if not self.params.curriculum:
@@ -246,9 +225,7 @@ class CurriculumTrainer:
             with torch.no_grad():
                 v_all = views(x, p.n_weak, p.n_strong, self.rng, p.strong_ops, p.strong_magnitude)
                 t_logits = self.teacher(v_all)
-            loss = consistency_loss(t_logits, self.student(v_all), p.confidence_threshold, images=v_all,
-                                    spacing=self.spacing, fit_mm=p.pseudo_label_fit_mm,
-                                    prior_mm=p.pseudo_label_prior_mm, **self.inside)
+            loss = consistency_loss(t_logits, self.student(v_all), p.confidence_threshold)
             losses["consistency"] = float(loss.detach())
             total = p.consistency_weight * loss
         train_cases = self.train_accepted()
@@ -324,26 +301,21 @@ class CurriculumTrainer:
     # -- evaluation and export -------------------------------------------------------------
     @torch.no_grad()
     def predict(self, network: torch.nn.Module, volume: Volume, reads: str | None = None) -> np.ndarray:
-        """Label map on the working grid, islands removed as the engine removes them; `reads`
-        defaults to the student's input kind."""
+        """The network's raw label map on the working grid; `reads` defaults to the student's
+        input kind."""
         x = self.network_input(volume, reads or self.params.student_input)
-        return remove_islands(self.run(network, x[None]).argmax(1)[0].cpu().numpy())
+        return self.run(network, x[None]).argmax(1)[0].cpu().numpy()
 
     def delivered(self, label: np.ndarray, volume: Volume) -> np.ndarray:
-        """`label` (working grid) fitted to the volume's image as the engine fits its results
-        (boundary_fit.fit_bundle_label, the bundle's settings), here on the working grid."""
-        flat = label.ndim == 2  # a 2D bundle's slice: fitted as a one-slice volume
-        array = volume.x[0].numpy().astype(np.float32)
-        image = sitk.GetImageFromArray(array[None] if flat else array)
-        image.SetSpacing(tuple(float(s) for s in self.bundle.spacing) + ((1.0,) if flat else ()))
-        fitted = sitk.GetArrayFromImage(fit_bundle_label(self.bundle.metadata, label[None] if flat else label,
-                                                         image, domain=volume.domain))
-        return fitted[0] if flat else fitted
+        """`label` (working grid) after the bundle's post-processing steps, as the engine
+        delivers its results (postprocess.py), here on the working grid."""
+        return apply_steps(bundle_steps(self.bundle.metadata), label, volume.x[0].numpy().astype(np.float32),
+                           self.spacing)
 
     def case_dice(self, network: torch.nn.Module, volumes: list[Volume], reads: str | None = None,
                   delivered: bool = False) -> list[float]:
-        """Dice of `network` on each labelled volume; `delivered`: after the bundle's fit to the
-        image, as the clinician gets the result."""
+        """Dice of `network` on each labelled volume; `delivered`: after the bundle's
+        post-processing steps, as the clinician gets the result."""
         labels = [v for v in self.bundle.labels.values() if v != 0]
         scores = []
         for volume in volumes:

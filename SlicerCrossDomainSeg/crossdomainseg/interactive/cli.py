@@ -28,15 +28,17 @@ def add_parser(subparsers) -> None:
         description="Start from the bundle's automatic result on each labelled target case and let "
         "a simulated user click up to --max-clicks times per label at the interior of the largest "
         "error region. Compares the learned refiner with the sphere, region-growing, local Otsu and "
-        "boundary shift baselines. With --choose (validation split only) the method needing the "
-        "fewest clicks for Dice 0.90 becomes the one front ends click with (bundle metadata "
-        "click_refiner).")
+        "boundary shift baselines. With --choose the robot clicks on the SOURCE validation split "
+        "instead (target labels only report) and the method needing the fewest clicks for Dice 0.90 "
+        "becomes the one front ends click with (bundle metadata click_refiner).")
     clicks.add_argument("--bundle", required=True, help="model bundle folder (with a refiner)")
     clicks.add_argument("--data", help="task folder (crossdomainseg data make), or a folder holding "
                         "images/ and labels/ (label maps named as their images)")
     clicks.add_argument("--images", help="instead of --data: a folder of target images")
     clicks.add_argument("--labels", help="with --images: their reference label maps, same file names")
-    clicks.add_argument("--split", default="test", choices=("val", "test"), help="task folders only")
+    clicks.add_argument("--split", default="test", choices=("val", "test"),
+                        help="task folders: the target split to report on (--choose always uses the "
+                        "source val split)")
     clicks.add_argument("--methods", default=None,
                         help=f"comma-separated, from {', '.join(METHODS)} (default: all; the classical "
                         "ones only for a bundle without a refiner network)")
@@ -48,8 +50,8 @@ def add_parser(subparsers) -> None:
                         help="how the engine makes the automatic result the robot starts from")
     clicks.add_argument("--out", default=None, help="write the full results as JSON here")
     clicks.add_argument("--choose", action="store_true",
-                        help="record the best method (NoC@90, then NoC@85, then clicks over 0.01) in the "
-                        "bundle as the one front ends use; needs --split val")
+                        help="record the best method on the source validation split (NoC@90, then NoC@85, "
+                        "then clicks over 0.01) in the bundle as the one front ends use")
     clicks.set_defaults(func=run_eval)
 
     train = subparsers.add_parser(
@@ -73,7 +75,7 @@ def add_parser(subparsers) -> None:
 def build_refiners(bundle, methods, device=None) -> dict:
     from ..errors import InputError
     from .baselines import CLASSICAL, classical_refiner
-    from .refiner import LearnedRefiner, bundle_swallowed
+    from .refiner import LearnedRefiner
 
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -81,7 +83,7 @@ def build_refiners(bundle, methods, device=None) -> dict:
     makers = {"learned": lambda: LearnedRefiner.from_bundle(bundle, device),
               "learned_network_only": lambda: LearnedRefiner.from_bundle(bundle, device, fallback=None,
                                                                           small_voxels=0),
-              **{name: (lambda name=name: classical_refiner(name, bundle_swallowed(bundle))) for name in CLASSICAL}}
+              **{name: (lambda name=name: classical_refiner(name)) for name in CLASSICAL}}
     return {name: makers[name]() for name in methods}
 
 
@@ -117,15 +119,16 @@ def labelled_folders(args) -> tuple[str, str] | None:
 def run_eval(args) -> int:
     from ..bundle import update_bundle
     from ..engine import Engine
-    from ..errors import InputError
     from ..training.datasets import labelled_cases
     from .evaluate import evaluate, evaluate_paths
 
     folders = labelled_folders(args)
-    if args.choose and folders is None and args.split != "val":
-        raise InputError("--choose picks a method on the validation split (--split val); choosing on "
-                         "the test split would leave no unbiased figure to report.")
-    engine = Engine(args.bundle, device=args.device, threads=args.threads, mode=args.mode)
+    # the protocol (METHOD.md section 8): on a task folder a choice never sees target labels (it
+    # runs on the source val split); user folders are the user's own labelled (accepted) cases
+    on_source = args.choose and folders is None
+    split, domain = ("val", "source") if on_source else (args.split, "target")
+    engine = Engine(args.bundle, device=args.device, threads=args.threads,
+                    mode="source" if on_source else args.mode)
     if args.methods is None:
         methods = [m for m in METHODS if engine.bundle.has_network("refiner") or not m.startswith("learned")]
     else:
@@ -133,7 +136,8 @@ def run_eval(args) -> int:
     refiners = build_refiners(engine.bundle, methods, args.device)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if folders is None:
-        results = evaluate(engine, args.data, refiners, args.split, args.max_clicks, args.limit, log=log)
+        results = evaluate(engine, args.data, refiners, split, args.max_clicks, args.limit, log=log,
+                           domain=domain)
     else:
         results = evaluate_paths(engine, labelled_cases(*folders, what="evaluation"), refiners,
                                  args.max_clicks, args.limit, log=log)
@@ -148,7 +152,7 @@ def run_eval(args) -> int:
     if args.choose:
         name = choose(results)
         update_bundle(args.bundle, metadata={"click_refiner": {
-            "name": name, "split": args.split if folders is None else "user folders",
+            "name": name, "split": "source val" if folders is None else "user folders",
             "data": str(args.data) if folders is None else " ".join(folders), "max_clicks": args.max_clicks,
             "command": "crossdomainseg " + shlex.join(sys.argv[1:]),
             "noc90_mean": {m: r["noc90_mean"] for m, r in results.items()},

@@ -5,6 +5,8 @@ object gets its own session from the engine's automatic result, so every refiner
 starts from the same draft (a positive click may take voxels from another label: in one session
 per case, the labels corrected later would start from what earlier clicks left). The robot
 clicks up to `max_clicks` times on the label, always at the interior of its largest error region.
+Target cases only report; a method is chosen on the source validation split (`domain` "source",
+with an engine in mode "source").
 """
 
 from __future__ import annotations
@@ -44,14 +46,17 @@ def summarise(curves: list, latencies: list, names: list, other_drops: list | No
 
 
 def evaluate(engine, data_dir, refiners: dict, split: str = "test", max_clicks: int = 20,
-             limit: int | None = None, log=print) -> dict:
-    """Per method name in `refiners`: `evaluate_paths` over the target cases of `split` of the
+             limit: int | None = None, log=print, domain: str = "target") -> dict:
+    """Per method name in `refiners`: `evaluate_paths` over the `domain` cases of `split` of the
     task folder `data_dir` that have labels."""
+    if (domain == "source") != (engine.mode == "source"):
+        raise InputError(f"{domain} cases need an engine in mode 'source' exactly when they are source "
+                         f"images; this engine is in mode {engine.mode!r}.")
     from ..data import TaskDir
 
-    paths = [c for c in TaskDir(data_dir).cases(split, "target") if c[2] is not None]
+    paths = [c for c in TaskDir(data_dir).cases(split, domain) if c[2] is not None]
     if not paths:
-        raise InputError(f"{data_dir} has no labelled target cases in split {split!r}: the robot "
+        raise InputError(f"{data_dir} has no labelled {domain} cases in split {split!r}: the robot "
                          "user needs reference labels to click against.")
     return evaluate_paths(engine, paths, refiners, max_clicks, limit, log)
 
@@ -71,10 +76,11 @@ def evaluate_paths(engine, paths, refiners: dict, max_clicks: int = 20, limit: i
         return image, truth
 
     cases = ((case_id, *read(image_path, label_path)) for case_id, image_path, label_path in paths)
-    return evaluate_cases(engine, cases, len(paths), refiners, max_clicks, log)
+    return evaluate_cases(engine, cases, len(paths), refiners, max_clicks, log, domain)
 
 
-def evaluate_cases(engine, cases, n_cases: int, refiners: dict, max_clicks: int = 20, log=print) -> dict:
+def evaluate_cases(engine, cases, n_cases: int, refiners: dict, max_clicks: int = 20, log=print,
+                   domain: str = "target") -> dict:
     """Per method name in `refiners`: summary (see `summarise`) plus per-label NoC@90 and the
     Dice curves, over `cases` ((case id, image, reference label image on its grid), `n_cases` of
     them, read one at a time). `max_other_label_drop`: the largest Dice drop a click on one label
@@ -93,7 +99,7 @@ def evaluate_cases(engine, cases, n_cases: int, refiners: dict, max_clicks: int 
         values = [v for v in label_names if (truth == v).any()]
         objects += [f"{case_id}/{label_names[v]}" for v in values]
         # normalised once per case; each object's session gets its own label and probabilities
-        start = InteractiveSession.from_result(image, result, bundle)
+        start = InteractiveSession.from_result(image, result, bundle, domain=domain)
         for name, refiner in refiners.items():
             for value in values:
                 session = InteractiveSession(image, result.label, result.probabilities, start.features,

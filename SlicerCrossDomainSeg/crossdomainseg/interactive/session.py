@@ -99,12 +99,14 @@ class InteractiveSession:
         self._set_grid(image, label, probabilities, image_features, preview, label_values)
 
     @classmethod
-    def from_result(cls, image: sitk.Image, result, bundle, refiner=None) -> "InteractiveSession":
+    def from_result(cls, image: sitk.Image, result, bundle, refiner=None,
+                    domain: str = "target") -> "InteractiveSession":
         """A session on an engine SegmentationResult for `image` (the input the engine got).
 
         The refiner's intensity channels are normalised exactly as the bundle's networks saw
-        them: the image as "target", the preview (given in source units) as "source"."""
-        features = bundle.normalize(sitk.GetArrayFromImage(image), "target")
+        them: the image as `domain` ("source" for an engine in source mode), the preview (given
+        in source units) as "source"."""
+        features = bundle.normalize(sitk.GetArrayFromImage(image), domain)
         preview = None
         if result.preview is not None:
             preview = bundle.normalize(sitk.GetArrayFromImage(result.preview), "source")

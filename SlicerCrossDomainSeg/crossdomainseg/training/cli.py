@@ -13,9 +13,10 @@ folders, and record the settings chosen on its validation split.
 
 Both are seeded, show a progress bar on a terminal (one line per epoch), log losses per epoch into the bundle's metadata and resume
 from their last checkpoint with --resume. `train source` writes fresh metadata, so the settings
-chosen on a validation split (SETTINGS) are written again afterwards:
+(SETTINGS) are written again afterwards, by hand or chosen on the SOURCE validation split:
 
-  crossdomainseg train settings --bundle BUNDLE --json '{"boundary_fit": {"rim_mm": 6, "prior_mm": 4}}'
+  crossdomainseg train settings --bundle BUNDLE --json '{"postprocess": [{"step": "remove_islands", "min_fraction": 0.2}]}'
+  crossdomainseg train settings --bundle BUNDLE --task-dir DIR --choose-postprocess --calibrate-hints
 """
 
 from __future__ import annotations
@@ -246,20 +247,54 @@ def run_all(args) -> int:
     return 0
 
 
-# Bundle metadata a user or a validation run chooses, not a trainer: boundary_fit.fit_bundle_label,
-# postprocess.keep_inside and refit_inside, curriculum.params.CurriculumParams.for_bundle.
-SETTINGS = ("boundary_fit", "inside", "inside_contrast", "curriculum_params")
+# Bundle metadata a user or a source validation run chooses, not a trainer: postprocess.py's
+# steps, the Logic's uncertainty hint bands, curriculum.params.CurriculumParams.for_bundle.
+SETTINGS = ("postprocess", "uncertainty_hints", "curriculum_params")
+
+
+def _json_settings(text: str) -> dict:
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"--json is not valid JSON: {error}") from None
+    if not isinstance(settings, dict) or not settings or set(settings) - set(SETTINGS):
+        raise InputError(f"--json must be an object with some of the keys {', '.join(SETTINGS)}; got {text}")
+    return settings
+
+
+def source_settings(bundle_path, task_dir, choose_postprocess: bool, calibrate_hints: bool,
+                    threads=None, command: str = "", log=print) -> dict:
+    """The settings chosen on the task folder's SOURCE validation split (source_validation.py)."""
+    from ..engine import Engine
+    from ..source_validation import SourceValidation, choose_steps, hint_bands
+
+    engine = Engine(bundle_path, device="cpu", threads=threads, mode="source", postprocess=False)
+    cases = SourceValidation(task_dir).segment(engine, log)
+    where = {"split": "source val", "cases": len(cases), "data": str(task_dir), "command": command}
+    settings = {}
+    if choose_postprocess:
+        labels = [v for v in engine.bundle.labels.values() if v != 0]
+        steps, record = choose_steps(cases, labels)
+        settings["postprocess"] = steps
+        settings["postprocess_choice"] = {**where, **record}
+        log(f"post-processing: {steps or 'none'} (source val Dice raw {record['raw_dice']}, "
+            f"delivered {record['delivered_dice']})")
+    if calibrate_hints:
+        settings["uncertainty_hints"] = {**where, **hint_bands(cases)}
+    return settings
 
 
 def run_settings(args) -> int:
     from ..bundle import update_bundle
 
-    try:
-        settings = json.loads(args.json)
-    except json.JSONDecodeError as error:
-        raise InputError(f"--json is not valid JSON: {error}") from None
-    if not isinstance(settings, dict) or not settings or set(settings) - set(SETTINGS):
-        raise InputError(f"--json must be an object with some of the keys {', '.join(SETTINGS)}; got {args.json}")
+    chosen = args.choose_postprocess or args.calibrate_hints
+    if bool(args.json) == bool(chosen):
+        raise InputError("Give either --json or --choose-postprocess / --calibrate-hints (with --task-dir).")
+    if chosen and not args.task_dir:
+        raise InputError("--choose-postprocess and --calibrate-hints need --task-dir: a task folder with a "
+                         "labelled source validation split.")
+    settings = _json_settings(args.json) if args.json else source_settings(
+        args.bundle, args.task_dir, args.choose_postprocess, args.calibrate_hints, args.threads, _command(args))
     bundle = update_bundle(args.bundle, metadata=settings)
     print(f"settings written to {bundle.path}: {', '.join(sorted(settings))}")
     return 0
@@ -390,7 +425,15 @@ def add_parser(subparsers) -> None:
     everything.add_argument("--no-progress", action="store_true", help="no per-epoch log lines")
     everything.set_defaults(func=run_all)
 
-    st = stages.add_parser("settings", help="write settings chosen on a validation split into a bundle's metadata")
+    st = stages.add_parser("settings", help="write settings into a bundle's metadata, by hand or chosen on "
+                           "the source validation split")
     st.add_argument("--bundle", required=True)
-    st.add_argument("--json", required=True, help=f"an object with some of the keys {', '.join(SETTINGS)}")
+    st.add_argument("--json", help=f"an object with some of the keys {', '.join(SETTINGS)}")
+    st.add_argument("--task-dir", help="task folder whose SOURCE validation split the choices are made on "
+                    "(its target labels are never read)")
+    st.add_argument("--choose-postprocess", action="store_true",
+                    help="choose the post-processing steps (postprocess) that raise source validation Dice")
+    st.add_argument("--calibrate-hints", action="store_true",
+                    help="store the uncertainty hint bands (U percentiles of the source validation images)")
+    st.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     st.set_defaults(func=run_settings)

@@ -1,9 +1,9 @@
 """Evaluating a bundle on a task directory split: the reference on source images, on target
 images directly ("vanilla") and on translated target images ("TD-GAN"), and the translation's
 quality against the paired ground-truth source rendering. Used by the shipped-bundle test and
-benchmarks/models.py; labels lose small islands (postprocess.py, on the working grid, where the
-engine does it on the input grid) and are resampled back to each input's own grid before scoring,
-then fitted to the image as the engine does (boundary_fit.fit_bundle_label)."""
+benchmarks/models.py. The argmax on the working grid is resampled back to each input's own grid
+and scored raw (`raw=True`) or after the bundle's post-processing steps (postprocess.py), as the
+engine delivers it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import SimpleITK as sitk
 import torch
 
 from .. import metrics
-from ..boundary_fit import fit_bundle_label
 from ..geometry import resample_to_reference, working_reference
 from ..imageio import read_image
-from ..postprocess import remove_islands
+from ..postprocess import bundle_steps, postprocess_image
 from .loops import predict_probabilities, translate
 
 
@@ -32,19 +31,22 @@ def to_working_array(bundle, image: sitk.Image, reference: sitk.Image) -> np.nda
 
 
 def label_on_input_grid(bundle, probabilities: np.ndarray, reference: sitk.Image, image: sitk.Image,
-                        domain: str = "target") -> sitk.Image:
-    label = remove_islands(probabilities.argmax(0).astype(np.uint8))
+                        steps: list[dict]) -> sitk.Image:
+    """The argmax on the input's grid after `steps` (postprocess.py)."""
+    label = probabilities.argmax(0).astype(np.uint8)
     label_image = sitk.GetImageFromArray(label[None] if bundle.spatial_dims == 2 else label)
     label_image.CopyInformation(reference)
     on_input = resample_to_reference(label_image, image, sitk.sitkNearestNeighbor, 0)
-    return fit_bundle_label(bundle.metadata, sitk.GetArrayFromImage(on_input), image, domain=domain)
+    return postprocess_image(steps, sitk.GetArrayFromImage(on_input), image)
 
 
 class CaseRunner:
-    """Runs one bundle's networks on images of a task (CPU or CUDA), keeping arrays for scoring."""
+    """Runs one bundle's networks on images of a task (CPU or CUDA), keeping arrays for scoring;
+    labels raw (`raw`) or after the bundle's post-processing steps."""
 
-    def __init__(self, bundle, device="cpu"):
+    def __init__(self, bundle, device="cpu", raw: bool = False):
         self.bundle, self.device = bundle, device
+        self.steps = [] if raw else bundle_steps(bundle.metadata)
         self.segmenter = bundle.network("segmenter", device)
         self.generator = bundle.network("generator", device) if bundle.has_network("generator") else None
 
@@ -55,7 +57,7 @@ class CaseRunner:
         if via_generator:
             array = translate(self.generator, array, self.bundle.roi_size, self.device)
         probabilities = predict_probabilities(self.segmenter, array, self.bundle.roi_size, self.device)
-        return label_on_input_grid(self.bundle, probabilities, reference, image, domain), array
+        return label_on_input_grid(self.bundle, probabilities, reference, image, self.steps), array
 
 
 def _scores(pred: sitk.Image, ref: sitk.Image, labels) -> dict:
@@ -79,8 +81,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(metric(ta, tb).mean())
 
 
-def evaluate_source(bundle, cases, device="cpu") -> dict:
-    runner = CaseRunner(bundle, device)
+def evaluate_source(bundle, cases, device="cpu", raw: bool = False) -> dict:
+    runner = CaseRunner(bundle, device, raw)
     labels = [v for v in bundle.labels.values() if v]
     dices, per_label = [], []
     for _, image_path, label_path in cases:
@@ -92,11 +94,11 @@ def evaluate_source(bundle, cases, device="cpu") -> dict:
             "source_dice_per_label": _per_label_mean(per_label, bundle.labels)}
 
 
-def evaluate_target(bundle, cases, paired_paths: dict, device="cpu") -> dict:
+def evaluate_target(bundle, cases, paired_paths: dict, device="cpu", raw: bool = False) -> dict:
     """Vanilla and TD-GAN Dice/HD95/ASSD on labelled target cases, and translation quality
     (segmentation agreement, MAE, PSNR, SSIM in normalised source units) where a paired ground-truth
     source rendering exists."""
-    runner = CaseRunner(bundle, device)
+    runner = CaseRunner(bundle, device, raw)
     labels = [v for v in bundle.labels.values() if v]
     vanilla, tdgan, seg_agreement, mae, psnr, ssims = [], [], [], [], [], []
     for case_id, image_path, label_path in cases:
