@@ -6,7 +6,7 @@ import json
 import pytest
 
 from crossdomainseg import terminology
-from crossdomainseg.bundle import load_bundle, make_random_bundle, read_metadata, validate_metadata
+from crossdomainseg.bundle import load_bundle, make_random_bundle, read_metadata, update_bundle, validate_metadata
 from crossdomainseg.errors import BundleError, InputError
 from crossdomainseg.resources import shipped_bundle
 
@@ -72,9 +72,7 @@ def test_bundle_terminology_overrides_table_and_survives_json(tmp_path):
     override = {"organ": {"category": ["123037004", "SCT", "Anatomical Structure"],
                           "type": ["71854001", "SCT", "Colon"], "color": [10, 20, 30]}}
     path = make_random_bundle(tmp_path / "b", labels={"background": 0, "organ": 1}).path
-    metadata = read_metadata(path)
-    metadata["terminology"] = override
-    (path / "configs/metadata.json").write_text(json.dumps(metadata))
+    update_bundle(path, metadata={"terminology": override})  # the project's own writer signs it
     bundle = load_bundle(path)
     term = bundle.terminology["organ"]
     assert term.type == terminology.Code("71854001", "SCT", "Colon") and term.color == (10, 20, 30)
