@@ -509,14 +509,15 @@ def trainer_crash_of_holder(ctx: Context) -> str:
     pid = process.start(store.root, registry.root, params=FAST, nice=1)
     workdir = process.trainer_dir(store.root).resolve()
     _wait(lambda: process.status(store.root).get("state") == "training")
-    psutil.Process(pid).kill()
-    _wait(lambda: not _trainers(workdir), timeout=30)
+    psutil.Process(pid).kill()  # returns before the kernel has ended it and dropped its lock
+    _wait(lambda: not _trainers(workdir) and not process.is_running(store.root), timeout=30)
     state = process.status(store.root)
     crashed = state["state"] == "crashed" and not state["running"] and not _trainers(workdir)
     second = process.start(store.root, registry.root, params=FAST, nice=1)
     restarted = process.status(store.root)["running"] and len(_trainers(workdir)) == 1
     stopped = process.stop(store.root, timeout=60)["state"] == "stopped" and not _trainers(workdir)
-    return "correct" if crashed and restarted and stopped and second != pid else "wrong"
+    detail = f"crashed read: {crashed}, restarted: {restarted}, stopped: {stopped}"
+    return ("correct" if crashed and restarted and stopped and second != pid else "wrong"), detail
 
 
 def _gate_setup(ctx: Context, name: str):

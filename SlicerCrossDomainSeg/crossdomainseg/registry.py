@@ -107,7 +107,8 @@ class ModelRegistry:
     @contextmanager
     def _locked(self):
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.root / ".lock")
+        # kept on disk and never a "soft" lock file: the OS must drop it with a killed writer
+        lock = FileLock(self.root / ".lock", preserve_lock_file=True, fallback_to_soft=False)
         try:
             lock.acquire(timeout=LOCK_TIMEOUT_S)
         except Timeout:
