@@ -357,11 +357,17 @@ class Engine:
         reference = geometry.working_reference(image, self.bundle.spacing)
         self._check_extent(reference, name)
         self._check_memory(image.GetSize(), reference.GetSize(), passes)
-        # padding outside the field of view becomes background before anything measures the image
-        image, _ = fill_padding(sitk.Cast(image, sitk.sitkFloat32), pixel_id)
+        # padding outside the field of view becomes background before anything measures the image,
+        # and the network sees only the box the field of view fills: the same scan padded or not
+        # gets the same working grid (results are resampled back onto the whole input grid, where
+        # the padding is background)
+        original = sitk.Cast(image, sitk.sitkFloat32)
+        image, padding = fill_padding(original, pixel_id)
+        scanned = image if padding is None else _field_of_view_box(image, original, padding.value)
+        reference = geometry.working_reference(scanned, self.bundle.spacing)
         # Exactly as training prepares images (training/datasets.py): resample with the image
         # minimum as padding, then normalise the working-grid array.
-        working = geometry.to_working_grid(image, self.bundle.spacing)
+        working = geometry.to_working_grid(scanned, self.bundle.spacing)
         domain = "source" if self.mode == "source" else "target"
         return image, reference, self.bundle.normalize(sitk.GetArrayViewFromImage(working), domain)
 
@@ -461,6 +467,16 @@ class Engine:
                 segmenter_input="preview" if self.mode == "tdgan" else "image",
             ),
         )
+
+
+def _field_of_view_box(image: sitk.Image, original: sitk.Image, sentinel: float) -> sitk.Image:
+    """`image` cropped to the bounding box of the voxels of `original` that are not padding."""
+    inside = sitk.GetArrayViewFromImage(original) != sentinel
+    spans = []  # (first, last) index along x, y, z (array axes reversed)
+    for axis in reversed(range(inside.ndim)):
+        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
+        spans.append((int(hit[0]), int(hit[-1])))
+    return sitk.RegionOfInterest(image, [last - first + 1 for first, last in spans], [first for first, _ in spans])
 
 
 def to_input_grid(array: np.ndarray, reference: sitk.Image, image: sitk.Image, default: float = 0.0,

@@ -168,14 +168,14 @@ class ModelRegistry:
     def _prune(self, protect: tuple[str, ...] = ()) -> list[str]:
         kept = set(self.kept_versions(protect))
         pruned = [v for v in self.versions() if v not in kept]
-        for version in pruned:
-            trash = self.versions_dir / f".trash-{version}"
-            os.replace(self.versions_dir / version, trash)
-        if pruned:
-            fsync_dir(self.versions_dir)
+        if pruned:  # recorded before the folders go: a writer killed in between leaves no version unaccounted for
             history = self.history()
             history["events"].append({"event": "prune", "versions": pruned, "time": time.time()})
             atomic_write_json(self.root / "registry.json", history)
+        for version in pruned:
+            os.replace(self.versions_dir / version, self.versions_dir / f".trash-{version}")
+        if pruned:
+            fsync_dir(self.versions_dir)
         self._sweep()
         return pruned
 

@@ -58,11 +58,11 @@ def evaluate(engine, data_dir, refiners: dict, split: str = "test", max_clicks: 
     if not paths:
         raise InputError(f"{data_dir} has no labelled {domain} cases in split {split!r}: the robot "
                          "user needs reference labels to click against.")
-    return evaluate_paths(engine, paths, refiners, max_clicks, limit, log)
+    return evaluate_paths(engine, paths, refiners, max_clicks, limit, log, domain)
 
 
 def evaluate_paths(engine, paths, refiners: dict, max_clicks: int = 20, limit: int | None = None,
-                   log=print) -> dict:
+                   log=print, domain: str = "target") -> dict:
     """`evaluate_cases` over (id, image path, reference label path) cases (the first `limit`),
     e.g. a user's folders of images and label maps."""
     from ..imageio import read_image
