@@ -938,7 +938,9 @@ def test_trainer_panel_starts_and_stops_the_background_process(app, volume, bund
         deadline = time.monotonic() + 240  # it imports torch and loads the model first
         while logic.trainer_status()["state"] == "starting" and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert logic.trainer_status()["state"] in ("training", "idle")
+        running = logic.trainer_status()
+        # this tiny case's epochs may all be done already (a few seconds on an idle machine)
+        assert running["state"] in ("training", "idle", "finished") and running["epoch"] >= 1, running
     finally:
         status = logic.stop_trainer()
     assert not status["running"] and status["state"] in ("stopped", "finished")

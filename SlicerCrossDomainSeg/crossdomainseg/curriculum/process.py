@@ -251,11 +251,14 @@ def _wait_for_release(workdir: Path, timeout: float) -> bool:
 def status(store_root) -> dict:
     """The trainer's last status plus `running`; a trainer that died mid-run reads "crashed"."""
     workdir = trainer_dir(store_root).resolve()
+    # the lock first: a trainer writes its last status before it lets go, so a file read after a
+    # free lock is final (read before, a trainer ending in between would read "crashed")
+    running = _lock_held(workdir)
     try:
         state = json.loads((workdir / "status.json").read_text())
     except (OSError, json.JSONDecodeError):
         state = {"state": "not started"}
-    state["running"] = _lock_held(workdir)
+    state["running"] = running
     if not state["running"] and state.get("state") in ("starting", "training", "idle"):
         state["state"] = "crashed"
     return state
