@@ -18,7 +18,7 @@ from crossdomainseg.errors import InputError
 from crossdomainseg.imageio import read_image
 from crossdomainseg.pacs.client import PASSWORD_VARIABLE, SeriesAddress, connect, list_series, pull_series, push
 from crossdomainseg.pacs.orthanc import LocalOrthanc
-from crossdomainseg.resources import demo_case, shipped_bundle
+from crossdomainseg.resources import DEMO_TASK, demo_case, shipped_bundle
 from crossdomainseg.web_cli import pacs_login, web_arguments
 
 
@@ -63,8 +63,8 @@ def test_open_from_pacs_segment_and_export_to_pacs_in_browser(tmp_path, monkeypa
             try:
                 page.goto(url)
                 wait_for(lambda: page.query_selector(selector("pacs-refresh")), 60, "the PACS panel")
-                wait_for(lambda: "demo" in text(page, "case-name") or "phantom" in text(page, "case-name"),
-                         60, "the demo case")
+                opened = demo_case(DEMO_TASK).name.split(".")[0]  # what the app opens before the PACS series
+                wait_for(lambda: opened in text(page, "case-name"), 60, "the demo case")
                 page.click(selector("pacs-refresh"))
                 wait_for(lambda: "1 series on the PACS" in text(page, "status"), 30, "the PACS list")
                 page.click(f"{selector('pacs-series')} .v-field")
