@@ -113,6 +113,11 @@ def test_a_volume_far_smaller_than_the_patch_is_refused(bundle, tmp_path):
     # a quarter of the patch along every axis is still segmented, on the input's grid
     small = _image(np.random.default_rng(0).normal(size=(8, 8, 8)).astype(np.float32), (2.0, 2.0, 2.0))
     assert engine.segment(small, preview=False, uncertainty=False).label.GetSize() == (8, 8, 8)
+    # padding outside the field of view does not make a tiny scan big enough
+    scan = (np.random.default_rng(0).normal(size=(6, 6, 6)) * 300 + 1000).astype(np.int16)
+    padded = sitk.ConstantPad(_image(scan, (2.0, 2.0, 2.0)), (8, 8, 8), (8, 8, 8), -32768)
+    with pytest.raises(InputError, match="covers only 12 x 12 x 12 mm"):
+        engine.segment(padded, preview=False, uncertainty=False)
 
 
 def test_memory_is_checked_from_the_header_before_reading(tmp_path, monkeypatch):

@@ -363,8 +363,11 @@ class Engine:
         # the padding is background)
         original = sitk.Cast(image, sitk.sitkFloat32)
         image, padding = fill_padding(original, pixel_id)
-        scanned = image if padding is None else _field_of_view_box(image, original, padding.value)
-        reference = geometry.working_reference(scanned, self.bundle.spacing)
+        scanned = image
+        if padding is not None:  # the box, not the padded whole, must cover the network's patch
+            scanned = _field_of_view_box(image, original, padding.value)
+            reference = geometry.working_reference(scanned, self.bundle.spacing)
+            self._check_extent(reference, name)
         # Exactly as training prepares images (training/datasets.py): resample with the image
         # minimum as padding, then normalise the working-grid array.
         working = geometry.to_working_grid(scanned, self.bundle.spacing)
