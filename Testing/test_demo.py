@@ -19,3 +19,16 @@ def test_demo_writes_outputs_and_reruns(tmp_path):
     dice = summary["dice_vs_ground_truth"]
     assert set(dice) == set(LABELS) - {"background"}
     assert all(0.0 <= d <= 1.0 for d in dice.values())
+
+
+def test_demo_hands_the_web_app_a_complete_command_line(tmp_path, monkeypatch):
+    """`make demo` serves after the outputs: the web app gets every one of its options (the
+    server itself is started by Testing/test_web_e2e.py)."""
+    from crossdomainseg import web_cli
+
+    seen = []
+    monkeypatch.setattr(web_cli, "run", lambda args: seen.append(web_cli.web_arguments(args)) or 0)
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--port", "0"]) == 0
+    (argv,) = seen
+    assert argv[argv.index("--port") + 1] == "0" and "--pacs" not in argv
+    assert Path(argv[argv.index("--case") + 1]).name.startswith("brain-t1-t2")

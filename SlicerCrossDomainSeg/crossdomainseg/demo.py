@@ -63,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from . import web_cli
 
-    web_args = argparse.Namespace(case=case, bundle=bundle, workspace=out / "workspace",
-                                  port=args.port, host="127.0.0.1")
+    web = argparse.ArgumentParser()
+    web_cli.add_arguments(web)  # the web command's own options, so each one gets its default
+    web_args = web.parse_args(["--case", str(case), "--bundle", str(bundle), "--workspace",
+                               str(out / "workspace"), "--port", str(args.port)])
     print(f"serving the web app on 127.0.0.1 port {args.port}: open the address printed below, "
           "with its session token (Ctrl-C stops it)", flush=True)
     return web_cli.run(web_args)
