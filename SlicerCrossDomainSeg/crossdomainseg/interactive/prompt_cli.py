@@ -1,0 +1,45 @@
+"""`crossdomainseg train-prompt`: train the prompt network and add it to a bundle."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+
+def add_parser(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train-prompt", help="train the interactive prompt network (draft correction and new structures)",
+        description="Trains on the task's labelled source training cases only (simulated clicks on "
+        "single labels, their parts, unions and synthetic lesions, from empty and corrupted masks, on "
+        "synthetic contrasts) and writes models/prompt.pt into the bundle, also every "
+        "--checkpoint-minutes while it trains. It does not read the bundle's segmenter.")
+    train.add_argument("--bundle", required=True, help="model bundle folder to add the network to")
+    train.add_argument("--data", required=True, help="task folder (crossdomainseg data make)")
+    train.add_argument("--minutes", type=float, default=45.0, help="training wall time")
+    train.add_argument("--steps", type=int, default=None, help="train this many steps (overrides --minutes)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--batch", type=int, default=8)
+    train.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    train.set_defaults(func=run_train_prompt)
+
+
+def run_train_prompt(args) -> int:
+    import signal
+
+    from ..errors import InputError
+    from .train_prompt import train_and_ship_prompt
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGINT / SIGTERM end training early and still write the network trained so far
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if args.minutes <= 0 and not args.steps:
+        raise InputError(f"--minutes must be above 0, got {args.minutes}.")
+    command = "crossdomainseg " + shlex.join(sys.argv[1:])
+    train_and_ship_prompt(args.bundle, args.data, args.minutes, args.seed, args.threads, args.batch,
+                          args.steps, command=command, checkpoint_minutes=args.checkpoint_minutes,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0

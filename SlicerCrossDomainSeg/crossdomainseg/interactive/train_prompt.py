@@ -1,0 +1,242 @@
+"""Training the prompt network with a simulated user on labelled source cases, and shipping it.
+
+Only labelled *source* training cases are read. Each sample is one object of one case: a single
+label (most often), one connected part of a label, the union of two touching labels, or a
+synthetic lesion painted into the image, so the network learns "this object" and not the label
+set. The object's current mask is empty (a new structure) or a corrupted copy of it (a draft);
+the robot clicks 1 to MAX_CLICKS times in the largest error region (earlier regions corrected
+before the last click), and the crop is centred near the last click. On SYNTH_SHARE of the
+samples the image is a SynthSeg-style synthesis of the case (training/randomize.py: random
+contrast per tissue, bias, noise, thick slices), so the network works on a modality it never saw;
+crops are randomly flipped and their axes permuted (target scans come coronal or sagittal).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from .. import geometry
+from ..bundle import load_bundle, update_bundle
+from ..errors import InputError
+from ..networks import build_network
+from ..training.randomize import crop_normalization, synthesize
+from .encoding import crop_box
+from .prompt_net import NETWORK_NAME, PROMPT_SIZE, PROMPT_SPACING, PROMPT_SPEC, encode
+from .simulate import training_clicks
+from .train_refiner import corrupt
+
+MAX_CLICKS = 8
+SYNTH_SHARE = 0.8
+EMPTY_SHARE = 0.35  # samples starting from an empty mask (a new structure)
+RESYNTH = 0.3  # chance a case's synthetic image is drawn again when the case is sampled
+# object kinds and their shares: one label, one connected part of a label, two touching labels, a lesion
+OBJECT_KINDS = (("label", 0.55), ("part", 0.15), ("union", 0.15), ("lesion", 0.15))
+
+
+class PromptCase:
+    """A source case on the network grid: its image (normalised as "source"), label map, and a
+    synthetic image of a random modality, redrawn from time to time."""
+
+    def __init__(self, image: np.ndarray, label: np.ndarray, spec: dict):
+        self.image, self.label, self.spec = image.astype(np.float32), label.astype(np.int16), spec
+        self.values = [int(v) for v in np.unique(label) if v != 0]
+        self.synthetic = None
+
+    def synthetic_image(self, rng) -> np.ndarray:
+        if self.synthetic is None or rng.random() < RESYNTH:
+            self.synthetic = synthesize(self.image, self.label, rng, self.spec).astype(np.float32)
+        return self.synthetic
+
+
+def load_prompt_cases(task_dir, bundle, limit: int | None = None) -> list[PromptCase]:
+    """The labelled source training cases of a task folder, resampled to the network's grid."""
+    from ..data import TaskDir
+
+    spec = crop_normalization(bundle.metadata["normalization"]["target"])
+    cases = []
+    for _, image_path, label_path in TaskDir(task_dir).cases("train", "source"):
+        if label_path is None:
+            continue
+        image = sitk.ReadImage(str(image_path), sitk.sitkFloat32)
+        work = geometry.to_working_grid(image, tuple(reversed(PROMPT_SPACING)), sitk.sitkLinear)
+        label = geometry.resample_to_reference(sitk.ReadImage(str(label_path)), work, sitk.sitkNearestNeighbor, 0)
+        cases.append(PromptCase(bundle.normalize(sitk.GetArrayFromImage(work), "source"),
+                                sitk.GetArrayFromImage(label), spec))
+        if limit and len(cases) >= limit:
+            break
+    if not cases:
+        raise InputError(f"{task_dir} has no labelled source training cases to train the prompt network on.")
+    return cases
+
+
+def _ellipsoid(shape, center, radii) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii)) <= 1.0
+
+
+def pick_object(case: PromptCase, image: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(object mask, image) for one sample; a lesion is painted into a copy of the image."""
+    kind = rng.choice([k for k, _ in OBJECT_KINDS], p=[p for _, p in OBJECT_KINDS])
+    value = case.values[rng.integers(len(case.values))]
+    truth = case.label == value
+    if kind == "part":
+        parts, n = ndimage.label(truth)
+        if n > 1:
+            sizes = np.bincount(parts.ravel())[1:]
+            big = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
+            truth = parts == big[rng.integers(len(big))]
+    elif kind == "union":
+        ring = ndimage.binary_dilation(truth, iterations=2) & ~truth
+        touching = [int(v) for v in np.unique(case.label[ring]) if v not in (0, value)]
+        if touching:
+            truth = truth | (case.label == touching[rng.integers(len(touching))])
+    elif kind == "lesion":
+        inside = np.argwhere(case.label > 0)
+        centre = inside[rng.integers(len(inside))]
+        radii = rng.uniform(2.0, 10.0, size=3)
+        noise = ndimage.gaussian_filter(rng.standard_normal(image.shape).astype(np.float32), 2.0)
+        grids = np.ogrid[tuple(slice(0, n) for n in image.shape)]
+        distance = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)))
+        truth = distance + 0.2 * noise / max(float(noise.std()), 1e-6) <= 1.0  # an irregular outline
+        if truth.sum() < 8:
+            truth = _ellipsoid(image.shape, centre, np.maximum(radii, 2.0))
+        image = image.copy()
+        level = rng.uniform(0.0, 1.0)
+        texture = rng.uniform(0.0, 0.1) * rng.standard_normal(image.shape).astype(np.float32)
+        edge = ndimage.gaussian_filter(truth.astype(np.float32), rng.uniform(0.3, 1.2))
+        image = image * (1 - edge) + (level + texture) * edge
+    return truth, image
+
+
+def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(input (4, *size), target (1, *size)) float32 arrays for one simulated click."""
+    image = case.synthetic_image(rng) if rng.random() < SYNTH_SHARE else case.image
+    truth, image = pick_object(case, image, rng)
+    box = ndimage.find_objects(truth.astype(np.uint8))[0]
+    around = tuple(slice(max(0, s.start - n // 2), s.stop + n // 2) for s, n in zip(box, size))
+    truth_a = truth[around]
+    if rng.random() < EMPTY_SHARE:
+        pred = np.zeros_like(truth_a)
+        n = 1 if rng.random() < 0.6 else int(rng.integers(1, MAX_CLICKS + 1))
+    else:
+        pred = corrupt(truth_a, rng)
+        n = int(rng.integers(1, MAX_CLICKS + 1))
+    clicks, current = training_clicks(truth_a, pred, n, PROMPT_SPACING)
+    if not clicks:  # the corruption left no error: a confirming click inside the object
+        inside = np.argwhere(truth_a)
+        centre = inside[rng.integers(len(inside))]
+        clicks_local, positive = [tuple(centre)], [True]
+    else:
+        centre = np.asarray(clicks[-1].index)
+        clicks_local, positive = [c.index for c in clicks], [c.positive for c in clicks]
+    centre = np.asarray(centre) + rng.integers(-4, 5, size=3)
+    crop = crop_box(centre, size, truth_a.shape)
+    local = [(crop.local(c), p) for c, p in zip(clicks_local, positive) if crop.contains(c)]
+    mask = current[crop.slices].astype(np.float32)
+    if rng.random() < 0.5:  # at use the mask is rescaled from the image grid: soft edges
+        mask = ndimage.gaussian_filter(mask, rng.uniform(0.3, 1.0))
+    x = encode(image[around][crop.slices], mask, [c for c, p in local if p], [c for c, p in local if not p], size)
+    y = np.zeros((1, *size), np.float32)
+    t = truth_a[crop.slices]
+    y[0, : t.shape[0], : t.shape[1], : t.shape[2]] = t
+    order = rng.permutation(3)
+    x, y = x.transpose(0, *(order + 1)), y.transpose(0, *(order + 1))
+    for axis in range(3):
+        if rng.random() < 0.5:
+            x, y = np.flip(x, axis + 1), np.flip(y, axis + 1)
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: int = 8, lr: float = 2e-3,
+                 steps_limit: int | None = None, checkpoint=None, checkpoint_minutes: float = 5.0,
+                 log=print) -> tuple[torch.nn.Module, dict]:
+    """Train the prompt network for `steps_limit` steps, else `minutes` of wall time (at least one
+    step); every `checkpoint_minutes` `checkpoint(network, summary)` is called (e.g. to write it
+    into a bundle for evaluation while training goes on). Ctrl-C keeps what is trained so far."""
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    network = build_network(PROMPT_SPEC)
+    optimiser = torch.optim.Adam(network.parameters(), lr=lr)
+    total = steps_limit or max(1, int(minutes * 60 / 1.0))  # cosine schedule length; re-estimated below
+    scheduler_start = lr
+    loss_fn = DiceCELoss(sigmoid=True)
+    network.train()
+    start, last_save, steps, losses, stopped = time.time(), time.time(), 0, [], False
+
+    def summary() -> dict:
+        return {"steps": steps, "seconds": round(time.time() - start, 1), "batch": batch, "lr": lr,
+                "stopped_early": stopped, "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None}
+
+    while steps == 0 or (steps < steps_limit if steps_limit else time.time() - start < minutes * 60):
+        try:
+            if not steps_limit and steps == 20:  # measured pace: the cosine schedule ends with the budget
+                total = max(21, int(minutes * 60 / ((time.time() - start) / 20)))
+            for group in optimiser.param_groups:
+                group["lr"] = scheduler_start * 0.5 * (1 + np.cos(np.pi * min(1.0, steps / total)))
+            samples = [make_prompt_sample(cases[rng.integers(len(cases))], rng) for _ in range(batch)]
+            x = torch.from_numpy(np.stack([s[0] for s in samples]))
+            y = torch.from_numpy(np.stack([s[1] for s in samples]))
+            loss = loss_fn(network(x), y)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        except KeyboardInterrupt:
+            if steps == 0:
+                raise
+            stopped = True
+            log(f"interrupted after {steps} steps: keeping the network trained so far")
+            break
+        losses.append(float(loss.detach()))
+        steps += 1
+        if steps % 25 == 0:
+            log(f"step {steps}  loss {np.mean(losses[-25:]):.4f}  {time.time() - start:.0f} s")
+        if checkpoint is not None and time.time() - last_save > checkpoint_minutes * 60:
+            network.eval()
+            checkpoint(network, summary())
+            network.train()
+            last_save = time.time()
+    network.eval()
+    return network, summary()
+
+
+def prompt_metadata(task_dir, cases: int, seed: int, threads: int, command: str, summary: dict) -> dict:
+    return {"size": list(PROMPT_SIZE), "spacing": list(PROMPT_SPACING), "training": {
+        "data": f"{Path(task_dir).name}: source train split ({cases} cases), simulated clicks, "
+                f"synthetic contrast on {SYNTH_SHARE:.0%} of samples", "seed": seed, "threads": threads,
+        "command": command, **summary}}
+
+
+def train_and_ship_prompt(bundle_path, task_dir, minutes: float, seed: int = 0, threads: int = 1,
+                          batch: int = 8, steps: int | None = None, limit_cases: int | None = None,
+                          command: str | None = None, checkpoint_minutes: float = 5.0, log=print):
+    """Train the prompt network on the task's source training cases and write it into the bundle
+    (also every `checkpoint_minutes` while training)."""
+    from ..device import configure
+
+    configure(threads)
+    bundle = load_bundle(bundle_path)
+    tick = time.time()
+    cases = load_prompt_cases(task_dir, bundle, limit=limit_cases)
+    command = command or " ".join(sys.argv)
+    log(f"{len(cases)} source training cases ({time.time() - tick:.0f} s); training "
+        f"{f'{steps} steps' if steps else f'{minutes} min'} on {threads} thread(s)")
+
+    def ship(network, summary):
+        update_bundle(bundle_path, networks={NETWORK_NAME: network},
+                      metadata={NETWORK_NAME: prompt_metadata(task_dir, len(cases), seed, threads, command, summary)})
+        log(f"prompt network written to {bundle_path}: {json.dumps(summary)}")
+
+    network, summary = train_prompt(cases, minutes, seed, batch, steps_limit=steps, checkpoint=ship,
+                                    checkpoint_minutes=checkpoint_minutes, log=log)
+    ship(network, summary)
+    return network, summary
