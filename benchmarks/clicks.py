@@ -8,18 +8,21 @@ the SOURCE validation split by `eval clicks --choose`), and that method and the 
 generated subjects (the 6-case test split holds 24 objects: one click more or less on one of them
 moves NoC@90 by 0.04, and whether any of its 480 clicks lowers Dice by over 0.01 is a matter of
 luck at the rate the fresh subjects show).
-Writes benchmarks/results/clicks.json.
+Writes benchmarks/results/clicks.json (keeping its per_task entries). `--task brain-t1-t2` runs
+the brain benchmark instead (benchmarks/clicks_brain.py) and writes per_task["brain-t1-t2"].
 
     python benchmarks/clicks.py --bundle Resources/bundles/phantom-ct-mr [--data DIR]
+    python benchmarks/clicks.py --task brain-t1-t2 --bundle Resources/bundles/brain-t1-t2 [--limit 6]
 """
 
 import argparse
+import json
 import sys
 import time
 
 import numpy as np
 
-from common import task_dir, write_result
+from common import RESULTS, task_dir, write_result
 
 from crossdomainseg.device import configure  # noqa: E402  (common puts the package on sys.path)
 
@@ -141,16 +144,23 @@ def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="phantom-ct-mr", choices=("phantom-ct-mr", "brain-t1-t2"))
     parser.add_argument("--bundle", default="Resources/bundles/phantom-ct-mr")
     parser.add_argument("--data", default=None, help="task folder (default: generated like the bundles' training data)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--latency-seed", type=int, default=12345)
-    parser.add_argument("--fresh-subjects", type=int, default=len(FRESH_SEEDS),
+    parser.add_argument("--limit", type=int, default=None, help="brain-t1-t2: the first N target test subjects")
+    parser.add_argument("--note", default=None, help="brain-t1-t2: a note stored with the figures")
+    parser.add_argument("--fresh-subjects", type=int, default=None,
                         help=f"how many of the {len(FRESH_SEEDS)} fresh subjects to click on (the first N)")
     parser.add_argument("--mode", default="auto", choices=("auto", "tdgan", "vanilla"),
                         help="engine mode for the automatic result the robot starts from")
     args = parser.parse_args()
+    if args.task == "brain-t1-t2":
+        from clicks_brain import run
+
+        return run(args, FRESH_SEEDS[: args.fresh_subjects or 10])  # 10 subjects: 2000 clicks
 
     from crossdomainseg.engine import Engine
     from crossdomainseg.interactive.cli import METHODS, build_refiners
@@ -169,7 +179,7 @@ def main() -> int:
     oracle = oracle_noc(engine, task_dir("phantom-ct-mr", args.data).path, args.max_clicks)
     front_name = click_refiner_name(engine.bundle)  # when it is "learned", one run serves both keys
     fresh = fresh_subjects(engine, {name: refiners[name] for name in dict.fromkeys((front_name, "learned"))},
-                           FRESH_SEEDS[: args.fresh_subjects], args.max_clicks)
+                           FRESH_SEEDS[: args.fresh_subjects or len(FRESH_SEEDS)], args.max_clicks)
     payload = {
         "task": engine.bundle.task,
         "split": "test (target domain)",
@@ -215,6 +225,8 @@ def main() -> int:
         cuda_refiner = build_refiners(cuda_engine.bundle, ["learned"], "cuda")["learned"]
         cuda = latency_128(cuda_engine, cuda_refiner, args.latency_seed)
         payload["cuda_latency_ms_p50"], payload["cuda_latency_ms_p95"] = cuda["p50"], cuda["p95"]
+    if (RESULTS / "clicks.json").exists():  # the other tasks' figures stay
+        payload["per_task"] = json.loads((RESULTS / "clicks.json").read_text()).get("per_task", {})
     write_result("clicks", payload, args.threads)
     ok = (payload["noc90_mean"] <= 3 and payload["max_dice_drop"] <= 0.01
           and all(payload["noc90_mean"] < b["noc90_mean"] for b in payload["baselines"].values()))

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-METHODS = ("learned", "learned_network_only", "sphere", "region_growing", "local_otsu", "boundary_shift")
+METHODS = ("prompt", "learned", "learned_network_only", "sphere", "region_growing", "local_otsu", "boundary_shift")
 # what --choose may pick: the network alone is a diagnostic (it ignores clicks it contradicts)
 CHOOSABLE = tuple(m for m in METHODS if m != "learned_network_only")
 
@@ -75,12 +75,14 @@ def add_parser(subparsers) -> None:
 def build_refiners(bundle, methods, device=None) -> dict:
     from ..errors import InputError
     from .baselines import CLASSICAL, classical_refiner
+    from .prompt_net import PromptRefiner
     from .refiner import LearnedRefiner
 
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise InputError(f"Unknown click methods {sorted(unknown)}; choose from {', '.join(METHODS)}.")
-    makers = {"learned": lambda: LearnedRefiner.from_bundle(bundle, device),
+    makers = {"prompt": lambda: PromptRefiner.from_bundle(bundle, device),
+              "learned": lambda: LearnedRefiner.from_bundle(bundle, device),
               "learned_network_only": lambda: LearnedRefiner.from_bundle(bundle, device, fallback=None,
                                                                           small_voxels=0),
               **{name: (lambda name=name: classical_refiner(name)) for name in CLASSICAL}}
@@ -94,7 +96,7 @@ def choose(results: dict) -> str:
     running a network trained on another modality."""
     candidates = [m for m in results if m in CHOOSABLE]
     return min(candidates, key=lambda m: (results[m]["noc90_mean"], results[m]["noc85_mean"],
-                                           results[m]["clicks_dropping_over_0.01"], m.startswith("learned")))
+                                           results[m]["clicks_dropping_over_0.01"], m in ("prompt", "learned")))
 
 
 def labelled_folders(args) -> tuple[str, str] | None:
@@ -130,7 +132,8 @@ def run_eval(args) -> int:
     engine = Engine(args.bundle, device=args.device, threads=args.threads,
                     mode="source" if on_source else args.mode)
     if args.methods is None:
-        methods = [m for m in METHODS if engine.bundle.has_network("refiner") or not m.startswith("learned")]
+        networks = {"prompt": "prompt", "learned": "refiner", "learned_network_only": "refiner"}
+        methods = [m for m in METHODS if m not in networks or engine.bundle.has_network(networks[m])]
     else:
         methods = [m for m in args.methods.split(",") if m]
     refiners = build_refiners(engine.bundle, methods, args.device)

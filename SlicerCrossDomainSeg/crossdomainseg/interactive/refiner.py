@@ -133,7 +133,7 @@ class LearnedRefiner:
 
 def click_refiner_name(bundle) -> str:
     """The name of the method front ends click with: the one named in the bundle's metadata
-    `click_refiner` ("learned" or a classical name), else "learned" when the bundle ships a
+    `click_refiner` ("prompt", "learned" or a classical name), else "learned" when the bundle ships a
     refiner network, else "boundary_shift"."""
     name = (bundle.metadata.get("click_refiner") or {}).get("name")
     if name is None:
@@ -146,7 +146,11 @@ def click_refiner(bundle, device=None):
     name = click_refiner_name(bundle)
     if name == "learned":
         return LearnedRefiner.from_bundle(bundle, device)
+    if name == "prompt":
+        from .prompt_net import PromptRefiner
+
+        return PromptRefiner.from_bundle(bundle, device)
     if name not in CLASSICAL:
         raise BundleError(f"The model bundle {bundle.path} names an unknown click refiner {name!r}; "
-                          f"known: learned, {', '.join(CLASSICAL)}.")
+                          f"known: prompt, learned, {', '.join(CLASSICAL)}.")
     return classical_refiner(name)

@@ -61,6 +61,7 @@ class _Action:
     after: dict = field(default_factory=dict)
     click: Click | None = None
     paint: tuple | None = None  # (mask image, label, lock) for replay on another grid
+    new_label: bool = False  # the click started a new structure (its label value joins the session)
 
 
 def _as_array(image_or_array, name: str) -> np.ndarray:
@@ -96,6 +97,7 @@ class InteractiveSession:
         self.clicks: list[Click] = []
         self._done: list[_Action] = []
         self._undone: list[_Action] = []
+        self.added: list[int] = []  # label values of new structures in effect, in order
         self._set_grid(image, label, probabilities, image_features, preview, label_values)
 
     @classmethod
@@ -180,6 +182,41 @@ class InteractiveSession:
         self._undone.clear()
         self.clicks.append(click)
         return ClickResult(self.label, action.box, self._changed(action))
+
+    def new_structure(self, point, value: int | None = None) -> tuple[int, ClickResult]:
+        """Start a structure the segmentation has no label for (a lesion, a cyst) with a positive
+        click at `point` (LPS mm): it gets label `value` (default: one above the highest label) and
+        is corrected with `add_click` like any other label. Undo takes the structure back out.
+        Returns (value, result)."""
+        value = max(self.label_values + [0]) + 1 if value is None else int(value)
+        if value in self.label_values or not 0 < value <= np.iinfo(np.int16).max:
+            raise InputError(f"Label {value} is already in use or not a valid label value; pick a value "
+                             f"other than 0 and {self.label_values}.")
+        click = Click(tuple(float(p) for p in point), True, value)
+        self.index_of(click.point)  # InputError outside the image, before anything changes
+        self._add_label(value)
+        action = self._apply_click(click)
+        if action.box is None:
+            self._remove_label(value)
+            raise InputError("The voxel clicked is locked (painted or confirmed by hand); click elsewhere "
+                             "to start the new structure.")
+        action.new_label = True
+        self._done.append(action)
+        self._undone.clear()
+        self.clicks.append(click)
+        return value, ClickResult(self.label, action.box, self._changed(action))
+
+    def _add_label(self, value: int) -> None:
+        """Make `value` a label of this session (a new structure), with a probability channel."""
+        if self.probabilities.shape[0] <= value:
+            extra = np.zeros((value + 1 - self.probabilities.shape[0], *self.label.shape), np.float32)
+            self.probabilities = np.concatenate([self.probabilities, extra])
+        self.label_values = sorted(self.label_values + [value])
+        self.added.append(value)
+
+    def _remove_label(self, value: int) -> None:
+        self.label_values.remove(value)
+        self.added.remove(value)
 
     def _apply_click(self, click: Click) -> _Action:
         index = self.index_of(click.point)
@@ -328,6 +365,8 @@ class InteractiveSession:
             self._restore(action.box, action.before)
         if action.kind == "click":
             self.clicks.pop()
+        if action.new_label:
+            self._remove_label(action.click.label)
         self._undone.append(action)
         return ClickResult(self.label, action.box, self._changed(action))
 
@@ -340,6 +379,8 @@ class InteractiveSession:
             self._restore(action.box, action.after)
         if action.kind == "click":
             self.clicks.append(action.click)
+        if action.new_label:
+            self._add_label(action.click.label)
         self._done.append(action)
         return ClickResult(self.label, action.box, self._changed(action))
 
@@ -352,20 +393,26 @@ class InteractiveSession:
         if not starts:
             raise InputError("That click is no longer in effect (undone, or made on an earlier "
                              "result); place a new point instead.")
-        moved = None
-        if point is not None:
-            moved = Click(tuple(float(p) for p in point), click.positive, click.label)
-            self.index_of(moved.point)  # InputError outside the image, before anything changes
         start = starts[-1]
         undone = self._done[start:]
+        moved = None
+        if point is not None:
+            moved = _Action("click", None, click=Click(tuple(float(p) for p in point), click.positive, click.label),
+                            new_label=undone[0].new_label)
+            self.index_of(moved.click.point)  # InputError outside the image, before anything changes
+        elif undone[0].new_label:
+            raise InputError("That click started a new structure; undo it to take the structure out, "
+                             "or move the click.")
         before = {"label": self.label.copy(), "locked": self.locked.copy()}
         for action in reversed(undone):
             if action.box is not None:
                 self._restore(action.box, action.before)
+            if action.new_label:
+                self._remove_label(action.click.label)
         del self._done[start:]
         self._undone.clear()
         self.clicks = [action.click for action in self._done if action.kind == "click"]
-        self._replay(([] if moved is None else [_Action("click", None, click=moved)]) + undone[1:])
+        self._replay(([] if moved is None else [moved]) + undone[1:])
         boxes = [a.box for a in undone + self._done[start:] if a.box is not None]
         box = None if not boxes else Box(tuple(min(b.start[i] for b in boxes) for i in range(3)),
                                          tuple(max(b.stop[i] for b in boxes) for i in range(3)))
@@ -385,8 +432,10 @@ class InteractiveSession:
         history = list(self._done)
         if refiner is not None:
             self.refiner = refiner
-        self._set_grid(image, label, probabilities, image_features, preview, self.label_values)
-        self.clicks, self._done, self._undone = [], [], []
+        added = list(self.added)
+        self._set_grid(image, label, probabilities, image_features, preview,
+                       [v for v in self.label_values if v not in added])
+        self.clicks, self._done, self._undone, self.added = [], [], [], []
         self._replay(history)
         return ClickResult(self.label, Box((0, 0, 0), self.label.shape), sum(map(self._changed, self._done)))
 
@@ -395,10 +444,13 @@ class InteractiveSession:
         positions, appending them to the history."""
         for action in actions:
             if action.kind == "click":
+                if action.new_label:
+                    self._add_label(action.click.label)
                 try:
                     replayed = self._apply_click(action.click)
                 except InputError:  # the new grid does not cover this click: keep it, change nothing
                     replayed = _Action("click", None, click=action.click)
+                replayed.new_label = action.new_label
                 self.clicks.append(action.click)
             else:
                 mask_image, value, lock = action.paint

@@ -35,9 +35,31 @@ def next_click(truth: np.ndarray, pred: np.ndarray, spacing=(1.0, 1.0, 1.0),
     `spacing` is (z, y, x) mm so the interior is measured in physical distance. `addable` limits
     false negatives to voxels a positive click may take (not locked by hand).
     """
-    missing = truth & ~pred if addable is None else truth & ~pred & addable
+    # errors lie inside the box of truth | pred: labelling only that box finds the same regions in
+    # the same order (a tenth of the time on a whole brain)
+    box = _bounding_box(truth | pred)
+    if box is None:
+        return None
+    truth, pred = truth[box], pred[box]
+    missing = truth & ~pred if addable is None else truth & ~pred & addable[box]
     best = _largest([_error_regions(missing, True), _error_regions(pred & ~truth, False)])
-    return None if best is None else _click_on(best, spacing)
+    if best is None:
+        return None
+    click = _click_on(best, spacing)
+    offset = [s.start for s in box]
+    return RobotClick(tuple(i + o for i, o in zip(click.index, offset)), click.positive, click.size,
+                      tuple(slice(r.start + o, r.stop + o) for r, o in zip(click.region, offset)), click.mask)
+
+
+def _bounding_box(mask: np.ndarray):
+    """Slices of the box holding every True voxel of `mask`; None when there is none."""
+    axes = []
+    for k in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != k)))
+        if not len(hits):
+            return None
+        axes.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(axes)
 
 
 def _error_regions(errors: np.ndarray, positive: bool):
@@ -70,8 +92,8 @@ def _click_on(best, spacing) -> RobotClick:
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
 
 
 def training_clicks(truth: np.ndarray, pred: np.ndarray, n: int, spacing=(1.0, 1.0, 1.0)):
@@ -118,9 +140,9 @@ def robot_on_label(session, truth: np.ndarray, label: int, max_clicks: int = 20)
     patient coordinates, as a front end sends them. Returns (Dice of the label after 0..max_clicks
     clicks, seconds per click, largest Dice drop any click caused to another label)."""
     target = truth == label
-    others = [int(v) for v in np.unique(truth) if v not in (0, label)]
+    others = {int(v): truth == v for v in np.unique(truth) if v not in (0, label)}
     curve = [dice(target, session.label == label)]
-    other = [dice(truth == v, session.label == v) for v in others]
+    other = [dice(mask, session.label == v) for v, mask in others.items()]
     latencies, other_drop = [], 0.0
     for _ in range(max_clicks):
         click = next_click(target, session.label == label, session.spacing, ~session.locked)
@@ -129,7 +151,7 @@ def robot_on_label(session, truth: np.ndarray, label: int, max_clicks: int = 20)
             start = time.perf_counter()
             session.add_click(point, click.positive, label)
             latencies.append(time.perf_counter() - start)
-            now = [dice(truth == v, session.label == v) for v in others]
+            now = [dice(mask, session.label == v) for v, mask in others.items()]
             other_drop = max([other_drop] + [a - b for a, b in zip(other, now)])
             other = now
         curve.append(dice(target, session.label == label))

@@ -1,0 +1,190 @@
+"""The prompt network: its input encoding (clicks at the right voxels, from patient coordinates),
+new structures in the click session (the changed box, undo/redo, rebase), its training samples,
+and the train-prompt / eval clicks --choose commands end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from crossdomainseg.bundle import load_bundle, make_random_bundle, update_bundle
+from crossdomainseg.errors import BundleError, InputError
+from crossdomainseg.interactive import CropInputs, InteractiveSession
+from crossdomainseg.interactive.prompt_net import PROMPT_SPEC, PromptRefiner, to_net_index
+from crossdomainseg.interactive.refiner import click_refiner
+from crossdomainseg.networks import build_network
+
+LABELS = {"background": 0, "organ": 1}
+
+
+class _Recorder(torch.nn.Module):
+    """Stand-in network: records its input and answers "object" where the image channel is bright
+    (a threshold, so the session's handling of the answer can be checked exactly)."""
+
+    def forward(self, x):
+        self.seen = x.clone()
+        return torch.where(x[:, 0:1] > 0.5, 10.0, -10.0)
+
+
+def _refiner(size=(16, 16, 16), spacing=(2.0, 2.0, 2.0)):
+    recorder = _Recorder()
+    return recorder, PromptRefiner(recorder, size=size, spacing=spacing, device="cpu")
+
+
+def test_propose_rescales_the_crop_and_puts_the_clicks_on_the_network_grid():
+    recorder, refiner = _refiner()
+    shape = (8, 32, 16)  # 4 x 1 x 2 mm voxels: 32 mm each way, 16^3 on the 2 mm network grid
+    image = np.zeros(shape, np.float32)
+    image[:, :16] = 1.0
+    current = np.zeros(shape, bool)
+    current[4:, :, :] = True
+    click, negative = (4, 8, 8), (6, 28, 12)
+    prob = refiner.propose(CropInputs(image, image, image, current, [click], [negative], click, True,
+                                      (4.0, 1.0, 2.0)))
+    assert prob.shape == shape
+    seen = recorder.seen[0]
+    assert seen.shape == (4, 16, 16, 16)
+    assert torch.allclose(seen[1, :, 0, 0], torch.tensor([0.0] * 7 + [0.25, 0.75] + [1.0] * 7), atol=0.01)  # the mask
+    for channel, point in ((2, click), (3, negative)):
+        peak = tuple(int(round(v)) for v in to_net_index(point, shape, (16, 16, 16)))
+        assert seen[channel][peak] == pytest.approx(1.0)
+        assert int(seen[channel].argmax()) == int(np.ravel_multi_index(peak, (16, 16, 16)))
+    assert seen[2].sum() > 0 and seen[2][:, 14:].sum() == 0  # no positive bump at the negative click
+    assert (prob[:, :14] > 0.99).all() and (prob[:, 18:] < 0.01).all()
+
+
+def _blob_case(direction=None):
+    """A 40^3 volume of 2 mm voxels (the stand-in's grid: no rescaling) with a bright ball and an
+    'organ' label elsewhere."""
+    image = np.zeros((40, 40, 40), np.float32)
+    grids = np.ogrid[:40, :40, :40]
+    ball = ((grids[0] - 12) ** 2 + (grids[1] - 20) ** 2 + (grids[2] - 22) ** 2) <= 25
+    image[ball] = 1.0
+    label = np.zeros(image.shape, np.int16)
+    label[30:36, 5:15, 5:15] = 1
+    sitk_image = sitk.GetImageFromArray(image)
+    sitk_image.SetSpacing((2.0, 2.0, 2.0))
+    sitk_image.SetOrigin((-10.0, 25.0, 3.0))
+    if direction is not None:
+        sitk_image.SetDirection(direction)
+    return sitk_image, image, label, ball
+
+
+def test_a_new_structure_from_one_click_in_patient_coordinates():
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # a rotated grid: LPS is not the index
+    sitk_image, image, label, ball = _blob_case(direction)
+    recorder, refiner = _refiner()
+    session = InteractiveSession(sitk_image, label, image_features=image, refiner=refiner)
+    point = sitk_image.TransformIndexToPhysicalPoint((22, 20, 12))  # (x, y, z) index of the ball's centre
+    value, result = session.new_structure(point)
+    assert value == 2 and session.label_values == [1, 2]
+    new = session.label == 2
+    assert np.array_equal(new, ball)  # the stand-in's answer: the bright ball, all of it, nothing else
+    assert (session.label == 1).sum() == 600  # the organ is untouched
+    assert result.changed == ball.sum()
+    inside = np.zeros(image.shape, bool)
+    inside[result.box.slices] = True
+    assert inside[ball].all() and result.box.shape == (11, 11, 11)  # the changed box is tight
+    # the network saw the click at the ball's centre (the crop of 32 mm around it)
+    seen = recorder.seen[0, 2]
+    assert seen.max() == pytest.approx(1.0)
+    peak = np.unravel_index(int(seen.argmax()), seen.shape)
+    assert recorder.seen[0, 0][peak] > 0.5  # inside the ball
+    # the new label is an ordinary label now: a negative click takes part of it back
+    session.add_click(sitk_image.TransformIndexToPhysicalPoint((22, 20, 16)), False, 2)
+    assert 0 < (session.label == 2).sum() < ball.sum()
+
+
+def test_new_structure_undo_redo_and_rebase():
+    sitk_image, image, label, ball = _blob_case()
+    _, refiner = _refiner()
+    session = InteractiveSession(sitk_image, label, image_features=image, refiner=refiner)
+    before = session.label.copy()
+    point = sitk_image.TransformIndexToPhysicalPoint((22, 20, 12))
+    value, _ = session.new_structure(point)
+    after = session.label.copy()
+    assert session.undo().changed == ball.sum()
+    assert np.array_equal(session.label, before) and session.label_values == [1] and session.clicks == []
+    with pytest.raises(InputError, match="not one of this segmentation's labels"):
+        session.add_click(point, True, value)  # undone: the structure is gone
+    session.redo()
+    assert np.array_equal(session.label, after) and session.label_values == [1, 2]
+    # a new automatic result: the new structure is replayed on it
+    session.rebase(sitk_image, label, image_features=image)
+    assert np.array_equal(session.label, after) and session.label_values == [1, 2]
+    assert session.undo() is not None and session.label_values == [1]
+    # a used value, or a click on a locked voxel, is refused before anything changes
+    with pytest.raises(InputError, match="already in use"):
+        session.new_structure(point, value=1)
+    lock = np.zeros(image.shape, bool)
+    lock[12, 20, 22] = True
+    session.set_locked(lock)
+    with pytest.raises(InputError, match="locked"):
+        session.new_structure(point)
+    assert session.label_values == [1] and np.array_equal(session.label, before)
+
+
+def test_training_samples_click_on_the_right_side_of_the_object():
+    from crossdomainseg.interactive import train_prompt
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((40, 44, 48), np.int16)
+    label[8:30, 10:30, 10:26] = 1
+    label[8:30, 10:30, 26:40] = 2
+    label[14:20, 14:20, 14:20] = 3
+    image = (label * 0.3 + rng.normal(0, 0.02, label.shape)).astype(np.float32)
+    case = train_prompt.PromptCase(image, label, {"kind": "percentile", "lower": 1, "upper": 99})
+    empty = 0
+    for _ in range(30):
+        x, y = train_prompt.make_prompt_sample(case, rng, size=(24, 24, 24))
+        assert x.shape == (4, 24, 24, 24) and y.shape == (1, 24, 24, 24)
+        for channel, want in ((2, 1.0), (3, 0.0)):
+            for peak in np.argwhere(x[channel] == 1.0):
+                assert y[0][tuple(peak)] == want
+        assert (x[2] == 1.0).any() or (x[3] == 1.0).any()  # every sample has a click in its crop
+        empty += not x[1].any()
+    assert 0 < empty < 30  # some samples start from an empty mask (a new structure), most from a draft
+
+
+def test_prompt_network_round_trip_and_front_end_choice(tmp_path):
+    make_random_bundle(tmp_path / "b", labels=LABELS)
+    with pytest.raises(BundleError, match="no prompt network"):
+        PromptRefiner.from_bundle(load_bundle(tmp_path / "b"))
+    network = build_network(PROMPT_SPEC)
+    update_bundle(tmp_path / "b", networks={"prompt": network},
+                  metadata={"prompt": {"size": [32, 32, 32], "spacing": [2.5, 2.5, 2.5]},
+                            "click_refiner": {"name": "prompt"}})
+    refiner = click_refiner(load_bundle(tmp_path / "b"), "cpu")
+    assert isinstance(refiner, PromptRefiner) and refiner.crop_mm == (80.0, 80.0, 80.0)
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(refiner.network(x), network.eval()(x))
+
+
+def test_train_prompt_and_eval_clicks_commands(tmp_path):
+    from crossdomainseg.cli import main
+    from crossdomainseg.data import make_task
+
+    data = make_task("phantom-ct-mr", 3, 0, tmp_path / "task")
+    bundle = tmp_path / "bundle"
+    make_random_bundle(bundle, labels={"background": 0, "liver": 1, "kidneys": 2, "spleen": 3, "lesion": 4},
+                       spacing=4.0)
+    assert main(["train-prompt", "--bundle", str(bundle), "--data", str(data), "--steps", "2",
+                 "--threads", "1", "--batch", "1"]) == 0
+    meta = load_bundle(bundle).metadata
+    assert meta["prompt"]["training"]["steps"] == 2 and "models/prompt.pt" in meta["weights"]
+    # --choose clicks on the SOURCE validation split only: target labels are unreadable here
+    for path in (data / "target" / "labels").iterdir():
+        path.write_text("a target label: never to be read by a choice")
+    out = tmp_path / "clicks.json"
+    assert main(["eval", "clicks", "--bundle", str(bundle), "--data", str(data), "--max-clicks", "2",
+                 "--methods", "prompt,sphere", "--threads", "1", "--device", "cpu", "--out", str(out),
+                 "--choose"]) == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {"prompt", "sphere"}
+    assert all(o.startswith("source_") for r in results.values() for o in r["curves"])
+    chosen = load_bundle(bundle).metadata["click_refiner"]
+    assert chosen["split"] == "source val" and chosen["name"] in ("prompt", "sphere")
+    assert click_refiner(load_bundle(bundle)).name == chosen["name"]

@@ -1,0 +1,198 @@
+"""Click correction on brain-t1-t2 (real anatomy, T2 target with thick coronal slices): the robot
+user against the shipped brain bundle's automatic draft on the target test split, the prompt
+network against the sphere, region-growing and boundary shift refiners on the same starts; the
+prompt network and the baselines from an EMPTY mask (a new structure); the clicks that lower
+their object's Dice by more than 0.01 on freshly generated target subjects; latency per click on a
+128^3 volume. Target labels only report; the front ends' method is the one the bundle names
+(chosen on the source validation split by `eval clicks --choose`). Merges its figures into
+benchmarks/results/clicks.json under per_task["brain-t1-t2"], leaving the other entries.
+
+    python benchmarks/clicks.py --task brain-t1-t2 --bundle Resources/bundles/brain-t1-t2 [--limit 6]
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+
+from common import RESULTS, machine_info, task_dir
+
+COMPACT = ("lateral_ventricles", "thalamus", "caudate", "putamen", "pallidum", "brainstem", "cerebellum")
+TISSUES = ("white_matter", "cortical_grey_matter", "csf")
+FROM_EMPTY = ("lateral_ventricles", "thalamus", "putamen", "brainstem")
+METHODS = ("prompt", "sphere", "region_growing", "boundary_shift")
+SUMMARY_KEYS = ("objects", "noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop", "max_dice_drop_where",
+                "clicks_dropping_over_0.01", "clicks_scored", "dice_at_clicks")
+
+
+def group_figures(result: dict, names, max_clicks: int) -> dict:
+    """NoC@90/85 and Dice after k clicks over the objects whose label is in `names`, and per label."""
+    from crossdomainseg.interactive.simulate import noc
+
+    rows = {o: c for o, c in result["curves"].items() if o.split("/")[-1] in names}
+    if not rows:
+        return {}
+    arr = np.asarray(list(rows.values()))
+    drops = arr[:, :-1] - arr[:, 1:]
+    per_label = {}
+    for name in names:
+        mine = [c for o, c in rows.items() if o.split("/")[-1] == name]
+        if mine:
+            per_label[name] = {"dice_0": round(float(np.mean([c[0] for c in mine])), 4),
+                               "noc90_mean": round(float(np.mean([noc(c, 0.9, max_clicks)[0] for c in mine])), 3),
+                               "noc85_mean": round(float(np.mean([noc(c, 0.85, max_clicks)[0] for c in mine])), 3)}
+    return {"objects": len(rows),
+            "noc90_mean": round(float(np.mean([noc(c, 0.9, max_clicks)[0] for c in rows.values()])), 3),
+            "noc85_mean": round(float(np.mean([noc(c, 0.85, max_clicks)[0] for c in rows.values()])), 3),
+            "never_90_share": round(float(np.mean([not noc(c, 0.9, max_clicks)[1] for c in rows.values()])), 4),
+            "dice_at_clicks": {str(k): round(float(arr[:, k].mean()), 4) for k in (0, 1, 2, 3, 5, 10, 20)
+                               if k < arr.shape[1]},
+            "clicks_dropping_over_0.01": int((drops > 0.01).sum()), "clicks_scored": int(drops.size),
+            "per_label": per_label}
+
+
+def test_cases(data_dir, limit):
+    from crossdomainseg.imageio import read_image
+
+    paths = [c for c in data_dir.cases("test", "target") if c[2] is not None][: limit or None]
+    for case_id, image_path, label_path in paths:
+        yield case_id, read_image(image_path), read_image(label_path)
+
+
+def from_empty(engine, data_dir, refiners: dict, limit, max_clicks: int, log) -> dict:
+    """Per method: the robot outlines each FROM_EMPTY label starting from nothing (no draft: an
+    all-background label map), as a user adds a structure the model does not segment."""
+    import SimpleITK as sitk
+
+    from crossdomainseg.interactive import InteractiveSession
+    from crossdomainseg.interactive.evaluate import summarise
+    from crossdomainseg.interactive.simulate import robot_on_label
+
+    labels = engine.bundle.labels
+    curves = {name: [] for name in refiners}
+    times = {name: [] for name in refiners}
+    objects = []
+    for case_id, image, truth_image in test_cases(data_dir, limit):
+        truth = sitk.GetArrayFromImage(truth_image).astype(np.int16)
+        features = engine.bundle.normalize(sitk.GetArrayFromImage(image), "target")
+        empty = np.zeros(truth.shape, np.int16)
+        values = [labels[n] for n in FROM_EMPTY if (truth == labels[n]).any()]
+        objects += [f"{case_id}/{n}" for n in FROM_EMPTY if (truth == labels[n]).any()]
+        for name, refiner in refiners.items():
+            for value in values:
+                session = InteractiveSession(image, empty, None, features, None, refiner,
+                                             [v for v in labels.values() if v])
+                curve, t, _ = robot_on_label(session, truth, value, max_clicks)
+                curves[name].append(curve)
+                times[name] += t
+        log(f"from empty {case_id}: " + "  ".join(
+            f"{n} {np.mean([c[-1] for c in curves[n][-len(values):]]):.3f}" for n in refiners))
+    out = {}
+    for name in refiners:
+        summary = summarise(curves[name], times[name], objects)
+        summary["curves"] = {o: [round(v, 4) for v in c] for o, c in zip(objects, curves[name])}
+        out[name] = {**{k: summary[k] for k in SUMMARY_KEYS},
+                     **group_figures(summary, FROM_EMPTY, max_clicks)}
+    return out
+
+
+def latency_128(engine, refiner, data_dir, threads: int) -> dict:
+    """Per-click seconds on a target test image resampled to 128^3 (same field of view): the
+    robot corrects every label of the automatic draft for 20 clicks, model warm."""
+    import SimpleITK as sitk
+
+    from crossdomainseg.interactive import InteractiveSession
+    from crossdomainseg.interactive.simulate import robot_on_label
+
+    _, image, truth_image = next(test_cases(data_dir, 1))
+    reference = sitk.Image([128, 128, 128], sitk.sitkFloat32)
+    reference.SetDirection(image.GetDirection())
+    reference.SetOrigin(image.GetOrigin())
+    reference.SetSpacing([s * n / 128 for s, n in zip(image.GetSpacing(), image.GetSize())])
+    image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+    truth = sitk.GetArrayFromImage(sitk.Resample(truth_image, reference, sitk.Transform(),
+                                                 sitk.sitkNearestNeighbor, 0)).astype(np.int16)
+    result = engine.segment(image, preview=True, uncertainty=False)
+    session = InteractiveSession.from_result(image, result, engine.bundle, refiner)
+    times = []
+    for value in session.label_values:
+        _, t, _ = robot_on_label(session, truth, value, 20)
+        times += t
+    ms = np.asarray(times) * 1000
+    return {"volume_shape": list(truth.shape), "clicks": len(times), "threads": threads, "device": "cpu",
+            "model_warm": True, "p50": round(float(np.percentile(ms, 50)), 1),
+            "p95": round(float(np.percentile(ms, 95)), 1)}
+
+
+def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int, log) -> dict:
+    """{name: figures} on freshly generated brain target subjects (never a training subject)."""
+    from crossdomainseg.data import generate_case
+    from crossdomainseg.interactive.evaluate import evaluate_cases
+
+    def cases():
+        for seed in seeds:
+            case = generate_case("brain-t1-t2", seed, "target")
+            yield f"seed {seed}", case.image, case.label
+
+    results = evaluate_cases(engine, cases(), len(seeds), refiners, max_clicks, log=log)
+    return {name: {"seeds": [seeds[0], seeds[-1]], "subjects": len(seeds),
+                   **{k: r[k] for k in SUMMARY_KEYS}, "per_label": r["per_label"]}
+            for name, r in results.items()}
+
+
+def run(args, fresh_seeds) -> int:
+    from crossdomainseg.device import configure
+    from crossdomainseg.engine import Engine
+    from crossdomainseg.interactive.cli import build_refiners
+    from crossdomainseg.interactive.evaluate import evaluate_cases
+    from crossdomainseg.interactive.refiner import click_refiner_name
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    configure(args.threads)
+    engine = Engine(args.bundle, device="cpu", threads=args.threads, mode=args.mode)
+    data = task_dir("brain-t1-t2", args.data)
+    methods = [m for m in METHODS if m != "prompt" or engine.bundle.has_network("prompt")]
+    refiners = build_refiners(engine.bundle, methods, "cpu")
+    front = click_refiner_name(engine.bundle)
+    start = time.time()
+    n_test = len(list(data.cases("test", "target")))
+    limit = min(args.limit or n_test, n_test)
+    draft = evaluate_cases(engine, test_cases(data, limit), limit, refiners, args.max_clicks, log=log)
+    rows = {name: {**{k: r[k] for k in SUMMARY_KEYS},
+                   "compact": group_figures(r, COMPACT, args.max_clicks),
+                   "tissues": group_figures(r, TISSUES, args.max_clicks),
+                   "latency_ms_p50_test_split": r["latency_ms_p50"], "latency_ms_p95_test_split": r["latency_ms_p95"]}
+            for name, r in draft.items()}
+    log(f"draft starts done ({time.time() - start:.0f} s)")
+    empty = from_empty(engine, data, refiners, limit, args.max_clicks, log)
+    log(f"empty starts done ({time.time() - start:.0f} s)")
+    fresh = fresh_subjects(engine, {front: refiners[front]}, fresh_seeds, args.max_clicks, log)
+    log(f"fresh subjects done ({time.time() - start:.0f} s)")
+    latency = latency_128(engine, refiners[front], data, args.threads)
+    payload = {
+        "task": "brain-t1-t2", "machine": machine_info(args.threads),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["python", *sys.argv]),
+        "split": "test (target domain)", "subjects": limit, "of_test_subjects": n_test,
+        "start": f"the bundle's automatic result (engine mode {engine.mode})",
+        "unit": "one object = one label of one case; Dice of that label; robot clicks only on it",
+        "front_end_refiner": {"name": front, "chosen_on": (engine.bundle.metadata.get("click_refiner") or {}).get("split"),
+                              "validation_noc90_mean": (engine.bundle.metadata.get("click_refiner") or {}).get("noc90_mean")},
+        "from_draft": rows,
+        "from_empty": empty,
+        "fresh_subjects": fresh[front],
+        "latency_128": latency,
+        "model_version": engine.model_version,
+        "prompt_training": engine.bundle.metadata.get("prompt", {}).get("training"),
+        "eval_seconds": round(time.time() - start, 1),
+        "curves_from_draft": {name: r["curves"] for name, r in draft.items()},
+    }
+    if args.note:
+        payload["note"] = args.note
+    path = RESULTS / "clicks.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.setdefault("per_task", {})["brain-t1-t2"] = payload
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    log(json.dumps({k: v for k, v in payload.items() if k != "curves_from_draft"}, indent=1)[:6000])
+    return 0
