@@ -1,9 +1,9 @@
 """Click correction on brain-t1-t2 (real anatomy, T2 target with thick coronal slices): the robot
 user against the shipped brain bundle's automatic draft on the target test split, the prompt
 network against the sphere, region-growing and boundary shift refiners on the same starts; the
-prompt network and the baselines from an EMPTY mask (a new structure); the clicks that lower
-their object's Dice by more than 0.01 on freshly generated target subjects; latency per click on a
-128^3 volume. Target labels only report; the front ends' method is the one the bundle names
+prompt network and the baselines from an EMPTY mask (a new structure); the clicks of the front
+ends' method and of the prompt network that lower their object's Dice by more than 0.01 on freshly
+generated target subjects; latency per click of the front ends' method on a 128^3 volume. Target labels only report; the front ends' method is the one the bundle names
 (chosen on the source validation split by `eval clicks --choose`). Merges its figures into
 benchmarks/results/clicks.json under per_task["brain-t1-t2"], leaving the other entries.
 
@@ -167,7 +167,8 @@ def run(args, fresh_seeds) -> int:
     log(f"draft starts done ({time.time() - start:.0f} s)")
     empty = from_empty(engine, data, refiners, limit, args.max_clicks, log)
     log(f"empty starts done ({time.time() - start:.0f} s)")
-    fresh = fresh_subjects(engine, {front: refiners[front]}, fresh_seeds, args.max_clicks, log)
+    fresh_names = [n for n in dict.fromkeys((front, "prompt")) if n in refiners]
+    fresh = fresh_subjects(engine, {n: refiners[n] for n in fresh_names}, fresh_seeds, args.max_clicks, log)
     log(f"fresh subjects done ({time.time() - start:.0f} s)")
     latency = latency_128(engine, refiners[front], data, args.threads)
     payload = {
@@ -181,7 +182,7 @@ def run(args, fresh_seeds) -> int:
                               "validation_noc90_mean": (engine.bundle.metadata.get("click_refiner") or {}).get("noc90_mean")},
         "from_draft": rows,
         "from_empty": empty,
-        "fresh_subjects": fresh[front],
+        "fresh_subjects": fresh,
         "latency_128": latency,
         "model_version": engine.model_version,
         "prompt_training": engine.bundle.metadata.get("prompt", {}).get("training"),
