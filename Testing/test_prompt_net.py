@@ -175,6 +175,10 @@ def test_train_prompt_and_eval_clicks_commands(tmp_path):
                  "--threads", "1", "--batch", "1"]) == 0
     meta = load_bundle(bundle).metadata
     assert meta["prompt"]["training"]["steps"] == 2 and "models/prompt.pt" in meta["weights"]
+    assert main(["train-prompt", "--bundle", str(bundle), "--data", str(data), "--steps", "1", "--fine-tune",
+                 "--threads", "1", "--batch", "2"]) == 0
+    training = load_bundle(bundle).metadata["prompt"]["training"]
+    assert training["fine_tuned"] and training["fine_tuned_from"]["steps"] == 2
     # --choose clicks on the SOURCE validation split only: target labels are unreadable here
     for path in (data / "target" / "labels").iterdir():
         path.write_text("a target label: never to be read by a choice")
@@ -188,3 +192,37 @@ def test_train_prompt_and_eval_clicks_commands(tmp_path):
     chosen = load_bundle(bundle).metadata["click_refiner"]
     assert chosen["split"] == "source val" and chosen["name"] in ("prompt", "sphere")
     assert click_refiner(load_bundle(bundle)).name == chosen["name"]
+
+
+class _Everything(torch.nn.Module):
+    """Stand-in network that calls every voxel of the crop the object."""
+
+    def forward(self, x):
+        return torch.full_like(x[:, :1], 10.0)
+
+
+def test_fine_tuning_rounds_apply_the_network_as_the_session_does():
+    from crossdomainseg.interactive import train_prompt
+
+    truth = np.zeros((30, 30, 30), bool)
+    truth[13:17, 13:17, 13:17] = True  # smaller than the crop
+    current = np.zeros_like(truth)
+    clicks = train_prompt.network_rounds(truth, np.zeros(truth.shape, np.float32), current, _Everything(), 2,
+                                         size=(8, 8, 8))
+    # first click: positive at the cube's centre, the whole 8^3 crop around it joins the object;
+    # second: negative in what it wrongly took, and the network still says "object": only the
+    # clicked voxel leaves
+    assert [p for _, p in clicks] == [True, False]
+    first = clicks[0][0]
+    expected = np.zeros_like(truth)
+    expected[tuple(slice(c - 4, c + 4) for c in first)] = True
+    expected[clicks[1][0]] = False
+    assert np.array_equal(current, expected)
+    rng = np.random.default_rng(3)
+    case = train_prompt.PromptCase(truth.astype(np.float32), truth.astype(np.int16),
+                                   {"kind": "percentile", "lower": 1, "upper": 99})
+    for _ in range(10):
+        x, y = train_prompt.make_prompt_sample(case, rng, size=(16, 16, 16), network=_Everything())
+        for channel, want in ((2, 1.0), (3, 0.0)):
+            for peak in np.argwhere(x[channel] == 1.0):
+                assert y[0][tuple(peak)] == want

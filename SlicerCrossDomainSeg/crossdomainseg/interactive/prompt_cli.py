@@ -21,6 +21,10 @@ def add_parser(subparsers) -> None:
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--batch", type=int, default=8)
     train.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay over the run)")
+    train.add_argument("--fine-tune", action="store_true",
+                       help="start from the bundle's prompt network; most samples then have earlier clicks "
+                       "the network answered itself")
     train.set_defaults(func=run_train_prompt)
 
 
@@ -40,6 +44,7 @@ def run_train_prompt(args) -> int:
         raise InputError(f"--minutes must be above 0, got {args.minutes}.")
     command = "crossdomainseg " + shlex.join(sys.argv[1:])
     train_and_ship_prompt(args.bundle, args.data, args.minutes, args.seed, args.threads, args.batch,
-                          args.steps, command=command, checkpoint_minutes=args.checkpoint_minutes,
+                          args.steps, command=command, checkpoint_minutes=args.checkpoint_minutes, lr=args.lr,
+                          fine_tune=args.fine_tune,
                           log=lambda m: print(m, file=sys.stderr, flush=True))
     return 0

@@ -5,7 +5,10 @@ label (most often), one connected part of a label, the union of two touching lab
 synthetic lesion painted into the image, so the network learns "this object" and not the label
 set. The object's current mask is empty (a new structure) or a corrupted copy of it (a draft);
 the robot clicks 1 to MAX_CLICKS times in the largest error region (earlier regions corrected
-before the last click), and the crop is centred near the last click. On SYNTH_SHARE of the
+before the last click), and the crop is centred near the last click. When fine-tuning, on
+ITERATE_SHARE of the samples the earlier clicks are answered by the network itself, applied as the
+session applies them, so it also learns from the masks its own answers leave (a first answer too
+large, then negative clicks). On SYNTH_SHARE of the
 samples the image is a SynthSeg-style synthesis of the case (training/randomize.py: random
 contrast per tissue, bias, noise, thick slices), so the network works on a modality it never saw;
 crops are randomly flipped and their axes permuted (target scans come coronal or sagittal).
@@ -30,12 +33,13 @@ from ..networks import build_network
 from ..training.randomize import crop_normalization, synthesize
 from .encoding import crop_box
 from .prompt_net import NETWORK_NAME, PROMPT_SIZE, PROMPT_SPACING, PROMPT_SPEC, encode
-from .simulate import training_clicks
+from .simulate import next_click, training_clicks
 from .train_refiner import corrupt
 
 MAX_CLICKS = 8
 SYNTH_SHARE = 0.8
 EMPTY_SHARE = 0.35  # samples starting from an empty mask (a new structure)
+ITERATE_SHARE = 0.6  # fine-tuning: samples whose earlier clicks the network answered itself
 RESYNTH = 0.3  # chance a case's synthetic image is drawn again when the case is sampled
 # object kinds and their shares: one label, one connected part of a label, two touching labels, a lesion
 OBJECT_KINDS = (("label", 0.55), ("part", 0.15), ("union", 0.15), ("lesion", 0.15))
@@ -116,27 +120,55 @@ def pick_object(case: PromptCase, image: np.ndarray, rng) -> tuple[np.ndarray, n
     return truth, image
 
 
-def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """(input (4, *size), target (1, *size)) float32 arrays for one simulated click."""
+def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE):
+    """The robot clicks up to `rounds` times on `current` (bool, changed in place), each click
+    answered by `network` on the crop around it and applied as the session applies it (one-sided,
+    connected to the click). Returns the clicks as ((z, y, x), positive)."""
+    clicks = []
+    for _ in range(rounds):
+        click = next_click(truth, current, PROMPT_SPACING)
+        if click is None:
+            break
+        clicks.append((click.index, click.positive))
+        crop = crop_box(click.index, size, truth.shape)
+        local = [(crop.local(c), p) for c, p in clicks if crop.contains(c)]
+        here = current[crop.slices]  # a view: writing it writes `current`
+        x = encode(image[crop.slices], here, [c for c, p in local if p], [c for c, p in local if not p], size)
+        with torch.inference_mode():
+            logits = network(torch.from_numpy(x)[None])[0, 0].numpy()
+        inside = logits[tuple(slice(0, n) for n in here.shape)] >= 0
+        change = (inside & ~here) if click.positive else (~inside & here)
+        index = crop.local(click.index)
+        change[index] = True
+        components, _ = ndimage.label(change)
+        here[components == components[index]] = click.positive
+    return clicks
+
+
+def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None) -> tuple[np.ndarray, np.ndarray]:
+    """(input (4, *size), target (1, *size)) float32 arrays for one simulated click; with
+    `network`, ITERATE_SHARE of the samples have earlier clicks it answered (`network_rounds`)."""
     image = case.synthetic_image(rng) if rng.random() < SYNTH_SHARE else case.image
     truth, image = pick_object(case, image, rng)
     box = ndimage.find_objects(truth.astype(np.uint8))[0]
     around = tuple(slice(max(0, s.start - n // 2), s.stop + n // 2) for s, n in zip(box, size))
     truth_a = truth[around]
-    if rng.random() < EMPTY_SHARE:
-        pred = np.zeros_like(truth_a)
-        n = 1 if rng.random() < 0.6 else int(rng.integers(1, MAX_CLICKS + 1))
+    empty = rng.random() < EMPTY_SHARE
+    pred = np.zeros_like(truth_a) if empty else corrupt(truth_a, rng)
+    if network is not None and rng.random() < ITERATE_SHARE:
+        current = pred.copy()
+        earlier = network_rounds(truth_a, image[around], current, network, int(rng.integers(1, 4)), size)
+        last = next_click(truth_a, current, PROMPT_SPACING)
+        clicks = [] if last is None else [*earlier, (last.index, last.positive)]
     else:
-        pred = corrupt(truth_a, rng)
-        n = int(rng.integers(1, MAX_CLICKS + 1))
-    clicks, current = training_clicks(truth_a, pred, n, PROMPT_SPACING)
-    if not clicks:  # the corruption left no error: a confirming click inside the object
+        n = 1 if empty and rng.random() < 0.6 else int(rng.integers(1, MAX_CLICKS + 1))
+        robot, current = training_clicks(truth_a, pred, n, PROMPT_SPACING)
+        clicks = [(c.index, c.positive) for c in robot]
+    if not clicks:  # no error left: a confirming click inside the object
         inside = np.argwhere(truth_a)
-        centre = inside[rng.integers(len(inside))]
-        clicks_local, positive = [tuple(centre)], [True]
-    else:
-        centre = np.asarray(clicks[-1].index)
-        clicks_local, positive = [c.index for c in clicks], [c.positive for c in clicks]
+        clicks = [(tuple(inside[rng.integers(len(inside))]), True)]
+    clicks_local, positive = [c for c, _ in clicks], [p for _, p in clicks]
+    centre = clicks_local[-1]
     centre = np.asarray(centre) + rng.integers(-4, 5, size=3)
     crop = crop_box(centre, size, truth_a.shape)
     local = [(crop.local(c), p) for c, p in zip(clicks_local, positive) if crop.contains(c)]
@@ -157,15 +189,18 @@ def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE) -> tuple[np.ndar
 
 def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: int = 8, lr: float = 2e-3,
                  steps_limit: int | None = None, checkpoint=None, checkpoint_minutes: float = 5.0,
-                 log=print) -> tuple[torch.nn.Module, dict]:
-    """Train the prompt network for `steps_limit` steps, else `minutes` of wall time (at least one
-    step); every `checkpoint_minutes` `checkpoint(network, summary)` is called (e.g. to write it
-    into a bundle for evaluation while training goes on). Ctrl-C keeps what is trained so far."""
+                 init: torch.nn.Module | None = None, log=print) -> tuple[torch.nn.Module, dict]:
+    """Train the prompt network (fine-tune `init`, with samples it answers itself, when given) for
+    `steps_limit` steps, else `minutes` of wall time (at least one step); every
+    `checkpoint_minutes` `checkpoint(network, summary)` is called (e.g. to write it into a bundle
+    for evaluation while training goes on). Ctrl-C keeps what is trained so far."""
     from monai.losses import DiceCELoss
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     network = build_network(PROMPT_SPEC)
+    if init is not None:
+        network.load_state_dict(init.state_dict())
     optimiser = torch.optim.Adam(network.parameters(), lr=lr)
     total = steps_limit or max(1, int(minutes * 60 / 1.0))  # cosine schedule length; re-estimated below
     scheduler_start = lr
@@ -175,6 +210,7 @@ def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: 
 
     def summary() -> dict:
         return {"steps": steps, "seconds": round(time.time() - start, 1), "batch": batch, "lr": lr,
+                "fine_tuned": init is not None,
                 "stopped_early": stopped, "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None}
 
     while steps == 0 or (steps < steps_limit if steps_limit else time.time() - start < minutes * 60):
@@ -183,7 +219,8 @@ def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: 
                 total = max(21, int(minutes * 60 / ((time.time() - start) / 20)))
             for group in optimiser.param_groups:
                 group["lr"] = scheduler_start * 0.5 * (1 + np.cos(np.pi * min(1.0, steps / total)))
-            samples = [make_prompt_sample(cases[rng.integers(len(cases))], rng) for _ in range(batch)]
+            samples = [make_prompt_sample(cases[rng.integers(len(cases))], rng, network=None if init is None else network)
+                       for _ in range(batch)]
             x = torch.from_numpy(np.stack([s[0] for s in samples]))
             y = torch.from_numpy(np.stack([s[1] for s in samples]))
             loss = loss_fn(network(x), y)
@@ -209,23 +246,33 @@ def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: 
     return network, summary()
 
 
-def prompt_metadata(task_dir, cases: int, seed: int, threads: int, command: str, summary: dict) -> dict:
-    return {"size": list(PROMPT_SIZE), "spacing": list(PROMPT_SPACING), "training": {
-        "data": f"{Path(task_dir).name}: source train split ({cases} cases), simulated clicks, "
-                f"synthetic contrast on {SYNTH_SHARE:.0%} of samples", "seed": seed, "threads": threads,
-        "command": command, **summary}}
+def prompt_metadata(task_dir, cases: int, seed: int, threads: int, command: str, summary: dict,
+                    before: dict | None = None) -> dict:
+    training = {"data": f"{Path(task_dir).name}: source train split ({cases} cases), simulated clicks, "
+                        f"synthetic contrast on {SYNTH_SHARE:.0%} of samples", "seed": seed, "threads": threads,
+                "command": command, **summary}
+    if before is not None:
+        training["fine_tuned_from"] = before
+    return {"size": list(PROMPT_SIZE), "spacing": list(PROMPT_SPACING), "training": training}
 
 
 def train_and_ship_prompt(bundle_path, task_dir, minutes: float, seed: int = 0, threads: int = 1,
                           batch: int = 8, steps: int | None = None, limit_cases: int | None = None,
-                          command: str | None = None, checkpoint_minutes: float = 5.0, log=print):
-    """Train the prompt network on the task's source training cases and write it into the bundle
-    (also every `checkpoint_minutes` while training)."""
+                          command: str | None = None, checkpoint_minutes: float = 5.0, lr: float = 2e-3,
+                          fine_tune: bool = False, log=print):
+    """Train the prompt network on the task's source training cases (`fine_tune`: the bundle's own,
+    further) and write it into the bundle (also every `checkpoint_minutes` while training)."""
     from ..device import configure
 
     configure(threads)
     bundle = load_bundle(bundle_path)
     tick = time.time()
+    init = before = None
+    if fine_tune:
+        if not bundle.has_network(NETWORK_NAME):
+            raise InputError(f"The model bundle {bundle_path} has no prompt network to fine-tune; "
+                             "train one first (without --fine-tune).")
+        init, before = bundle.network(NETWORK_NAME), bundle.metadata.get(NETWORK_NAME, {}).get("training")
     cases = load_prompt_cases(task_dir, bundle, limit=limit_cases)
     command = command or " ".join(sys.argv)
     log(f"{len(cases)} source training cases ({time.time() - tick:.0f} s); training "
@@ -233,10 +280,11 @@ def train_and_ship_prompt(bundle_path, task_dir, minutes: float, seed: int = 0, 
 
     def ship(network, summary):
         update_bundle(bundle_path, networks={NETWORK_NAME: network},
-                      metadata={NETWORK_NAME: prompt_metadata(task_dir, len(cases), seed, threads, command, summary)})
+                      metadata={NETWORK_NAME: prompt_metadata(task_dir, len(cases), seed, threads, command, summary,
+                                                              before)})
         log(f"prompt network written to {bundle_path}: {json.dumps(summary)}")
 
-    network, summary = train_prompt(cases, minutes, seed, batch, steps_limit=steps, checkpoint=ship,
-                                    checkpoint_minutes=checkpoint_minutes, log=log)
+    network, summary = train_prompt(cases, minutes, seed, batch, lr, steps_limit=steps, checkpoint=ship,
+                                    checkpoint_minutes=checkpoint_minutes, init=init, log=log)
     ship(network, summary)
     return network, summary
