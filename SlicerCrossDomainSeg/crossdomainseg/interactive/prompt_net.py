@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..device import pick_device
 from ..errors import BundleError
 from .encoding import click_maps
+from .refiner import to_net_index
 from .session import CropInputs
 
 PROMPT_SIZE = (48, 48, 48)
@@ -43,11 +44,6 @@ def net_shape(crop_shape, crop_spacing, size=PROMPT_SIZE, spacing=PROMPT_SPACING
     """The crop's shape rescaled to the network's spacing, at most `size` per axis."""
     return tuple(min(int(n), max(1, int(round(c * s / t))))
                  for c, s, t, n in zip(crop_shape, crop_spacing, spacing, size))
-
-
-def to_net_index(index, crop_shape, shape):
-    """A crop voxel index on the rescaled grid (half-pixel centres, as F.interpolate maps them)."""
-    return tuple((i + 0.5) * n / c - 0.5 for i, c, n in zip(index, crop_shape, shape))
 
 
 def encode(image, mask, positive, negative, size=PROMPT_SIZE) -> np.ndarray:

@@ -34,7 +34,7 @@ from ..training.randomize import crop_normalization, synthesize
 from .encoding import crop_box
 from .prompt_net import NETWORK_NAME, PROMPT_SIZE, PROMPT_SPACING, PROMPT_SPEC, encode
 from .simulate import next_click, training_clicks
-from .train_refiner import corrupt
+from .train_refiner import corrupt, train_step
 
 MAX_CLICKS = 8
 SYNTH_SHARE = 0.8
@@ -221,19 +221,14 @@ def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: 
                 group["lr"] = scheduler_start * 0.5 * (1 + np.cos(np.pi * min(1.0, steps / total)))
             samples = [make_prompt_sample(cases[rng.integers(len(cases))], rng, network=None if init is None else network)
                        for _ in range(batch)]
-            x = torch.from_numpy(np.stack([s[0] for s in samples]))
-            y = torch.from_numpy(np.stack([s[1] for s in samples]))
-            loss = loss_fn(network(x), y)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+            loss = train_step(network, optimiser, loss_fn, samples)
         except KeyboardInterrupt:
             if steps == 0:
                 raise
             stopped = True
             log(f"interrupted after {steps} steps: keeping the network trained so far")
             break
-        losses.append(float(loss.detach()))
+        losses.append(loss)
         steps += 1
         if steps % 25 == 0:
             log(f"step {steps}  loss {np.mean(losses[-25:]):.4f}  {time.time() - start:.0f} s")

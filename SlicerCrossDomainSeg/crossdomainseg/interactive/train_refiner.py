@@ -214,6 +214,17 @@ def make_sample(case: TrainCase, rng: np.random.Generator, size=NET_SIZE):
 
 # ---- training --------------------------------------------------------------------------------
 
+def train_step(network, optimiser, loss_fn, samples) -> float:
+    """One optimiser step on a batch of (input, target) array pairs; returns the loss."""
+    x = torch.from_numpy(np.stack([s[0] for s in samples]))
+    y = torch.from_numpy(np.stack([s[1] for s in samples]))
+    loss = loss_fn(network(x), y)
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    return float(loss.detach())
+
+
 def train(cases: list[TrainCase], minutes: float, seed: int = 0, batch: int = 4, lr: float = 2e-3,
           spec: dict = REFINER_SPEC, size=NET_SIZE, steps_limit: int | None = None,
           log=print) -> tuple[torch.nn.Module, dict]:
@@ -242,19 +253,14 @@ def train(cases: list[TrainCase], minutes: float, seed: int = 0, batch: int = 4,
             tick = time.time()
             samples = [make_sample(cases[rng.integers(len(cases))], rng, size) for _ in range(batch)]
             sampling += time.time() - tick
-            x = torch.from_numpy(np.stack([s[0] for s in samples]))
-            y = torch.from_numpy(np.stack([s[1] for s in samples]))
-            loss = loss_fn(network(x), y)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+            loss = train_step(network, optimiser, loss_fn, samples)
         except KeyboardInterrupt:  # Ctrl-C (or SIGINT) ends training early and keeps the network
             if steps == 0:
                 raise
             stopped = True
             log(f"interrupted after {steps} steps: keeping the network trained so far")
             break
-        losses.append(float(loss.detach()))
+        losses.append(loss)
         steps += 1
         if steps % 25 == 0:
             of = f"/{steps_limit}" if steps_limit else ""
