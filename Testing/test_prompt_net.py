@@ -226,3 +226,25 @@ def test_fine_tuning_rounds_apply_the_network_as_the_session_does():
         for channel, want in ((2, 1.0), (3, 0.0)):
             for peak in np.argwhere(x[channel] == 1.0):
                 assert y[0][tuple(peak)] == want
+
+
+@pytest.mark.parametrize("inside, outside", [(1.0, 0.3), (0.2, 0.7)])
+def test_the_shipped_prompt_network_outlines_a_new_structure_from_one_click(inside, outside):
+    """The brain bundle's trained network, on a structure it never saw (an ellipsoid, bright on
+    dark or dark on bright, 3 x 1 x 1 mm voxels): one click at its centre outlines it (Dice about
+    0.7-0.8 when written)."""
+    from crossdomainseg.interactive.simulate import dice
+    from crossdomainseg.resources import shipped_bundles
+
+    refiner = PromptRefiner.from_bundle(load_bundle(shipped_bundles()["brain-t1-t2"]), "cpu")
+    grids = np.ogrid[:60, :80, :80]
+    blob = ((grids[0] - 30) / 3.0) ** 2 + ((grids[1] - 40) / 12.0) ** 2 + ((grids[2] - 38) / 10.0) ** 2 <= 1
+    array = (np.where(blob, inside, outside)
+             + np.random.default_rng(0).normal(0, 0.03, blob.shape)).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 3.0))
+    session = InteractiveSession(image, np.zeros(blob.shape, np.int16), image_features=array, refiner=refiner,
+                                 label_values=[1])
+    value, result = session.new_structure(image.TransformIndexToPhysicalPoint((38, 40, 30)))
+    assert value == 2 and dice(blob, session.label == 2) > 0.5
+    assert result.box.contains((30, 40, 38)) and not (session.label == 1).any()
