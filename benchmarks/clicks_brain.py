@@ -3,8 +3,9 @@ user against the shipped brain bundle's automatic draft on the target test split
 network against the sphere, region-growing and boundary shift refiners on the same starts; the
 prompt network and the baselines from an EMPTY mask (a new structure); the clicks of the front
 ends' method and of the prompt network that lower their object's Dice by more than 0.01 on freshly
-generated target subjects; latency per click of the front ends' method on a 128^3 volume. Target labels only report; the front ends' method is the one the bundle names
-(chosen on the source validation split by `eval clicks --choose`). Merges its figures into
+generated target subjects; latency per click of the front ends' method on a 128^3 volume. Target
+labels only report; the front ends' method is the one the bundle names (chosen on the source
+validation split by `eval clicks --choose`). Merges its figures into
 benchmarks/results/clicks.json under per_task["brain-t1-t2"], leaving the other entries.
 
     python benchmarks/clicks.py --task brain-t1-t2 --bundle Resources/bundles/brain-t1-t2 [--limit 6]
@@ -155,6 +156,7 @@ def run(args, fresh_seeds) -> int:
     methods = [m for m in METHODS if m != "prompt" or engine.bundle.has_network("prompt")]
     refiners = build_refiners(engine.bundle, methods, "cpu")
     front = click_refiner_name(engine.bundle)
+    chosen = engine.bundle.metadata.get("click_refiner") or {}
     start = time.time()
     n_test = len(list(data.cases("test", "target")))
     limit = min(args.limit or n_test, n_test)
@@ -178,8 +180,8 @@ def run(args, fresh_seeds) -> int:
         "split": "test (target domain)", "subjects": limit, "of_test_subjects": n_test,
         "start": f"the bundle's automatic result (engine mode {engine.mode})",
         "unit": "one object = one label of one case; Dice of that label; robot clicks only on it",
-        "front_end_refiner": {"name": front, "chosen_on": (engine.bundle.metadata.get("click_refiner") or {}).get("split"),
-                              "validation_noc90_mean": (engine.bundle.metadata.get("click_refiner") or {}).get("noc90_mean")},
+        "front_end_refiner": {"name": front, "chosen_on": chosen.get("split"),
+                              "validation_noc90_mean": chosen.get("noc90_mean")},
         "from_draft": rows,
         "from_empty": empty,
         "fresh_subjects": fresh,

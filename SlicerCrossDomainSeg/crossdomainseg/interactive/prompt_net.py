@@ -25,7 +25,8 @@ from .refiner import to_net_index
 from .session import CropInputs
 
 PROMPT_SIZE = (48, 48, 48)
-PROMPT_SPACING = (2.0, 2.0, 2.0)  # isotropic, so training may permute the axes (scans are stored axial, coronal, sagittal)
+# isotropic, so training may permute the axes (scans are stored axial, coronal or sagittal)
+PROMPT_SPACING = (2.0, 2.0, 2.0)
 PROMPT_CLICK_SIGMA = 1.5  # voxels of the network grid
 NETWORK_NAME = "prompt"  # the bundle's network and metadata key
 PROMPT_SPEC = {

@@ -219,7 +219,8 @@ def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: 
                 total = max(21, int(minutes * 60 / ((time.time() - start) / 20)))
             for group in optimiser.param_groups:
                 group["lr"] = scheduler_start * 0.5 * (1 + np.cos(np.pi * min(1.0, steps / total)))
-            samples = [make_prompt_sample(cases[rng.integers(len(cases))], rng, network=None if init is None else network)
+            answering = None if init is None else network
+            samples = [make_prompt_sample(cases[rng.integers(len(cases))], rng, network=answering)
                        for _ in range(batch)]
             loss = train_step(network, optimiser, loss_fn, samples)
         except KeyboardInterrupt:
