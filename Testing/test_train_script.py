@@ -21,7 +21,7 @@ def test_default_bundle_script_runs_every_stage(tmp_path, icbm152_templates):
         assert main(["data", "make", "--task", task, "--n", "5", "--seed", "0", "--out", str(data / task)]) == 0
     env = {**os.environ, "PYTHON": sys.executable, "DATA_ROOT": str(data), "OUT_ROOT": str(out),
            "THREADS": "1", "SOURCE_EXTRA": "--epochs 1 --steps 1", "TRANSLATOR_EXTRA": "--epochs 1 --steps 1",
-           "REFINER_EXTRA": "--steps 1 --batch 1", "CHOOSE_EXTRA": "--max-clicks 2"}
+           "REFINER_EXTRA": "--steps 1 --batch 1", "PROMPT_EXTRA": "--steps 1 --batch 1", "CHOOSE_EXTRA": "--max-clicks 2"}
     run = subprocess.run(["bash", str(ROOT / "scripts" / "train_default_bundles.sh")], cwd=ROOT, env=env,
                          capture_output=True, encoding="utf-8", errors="replace", timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -34,6 +34,8 @@ def test_default_bundle_script_runs_every_stage(tmp_path, icbm152_templates):
         assert len(bundle.metadata["training"]["translator"]["history"]) == 1
         assert not (out / f"{task}.ckpt").exists()
     assert load_bundle(out / "phantom-ct-mr").has_network("refiner")
+    prompt = load_bundle(out / "brain-t1-t2").metadata["prompt"]["training"]
+    assert prompt["fine_tuned"] and prompt["fine_tuned_from"]["steps"] == 1
     assert load_bundle(out / "brain-t1-t2").metadata["training"]["translator"]["config"]["lambda_identity"] == 0
     for task, reference in shipped.items():
         bundle = load_bundle(out / task)
@@ -42,6 +44,6 @@ def test_default_bundle_script_runs_every_stage(tmp_path, icbm152_templates):
         assert bundle.metadata.get("curriculum_params") == reference.metadata.get("curriculum_params"), task
         assert bundle.metadata["postprocess_choice"]["split"] == "source val"
         assert bundle.metadata["uncertainty_hints"]["split"] == "source val"
-    for task in ("phantom-ct-mr", "xray-drr"):  # the choose stage named the click method front ends use
+    for task in shipped:  # the choose stage named the click method front ends use
         assert load_bundle(out / task).metadata["click_refiner"]["split"] == "source val"
     assert load_bundle(out / "xray-drr").metadata["training"]["translator"]["config"]["seg_detached"] is True

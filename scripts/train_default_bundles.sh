@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Train the default bundles shipped in Resources/bundles/ from generated task data, with the
-# committed seeds. Usage: scripts/train_default_bundles.sh [brain-t1-t2|phantom-ct-mr|xray-drr ...] [--stage source|translator|settings|refiner|choose]
+# committed seeds. Usage: scripts/train_default_bundles.sh [brain-t1-t2|phantom-ct-mr|xray-drr ...] [--stage source|translator|settings|refiner|prompt|choose]
 # Env: DATA_ROOT (task folders; made with `crossdomainseg data make` when missing, default
 # build/default-bundle-data), THREADS (torch threads, default 2), OUT_ROOT (default Resources/bundles);
-# SOURCE_EXTRA, TRANSLATOR_EXTRA, REFINER_EXTRA, CHOOSE_EXTRA: options appended to a stage's own (the last of a
+# SOURCE_EXTRA, TRANSLATOR_EXTRA, REFINER_EXTRA, PROMPT_EXTRA, CHOOSE_EXTRA: options appended to a stage's own (the last of a
 # repeated option wins), e.g. "--epochs 1 --steps 1" for the smoke test in Testing/.
 # --resume continues each stage from its checkpoint (BUNDLE.ckpt, removed once both stages ran).
 set -euo pipefail
@@ -66,10 +66,19 @@ refiner() {  # task, cases per domain, refiner options: the click refiner (3D ta
   fi
 }
 
-choose() {  # task, cases per domain: the click method front ends use, picked on the SOURCE validation split
+prompt() {  # task, cases per domain, first-stage options, fine-tuning options: the prompt network
+  if [ "$STAGE" = all ] || [ "$STAGE" = prompt ]; then
+    # shellcheck disable=SC2086
+    cdseg train-prompt --bundle "$OUT_ROOT/$1" --data "$(data_dir "$1" "$2")" --threads "$THREADS" $3 ${PROMPT_EXTRA:-}
+    # shellcheck disable=SC2086
+    cdseg train-prompt --bundle "$OUT_ROOT/$1" --data "$(data_dir "$1" "$2")" --threads "$THREADS" --fine-tune $4 ${PROMPT_EXTRA:-}
+  fi
+}
+
+choose() {  # task, cases per domain[, options]: the click method front ends use, picked on the SOURCE validation split
   if [ "$STAGE" = all ] || [ "$STAGE" = choose ]; then
     # shellcheck disable=SC2086
-    cdseg eval clicks --bundle "$OUT_ROOT/$1" --data "$(data_dir "$1" "$2")" --threads "$THREADS" --choose ${CHOOSE_EXTRA:-}
+    cdseg eval clicks --bundle "$OUT_ROOT/$1" --data "$(data_dir "$1" "$2")" --threads "$THREADS" --choose ${3:-} ${CHOOSE_EXTRA:-}
   fi
 }
 
@@ -87,6 +96,11 @@ for task in "${TASKS[@]}"; do
         "--spacing 2 --roi 48 --channels 16,32,64,128 --res-units 1 --batch 2 --lr 2e-3 --class-balanced --epochs 24 --steps 30 --seed 1" \
         "--patch 32 --gen-channels 16 --n-down 2 --blocks 3 --stem-kernel 3 --disc-channels 16 --disc-layers 3 --batch 2 --lr 1e-3 --lambda-identity 0 --lambda-seg 5 --average-decay 0.99 --epochs 25 --steps 20 --val-cases 0 --seed 2"
       settings brain-t1-t2 30
+      # The prompt network (object-agnostic clicks, new structures) reads the source labels only,
+      # never the segmenter. The shipped one: THREADS=1, a 55-minute run stopped by SIGINT after
+      # 2955 steps (so its cosine decay had not ended), then 20 minutes of fine-tuning (1179 steps).
+      prompt brain-t1-t2 30 "--steps 2955 --batch 8 --lr 2e-3 --seed 0" "--steps 1179 --batch 8 --lr 1e-3 --seed 0"
+      choose brain-t1-t2 30 "--methods prompt,sphere,region_growing,boundary_shift --limit 2"
       ;;
     phantom-ct-mr)
       # CT in the abdominal soft-tissue window (W400 L40): liver, spleen and lesion differ by a few
