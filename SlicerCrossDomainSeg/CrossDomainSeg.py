@@ -30,6 +30,7 @@ if (MODULE_DIR / "Resources" / "bundles").is_dir():
     os.environ.setdefault("CROSSDOMAINSEG_RESOURCES", str(MODULE_DIR / "Resources"))
 
 JOB_POLL_MS = 100
+SEGMENT_EDITOR_TAG = "SegmentEditor"  # singleton tag of the Segment Editor module's parameter node
 
 #
 # CrossDomainSeg
@@ -113,6 +114,7 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         core = self.logic.core
         core.on_error = self.onLogicError
         core.run_job = self.runClickJob
+        core.save_state_for_undo = self.saveStateForUndo
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -162,6 +164,10 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self):
         self.initializeParameterNode()
         self._trainerTimer.start()
+        if self.logic.core.has_case and not self._clickJobs:
+            # take in what was done in the Segment Editor meanwhile (strokes are locked; an Undo
+            # there of a click takes the click and its point out here too)
+            self._try(self.logic.core.lock_from_segmentation)
 
     def exit(self):
         self._trainerTimer.stop()
@@ -415,11 +421,22 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Open the Segment Editor on this result; its strokes are locked at the next click."""
         core = self.logic.core
         slicer.util.selectModule("SegmentEditor")
-        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor = _segmentEditor()
         editor.setSegmentationNode(core.segmentation_node)
         editor.setSourceVolumeNode(core.volume_node)
         if core.active_label:
             editor.setCurrentSegmentID(core.active_label)
+
+    def saveStateForUndo(self, segmentationNode):
+        """The Logic's hook before it writes into a segmentation: when the Segment Editor is
+        editing that segmentation, its undo history gets the state, so Ctrl+Z there takes back a
+        click (or this module's Undo) exactly as a stroke, and the Logic follows the restore."""
+        editorNode = slicer.mrmlScene.GetSingletonNode(SEGMENT_EDITOR_TAG, "vtkMRMLSegmentEditorNode")
+        if editorNode is None or segmentationNode is None:
+            return  # the Segment Editor was never opened in this scene: it has no history
+        edited = editorNode.GetSegmentationNode()
+        if edited is not None and edited.GetID() == segmentationNode.GetID():
+            _segmentEditor().saveStateForUndo()
 
     def onLogicError(self, message):
         """What went wrong in one of the Logic's observers (a point placed, moved or deleted; a
@@ -531,6 +548,11 @@ class CrossDomainSegLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return CrossDomainSegParameterNode(super().getParameterNode())
+
+
+def _segmentEditor():
+    """The Segment Editor module's qMRMLSegmentEditorWidget."""
+    return slicer.modules.segmenteditor.widgetRepresentation().self().editor
 
 
 def _addModulePath():

@@ -521,6 +521,130 @@ def test_segment_editor_strokes_survive_clicks_accept_and_export(app, volume, bu
     np.testing.assert_array_equal(segment_label_via_slicer(app, node, volume, ["liver", "kidney"]), exported)
 
 
+def segment_editor_logic(app, segmentation_node, volume_node):
+    """The Segment Editor's own logic (vtkSlicerSegmentEditorLogic: what qMRMLSegmentEditorWidget's
+    saveStateForUndo, undo and redo, and so Ctrl+Z and Ctrl+Y, call) editing `segmentation_node`,
+    with the Segment Editor module's singleton parameter node, keeping 10 states as the module does."""
+    editor_node = app.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor_node.SetSingletonTag("SegmentEditor")
+    editor = slicer.vtkSlicerSegmentEditorLogic()
+    editor.SetMRMLScene(app.scene)
+    editor.SetSegmentationHistory(slicer.vtkSegmentationHistory())
+    editor.SetSegmentEditorNode(editor_node)
+    editor.SetSegmentationNode(segmentation_node)
+    editor.SetSourceVolumeNode(volume_node)
+    editor.SetMaximumNumberOfUndoStates(10)
+    return editor
+
+
+def editor_stroke(editor, segmentation_node, segment_id, mask, volume_node) -> None:
+    """A paint stroke as an effect makes it: save the state for undo, then modify the segment
+    through the editor logic's ModifySegmentByLabelmap."""
+    (zs, ys, xs) = ndimage_bounds(mask)
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    extent = [xs.start, xs.stop - 1, ys.start, ys.stop - 1, zs.start, zs.stop - 1]
+    modifier = nodes._oriented_image(mask[zs, ys, xs], matrix, extent)
+    assert editor.SaveStateForUndo()
+    editor.ModifySegmentByLabelmap(segmentation_node, segment_id, modifier,
+                                   editor.ModificationModeAdd, False, True)
+
+
+def test_segment_editor_undo_and_redo_step_through_clicks_as_through_strokes(app, volume, bundles,
+                                                                            tmp_path):
+    """The Logic saves the segmentation's state into the Segment Editor's history before each
+    write, so the editor's Undo (Ctrl+Z) takes back a click exactly as a stroke; the Logic follows
+    such a restore (the click and its point go, nothing is locked) and keeps every painted voxel."""
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    node = logic.segment(volume).segmentation_node
+    editor = segment_editor_logic(app, node, volume)
+    logic.save_state_for_undo = lambda segmentation_node: editor.SaveStateForUndo()
+    screen = lambda: segment_label_via_slicer(app, node, volume, ["liver", "kidney"])  # noqa: E731
+    painted = np.zeros((24, 40, 48), bool)
+    painted[2:5, 3:12, 30:44] = True  # kidney, far from the ball
+    editor_stroke(editor, node, "kidney", painted, volume)
+    before_click = screen()
+    assert (before_click[painted] == 2).all()
+
+    include, _ = logic.click_nodes()
+    include.AddControlPoint(vtk.vtkVector3d(*ras_of_index(volume, BLOB_CENTER[::-1])))
+    after_click = screen()
+    assert logic.last_error == "" and (after_click != before_click).sum() > 50
+    assert logic.session.locked.sum() == painted.sum()  # the stroke, taken in at the click
+
+    editor.Undo()  # Ctrl+Z in the Segment Editor
+    np.testing.assert_array_equal(screen(), before_click)  # the stroke is still there
+    assert logic.lock_from_segmentation() == painted.sum()  # the restore locks nothing more
+    assert logic.clicks == [] and include.GetNumberOfControlPoints() == 0
+    np.testing.assert_array_equal(logic.session.label, before_click)
+
+    editor.Redo()  # Ctrl+Y
+    logic.lock_from_segmentation()
+    assert len(logic.clicks) == 1 and include.GetNumberOfControlPoints() == 1
+    np.testing.assert_array_equal(screen(), after_click)
+    np.testing.assert_array_equal(logic.session.label, after_click)
+
+    assert logic.undo()  # the module's own Undo saves a state too: Ctrl+Z takes it back
+    editor.Undo()
+    assert logic.lock_from_segmentation() == painted.sum() and len(logic.clicks) == 1
+    np.testing.assert_array_equal(screen(), after_click)
+
+    editor.Undo()  # back through the click
+    editor.Undo()  # and the stroke: the session's hand edit is undone, not locked as erased
+    np.testing.assert_array_equal(screen(), 0)
+    assert logic.lock_from_segmentation() == 0 and logic.clicks == []
+
+    # a restore mixed with a new stroke is no state the session had: what is shown is locked
+    editor.Redo()
+    slab = np.zeros_like(painted)
+    slab[20] = True
+    editor_stroke(editor, node, "liver", slab, volume)
+    shown = screen()
+    logic.add_click(ras_of_index(volume, BLOB_CENTER[::-1]), True, "liver")
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(str(logic.export(tmp_path / "out.nii.gz"))))
+    assert (exported[painted] == 2).all() and (exported[20] == 1).all()
+    assert (exported[shown != 0] == shown[shown != 0]).all()
+
+
+def test_the_widget_saves_undo_states_in_the_segment_editor_editing_that_segmentation(
+        module_file, app, volume, bundles, tmp_path, monkeypatch):
+    """The Widget's hook, called by the Logic before each write, goes to the Segment Editor only
+    when it edits that segmentation; then the editor's Undo restores the state before a click."""
+    import types
+
+    saved = []
+    widget = module_file.CrossDomainSegWidget()
+    widget.saveStateForUndo(None)  # no Segment Editor opened yet: nothing to save into
+    logic = module_file.CrossDomainSegLogic(workspace=tmp_path / "workspace").core
+    logic.threads = 1
+    logic.load_bundle(bundles["empty"])
+    node = logic.segment(volume).segmentation_node
+    other = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "other")
+    editor = segment_editor_logic(app, other, volume)
+
+    def save():
+        saved.append(editor.GetSegmentationNode().GetID())
+        return editor.SaveStateForUndo()
+
+    qt_editor = types.SimpleNamespace(saveStateForUndo=save)
+    monkeypatch.setattr(slicer.modules, "segmenteditor", types.SimpleNamespace(
+        widgetRepresentation=lambda: types.SimpleNamespace(self=lambda: types.SimpleNamespace(
+            editor=qt_editor))), raising=False)
+    logic.save_state_for_undo = widget.saveStateForUndo
+    logic.add_click(ras_of_index(volume, BLOB_CENTER[::-1]), True, "liver")
+    assert saved == []  # the editor edits another segmentation: its history is not this one's
+
+    editor.SetSegmentationNode(node)
+    before = segment_label_via_slicer(app, node, volume, ["liver"])
+    logic.add_click(ras_of_index(volume, (37, 7, 3)), True, "liver")
+    assert saved == [node.GetID()]
+    assert (segment_label_via_slicer(app, node, volume, ["liver"]) != before).any()
+    editor.Undo()
+    np.testing.assert_array_equal(segment_label_via_slicer(app, node, volume, ["liver"]), before)
+    logic.lock_from_segmentation()
+    assert len(logic.clicks) == 1
+
+
 def test_an_edit_made_with_events_off_is_still_taken_in(app, volume, bundles, tmp_path):
     """A script that writes into a segment's labelmap without any event: the fingerprint sees it."""
     logic = make_logic(app, tmp_path, bundles["empty"])

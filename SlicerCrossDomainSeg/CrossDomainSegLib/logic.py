@@ -27,6 +27,9 @@ API (stable; the web front end codes against it):
     logic.add_click(ras_point, positive, segment_name) -> {"changed_voxels", "seconds"}
         or job = logic.start_click(...); logic.finish_click(job)
     logic.undo() / logic.redo() -> bool;  logic.lock_from_segmentation() -> locked voxel count
+    logic.save_state_for_undo = hook(segmentation_node): called before every write into a
+        segmentation (Slicer: the Segment Editor's saveStateForUndo), so the Segment Editor's
+        Undo/Redo steps through clicks as through strokes; the Logic follows such a restore
     logic.accept() -> case id;  logic.export(path) -> path (.seg.nrrd, .nii.gz, .nii, .nrrd, .dcm)
     logic.load_from_pacs(dicomweb_url, user, password) -> volume node; logic.export_to_pacs() -> SEG
     logic.trainer_status() -> dict; start_trainer(unlabelled_folder=None); stop_trainer(); rollback()
@@ -73,6 +76,10 @@ HINTS = {
     "uncalibrated": "This model carries no calibration of its uncertainty: check the bright regions of "
                     "the heatmap before accepting.",
 }
+
+# How many steps of the session's history a segmentation restored by the Segment Editor's
+# Undo/Redo is looked for in (the Segment Editor keeps 10 states)
+HISTORY_SEARCH = 20
 
 EXPORT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm")
 
@@ -127,6 +134,9 @@ class CrossDomainSegLogic:
         self.run_job: Callable | None = None
         # DICOM instance UID -> file (Slicer: slicer.dicomDatabase.fileForInstance)
         self.dicom_file_for_instance: Callable[[str], str] | None = None
+        # save_state_for_undo(segmentation_node), called before the Logic writes into it: a front
+        # end with an undo history of segmentations (Slicer's Segment Editor) saves the state there
+        self.save_state_for_undo: Callable | None = None
         self.last_error = ""
         self.points = ClickPoints(scene, weakly(self._on_point_placed), weakly(self._on_point_moved),
                                   weakly(self._on_point_removed))
@@ -244,6 +254,7 @@ class CrossDomainSegLogic:
                                                     f"{base} segmentation")
         segmentation_node.CreateDefaultDisplayNodes()
         self.segmentation_node = segmentation_node
+        self._save_state_for_undo()
         nodes.fill_segmentation_node(segmentation_node, session.label_image(), self.metadata["labels"],
                                      self.label_colors(), self.segmentations_logic, volume_node)
         self._watch = EditWatch(segmentation_node)
@@ -337,9 +348,9 @@ class CrossDomainSegLogic:
             job.then()
         # strokes made while the click ran are on screen too: then every segment is rewritten
         self._show_change(result, job.before if painted_meanwhile is None else None)
-        if painted_meanwhile is not None:  # and win over the click
+        if painted_meanwhile is not None:  # and win over the click (one undo state for both)
             for change in self._take_edits(painted_meanwhile != job.before, painted_meanwhile):
-                self._show_change(change)
+                self._show_change(change, save_state=False)
         return {"changed_voxels": int(result.changed), "seconds": time.perf_counter() - job.started}
 
     def add_click(self, ras_point, positive: bool, segment_name: str | None = None) -> dict:
@@ -450,13 +461,43 @@ class CrossDomainSegLogic:
     def lock_from_segmentation(self) -> int:
         """Take in the user's hand edits (strokes of any Segment Editor effect, or a script) made
         since the Logic last wrote the segmentation, and lock those voxels: clicks never change
-        them again. Returns how many voxels are locked in all."""
+        them again. Returns how many voxels are locked in all.
+
+        A segmentation restored by the Segment Editor's Undo or Redo (the Logic saves a state
+        there before each write; a restore replaces every segment's labelmap) that shows exactly
+        a state the session had a few steps back or ahead: the session steps there too, points
+        included, and nothing is locked. Anything else (strokes, a restore mixed with new
+        strokes, one past the session's start) is taken as made by hand and locked as shown, so
+        nothing on screen is lost."""
         self._require_clicks()
         if self._watch.edited:
             current = self._screen_label()
-            self._take_edits(current != self.session.label, current)
+            if not (self._watch.restored and self._follow_restored_state(current)):
+                self._take_edits(current != self.session.label, current)
             self._watch.mark_clean()
         return int(self.session.locked.sum())
+
+    def _follow_restored_state(self, current: np.ndarray) -> bool:
+        """Step the session back or forth (at most HISTORY_SEARCH steps) to the state whose
+        label is `current`; False, with the session unchanged, when there is none."""
+        session, clicks = self.session, list(self.session.clicks)
+        if np.array_equal(current, session.label):
+            return True
+        for step, back in ((session.undo, session.redo), (session.redo, session.undo)):
+            taken = 0
+            while taken < HISTORY_SEARCH and step() is not None:
+                taken += 1
+                if np.array_equal(current, session.label):
+                    for click in clicks:
+                        if not any(click is now for now in session.clicks):
+                            self.points.remove(click)
+                    for click in session.clicks:
+                        if not any(click is was for was in clicks):
+                            self.points.restore(click)
+                    return True
+            for _ in range(taken):
+                back()
+        return False
 
     def _take_edits(self, edited: np.ndarray, current: np.ndarray) -> list:
         """Paint the voxels `edited` by hand into the session with their values in `current`,
@@ -470,14 +511,21 @@ class CrossDomainSegLogic:
                                                    self.metadata["labels"], self.segmentations_logic)
         return _array(label).astype(np.int16)
 
-    def _show_change(self, result, before: np.ndarray | None = None) -> None:
+    def _show_change(self, result, before: np.ndarray | None = None, save_state: bool = True) -> None:
         """Put the session's label into the segmentation inside the box that changed (`before`:
-        what the segmentation shows now, when known: only segments that changed are written)."""
+        what the segmentation shows now, when known: only segments that changed are written),
+        after saving the segmentation's state for the Segment Editor's Undo (`save_state`)."""
         if result.box is None:
             return
+        if save_state:
+            self._save_state_for_undo()
         with self._watch.writing():
             nodes.write_segments_in_box(self.segmentation_node, self.session.label, result.box.slices,
                                         self.metadata["labels"], self.volume_node, before)
+
+    def _save_state_for_undo(self) -> None:
+        if self.save_state_for_undo is not None:
+            self.save_state_for_undo(self.segmentation_node)
 
     # -- accept and export ---------------------------------------------------------------------
     def accept(self) -> str:
