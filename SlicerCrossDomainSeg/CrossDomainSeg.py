@@ -566,17 +566,30 @@ def _addModulePath():
 
 
 class CrossDomainSegTest(ScriptedLoadableModuleTest):
-    """The workflow inside Slicer on a synthetic volume and a tiny random-weight bundle: segment,
-    preview and heatmap nodes on the input grid, a click in RAS, undo, a Segment Editor stroke
-    kept through a click, export and reopen, accept, and a scene close that turns the case off."""
+    """The workflow inside Slicer, through the module's Logic, on what the extension ships (the
+    phantom-ct-mr demo case and model bundle; nothing from the repository's test suite): segment,
+    preview and heatmap on the input grid, the label equal to the engine's own, a click placed in
+    RAS, undo and redo, a Segment Editor stroke kept through a click, the Segment Editor's undo
+    history taking back a click, export and reopen, accept, and a scene close that turns the case
+    off. Accepted cases and model versions go to a temporary workspace, removed at the end."""
+
+    TASK = "phantom-ct-mr"
 
     def setUp(self):
         slicer.mrmlScene.Clear()
         self.workdir = Path(tempfile.mkdtemp(prefix="CrossDomainSegTest-"))
 
+    def tearDown(self):
+        import shutil
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
     def runTest(self):
         self.setUp()
-        self.test_CrossDomainSeg_workflow()
+        try:
+            self.test_CrossDomainSeg_workflow()
+        finally:
+            self.tearDown()
 
     def _installMissingPackages(self):
         """A fresh Slicer (the Extension Index's test machines too) lacks torch and MONAI: install
@@ -590,80 +603,104 @@ class CrossDomainSegTest(ScriptedLoadableModuleTest):
             dependencies.start_install(missing).outcome()
             self.assertEqual(dependencies.missing(), [])
 
+    def _screenLabel(self, logic):
+        import SimpleITK as sitk
+        from CrossDomainSegLib import nodes
+
+        return sitk.GetArrayFromImage(nodes.label_from_segmentation_node(
+            logic.segmentation_node, logic.volume_node, logic.metadata["labels"],
+            logic.segmentations_logic))
+
     def test_CrossDomainSeg_workflow(self):
         import numpy as np
 
         self._installMissingPackages()
         import SimpleITK as sitk
         from crossdomainseg import imageio
-        from crossdomainseg.bundle import make_random_bundle
         from crossdomainseg.errors import InputError
+        from crossdomainseg.resources import demo_case, shipped_bundle
         from crossdomainseg.store import AcceptedCaseStore
         from CrossDomainSegLib import nodes
 
-        self.delayDisplay("Making a test volume and a tiny model bundle")
-        rng = np.random.default_rng(0)
-        image = sitk.GetImageFromArray(rng.normal(0, 1, (24, 40, 48)).astype(np.float32))
-        image.SetSpacing((1.5, 1.5, 2.5))
-        image.SetOrigin((-30.0, 12.0, 40.0))
-        image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))  # rotated in-plane: catches axis mix-ups
-        volume = nodes.add_volume_node(slicer.mrmlScene, image, "CrossDomainSegTest input")
-        bundle = make_random_bundle(self.workdir / "bundle", labels={"background": 0, "organ": 1})
-
+        self.delayDisplay(f"Loading the shipped {self.TASK} demo case and model")
         logic = CrossDomainSegLogic(workspace=self.workdir / "workspace").core
-        logic.load_bundle(bundle.path)
+        logic.load_bundle(shipped_bundle(self.TASK))
+        volume = logic.load_volume(demo_case(self.TASK))
+        image = nodes.image_from_volume_node(volume)
 
         self.delayDisplay("Segmenting")
         outcome = logic.segment(volume)
         segments = outcome.segmentation_node.GetSegmentation()
-        self.assertEqual(list(segments.GetSegmentIDs()), ["organ"])
+        self.assertEqual(list(segments.GetSegmentIDs()), logic.label_names())
         for node in (outcome.preview_node, outcome.heatmap_node):
             back = nodes.image_from_volume_node(node)
             self.assertEqual(back.GetSize(), image.GetSize())
             np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-4)
             np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-6)
+        label = self._screenLabel(logic)
+        np.testing.assert_array_equal(label, sitk.GetArrayFromImage(logic.engine.segment(image).label))
+        self.assertGreater(np.count_nonzero(label), 0)
         self.assertGreaterEqual(outcome.U, 0.0)
         self.assertTrue(outcome.hint)
 
-        self.delayDisplay("Clicking: include point in the middle of the volume")
-        include, _ = logic.click_nodes()
-        middle = image.TransformIndexToPhysicalPoint((24, 20, 12))
-        include.AddControlPoint(vtk.vtkVector3d(*nodes.lps_to_ras(middle)))
+        self.delayDisplay("Clicking: an exclude point on a voxel of the first structure")
+        first = logic.label_names()[0]
+        value = logic.metadata["labels"][first]
+        z, y, x = np.argwhere(label == value)[len(np.argwhere(label == value)) // 2]
+        _, exclude = logic.click_nodes()
+        point = image.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
+        logic.active_label = first
+        exclude.AddControlPoint(vtk.vtkVector3d(*nodes.lps_to_ras(point)))
         self.assertEqual(len(logic.clicks), 1, logic.last_error)
-        np.testing.assert_allclose(logic.clicks[0].point, middle, atol=1e-6)
-        label = sitk.GetArrayFromImage(nodes.label_from_segmentation_node(
-            logic.segmentation_node, volume, logic.metadata["labels"], logic.segmentations_logic))
-        self.assertEqual(label[12, 20, 24], 1)
+        np.testing.assert_allclose(logic.clicks[0].point, point, atol=1e-6)
+        self.assertEqual(self._screenLabel(logic)[z, y, x], 0)
         self.assertTrue(logic.undo())
-        self.assertEqual(include.GetNumberOfControlPoints(), 0)
+        self.assertEqual(exclude.GetNumberOfControlPoints(), 0)
+        np.testing.assert_array_equal(self._screenLabel(logic), label)
         self.assertTrue(logic.redo())
 
         self.delayDisplay("Painting a slab with the Segment Editor's mechanism, then clicking")
-        label = sitk.GetArrayFromImage(nodes.label_from_segmentation_node(
-            logic.segmentation_node, volume, logic.metadata["labels"], logic.segmentations_logic))
+        before = self._screenLabel(logic)
         modifier = slicer.vtkOrientedImageData()
         matrix = vtk.vtkMatrix4x4()
         volume.GetIJKToRASMatrix(matrix)
         modifier.SetImageToWorldMatrix(matrix)
-        extent = [0, 47, 0, 39, 0, 2]  # the first three slices
+        size = image.GetSize()
+        extent = [0, size[0] - 1, 0, size[1] - 1, 0, 1]  # the first two slices
         modifier.SetExtent(*extent)
         modifier.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
         modifier.GetPointData().GetScalars().Fill(1)
         segmentations = slicer.vtkSlicerSegmentationsModuleLogic
+        # the Segment Editor's default: overwrite all other segments
         self.assertTrue(segmentations.SetBinaryLabelmapToSegment(
-            modifier, logic.segmentation_node, "organ", segmentations.MODE_MERGE_MASK, extent))
-        slab = np.zeros(label.shape, bool)
-        slab[:3] = True
-        logic.add_click(nodes.lps_to_ras(image.TransformIndexToPhysicalPoint((24, 20, 1))), False, "organ")
-        self.assertEqual(int(logic.session.locked.sum()), int(np.count_nonzero(slab & (label != 1))))
+            modifier, logic.segmentation_node, first, segmentations.MODE_MERGE_MASK, extent, False,
+            logic.label_names()[1:]))
+        slab = np.zeros(before.shape, bool)
+        slab[:2] = True
+        logic.add_click(nodes.lps_to_ras(image.TransformIndexToPhysicalPoint((int(x), int(y), 1))),
+                        False, first)
+        self.assertEqual(int(logic.session.locked.sum()), int(np.count_nonzero(slab & (before != value))))
+        self.assertTrue((self._screenLabel(logic)[slab] == value).all())
+
+        self.delayDisplay("Taking a click back with the Segment Editor's undo history")
+        history = slicer.vtkSegmentationHistory()
+        history.SetSegmentation(logic.segmentation_node.GetSegmentation())
+        history.SetMaximumNumberOfStates(10)
+        logic.save_state_for_undo = lambda node: history.SaveState()
+        before = self._screenLabel(logic)
+        clicks = len(logic.clicks)
+        logic.add_click(nodes.lps_to_ras(point), True, first)
+        self.assertTrue(history.RestorePreviousState())
+        np.testing.assert_array_equal(self._screenLabel(logic), before)
+        logic.lock_from_segmentation()
+        self.assertEqual(len(logic.clicks), clicks)
+        logic.save_state_for_undo = None
 
         self.delayDisplay("Exporting and reopening")
         exported = logic.export(self.workdir / "out.seg.nrrd")
         reread, names = imageio.read_seg_nrrd(exported)
-        self.assertEqual(names, {"organ": 1})
-        # every voxel the stroke turned into organ is still organ (voxels it painted that were
-        # organ already are no edit, and a click may change them)
-        self.assertTrue((sitk.GetArrayFromImage(reread)[slab & (label != 1)] == 1).all())
+        self.assertEqual(set(names), set(logic.label_names()))
+        self.assertTrue((sitk.GetArrayFromImage(reread)[slab] == names[first]).all())
 
         self.delayDisplay("Accepting")
         case_id = logic.accept()
