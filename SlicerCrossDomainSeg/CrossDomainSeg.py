@@ -447,10 +447,14 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- accept, export ---------------------------------------------------------------------------
     def onAccept(self):
-        case_id = self._try(self.logic.core.accept)
+        """Store the case as shown and say where it went (it stays shown under the clicks)."""
+        core = self.logic.core
+        case_id = self._try(core.accept)
         if case_id:
-            slicer.util.showStatusMessage(
-                f"Accepted: stored as case {case_id} in {self.logic.core.store_dir} for fine-tuning.", 8000)
+            message = (f"Accepted as case {case_id}: its image and label (patient data) are stored "
+                       f"on this computer in {core.case_folder(case_id)} for fine-tuning.")
+            self.ui.clickStatusLabel.text = message
+            slicer.util.showStatusMessage(message, 8000)
             self.updateTrainerPanel()
 
     def onExport(self):

@@ -895,6 +895,39 @@ def test_module_file_imports_and_its_slicer_self_test_passes(module_file, tmp_pa
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
 
+def widget_with_stand_in_ui(module, logic):
+    """The module's Widget around `logic` (its `core`), its ui widgets stood in by plain objects
+    that keep what the Widget sets (text, value, enabled)."""
+    import re
+    import types
+
+    widget = module.CrossDomainSegWidget()
+    widget.logic = types.SimpleNamespace(core=logic)
+    names = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "CrossDomainSeg.py").read_text()))
+    widget.ui = types.SimpleNamespace(**{name: types.SimpleNamespace(text="", value=0, enabled=False)
+                                         for name in names})
+    return widget
+
+
+def test_accept_in_the_widget_says_which_folder_the_case_went_to(module_file, volume, bundles,
+                                                                  tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr(slicer.util, "showStatusMessage", lambda text, ms=0: shown.append(text),
+                        raising=False)
+    core = module_file.CrossDomainSegLogic(workspace=tmp_path / "workspace").core
+    core.threads = 1
+    core.load_bundle(bundles["empty"])
+    core.segment(volume)
+    widget = widget_with_stand_in_ui(module_file, core)
+    widget.onAccept()
+    (case_id,) = AcceptedCaseStore(core.store_dir).cases()
+    folder = core.case_folder(case_id)
+    assert (folder / "image.nii.gz").is_file() and (folder / "label.nii.gz").is_file()
+    assert str(folder) in widget.ui.clickStatusLabel.text and case_id in widget.ui.clickStatusLabel.text
+    assert shown == [widget.ui.clickStatusLabel.text]
+    assert widget.ui.trainerStateLabel.text.endswith("1 accepted case(s)")
+
+
 def test_every_widget_the_module_uses_is_in_the_ui_file(module_file):
     import re
     import xml.etree.ElementTree as ET

@@ -30,7 +30,7 @@ API (stable; the web front end codes against it):
     logic.save_state_for_undo = hook(segmentation_node): called before every write into a
         segmentation (Slicer: the Segment Editor's saveStateForUndo), so the Segment Editor's
         Undo/Redo steps through clicks as through strokes; the Logic follows such a restore
-    logic.accept() -> case id;  logic.export(path) -> path (.seg.nrrd, .nii.gz, .nii, .nrrd, .dcm)
+    logic.accept() -> case id; logic.case_folder(case id) -> its folder;  logic.export(path) -> path (.seg.nrrd, .nii.gz, .nii, .nrrd, .dcm)
     logic.load_from_pacs(dicomweb_url, user, password) -> volume node; logic.export_to_pacs() -> SEG
     logic.trainer_status() -> dict; start_trainer(unlabelled_folder=None); stop_trainer(); rollback()
 """
@@ -546,6 +546,12 @@ class CrossDomainSegLogic:
                   "U": self.outcome.U, "locked_voxels": int(self.session.locked.sum()),
                   "source": self.volume_node.GetAttribute("CrossDomainSeg.source") or ""})
         return case_id  # a running trainer reads new cases from the store at its next epoch
+
+    def case_folder(self, case_id: str) -> Path:
+        """The folder on this computer that holds accepted case `case_id` (image, label, manifest)."""
+        from crossdomainseg.store import AcceptedCaseStore
+
+        return AcceptedCaseStore(self.store_dir).image_path(case_id).parent
 
     def export(self, path) -> Path:
         """Write what the segmentation shows now, on the input's grid: .seg.nrrd (with the segment
