@@ -422,6 +422,32 @@ def test_scene_close_and_deleted_nodes_turn_the_case_off(app, volume, bundles, t
         logic.undo()
 
 
+def test_a_deleted_preview_or_heatmap_is_not_shown_again_and_observer_errors_reach_the_user(
+        app, volume, bundles, tmp_path, monkeypatch, caplog):
+    logic = make_logic(app, tmp_path, bundles["mixed"])
+    outcome = logic.segment(volume)
+    app.scene.RemoveNode(outcome.heatmap_node)  # deleted in the Data module
+    app.scene.RemoveNode(outcome.preview_node)
+    logic.show_layers(synthetic=True, heatmap=True)  # the checkboxes as they were
+    for i in range(3):
+        composite = app.scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        assert composite.GetBackgroundVolumeID() == volume.GetID()
+        assert composite.GetForegroundVolumeID() is None
+    assert logic.has_case  # clicks, Accept and Export still work on the segmentation
+
+    messages = []
+    logic.on_error = messages.append
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("point lists unreadable")
+
+    monkeypatch.setattr(logic.points, "nodes", broken)
+    app.scene.RemoveNode(app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "scratch"))
+    assert messages == ["Handling a deleted node failed: point lists unreadable (details in the "
+                        "Python log)."]
+    assert "point lists unreadable" in caplog.text
+
+
 def test_mrml_holds_the_session_label_after_a_click_across_segments(app, volume, bundles, tmp_path):
     """Only the segments whose voxels changed are re-imported; a click may take voxels of
     another segment, and both must then match."""

@@ -705,17 +705,28 @@ class CrossDomainSegLogic:
 
     def _on_scene_closing(self, caller, event) -> None:
         # the case's nodes and the point lists are about to be deleted: forget them first
-        self.points.close()
-        self._clear_case()
+        def forget():
+            self.points.close()
+            self._clear_case()
+
+        self._guarded("Closing the case with the scene", forget)
 
     @vtk.calldata_type(vtk.VTK_OBJECT)
     def _on_node_removed(self, caller, event, node) -> None:
-        if node is None:
-            return
-        if any(node.GetID() == points.GetID() for points in self.points.nodes(create=False)):
+        if node is not None:
+            self._guarded("Handling a deleted node", lambda: self._forget_node(node))
+
+    def _forget_node(self, node) -> None:
+        """`node` left the scene: drop every reference to it (a kept one would be shown again)."""
+        node_id = node.GetID()
+        if any(node_id == points.GetID() for points in self.points.nodes(create=False)):
             self.points.close()  # a point list deleted: its clicks stay, new points make new lists
-        if self.session is not None and node.GetID() in (self.volume_node.GetID(),
-                                                         self.segmentation_node.GetID()):
+        if self.preview_node is not None and node_id == self.preview_node.GetID():
+            self.preview_node = None  # the views show the input instead
+        if self.heatmap_node is not None and node_id == self.heatmap_node.GetID():
+            self.heatmap_node = None
+        if self.session is not None and node_id in (self.volume_node.GetID(),
+                                                    self.segmentation_node.GetID()):
             self._clear_case()
             self._report(f"'{node.GetName()}' was deleted: clicks, Undo, Accept and Export are off "
                          "until you press Segment again.")
