@@ -102,6 +102,7 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._loadedBundle = None
         self._jobTimer = None
         self._trainerTimer = None
+        self._stopJob = None  # the trainer being stopped
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -474,12 +475,14 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateTrainerPanel()
 
     def onStopTrainer(self):
-        # the trainer finishes its current step first: wait for that off the GUI thread
-        import threading
+        """The trainer finishes its current step first: wait for that on a worker thread; the
+        trainer panel's timer shows the outcome (an error too) when it is done."""
+        from CrossDomainSegLib.jobs import Job
 
         self.ui.stopTrainerButton.enabled = False
         self.ui.trainerStateLabel.text = "stopping after the current step..."
-        threading.Thread(target=self.logic.core.stop_trainer, daemon=True).start()
+        core = self.logic.core
+        self._stopJob = Job(lambda report, cancelled: core.stop_trainer(), name="CrossDomainSeg stop")
 
     def onRollback(self):
         if slicer.util.confirmOkCancelDisplay("Make the previous model version current again?"):
@@ -489,6 +492,9 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateTrainerPanel()
 
     def updateTrainerPanel(self):
+        if self._stopJob is not None and self._stopJob.done:
+            job, self._stopJob = self._stopJob, None
+            self._try(job.outcome)  # shows why stopping failed
         status = self._try(self.logic.core.trainer_status)
         if not status:
             return

@@ -954,6 +954,28 @@ def test_accept_in_the_widget_says_which_folder_the_case_went_to(module_file, vo
     assert widget.ui.trainerStateLabel.text.endswith("1 accepted case(s)")
 
 
+def test_a_failing_trainer_stop_is_shown_to_the_user(module_file, tmp_path, monkeypatch):
+    """Stopping waits on a worker thread; its error reaches the user at the panel's next update
+    (a bare thread's error would only reach the console)."""
+    errors = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **k: errors.append(text),
+                        raising=False)
+    core = module_file.CrossDomainSegLogic(workspace=tmp_path / "workspace").core
+
+    def stop():
+        raise RuntimeError("trainer process not answering")
+
+    monkeypatch.setattr(core, "stop_trainer", stop)
+    widget = widget_with_stand_in_ui(module_file, core)
+    widget.onStopTrainer()
+    assert widget.ui.trainerStateLabel.text.startswith("stopping")
+    widget._stopJob.wait(10)
+    widget.updateTrainerPanel()
+    assert errors == ["Failed: trainer process not answering"]
+    widget.updateTrainerPanel()  # shown once
+    assert len(errors) == 1
+
+
 def test_every_widget_the_module_uses_is_in_the_ui_file(module_file):
     import re
     import xml.etree.ElementTree as ET
