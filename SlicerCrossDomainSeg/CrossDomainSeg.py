@@ -296,10 +296,7 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def installed(job):
             job.outcome()  # raises the installer's error
-            if dependencies.missing():
-                raise RuntimeError("Still missing after installing: "
-                                   f"{dependencies.describe(dependencies.missing())}. Restart "
-                                   "Slicer and try again.")
+            dependencies.check_installed(missing)
             slicer.util.showStatusMessage("Python packages installed.", 5000)
             then()
 

@@ -1221,6 +1221,19 @@ def test_missing_packages_install_in_the_background_and_never_replace_shipped_on
         job.outcome()
 
 
+def test_after_an_install_a_torch_replaced_under_a_loaded_one_asks_for_a_restart(monkeypatch):
+    from CrossDomainSegLib import dependencies
+
+    assert "torch" in sys.modules  # loaded here, as another Slicer module may have done
+    dependencies.check_installed(["tqdm"])  # nothing missing, torch untouched: go on
+    with pytest.raises(InputError, match=r"torch \d+\.\d+ is installed, but Slicer still runs "
+                                         r"the older torch .*restart Slicer"):
+        dependencies.check_installed(["torch", "monai"])
+    monkeypatch.setitem(dependencies.REQUIREMENTS, "cds_not_installed_pkg", "cds-not-installed-pkg>=1")
+    with pytest.raises(InputError, match="Still missing after installing: cds_not_installed_pkg"):
+        dependencies.check_installed(["cds_not_installed_pkg"])
+
+
 def test_uncertainty_hint_reads_u_against_the_bundles_source_bands():
     from CrossDomainSegLib.logic import HINTS
 
