@@ -250,30 +250,39 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.bundlePathEdit.setVisible(not path)
         if path and self._parameterNode:
             self._parameterNode.bundlePath = path
-            self._withDependencies(lambda: self._try(self._loadBundle, path))
+            self._withDependencies(lambda: self._loadBundle(path))
 
     def onBundlePathChanged(self, path):
         if path and Path(path).is_dir() and self._parameterNode:
             self._parameterNode.bundlePath = path
-            self._withDependencies(lambda: self._try(self._loadBundle, path))
+            self._withDependencies(lambda: self._loadBundle(path))
 
-    def _loadBundle(self, path):
-        with slicer.util.WaitCursor():
-            metadata = self.logic.core.load_bundle(path)
-        self._loadedBundle = path
-        self.ui.bundleInfoLabel.text = (
-            f"{metadata['task']} (version {metadata['version']}): "
-            f"{metadata['input_modality']} -> {metadata['output_modality']}")
-        self.ui.segmentSelector.clear()
-        for name in self.logic.core.label_names():
-            self.ui.segmentSelector.addItem(name)
-        self.ui.storageLabel.text = (
-            f"Accepted cases (image and label, patient data) are stored on this computer in "
-            f"{self.logic.core.store_dir}; model versions in {self.logic.core.bundle_path}. "
-            "Set CROSSDOMAINSEG_HOME before starting Slicer to store them elsewhere.")
-        self.updateTrainerPanel()
-        self._updateButtons()
-        return True
+    def _loadBundle(self, path, then=None):
+        """Open the model on a worker thread (importing torch and reading the weights take
+        seconds), then fill the panel and call `then`."""
+        if self._job is not None:
+            slicer.util.errorDisplay("Wait for the running job to finish (or cancel it) first.")
+            return
+        core = self.logic.core
+
+        def loaded(job):
+            metadata = core.finish_load_bundle(job)
+            self._loadedBundle = path
+            self.ui.bundleInfoLabel.text = (
+                f"{metadata['task']} (version {metadata['version']}): "
+                f"{metadata['input_modality']} -> {metadata['output_modality']}")
+            self.ui.segmentSelector.clear()
+            for name in core.label_names():
+                self.ui.segmentSelector.addItem(name)
+            self.ui.storageLabel.text = (
+                f"Accepted cases (image and label, patient data) are stored on this computer in "
+                f"{core.store_dir}; model versions in {core.bundle_path}. "
+                "Set CROSSDOMAINSEG_HOME before starting Slicer to store them elsewhere.")
+            self.updateTrainerPanel()
+            if then is not None:
+                then()
+
+        self._startJob(core.start_load_bundle(path), loaded, "loading the model")
 
     # -- packages ---------------------------------------------------------------------------------
     def _withDependencies(self, then):
@@ -355,7 +364,8 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _segment(self):
         path = self._selectedBundlePath()
-        if path != self._loadedBundle and not self._try(self._loadBundle, path):
+        if path != self._loadedBundle:
+            self._loadBundle(path, then=self._segment)
             return
         node = self._parameterNode
         job = self._try(self.logic.core.start_segment, node.inputVolume, None, node.outputSegmentation)

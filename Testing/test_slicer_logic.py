@@ -921,18 +921,70 @@ def test_module_file_imports_and_its_slicer_self_test_passes(module_file, tmp_pa
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
 
+class StandInWidget:
+    """Keeps what is set on it (text, value, enabled, ...); any method call does nothing."""
+
+    def __init__(self):
+        self.text, self.value, self.enabled, self.checked = "", 0, False, False
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def widget_with_stand_in_ui(module, logic):
-    """The module's Widget around `logic` (its `core`), its ui widgets stood in by plain objects
-    that keep what the Widget sets (text, value, enabled)."""
+    """The module's Widget around `logic` (its `core`), its ui widgets and job timer stood in."""
     import re
     import types
 
     widget = module.CrossDomainSegWidget()
     widget.logic = types.SimpleNamespace(core=logic)
     names = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "CrossDomainSeg.py").read_text()))
-    widget.ui = types.SimpleNamespace(**{name: types.SimpleNamespace(text="", value=0, enabled=False)
-                                         for name in names})
+    widget.ui = types.SimpleNamespace(**{name: StandInWidget() for name in names})
+    widget._jobTimer = StandInWidget()
     return widget
+
+
+def test_the_widget_opens_a_model_without_blocking_and_then_segments(module_file, volume, bundles,
+                                                                       tmp_path, monkeypatch):
+    """Opening a model (importing torch, copying the bundle, reading weights) runs on a worker
+    thread; the Widget fills its panel when the job is done, and Segment with a model not yet
+    open opens it first, then segments."""
+    import threading
+    import types
+
+    from crossdomainseg import engine as engine_module
+
+    threads = []
+    original = engine_module.Engine.__init__
+
+    def recording(self, *args, **kwargs):
+        threads.append(threading.current_thread())
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module.Engine, "__init__", recording)
+    errors = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **k: errors.append(text),
+                        raising=False)
+    monkeypatch.setattr(slicer, "qSlicerMarkupsPlaceWidget", types.SimpleNamespace(
+        ForcePlaceMultipleMarkups=2), raising=False)  # a Qt widget class: the point-place buttons
+    core = module_file.CrossDomainSegLogic(workspace=tmp_path / "workspace").core
+    core.threads = 1
+    widget = widget_with_stand_in_ui(module_file, core)
+    widget._parameterNode = core_parameters = module_file.CrossDomainSegLogic(
+        workspace=tmp_path / "workspace").getParameterNode()
+    core_parameters.inputVolume = volume
+    monkeypatch.setattr(widget, "_selectedBundlePath", lambda: str(bundles["mixed"]))
+    widget._segment()
+    assert widget._job is not None and core.engine is None  # returned at once, still opening
+    while widget._job is not None:
+        widget._job.wait(60)
+        widget.onPollJobs()  # the GUI thread's timer: the model, then the segmentation
+    assert errors == []
+    assert threads and threading.current_thread() not in threads
+    assert widget._loadedBundle == str(bundles["mixed"])
+    assert widget.ui.bundleInfoLabel.text.startswith("test-task")
+    assert core.has_case and core_parameters.segmentation is core.segmentation_node
+
 
 
 def test_accept_in_the_widget_says_which_folder_the_case_went_to(module_file, volume, bundles,

@@ -15,6 +15,7 @@ All nodes it makes live on the input volume's own grid.
 API (stable; the web front end codes against it):
     logic = CrossDomainSegLogic(scene, segmentations_logic=None, workspace=None, threads=None)
     logic.load_bundle(path) -> metadata        bundle or registry folder; label_names()
+        or job = logic.start_load_bundle(path); logic.finish_load_bundle(job) (Slicer's GUI)
     logic.load_volume(path) -> volume node     file or DICOM folder (Slicer has its own loaders)
     logic.segment(volume_node, progress=None, segmentation_node=None) -> SegmentOutcome
         or job = logic.start_segment(...); job.fraction/.message/.done/.cancel();
@@ -156,28 +157,20 @@ class CrossDomainSegLogic:
         fine-tuned versions can be published and rolled back beside it; the engine follows the
         registry and picks up new versions on the next segmentation.
         """
-        from crossdomainseg.bundle import load_bundle
-        from crossdomainseg.engine import Engine
-        from crossdomainseg.registry import ModelRegistry
+        return self.finish_load_bundle(self.start_load_bundle(path))
 
-        path = Path(path).expanduser()
-        if (path / "CURRENT").is_file():
-            registry_dir = path
-        else:
-            metadata = load_bundle(path).metadata  # raises BundleError with the reason
-            # keyed by the weights too: a bundle rebuilt under the same version gets its own registry
-            weights = hashlib.sha256(json.dumps(metadata["weights"], sort_keys=True).encode())
-            registry_dir = self.workspace / "models" / safe_name(
-                f"{metadata['task']}-{metadata['version']}-{weights.hexdigest()[:8]}")
-            registry = ModelRegistry(registry_dir)
-            if not registry.is_initialised():
-                registry.init_from(path)
-        current = load_bundle(ModelRegistry(registry_dir).current_path())
-        self.metadata = dict(current.metadata)
-        # the engine follows each version's own segmenter input (raw image or synthetic preview);
-        # a bundle without a generator still segments the raw image, just without a preview
-        self.engine = Engine(registry_dir, threads=self.threads)
-        self.bundle_path = registry_dir
+    def start_load_bundle(self, path) -> Job:
+        """Start `load_bundle`'s work (importing torch, copying the bundle, reading the weights:
+        seconds) on a worker thread; finish with `finish_load_bundle` on the scene's thread."""
+        path, workspace, threads = Path(path).expanduser(), self.workspace, self.threads
+        return Job(lambda report, cancelled: _open_model(path, workspace, threads),
+                   name="CrossDomainSeg model")
+
+    def finish_load_bundle(self, job: Job) -> dict:
+        """Use the model a finished `start_load_bundle` job opened; returns its metadata (raises
+        the job's error, a BundleError with the reason for a bad bundle)."""
+        registry_dir, metadata, engine = job.outcome()
+        self.metadata, self.engine, self.bundle_path = dict(metadata), engine, registry_dir
         self.trainer.registry_dir, self.trainer.task = registry_dir, self.metadata["task"]
         self.active_label = self.label_names()[0] if self.label_names() else None
         return self.metadata
@@ -757,6 +750,30 @@ def weakly(method) -> Callable:
 def _remove_observers(vtk_object, tags) -> None:
     for tag in tags:
         vtk_object.RemoveObserver(tag)
+
+
+def _open_model(path: Path, workspace: Path, threads: int | None) -> tuple:
+    """(registry folder, current version's metadata, engine) for the bundle or registry at
+    `path`; a plain bundle is copied into a registry of `workspace` keyed by its task, version
+    and weights, so a bundle rebuilt under the same version gets its own. No MRML: any thread."""
+    from crossdomainseg.bundle import load_bundle
+    from crossdomainseg.engine import Engine
+    from crossdomainseg.registry import ModelRegistry
+
+    if (path / "CURRENT").is_file():
+        registry_dir = path
+    else:
+        metadata = load_bundle(path).metadata  # raises BundleError with the reason
+        weights = hashlib.sha256(json.dumps(metadata["weights"], sort_keys=True).encode())
+        registry_dir = workspace / "models" / safe_name(
+            f"{metadata['task']}-{metadata['version']}-{weights.hexdigest()[:8]}")
+        registry = ModelRegistry(registry_dir)
+        if not registry.is_initialised():
+            registry.init_from(path)
+    current = load_bundle(ModelRegistry(registry_dir).current_path())
+    # the engine follows each version's own segmenter input (raw image or synthetic preview);
+    # a bundle without a generator still segments the raw image, just without a preview
+    return registry_dir, current.metadata, Engine(registry_dir, threads=threads)
 
 
 def _new_session(engine, image: sitk.Image, result):
