@@ -14,6 +14,7 @@ from .errors import InputError
 
 COMMANDS = [
     "crossdomainseg.interactive.cli",
+    "crossdomainseg.evaluation.cli",
     "crossdomainseg.training.cli",
     "crossdomainseg.web_cli",
     "crossdomainseg.data.cli",

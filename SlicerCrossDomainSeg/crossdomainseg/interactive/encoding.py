@@ -1,4 +1,5 @@
-"""Crops around a click and the click maps fed to the refiner.
+"""Crops around a click, what a refiner sees of one click (CropInputs) and the click maps fed to
+the refiner.
 
 All indices here are (z, y, x) voxel indices of one grid; the session converts patient-space clicks
 to them just before use and never stores them.
@@ -38,6 +39,22 @@ class Box:
 
     def local(self, index) -> tuple[int, int, int]:
         return tuple(int(i) - a for i, a in zip(index, self.start))
+
+
+@dataclass
+class CropInputs:
+    """What a refiner sees of one click: arrays on the crop, clicks as crop indices."""
+
+    image: np.ndarray
+    preview: np.ndarray
+    probability: np.ndarray  # current probability of the label being corrected
+    current: np.ndarray  # bool, the label's voxels now
+    positive: list
+    negative: list
+    click: tuple[int, int, int]
+    click_positive: bool
+    spacing: tuple[float, float, float]  # (z, y, x) mm
+    label: int = 0  # the value of the label being corrected
 
 
 def crop_box(center, size, shape) -> Box:

@@ -1,8 +1,6 @@
-"""Classical click refiners the learned one is compared with (same session, same rules).
+"""The boundary shift click refiner and its branches (front ends click with it, alone or as the
+learned refiner's fallback).
 
-- SphereRefiner: no model, a click adds or removes a ball around itself.
-- RegionGrowingRefiner: seeded region growing in the image from the click, with a tolerance taken
-  from the intensities around the click.
 - LocalOtsuRefiner: the click's side of Otsu's two-class split of the intensities around it, with
   guards against leaks.
 - SmallObjectRefiner: for a label with few voxels near the click (a lesion): a positive click takes
@@ -16,8 +14,8 @@ from scipy import ndimage
 
 from ..boundary_fit import (CORE_MM, MIN_HISTOGRAM_VOXELS, RING_MM, fit_mask, log_likelihood_ratio, otsu_threshold,
                             signed_distance)
-from .encoding import DEFAULT_CROP_MM, squared_distance_mm
-from .session import CropInputs
+from .encoding import DEFAULT_CROP_MM, CropInputs, squared_distance_mm
+from .regions import apply_region, component_at, within_a_voxel
 
 # A label with fewer voxels than this in the click's crop (a lesion, or nothing yet) is a small
 # object: the boundary shift and learned refiners hand its clicks to SmallObjectRefiner.
@@ -25,66 +23,6 @@ SMALL_LABEL_VOXELS = 300
 # A fine click (within a voxel or so of the boundary) on a label with fewer voxels than this in the
 # crop (a large lesion, almost right) is the small object refiner's too: see BoundaryShiftRefiner.
 FINE_VOXELS = 4000
-
-
-def _within_a_voxel(reach_mm: float, spacing) -> float:
-    """`reach_mm`, or one step along the coarsest axis when that is longer."""
-    return max(float(reach_mm), max(float(s) for s in spacing) + 1e-3)
-
-
-def _ball_mm(shape, center, radius_mm: float, spacing) -> np.ndarray:
-    return squared_distance_mm(shape, center, spacing) <= radius_mm**2
-
-
-def _component_at(mask: np.ndarray, index) -> np.ndarray:
-    """The connected part of `mask` holding voxel `index` (empty when that voxel is off)."""
-    if not mask[index]:
-        return np.zeros_like(mask)
-    components, _ = ndimage.label(mask)
-    return components == components[index]
-
-
-def _apply(inputs: CropInputs, region: np.ndarray) -> np.ndarray:
-    """The label after the click: `region` added (positive click) or taken away (negative)."""
-    mask = (inputs.current | region) if inputs.click_positive else (inputs.current & ~region)
-    return mask.astype(np.float32)
-
-
-class SphereRefiner:
-    name = "sphere"
-
-    def __init__(self, radius_mm: float = 5.0, crop_mm=DEFAULT_CROP_MM):
-        self.radius_mm = float(radius_mm)
-        self.crop_mm = tuple(float(c) for c in crop_mm)
-
-    def propose(self, inputs: CropInputs) -> np.ndarray:
-        return _apply(inputs, _ball_mm(inputs.current.shape, inputs.click, self.radius_mm, inputs.spacing))
-
-
-class RegionGrowingRefiner:
-    """Grow from the click over voxels whose smoothed intensity is within `tolerance` noise levels
-    of the intensity at the click, at most `max_radius_mm` from it (limits leaks through weak
-    edges). The noise level is measured on the whole crop (robust spread of neighbour
-    differences), so a click near an edge does not inflate the tolerance."""
-
-    name = "region_growing"
-
-    def __init__(self, tolerance: float = 3.0, crop_mm=DEFAULT_CROP_MM, smoothing_voxels: float = 1.0,
-                 max_radius_mm: float = 30.0):
-        self.tolerance = float(tolerance)
-        self.max_radius_mm = float(max_radius_mm)
-        self.crop_mm = tuple(float(c) for c in crop_mm)
-        self.smoothing = float(smoothing_voxels)
-
-    def propose(self, inputs: CropInputs) -> np.ndarray:
-        raw = inputs.image.astype(np.float32)
-        image = ndimage.gaussian_filter(raw, self.smoothing)
-        diffs = np.concatenate([np.diff(raw, axis=a).ravel() for a in range(3) if raw.shape[a] > 1])
-        noise = max(1.4826 * float(np.median(np.abs(diffs))) / np.sqrt(2.0), 1e-3)
-        seed = tuple(slice(max(0, c - 1), c + 2) for c in inputs.click)
-        similar = np.abs(image - float(np.median(image[seed]))) <= self.tolerance * noise
-        similar &= _ball_mm(similar.shape, inputs.click, self.max_radius_mm, inputs.spacing)
-        return _apply(inputs, _component_at(similar, inputs.click))
 
 
 class LocalOtsuRefiner:
@@ -123,13 +61,13 @@ class LocalOtsuRefiner:
         # opening, with the crop's faces not counted as edges (tissue runs on beyond them)
         opened = ndimage.binary_dilation(ndimage.binary_erosion(side, border_value=1)) & side
         opened[inputs.click] = side[inputs.click]
-        region = _component_at(opened, inputs.click)
+        region = component_at(opened, inputs.click)
         if region[d2 > (self.max_radius_mm - 4.0) ** 2].any():
-            region = _component_at(region & (d2 <= self.guard_mm**2), inputs.click)
+            region = component_at(region & (d2 <= self.guard_mm**2), inputs.click)
         return region
 
     def propose(self, inputs: CropInputs) -> np.ndarray:
-        return _apply(inputs, self.region(inputs))
+        return apply_region(inputs, self.region(inputs))
 
 
 class SmallObjectRefiner:
@@ -182,9 +120,9 @@ class SmallObjectRefiner:
         fine = bool((other_side & (d2 <= self.fine_mm**2)).any())
         island = None if inputs.click_positive else self._island(inputs)
         if island is not None and (not fine or self._thin(island, inputs.spacing)):
-            return _apply(inputs, island)
+            return apply_region(inputs, island)
         if inputs.click_positive:
-            beside = bool((inputs.current & (d2 <= _within_a_voxel(self.fine_mm, inputs.spacing) ** 2)).any())
+            beside = bool((inputs.current & (d2 <= within_a_voxel(self.fine_mm, inputs.spacing) ** 2)).any())
             region = self._blob(inputs, d2, beside)
         else:
             region = self.otsu.region(inputs)
@@ -192,7 +130,7 @@ class SmallObjectRefiner:
             region &= d2 <= self.fine_radius_mm**2
             if fine and inputs.current.sum() < self.tiny_voxels:
                 region = np.zeros_like(region)
-        return _apply(inputs, region)
+        return apply_region(inputs, region)
 
     def _blob(self, inputs: CropInputs, d2: np.ndarray, beside_label: bool) -> np.ndarray:
         """The click's blob; `d2`: squared mm from the click. Beside the label (a voxel away), the
@@ -212,15 +150,15 @@ class SmallObjectRefiner:
         side = (image >= middle) if at_click >= middle else (image <= middle)
         side &= d2 <= self.max_radius_mm**2
         side[inputs.click] = True
-        region = _component_at(side, inputs.click)
+        region = component_at(side, inputs.click)
         if region[d2 > (self.max_radius_mm - 4.0) ** 2].any():
-            region = _component_at(region & (d2 <= self.guard_mm**2), inputs.click)
+            region = component_at(region & (d2 <= self.guard_mm**2), inputs.click)
         return region
 
     def _takes_vouched(self, inputs: CropInputs, region: np.ndarray) -> bool:
         """Whether `region` holds more than vouched_share of the label's part under the click,
         and a positive click lies in that part."""
-        part = _component_at(inputs.current, inputs.click)
+        part = component_at(inputs.current, inputs.click)
         if not any(part[p] for p in inputs.positive):
             return False
         return int((region & part).sum()) > self.vouched_share * int(part.sum())
@@ -234,7 +172,7 @@ class SmallObjectRefiner:
         click vouches for it; else None."""
         if not inputs.current[inputs.click]:
             return None
-        part = _component_at(inputs.current, inputs.click)
+        part = component_at(inputs.current, inputs.click)
         if part.sum() >= self.island_voxels or any(part[p] for p in inputs.positive):
             return None
         return part
@@ -303,7 +241,7 @@ class BoundaryShiftRefiner:
         if ratio is not None:
             veto = (ratio < -self.evidence) if inputs.click_positive else (ratio > self.evidence)
             region &= ~veto | (distance < 3.0)
-        moved = _apply(inputs, region) >= 0.5
+        moved = apply_region(inputs, region) >= 0.5
         # the moved label fitted to the unsmoothed image; None where the crop cannot tell label
         # from surroundings
         fit = fit_mask(inputs.image.astype(np.float32), moved, inputs.spacing, self.rim_mm, self.prior_mm, self.bins)
@@ -321,12 +259,3 @@ class BoundaryShiftRefiner:
         refitted = np.where(near, fitted, moved)
         kept = (refitted | inputs.current) if inputs.click_positive else (refitted & inputs.current)
         return kept.astype(np.float32)
-
-
-def classical_refiner(name: str, **kwargs):
-    """The classical refiner `name` with its settings (`kwargs`)."""
-    return CLASSICAL[name](**kwargs)
-
-
-CLASSICAL = {refiner.name: refiner for refiner in (SphereRefiner, RegionGrowingRefiner, LocalOtsuRefiner,
-                                                   BoundaryShiftRefiner)}
