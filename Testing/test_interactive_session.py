@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from crossdomainseg.errors import InputError
 from crossdomainseg.interactive import InteractiveSession
-from crossdomainseg.boundary_fit import otsu_threshold
+from crossdomainseg.interactive.boundary_evidence import otsu_threshold
 from crossdomainseg.evaluation.baselines import RegionGrowingRefiner
 from crossdomainseg.interactive.boundary_shift import BoundaryShiftRefiner, LocalOtsuRefiner, SmallObjectRefiner
 from crossdomainseg.interactive.sphere import SphereRefiner

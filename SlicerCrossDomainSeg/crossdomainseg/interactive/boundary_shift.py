@@ -12,8 +12,8 @@ learned refiner's fallback).
 import numpy as np
 from scipy import ndimage
 
-from ..boundary_fit import (CORE_MM, MIN_HISTOGRAM_VOXELS, RING_MM, fit_mask, log_likelihood_ratio, otsu_threshold,
-                            signed_distance)
+from .boundary_evidence import (CORE_MM, MIN_HISTOGRAM_VOXELS, RING_MM, fit_mask, log_likelihood_ratio,
+                                otsu_threshold, signed_distance)
 from .encoding import DEFAULT_CROP_MM, CropInputs, squared_distance_mm
 from .regions import apply_region, component_at, within_a_voxel
 
@@ -33,9 +33,7 @@ class LocalOtsuRefiner:
       intensity: only its part within `guard_mm` of the click stays;
     - a positive click on the side of the split where the label's own voxels in the window are
       not (the split there separates something else than the label from its surroundings, e.g.
-      a rim voxel of a small bright lesion) adds only a ball of `small_mm`.
-    Measured on the phantom-ct-mr validation split as the learned refiner's fallback: NoC@90 17.8
-    against 19.4 with region growing, 4 of 480 clicks lowering Dice by over 0.01 against 35."""
+      a rim voxel of a small bright lesion) adds only a ball of `small_mm`."""
 
     name = "local_otsu"
 
@@ -72,31 +70,20 @@ class LocalOtsuRefiner:
 
 class SmallObjectRefiner:
     """Clicks on a label with few voxels in the crop, such as a lesion:
-    - positive: the click's blob, split at half contrast. Voxels on the click's side of the
+    - positive: the click's blob, split at half contrast: voxels on the click's side of the
       midpoint between the intensity at the click and the median of the unlabelled voxels within
-      `window_mm`, connected to the click, with local Otsu's leak guard. Otsu's split of the whole
-      window put a small bright lesion with the liver around it: on the phantom-ct-mr validation
-      split a first click on a 48-voxel lesion took 224 voxels. On a voxel beside the label (one
-      step away, across 3 mm slices too) the label's median intensity stands for the click's: the
-      click's neighbourhood there is mostly the tissue around (on 24 fresh tuning subjects a click
-      on a partial-volume voxel over a lesion's top slice took 44 voxels of liver, and the lesion
-      swung between Dice 0.99 and 0.82 over five clicks; lesions' NoC@90 there 1.42 -> 0.96).
+      `window_mm`, connected to the click, with local Otsu's leak guard. On a voxel beside the
+      label (one step away) the label's median intensity stands for the click's, whose
+      neighbourhood there is mostly the tissue around.
     - negative, inside a connected part of the label of fewer than `island_voxels` that holds no
       positive click: that whole part goes (a stray blob of the automatic result), unless the
       click is a fine one (below) on a part thicker than a sliver.
     - any other negative click: local Otsu's region.
-    A click within `fine_mm` of the label's boundary (the robot's click on a one-voxel error of an
-    almost right lesion) changes nothing farther than `fine_radius_mm` from it; so does a negative
-    click whose region would take more than `vouched_share` of a part of the label that a positive
-    click vouches for (the user said that part is right: one negative click trims it, it does not
-    take most of it; on the phantom-ct-mr validation split one took a lesion at Dice 0.92 to 0.78).
-    On a label with fewer than `tiny_voxels` in the crop, where one voxel is worth more than 0.01
-    of Dice, a fine click changes the voxel clicked alone (test split: a 32-voxel lesion at Dice
-    0.985 lost 0.017 to a fine click that changed 3 voxels).
-    As the boundary shift refiner's branch for small labels it took the lesions' NoC@90 on the
-    phantom-ct-mr validation split from 9.0 to 3.5 (local Otsu before); the fine-click limit took
-    the clicks lowering Dice by more than 0.01 from 17 to 11 of 480 (test split: 35 to 14) at
-    the same NoC."""
+    A fine click (within `fine_mm` of the label's boundary: a one-voxel error) changes nothing
+    farther than `fine_radius_mm` from it; so does a negative click whose region would take more
+    than `vouched_share` of a part of the label that a positive click vouches for (the user said
+    that part is right). On a label with fewer than `tiny_voxels` in the crop, where one voxel is
+    worth more than 0.01 of Dice, a fine click changes only the voxel clicked."""
 
     name = "small_object"
 
@@ -179,24 +166,21 @@ class SmallObjectRefiner:
 
 
 class BoundaryShiftRefiner:
-    """Where the automatic result is off by a band along the object's rim, the robot, like a
-    user, clicks the middle of the band, so the click's distance to the label's boundary is about
-    half the band's width there. The boundary moves past the click by `factor` times that
-    distance (`coreless_factor` where that would leave the label no core for the veto), fully
-    within `inner_mm` of the click and tapering to no move at `outer_mm`: the band is fixed along
-    the rim, not only at the click. The image may veto voxels of the move: one that a negative
-    click would take out stays when its intensity is e^`evidence` times likelier in the label's
-    core than in a ring around the label (histograms in the crop), and one that a positive click
-    would add stays out when it is that much likelier in the ring. Then the moved boundary is
-    refitted to the image's unsmoothed intensities within `refit_mm` of the click
-    (boundary_fit.fit_mask, rim `rim_mm`, prior `prior_mm`), smoothed over `smooth_voxels`, in
-    the click's direction only.
-    A label with fewer than `min_voxels` in the crop (a small lesion, or nothing yet), a click
-    deeper than `max_depth_mm` from the boundary (not a band), and a fine click (within
-    `fine_depth_mm` of it) on a label with fewer than `fine_voxels` in the crop (a large lesion
-    almost right: moving its whole rim by a voxel costs more than the click fixes) go to the small
-    object refiner. Its constants were tuned on generated phantom subjects outside every task's
-    splits (docs/experiments.md)."""
+    """Where the automatic result is off by a band along the object's rim, a user clicks the middle
+    of the band, so the click's depth (distance to the label's boundary) is about half the band's
+    width. The boundary moves past the click by `factor` times that depth (`coreless_factor`
+    where that would leave the label no core for the veto), fully within `inner_mm` of the click
+    and tapering to no move at `outer_mm`: the band is fixed along the rim, not only at the click.
+    The image may veto voxels of the move: one that a negative click would take out stays when
+    its intensity is e^`evidence` times likelier in the label's core than in a ring around it
+    (histograms in the crop), and one that a positive click would add stays out when it is that
+    much likelier in the ring. Then the moved boundary is refitted to the image within `refit_mm`
+    of the click (boundary_evidence.fit_mask, rim `rim_mm`, prior `prior_mm`), smoothed over
+    `smooth_voxels`, in the click's direction only.
+    Clicks go to the small object refiner on a label with fewer than `min_voxels` in the crop,
+    deeper than `max_depth_mm` (not a band), and fine (within `fine_depth_mm`) on a label with
+    fewer than `fine_voxels` (a large lesion almost right: moving its whole rim by a voxel costs
+    more than the click fixes). The constants' tuning is in docs/experiments.md."""
 
     name = "boundary_shift"
 
