@@ -13,8 +13,9 @@ still calls the clicked voxel inside) go to `fallback` (the boundary shift refin
 negative click it agrees with, the fallback's proposal stands except where the network still
 sees the label: there the fallback's removal is vetoed.
 
-`click_refiner` gives front ends the method the bundle's metadata names (`click_refiner.name`,
-written by `crossdomainseg eval clicks --choose` from the SOURCE validation split).
+`click_refiner` gives front ends the method the bundle's metadata names (`click_refiner.name`:
+"learned" or one of CLASSICAL, written by `crossdomainseg eval clicks --choose` from the SOURCE
+validation split).
 """
 
 import numpy as np

@@ -8,9 +8,9 @@ A click moves voxels into or out of the label being corrected only, only inside 
 it, and only in a region connected to the click: a positive click adds voxels to the label (taking
 them from background or from another label), a negative click returns the label's voxels to
 background. Locked voxels (painted or confirmed by hand) are never changed by a click, nor are
-voxels nearer to an earlier click of the other sign on the same label than to this click (without
-that rule, a negative click next to a positive one took back what the positive one added, the
-next positive click put it back, and Dice swung by up to 0.3 from click to click).
+voxels nearer to an earlier click of the other sign on the same label than to this click (else a
+negative click beside a positive one takes back what that one added, and the next positive click
+puts it back).
 """
 
 from dataclasses import dataclass, field

@@ -82,8 +82,8 @@ def training_clicks(truth: np.ndarray, pred: np.ndarray, n: int, spacing=(1.0, 1
     if n <= 0:
         return clicks, pred
     # Correcting the clicked component leaves every other error component as it was, so the
-    # components are found once and the clicked one is struck off (next_click on each step
-    # labelled the whole crop again: most of the refiner's training time).
+    # components are found once and the clicked one is struck off, instead of labelling the
+    # whole crop again for every click.
     regions = [_error_regions(truth & ~pred, True), _error_regions(pred & ~truth, False)]
     for i in range(n):
         best = _largest(regions)
