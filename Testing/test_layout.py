@@ -148,3 +148,13 @@ def test_the_checks_catch_a_cycle_a_front_end_and_the_evaluation_in_the_product(
     assert front_end_imports(graph) == [("crossdomainseg.web", "CrossDomainSegWeb.__main__"),
                                         ("crossdomainseg.web", "trame_slicer")]
     assert evaluation_imports(graph) == [("crossdomainseg.engine", "crossdomainseg.evaluation.robot")]
+
+
+def test_eval_clicks_chooses_only_among_methods_front_ends_click_with():
+    from crossdomainseg.evaluation.baselines import BASELINES
+    from crossdomainseg.evaluation.cli import CHOOSABLE, METHODS
+    from crossdomainseg.interactive.refiner import CLASSICAL
+
+    assert set(CHOOSABLE) == {"learned", *CLASSICAL}
+    assert set(CLASSICAL) < set(BASELINES) and set(BASELINES) <= set(METHODS)
+    assert "region_growing" in METHODS and "region_growing" not in CHOOSABLE  # compared, never chosen
