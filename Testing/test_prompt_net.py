@@ -233,7 +233,7 @@ def test_the_shipped_prompt_network_outlines_a_new_structure_from_one_click(insi
     """The brain bundle's trained network, on a structure it never saw (an ellipsoid, bright on
     dark or dark on bright, 3 x 1 x 1 mm voxels): one click at its centre outlines it (Dice about
     0.7-0.8 when written)."""
-    from crossdomainseg.interactive.simulate import dice
+    from crossdomainseg.evaluation.robot import dice
     from crossdomainseg.resources import shipped_bundles
 
     refiner = PromptRefiner.from_bundle(load_bundle(shipped_bundles()["brain-t1-t2"]), "cpu")

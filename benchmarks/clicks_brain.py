@@ -29,7 +29,7 @@ SUMMARY_KEYS = ("objects", "noc90_mean", "noc85_mean", "never_90_share", "max_di
 
 def group_figures(result: dict, names, max_clicks: int) -> dict:
     """NoC@90/85 and Dice after k clicks over the objects whose label is in `names`, and per label."""
-    from crossdomainseg.interactive.simulate import noc
+    from crossdomainseg.evaluation.robot import noc
 
     rows = {o: c for o, c in result["curves"].items() if o.split("/")[-1] in names}
     if not rows:
@@ -67,8 +67,8 @@ def from_empty(engine, data_dir, refiners: dict, limit, max_clicks: int, log) ->
     import SimpleITK as sitk
 
     from crossdomainseg.interactive import InteractiveSession
-    from crossdomainseg.interactive.evaluate import summarise
-    from crossdomainseg.interactive.simulate import robot_on_label
+    from crossdomainseg.evaluation.clicks import summarise
+    from crossdomainseg.evaluation.robot import robot_on_label
 
     labels = engine.bundle.labels
     curves = {name: [] for name in refiners}
@@ -104,7 +104,7 @@ def latency_128(engine, refiner, data_dir, threads: int) -> dict:
     import SimpleITK as sitk
 
     from crossdomainseg.interactive import InteractiveSession
-    from crossdomainseg.interactive.simulate import robot_on_label
+    from crossdomainseg.evaluation.robot import robot_on_label
 
     _, image, truth_image = next(test_cases(data_dir, 1))
     reference = sitk.Image([128, 128, 128], sitk.sitkFloat32)
@@ -129,7 +129,7 @@ def latency_128(engine, refiner, data_dir, threads: int) -> dict:
 def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int, log) -> dict:
     """{name: figures} on freshly generated brain target subjects (never a training subject)."""
     from crossdomainseg.data import generate_case
-    from crossdomainseg.interactive.evaluate import evaluate_cases
+    from crossdomainseg.evaluation.clicks import evaluate_cases
 
     def cases():
         for seed in seeds:
@@ -145,8 +145,8 @@ def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int, log) -> dict:
 def run(args, fresh_seeds) -> int:
     from crossdomainseg.device import configure
     from crossdomainseg.engine import Engine
-    from crossdomainseg.interactive.cli import build_refiners
-    from crossdomainseg.interactive.evaluate import evaluate_cases
+    from crossdomainseg.evaluation.cli import build_refiners
+    from crossdomainseg.evaluation.clicks import evaluate_cases
     from crossdomainseg.interactive.refiner import click_refiner_name
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731

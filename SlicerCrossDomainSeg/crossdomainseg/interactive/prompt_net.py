@@ -20,9 +20,7 @@ import torch.nn.functional as F
 
 from ..device import pick_device
 from ..errors import BundleError
-from .encoding import click_maps
-from .refiner import to_net_index
-from .session import CropInputs
+from .encoding import CropInputs, click_maps, to_net_index
 
 PROMPT_SIZE = (48, 48, 48)
 # isotropic, so training may permute the axes (scans are stored axial, coronal or sagittal)
