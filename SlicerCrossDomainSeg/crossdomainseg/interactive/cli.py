@@ -25,18 +25,23 @@ def add_parser(subparsers) -> None:
     train.set_defaults(func=run_train)
 
 
-def run_train(args) -> int:
+def interrupt_on_signals() -> None:
+    """SIGINT / SIGTERM end training early (as Ctrl-C: KeyboardInterrupt), and the trainers still
+    write the network trained so far."""
     import signal
-
-    from ..errors import InputError
-    from .train_refiner import DRAFTS_PER_CASE, train_and_ship
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    # SIGINT / SIGTERM end training early and still write the network trained so far
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+
+
+def run_train(args) -> int:
+    from ..errors import InputError
+    from .train_refiner import DRAFTS_PER_CASE, train_and_ship
+
+    interrupt_on_signals()
 
     command = "crossdomainseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     drafts = DRAFTS_PER_CASE if args.drafts is None else args.drafts

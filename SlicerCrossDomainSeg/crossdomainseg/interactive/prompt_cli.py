@@ -29,17 +29,11 @@ def add_parser(subparsers) -> None:
 
 
 def run_train_prompt(args) -> int:
-    import signal
-
     from ..errors import InputError
+    from .cli import interrupt_on_signals
     from .train_prompt import train_and_ship_prompt
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    # SIGINT / SIGTERM end training early and still write the network trained so far
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    interrupt_on_signals()
     if args.minutes <= 0 and not args.steps:
         raise InputError(f"--minutes must be above 0, got {args.minutes}.")
     command = "crossdomainseg " + shlex.join(sys.argv[1:])
