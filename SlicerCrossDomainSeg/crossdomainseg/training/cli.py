@@ -155,6 +155,7 @@ def run_source(args) -> int:
         class_balanced=args.class_balanced,
         label_contrast=args.label_contrast,
         domain_randomize=args.domain_randomize,
+        init_from=str(args.init_from or ""),
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         batch_size=args.batch,
@@ -350,6 +351,9 @@ def add_parser(subparsers) -> None:
                      help="share of crops synthesised from their labels with random contrast per "
                           "label and tissue class, texture, bias, noise and resolution (SynthSeg-"
                           "style; 1 = synthetic images only; 0 = off)")
+    src.add_argument("--init-from", metavar="BUNDLE",
+                     help="start from this bundle's segmenter (same network) instead of random "
+                          "weights, e.g. to fine-tune a reference with --domain-randomize")
     src.add_argument("--version", default="0.1.0", help="model version recorded in the bundle")
     src.set_defaults(func=run_source)
 
