@@ -122,6 +122,9 @@ def _metadata(config: SourceConfig, history, metrics, command) -> dict:
         "roi_size": list(config.roi_size),
         "normalization": copy.deepcopy(config.normalization),
         "training": {
+            # Training steps behind this segmenter, those of the bundle it started from included
+            # (the supervised bound of METHOD.md section 8 gets the same budget).
+            "budget_steps": config.epochs * config.steps_per_epoch + _initial_budget(config),
             "data": config.data,
             "seed": config.seed,
             "command": command,
@@ -229,6 +232,15 @@ def randomized_copies(samples, config: SourceConfig) -> list:
     spec = crop_normalization(config.normalization["target"])
     return [dataclasses.replace(s, image=synthesize(s.image, s.label, rng, spec))
             for s in samples for _ in range(VAL_RENDERINGS)]
+
+
+def _initial_budget(config: SourceConfig) -> int:
+    """Training steps of the bundle `init_from` names (0 without one)."""
+    if not config.init_from:
+        return 0
+    training = load_bundle(config.init_from).metadata["training"]
+    recorded = training["source"]["config"]
+    return int(training.get("budget_steps", recorded["epochs"] * recorded["steps_per_epoch"]))
 
 
 def _initial_weights(config: SourceConfig) -> dict:
