@@ -22,13 +22,21 @@ def test_demo_writes_outputs_and_reruns(tmp_path):
 
 
 def test_demo_hands_the_web_app_a_complete_command_line(tmp_path, monkeypatch):
-    """`make demo` serves after the outputs: the web app gets every one of its options (the
-    server itself is started by Testing/test_web_e2e.py)."""
-    from crossdomainseg import web_cli
+    """`make demo` serves after the outputs through the `web` command that the web app registers
+    as an entry point: the web app gets every one of its options (the server itself is started by
+    Testing/test_web_e2e.py)."""
+    import importlib.metadata
 
+    from CrossDomainSegWeb import cli as web_cli
+
+    web = importlib.metadata.EntryPoint("web", "CrossDomainSegWeb.cli:add_parser", cli.PLUGIN_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [web] if group == cli.PLUGIN_GROUP else [])
+    monkeypatch.setattr(cli, "CHECKOUT_PYPROJECT", tmp_path / "no-checkout" / "pyproject.toml")
     seen = []
     monkeypatch.setattr(web_cli, "run", lambda args: seen.append(web_cli.web_arguments(args)) or 0)
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--port", "0"]) == 0
     (argv,) = seen
     assert argv[argv.index("--port") + 1] == "0" and "--pacs" not in argv
     assert Path(argv[argv.index("--case") + 1]).name.startswith("brain-t1-t2")
+    assert Path(argv[argv.index("--workspace") + 1]) == (tmp_path / "demo" / "workspace").resolve()

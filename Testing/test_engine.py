@@ -246,26 +246,3 @@ def test_tta_predictions_start_with_the_plain_pass_segment_labels(bundle3d):
     # the label's probabilities are the un-augmented pass, the first of the TTA predictions
     assert np.allclose(predictions[0], result.working.probabilities, atol=1e-5)
     assert not np.allclose(predictions[0], predictions[1], atol=1e-3)  # the augmentations differ
-
-
-class Wide(torch.nn.Module):
-    """The threshold segmenter's answer widened by a working voxel (2 mm) all round: the band
-    error along an organ's rim that the bundle's boundary fit is for."""
-
-    def forward(self, x):
-        z = (torch.nn.functional.max_pool3d(x, 3, 1, 1) - 0.5) * 40
-        return torch.cat([-z, z], dim=1)
-
-
-def test_bundle_boundary_fit_pulls_a_too_wide_label_onto_the_image_edge(tmp_path):
-    bundle = make_random_bundle(tmp_path / "bundle", spacing=2.0, roi=32)
-    image, mask = sphere_image()
-    dice = {}
-    for fit in (None, {"step": "boundary_fit", "rim_mm": 6.0, "prior_mm": 4.0}):
-        if fit:
-            update_bundle(bundle.path, metadata={"postprocess": [fit]})
-        engine = Engine(bundle.path, mode="vanilla")
-        engine.segmenter = Wide()
-        label = sitk.GetArrayFromImage(engine.segment(image, preview=False, uncertainty=False).label)
-        dice[fit is not None] = metrics.dice(label.astype(bool), mask)
-    assert dice[False] < 0.9 and dice[True] > 0.95, dice

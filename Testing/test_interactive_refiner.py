@@ -11,7 +11,7 @@ import torch
 from crossdomainseg.bundle import load_bundle, make_random_bundle, update_bundle
 from crossdomainseg.errors import BundleError
 from crossdomainseg.interactive import CropInputs, InteractiveSession
-from crossdomainseg.interactive.baselines import SphereRefiner
+from crossdomainseg.interactive.sphere import SphereRefiner
 from crossdomainseg.interactive.encoding import NET_SIZE
 from crossdomainseg.interactive.refiner import REFINER_SPEC, LearnedRefiner, click_refiner, to_net_index
 from crossdomainseg.interactive import train_refiner
@@ -348,7 +348,7 @@ def test_session_from_an_engine_result(tmp_path):
 
 
 def test_choose_takes_fewest_clicks_and_on_a_tie_the_classical_method():
-    from crossdomainseg.interactive.cli import choose
+    from crossdomainseg.evaluation.cli import choose
 
     def figures(noc90, noc85=1.0, drop=0.005, over=0):
         return {"noc90_mean": noc90, "noc85_mean": noc85, "max_dice_drop": drop, "clicks_dropping_over_0.01": over}

@@ -5,8 +5,9 @@ import pytest
 import SimpleITK as sitk
 
 from crossdomainseg.interactive import InteractiveSession
-from crossdomainseg.interactive.baselines import SphereRefiner
-from crossdomainseg.interactive.simulate import next_click, noc, robot_on_label, training_clicks
+from crossdomainseg.interactive.sphere import SphereRefiner
+from crossdomainseg.evaluation.robot import noc, robot_on_label
+from crossdomainseg.interactive.simulate import next_click, training_clicks
 
 SHAPE = (32, 32, 32)
 
@@ -95,7 +96,7 @@ def test_robot_does_not_click_where_it_cannot_add():
 
 
 def test_summary_reports_the_worst_drop_and_how_many_clicks_lowered_dice():
-    from crossdomainseg.interactive.evaluate import summarise
+    from crossdomainseg.evaluation.clicks import summarise
 
     curves = [[0.5, 0.6, 0.595, 0.7], [0.2, 0.1, 0.3, 0.28]]
     summary = summarise(curves, [0.01] * 6, ["a/liver", "b/spleen"])

@@ -7,8 +7,10 @@ from scipy import ndimage
 
 from crossdomainseg.errors import InputError
 from crossdomainseg.interactive import InteractiveSession
-from crossdomainseg.interactive.baselines import (BoundaryShiftRefiner, LocalOtsuRefiner, RegionGrowingRefiner,
-                                                 SmallObjectRefiner, SphereRefiner, otsu_threshold)
+from crossdomainseg.interactive.boundary_evidence import otsu_threshold
+from crossdomainseg.evaluation.baselines import RegionGrowingRefiner
+from crossdomainseg.interactive.boundary_shift import BoundaryShiftRefiner, LocalOtsuRefiner, SmallObjectRefiner
+from crossdomainseg.interactive.sphere import SphereRefiner
 from crossdomainseg.interactive.encoding import Box, click_maps, crop_box
 
 SHAPE = (40, 48, 56)  # z, y, x
@@ -503,7 +505,7 @@ def test_clicks_do_not_depend_on_float32_noise_in_the_spacing():
     """The same case with its spacing stored in double (1.8 mm) and in float32 (1.7999999523 mm,
     as NIfTI headers hold it) gets the same robot clicks and the same labels: distances on such
     grids tie at the refiner's thresholds, which the noise would break one way or the other."""
-    from crossdomainseg.interactive.simulate import robot_on_label
+    from crossdomainseg.evaluation.robot import robot_on_label
 
     shape = (24, 48, 48)
     rng = np.random.default_rng(25)  # a case whose first click lands on a tie (many do not)

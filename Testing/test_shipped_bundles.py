@@ -78,9 +78,9 @@ def test_shipped_click_refiner_network_beats_a_sphere_on_fresh_mr():
 
     from crossdomainseg.engine import Engine
     from crossdomainseg.interactive import InteractiveSession
-    from crossdomainseg.interactive.baselines import SphereRefiner
+    from crossdomainseg.interactive.sphere import SphereRefiner
     from crossdomainseg.interactive.refiner import LearnedRefiner
-    from crossdomainseg.interactive.simulate import robot_on_label
+    from crossdomainseg.evaluation.robot import robot_on_label
 
     engine = Engine(_bundle("phantom-ct-mr").path, device="cpu", threads=2)
     network = LearnedRefiner.from_bundle(engine.bundle, "cpu", fallback=None)

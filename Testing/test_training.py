@@ -332,14 +332,15 @@ def test_train_settings_writes_chosen_settings_and_rejects_others(tmp_path, caps
     from crossdomainseg.bundle import make_random_bundle
 
     bundle = make_random_bundle(tmp_path / "b", labels={"background": 0, "liver": 1, "lesion": 2})
-    settings = {"postprocess": [{"step": "boundary_fit", "rim_mm": 6.0, "prior_mm": 4.0, "deep": True}],
+    settings = {"postprocess": [{"step": "remove_islands", "min_fraction": 0.3}],
                 "curriculum_params": {"tau_u0": 0.2}}
     assert main(["train", "settings", "--bundle", str(bundle.path), "--json", json.dumps(settings)]) == 0
     metadata = load_bundle(bundle.path).metadata
     assert {k: metadata[k] for k in settings} == settings
     before = (bundle.path / "configs" / "metadata.json").read_text()
     for bad in ('{"version": "x"}', "not json", "[]", '{"inside": {"lesion": "liver"}}',
-                '{"postprocess": [{"step": "keep_inside"}]}'):
+                '{"postprocess": [{"step": "keep_inside"}]}',
+                '{"postprocess": [{"step": "boundary_fit", "rim_mm": 6, "prior_mm": 4}]}'):
         assert main(["train", "settings", "--bundle", str(bundle.path), "--json", bad]) == 2
     assert "--json" in capsys.readouterr().err
     assert (bundle.path / "configs" / "metadata.json").read_text() == before  # nothing half-written

@@ -223,7 +223,7 @@ def _web_args(**overrides) -> argparse.Namespace:
 
 def test_web_command_checks_its_arguments(tmp_path):
     from crossdomainseg.errors import InputError
-    from crossdomainseg.web_cli import web_arguments
+    from CrossDomainSegWeb.cli import web_arguments
 
     with pytest.raises(InputError, match="no such file"):
         web_arguments(_web_args(case=tmp_path / "missing.nii.gz"))
@@ -245,12 +245,15 @@ def test_cli_web_reports_bad_input_without_a_traceback(tmp_path, capsys):
 
 
 def test_engine_cli_does_not_import_trame():
-    code = ("import sys, crossdomainseg.web_cli; "
-            "print(sorted(m for m in sys.modules "
-            "if m.split('.')[0] in ('trame', 'trame_slicer', 'CrossDomainSegWeb')))")
+    """Building the command line registers the web command (from its entry point) without
+    importing trame or the web app's modules."""
+    code = ("import sys, crossdomainseg.cli as c; p = c.build_parser(); "
+            "print('web' in p._subparsers._group_actions[0].choices, sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('trame', 'trame_slicer') or m in ('CrossDomainSegWeb.app', "
+            "'CrossDomainSegWeb.__main__')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT / "SlicerCrossDomainSeg")}).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "True []"
 
 
 @pytest.mark.web

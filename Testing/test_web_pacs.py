@@ -19,7 +19,7 @@ from crossdomainseg.imageio import read_image
 from crossdomainseg.pacs.client import PASSWORD_VARIABLE, SeriesAddress, connect, list_series, pull_series, push
 from crossdomainseg.pacs.orthanc import LocalOrthanc
 from crossdomainseg.resources import DEMO_TASK, demo_case, shipped_bundle
-from crossdomainseg.web_cli import pacs_login, web_arguments
+from CrossDomainSegWeb.cli import pacs_login, web_arguments
 
 
 def _args(**overrides) -> argparse.Namespace:

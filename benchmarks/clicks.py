@@ -34,7 +34,7 @@ def latency_128(engine, refiner, seed: int) -> dict:
 
     from crossdomainseg.data import generate_case
     from crossdomainseg.interactive import InteractiveSession
-    from crossdomainseg.interactive.evaluate import robot_on_label
+    from crossdomainseg.evaluation.robot import robot_on_label
 
     case = generate_case("phantom-ct-mr", seed, "target", size=(128, 128, 128))
     result = engine.segment(case.image, preview=True, uncertainty=False)
@@ -60,7 +60,8 @@ def oracle_noc(engine, data_dir, max_clicks: int) -> dict:
 
     from crossdomainseg.data import TaskDir
     from crossdomainseg.imageio import read_image
-    from crossdomainseg.interactive.simulate import dice, next_click, noc
+    from crossdomainseg.evaluation.robot import dice, noc
+    from crossdomainseg.interactive.simulate import next_click
 
     curves = []
     for _, image_path, label_path in TaskDir(data_dir).cases("test", "target"):
@@ -91,7 +92,7 @@ def one_voxel_off(engine, data_dir) -> dict:
 
     from crossdomainseg.data import TaskDir
     from crossdomainseg.imageio import read_image
-    from crossdomainseg.interactive.simulate import dice
+    from crossdomainseg.evaluation.robot import dice
 
     scores = {}
     for _, _, label_path in TaskDir(data_dir).cases("test", "target"):
@@ -124,7 +125,7 @@ def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int) -> dict:
     """{name: figures} of `refiners` on freshly generated target subjects (seeds outside the
     task's): the same robot on more objects than the 6-case test split holds."""
     from crossdomainseg.data import generate_case
-    from crossdomainseg.interactive.evaluate import evaluate_cases
+    from crossdomainseg.evaluation.clicks import evaluate_cases
 
     def cases():
         for seed in seeds:
@@ -153,8 +154,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from crossdomainseg.engine import Engine
-    from crossdomainseg.interactive.cli import METHODS, build_refiners
-    from crossdomainseg.interactive.evaluate import evaluate
+    from crossdomainseg.evaluation.cli import METHODS, build_refiners
+    from crossdomainseg.evaluation.clicks import evaluate
     from crossdomainseg.interactive.refiner import click_refiner_name
 
     configure(args.threads)

@@ -36,7 +36,7 @@ def clicks(engine, case, n_clicks: int) -> dict:
     import SimpleITK as sitk
 
     from crossdomainseg.interactive import InteractiveSession
-    from crossdomainseg.interactive.simulate import robot_on_label
+    from crossdomainseg.evaluation.robot import robot_on_label
 
     result = engine.segment(case.image, preview=True, uncertainty=False)
     session = InteractiveSession.from_result(case.image, result, engine.bundle)

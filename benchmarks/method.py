@@ -15,7 +15,8 @@ The reference rows are trained here (once, reused) with the shipped bundle's own
 
   python benchmarks/method.py --task brain-t1-t2 [--threads 2] [--train-only ROW] [--rows ROW ...]
 
-Results merge into benchmarks/results/method.json per task (other tasks' entries are kept).
+Results merge into benchmarks/results/method.json per task and row (other tasks' entries, and
+the rows not in --rows, are kept).
 """
 
 import argparse
@@ -229,7 +230,8 @@ def main() -> int:
     print(json.dumps(entry, indent=1), file=sys.stderr)
     existing = RESULTS / "method.json"
     tasks = json.loads(existing.read_text()).get("tasks", {}) if existing.exists() else {}
-    tasks[args.task] = {**(tasks.get(args.task, {}) if not set(ROWS) <= set(args.rows) else {}), **entry}
+    # rows not scored in this run keep their last figures
+    tasks[args.task] = {**tasks.get(args.task, {}), **entry}
     write_result("method", {"protocol": PROTOCOL, "tasks": tasks}, threads)
     return 0
 

@@ -47,6 +47,23 @@ def missing() -> list[str]:
     return names
 
 
+def check_installed(installed: list[str]) -> None:
+    """After installing `installed` (import names) into this running Python: InputError saying
+    what to do when something is still missing, or when torch was replaced under a torch that is
+    already imported here (another module loaded it; the old one stays in use until a restart)."""
+    from crossdomainseg.errors import InputError
+
+    importlib.invalidate_caches()  # the finders' cached folder listings predate the install
+    still = missing()
+    if still:
+        raise InputError(f"Still missing after installing: {describe(still)}. Restart Slicer and "
+                         "try again.")
+    if "torch" in installed and "torch" in sys.modules:
+        version = torch_version()
+        raise InputError(f"torch {version[0]}.{version[1]} is installed, but Slicer still runs the "
+                         "older torch it had loaded: restart Slicer to use it.")
+
+
 def describe(names: list[str]) -> str:
     """The missing packages in a sentence for the user."""
     parts = []

@@ -15,6 +15,7 @@ All nodes it makes live on the input volume's own grid.
 API (stable; the web front end codes against it):
     logic = CrossDomainSegLogic(scene, segmentations_logic=None, workspace=None, threads=None)
     logic.load_bundle(path) -> metadata        bundle or registry folder; label_names()
+        or job = logic.start_load_bundle(path); logic.finish_load_bundle(job) (Slicer's GUI)
     logic.load_volume(path) -> volume node     file or DICOM folder (Slicer has its own loaders)
     logic.segment(volume_node, progress=None, segmentation_node=None) -> SegmentOutcome
         or job = logic.start_segment(...); job.fraction/.message/.done/.cancel();
@@ -27,7 +28,10 @@ API (stable; the web front end codes against it):
     logic.add_click(ras_point, positive, segment_name) -> {"changed_voxels", "seconds"}
         or job = logic.start_click(...); logic.finish_click(job)
     logic.undo() / logic.redo() -> bool;  logic.lock_from_segmentation() -> locked voxel count
-    logic.accept() -> case id;  logic.export(path) -> path (.seg.nrrd, .nii.gz, .nii, .nrrd, .dcm)
+    logic.save_state_for_undo = hook(segmentation_node): called before every write into a
+        segmentation (Slicer: the Segment Editor's saveStateForUndo), so the Segment Editor's
+        Undo/Redo steps through clicks as through strokes; the Logic follows such a restore
+    logic.accept() -> case id; logic.case_folder(case id) -> its folder;  logic.export(path) -> path (.seg.nrrd, .nii.gz, .nii, .nrrd, .dcm)
     logic.load_from_pacs(dicomweb_url, user, password) -> volume node; logic.export_to_pacs() -> SEG
     logic.trainer_status() -> dict; start_trainer(unlabelled_folder=None); stop_trainer(); rollback()
 """
@@ -73,6 +77,10 @@ HINTS = {
     "uncalibrated": "This model carries no calibration of its uncertainty: check the bright regions of "
                     "the heatmap before accepting.",
 }
+
+# How many steps of the session's history a segmentation restored by the Segment Editor's
+# Undo/Redo is looked for in (the Segment Editor keeps 10 states)
+HISTORY_SEARCH = 20
 
 EXPORT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm")
 
@@ -127,6 +135,9 @@ class CrossDomainSegLogic:
         self.run_job: Callable | None = None
         # DICOM instance UID -> file (Slicer: slicer.dicomDatabase.fileForInstance)
         self.dicom_file_for_instance: Callable[[str], str] | None = None
+        # save_state_for_undo(segmentation_node), called before the Logic writes into it: a front
+        # end with an undo history of segmentations (Slicer's Segment Editor) saves the state there
+        self.save_state_for_undo: Callable | None = None
         self.last_error = ""
         self.points = ClickPoints(scene, weakly(self._on_point_placed), weakly(self._on_point_moved),
                                   weakly(self._on_point_removed))
@@ -146,28 +157,20 @@ class CrossDomainSegLogic:
         fine-tuned versions can be published and rolled back beside it; the engine follows the
         registry and picks up new versions on the next segmentation.
         """
-        from crossdomainseg.bundle import load_bundle
-        from crossdomainseg.engine import Engine
-        from crossdomainseg.registry import ModelRegistry
+        return self.finish_load_bundle(self.start_load_bundle(path))
 
-        path = Path(path).expanduser()
-        if (path / "CURRENT").is_file():
-            registry_dir = path
-        else:
-            metadata = load_bundle(path).metadata  # raises BundleError with the reason
-            # keyed by the weights too: a bundle rebuilt under the same version gets its own registry
-            weights = hashlib.sha256(json.dumps(metadata["weights"], sort_keys=True).encode())
-            registry_dir = self.workspace / "models" / safe_name(
-                f"{metadata['task']}-{metadata['version']}-{weights.hexdigest()[:8]}")
-            registry = ModelRegistry(registry_dir)
-            if not registry.is_initialised():
-                registry.init_from(path)
-        current = load_bundle(ModelRegistry(registry_dir).current_path())
-        self.metadata = dict(current.metadata)
-        # the engine follows each version's own segmenter input (raw image or synthetic preview);
-        # a bundle without a generator still segments the raw image, just without a preview
-        self.engine = Engine(registry_dir, threads=self.threads)
-        self.bundle_path = registry_dir
+    def start_load_bundle(self, path) -> Job:
+        """Start `load_bundle`'s work (importing torch, copying the bundle, reading the weights:
+        seconds) on a worker thread; finish with `finish_load_bundle` on the scene's thread."""
+        path, workspace, threads = Path(path).expanduser(), self.workspace, self.threads
+        return Job(lambda report, cancelled: _open_model(path, workspace, threads),
+                   name="CrossDomainSeg model")
+
+    def finish_load_bundle(self, job: Job) -> dict:
+        """Use the model a finished `start_load_bundle` job opened; returns its metadata (raises
+        the job's error, a BundleError with the reason for a bad bundle)."""
+        registry_dir, metadata, engine = job.outcome()
+        self.metadata, self.engine, self.bundle_path = dict(metadata), engine, registry_dir
         self.trainer.registry_dir, self.trainer.task = registry_dir, self.metadata["task"]
         self.active_label = self.label_names()[0] if self.label_names() else None
         return self.metadata
@@ -244,6 +247,7 @@ class CrossDomainSegLogic:
                                                     f"{base} segmentation")
         segmentation_node.CreateDefaultDisplayNodes()
         self.segmentation_node = segmentation_node
+        self._save_state_for_undo()
         nodes.fill_segmentation_node(segmentation_node, session.label_image(), self.metadata["labels"],
                                      self.label_colors(), self.segmentations_logic, volume_node)
         self._watch = EditWatch(segmentation_node)
@@ -337,9 +341,9 @@ class CrossDomainSegLogic:
             job.then()
         # strokes made while the click ran are on screen too: then every segment is rewritten
         self._show_change(result, job.before if painted_meanwhile is None else None)
-        if painted_meanwhile is not None:  # and win over the click
+        if painted_meanwhile is not None:  # and win over the click (one undo state for both)
             for change in self._take_edits(painted_meanwhile != job.before, painted_meanwhile):
-                self._show_change(change)
+                self._show_change(change, save_state=False)
         return {"changed_voxels": int(result.changed), "seconds": time.perf_counter() - job.started}
 
     def add_click(self, ras_point, positive: bool, segment_name: str | None = None) -> dict:
@@ -450,13 +454,43 @@ class CrossDomainSegLogic:
     def lock_from_segmentation(self) -> int:
         """Take in the user's hand edits (strokes of any Segment Editor effect, or a script) made
         since the Logic last wrote the segmentation, and lock those voxels: clicks never change
-        them again. Returns how many voxels are locked in all."""
+        them again. Returns how many voxels are locked in all.
+
+        A segmentation restored by the Segment Editor's Undo or Redo (the Logic saves a state
+        there before each write; a restore replaces every segment's labelmap) that shows exactly
+        a state the session had a few steps back or ahead: the session steps there too, points
+        included, and nothing is locked. Anything else (strokes, a restore mixed with new
+        strokes, one past the session's start) is taken as made by hand and locked as shown, so
+        nothing on screen is lost."""
         self._require_clicks()
         if self._watch.edited:
             current = self._screen_label()
-            self._take_edits(current != self.session.label, current)
+            if not (self._watch.restored and self._follow_restored_state(current)):
+                self._take_edits(current != self.session.label, current)
             self._watch.mark_clean()
         return int(self.session.locked.sum())
+
+    def _follow_restored_state(self, current: np.ndarray) -> bool:
+        """Step the session back or forth (at most HISTORY_SEARCH steps) to the state whose
+        label is `current`; False, with the session unchanged, when there is none."""
+        session, clicks = self.session, list(self.session.clicks)
+        if np.array_equal(current, session.label):
+            return True
+        for step, back in ((session.undo, session.redo), (session.redo, session.undo)):
+            taken = 0
+            while taken < HISTORY_SEARCH and step() is not None:
+                taken += 1
+                if np.array_equal(current, session.label):
+                    for click in clicks:
+                        if not any(click is now for now in session.clicks):
+                            self.points.remove(click)
+                    for click in session.clicks:
+                        if not any(click is was for was in clicks):
+                            self.points.restore(click)
+                    return True
+            for _ in range(taken):
+                back()
+        return False
 
     def _take_edits(self, edited: np.ndarray, current: np.ndarray) -> list:
         """Paint the voxels `edited` by hand into the session with their values in `current`,
@@ -470,14 +504,21 @@ class CrossDomainSegLogic:
                                                    self.metadata["labels"], self.segmentations_logic)
         return _array(label).astype(np.int16)
 
-    def _show_change(self, result, before: np.ndarray | None = None) -> None:
+    def _show_change(self, result, before: np.ndarray | None = None, save_state: bool = True) -> None:
         """Put the session's label into the segmentation inside the box that changed (`before`:
-        what the segmentation shows now, when known: only segments that changed are written)."""
+        what the segmentation shows now, when known: only segments that changed are written),
+        after saving the segmentation's state for the Segment Editor's Undo (`save_state`)."""
         if result.box is None:
             return
+        if save_state:
+            self._save_state_for_undo()
         with self._watch.writing():
             nodes.write_segments_in_box(self.segmentation_node, self.session.label, result.box.slices,
                                         self.metadata["labels"], self.volume_node, before)
+
+    def _save_state_for_undo(self) -> None:
+        if self.save_state_for_undo is not None:
+            self.save_state_for_undo(self.segmentation_node)
 
     # -- accept and export ---------------------------------------------------------------------
     def accept(self) -> str:
@@ -498,6 +539,12 @@ class CrossDomainSegLogic:
                   "U": self.outcome.U, "locked_voxels": int(self.session.locked.sum()),
                   "source": self.volume_node.GetAttribute("CrossDomainSeg.source") or ""})
         return case_id  # a running trainer reads new cases from the store at its next epoch
+
+    def case_folder(self, case_id: str) -> Path:
+        """The folder on this computer that holds accepted case `case_id` (image, label, manifest)."""
+        from crossdomainseg.store import AcceptedCaseStore
+
+        return AcceptedCaseStore(self.store_dir).image_path(case_id).parent
 
     def export(self, path) -> Path:
         """Write what the segmentation shows now, on the input's grid: .seg.nrrd (with the segment
@@ -651,17 +698,28 @@ class CrossDomainSegLogic:
 
     def _on_scene_closing(self, caller, event) -> None:
         # the case's nodes and the point lists are about to be deleted: forget them first
-        self.points.close()
-        self._clear_case()
+        def forget():
+            self.points.close()
+            self._clear_case()
+
+        self._guarded("Closing the case with the scene", forget)
 
     @vtk.calldata_type(vtk.VTK_OBJECT)
     def _on_node_removed(self, caller, event, node) -> None:
-        if node is None:
-            return
-        if any(node.GetID() == points.GetID() for points in self.points.nodes(create=False)):
+        if node is not None:
+            self._guarded("Handling a deleted node", lambda: self._forget_node(node))
+
+    def _forget_node(self, node) -> None:
+        """`node` left the scene: drop every reference to it (a kept one would be shown again)."""
+        node_id = node.GetID()
+        if any(node_id == points.GetID() for points in self.points.nodes(create=False)):
             self.points.close()  # a point list deleted: its clicks stay, new points make new lists
-        if self.session is not None and node.GetID() in (self.volume_node.GetID(),
-                                                         self.segmentation_node.GetID()):
+        if self.preview_node is not None and node_id == self.preview_node.GetID():
+            self.preview_node = None  # the views show the input instead
+        if self.heatmap_node is not None and node_id == self.heatmap_node.GetID():
+            self.heatmap_node = None
+        if self.session is not None and node_id in (self.volume_node.GetID(),
+                                                    self.segmentation_node.GetID()):
             self._clear_case()
             self._report(f"'{node.GetName()}' was deleted: clicks, Undo, Accept and Export are off "
                          "until you press Segment again.")
@@ -692,6 +750,30 @@ def weakly(method) -> Callable:
 def _remove_observers(vtk_object, tags) -> None:
     for tag in tags:
         vtk_object.RemoveObserver(tag)
+
+
+def _open_model(path: Path, workspace: Path, threads: int | None) -> tuple:
+    """(registry folder, current version's metadata, engine) for the bundle or registry at
+    `path`; a plain bundle is copied into a registry of `workspace` keyed by its task, version
+    and weights, so a bundle rebuilt under the same version gets its own. No MRML: any thread."""
+    from crossdomainseg.bundle import load_bundle
+    from crossdomainseg.engine import Engine
+    from crossdomainseg.registry import ModelRegistry
+
+    if (path / "CURRENT").is_file():
+        registry_dir = path
+    else:
+        metadata = load_bundle(path).metadata  # raises BundleError with the reason
+        weights = hashlib.sha256(json.dumps(metadata["weights"], sort_keys=True).encode())
+        registry_dir = workspace / "models" / safe_name(
+            f"{metadata['task']}-{metadata['version']}-{weights.hexdigest()[:8]}")
+        registry = ModelRegistry(registry_dir)
+        if not registry.is_initialised():
+            registry.init_from(path)
+    current = load_bundle(ModelRegistry(registry_dir).current_path())
+    # the engine follows each version's own segmenter input (raw image or synthetic preview);
+    # a bundle without a generator still segments the raw image, just without a preview
+    return registry_dir, current.metadata, Engine(registry_dir, threads=threads)
 
 
 def _new_session(engine, image: sitk.Image, result):

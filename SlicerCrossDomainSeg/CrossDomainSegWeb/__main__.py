@@ -4,9 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from crossdomainseg import resources, web_cli
+from crossdomainseg import resources
 from crossdomainseg.errors import InputError
 
+from . import cli as web_cli
 from .security import new_token, page_url, secure_server
 
 

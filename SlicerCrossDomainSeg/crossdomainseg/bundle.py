@@ -375,7 +375,6 @@ def update_bundle(path: str | Path, networks: dict | None = None, metadata: dict
     """
     path = Path(path)
     current = read_metadata(path)
-    validate_metadata(current)
     check_metadata_digest(current, path)  # a hand-edited bundle is not re-signed behind the user's back
     new = copy.deepcopy(current)
     for key, value in (metadata or {}).items():
@@ -383,6 +382,9 @@ def update_bundle(path: str | Path, networks: dict | None = None, metadata: dict
             continue  # owned by this module
         new[key] = copy.deepcopy(value)
     new["networks"] = {**current["networks"], **(metadata or {}).get("networks", {})}
+    # the metadata as it will be, checked before anything is written: a new setting can repair a
+    # bundle that the current version refuses (e.g. one listing a retired post-processing step)
+    validate_metadata(new)
     for name, network in (networks or {}).items():
         spec, state = _state_and_spec(name, network, new)
         new["networks"][name] = spec

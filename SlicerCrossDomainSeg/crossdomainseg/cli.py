@@ -3,19 +3,30 @@
 Each module listed in COMMANDS exposes `add_parser(subparsers)`, which registers its subcommand
 and sets `func` on it; the function takes the parsed arguments and returns an exit code. Every
 parser in the tree is a `CliParser`, whose help shows each option's default.
+
+Other installed packages (the web app) add subcommands the same way through the entry point group
+`crossdomainseg.commands` (name = command, value = "module:add_parser"), so the engine names no
+front end. Run from a source checkout, the entry points declared in its pyproject.toml count too:
+an install made before they were declared does not hide them.
 """
 
 import argparse
 import copy
 import importlib
+import importlib.metadata
 import sys
+from pathlib import Path
 
 from .errors import InputError
 
+PLUGIN_GROUP = "crossdomainseg.commands"
+CHECKOUT_PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+# said when a command is unknown: front-end commands come with the project's extras
+EXTRAS_HINT = "commands of the front ends come with their extras, e.g. pip install 'crossdomainseg[web]'"
 COMMANDS = [
     "crossdomainseg.interactive.cli",
+    "crossdomainseg.evaluation.cli",
     "crossdomainseg.training.cli",
-    "crossdomainseg.web_cli",
     "crossdomainseg.data.cli",
     "crossdomainseg.curriculum.cli",
     "crossdomainseg.segment_cli",
@@ -61,6 +72,40 @@ class CliParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def plugin_commands() -> dict[str, str]:
+    """Command name -> "module:function" of the subcommands other packages add: the installed
+    entry points of PLUGIN_GROUP, and those declared in the checkout's pyproject.toml when the
+    engine runs from one."""
+    commands = {entry.name: entry.value for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP)}
+    if CHECKOUT_PYPROJECT.is_file() and sys.version_info >= (3, 11):
+        import tomllib
+
+        project = tomllib.loads(CHECKOUT_PYPROJECT.read_text()).get("project", {})
+        if project.get("name") == "crossdomainseg":
+            commands.update(project.get("entry-points", {}).get(PLUGIN_GROUP, {}))
+    return commands
+
+
+def _add_plugin(subparsers, name: str, target: str) -> None:
+    """Let the plugin `target` ("module:function") register its subcommand; a plugin that cannot
+    be imported (its extra not installed) becomes a command that says so."""
+    module, _, function = target.partition(":")
+    try:
+        add_parser = getattr(importlib.import_module(module), function or "add_parser")
+    except (ImportError, AttributeError) as error:
+        reason = f"The `{name}` command cannot load ({target}: {error}); {EXTRAS_HINT}."
+
+        def unavailable(args, reason=reason):
+            raise InputError(reason)
+
+        # takes any arguments (no option prefix), so running it reaches the message
+        broken = subparsers.add_parser(name, help=f"(not available: {error})", add_help=False, prefix_chars="\0")
+        broken.add_argument("arguments", nargs="*")
+        broken.set_defaults(func=unavailable)
+        return
+    add_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="crossdomainseg",
@@ -70,11 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(name).add_parser(subparsers)
+    for name, target in sorted(plugin_commands().items()):
+        if name not in subparsers.choices:
+            _add_plugin(subparsers, name, target)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        print(f"error: no command {argv[0]!r} (commands: {', '.join(commands)}); {EXTRAS_HINT}.",
+              file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except InputError as error:

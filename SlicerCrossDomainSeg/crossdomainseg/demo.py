@@ -3,7 +3,7 @@
 Segments the embedded demo case (a brain T2 volume with 4-6 mm coronal slices, task brain-t1-t2)
 with the shipped bundle (label map, synthetic T1 preview, uncertainty heatmap, U), scores it
 against the case's ground truth, writes everything under --out, and serves the web app on the
-same case unless --no-serve.
+same case through the `web` command unless --no-serve.
 """
 
 import argparse
@@ -61,13 +61,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"outputs in {out.resolve()}")
     if args.no_serve:
         return 0
-    from . import web_cli
+    from .cli import main
 
-    web = argparse.ArgumentParser()
-    web_cli.add_arguments(web)  # the web command's own options, so each one gets its default
-    web_args = web.parse_args(["--case", str(case), "--bundle", str(bundle), "--workspace",
-                               str(out / "workspace"), "--port", str(args.port)])
     print(f"serving the web app on 127.0.0.1 port {args.port}: open the address printed below, "
           "with its session token (Ctrl-C stops it)", flush=True)
-    return web_cli.run(web_args)
-
+    # the `web` command, from whichever installed package provides it (the web app)
+    return main(["web", "--case", str(case), "--bundle", str(bundle), "--workspace", str(out / "workspace"),
+                 "--port", str(args.port)])

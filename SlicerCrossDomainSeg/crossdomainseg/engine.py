@@ -52,8 +52,7 @@ MODES = ("auto", "tdgan", "vanilla", "source")
 MIN_EXTENT_FRACTION = 0.25
 # Peak memory of one segmentation above the loaded engine (benchmarks/engine_memory.py, phantom-ct-mr,
 # 5 classes, 6 TTA passes): about 68-77 bytes per voxel of the input grid (the image, its float
-# copy, the class probabilities resampled back, argmax, island removal and the full-resolution
-# boundary fit, preview, heatmap) and 360 per voxel of the working grid (network input, preview,
+# copy, the class probabilities resampled back, argmax, post-processing, preview, heatmap) and 360 per voxel of the working grid (network input, preview,
 # per-pass probabilities, sliding-window buffers). The constants below (100 and 440 bytes at 5
 # classes and 6 passes) put the estimate 1.37-1.91x above every measured peak
 # (benchmarks/results/engine_memory.json); a 600^3 volume at 1 mm: 23.5 GiB.

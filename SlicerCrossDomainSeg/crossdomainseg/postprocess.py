@@ -2,15 +2,15 @@
 metadata (`postprocess`, e.g. [{"step": "remove_islands", "min_fraction": 0.2}]), and the engine,
 the bundle evaluation and the curriculum's delivered scores apply that list in order through
 `apply_steps`. A bundle without the key delivers the network's raw argmax. Which steps a bundle
-lists is chosen on its source validation split (postprocess_choice.py), never on target labels.
+lists is chosen on its source validation split (source_validation.py), never on target labels.
 
 Steps (STEPS):
 - remove_islands: a connected component smaller than `min_fraction` of its label's largest
   component becomes background (stray islands far from the organ make HD95 large); organs in two
   parts of similar size (kidneys, lungs) keep both.
-- boundary_fit: each label's rim refitted to the image's intensities (boundary_fit.fit_labels,
-  rim `rim_mm`, prior `prior_mm`, optionally the `deep` step), then evened out by a 3-voxel
-  majority (the fit decides voxel by voxel on a noisy image).
+
+A step stays only where it raises source validation Dice on at least two tasks (docs/protocol.md);
+RETIRED_STEPS are refused by name, with what to do, so a bundle never silently loses one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .boundary_fit import fit_labels, majority
 from .errors import InputError
 
 
@@ -43,11 +42,6 @@ def remove_islands(label: np.ndarray, min_fraction: float = 0.2) -> np.ndarray:
     return out
 
 
-def _fit(label: np.ndarray, image: np.ndarray, spacing, rim_mm: float, prior_mm: float,
-         deep: bool = False) -> np.ndarray:
-    return majority(fit_labels(image, label, spacing, rim_mm, prior_mm, deep=deep))
-
-
 def _positive(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
@@ -63,11 +57,10 @@ class Step:
 STEPS = {
     "remove_islands": Step(lambda label, image, spacing, min_fraction: remove_islands(label, min_fraction), {
         "min_fraction": (True, lambda v: _positive(v) and v < 1, "a number in (0, 1)")}),
-    "boundary_fit": Step(_fit, {
-        "rim_mm": (True, _positive, "mm, > 0"),
-        "prior_mm": (True, _positive, "mm, > 0"),
-        "deep": (False, lambda v: isinstance(v, bool), "true or false")}),
 }
+# removed steps -> why; a bundle listing one is refused rather than delivered without it
+RETIRED_STEPS = {"boundary_fit": "it raised source validation Dice on one task only (phantom-ct-mr), "
+                                 "on neither xray-drr nor brain-t1-t2"}
 
 
 def check_steps(steps, error: type[Exception] = InputError) -> list[dict]:
@@ -77,6 +70,11 @@ def check_steps(steps, error: type[Exception] = InputError) -> list[dict]:
                     f"\"min_fraction\": 0.2}}; got {steps!r}.")
     for entry in steps:
         name = entry.get("step") if isinstance(entry, dict) else None
+        if name in RETIRED_STEPS:
+            raise error(f"Post-processing step {name} was removed from this version: {RETIRED_STEPS[name]}. "
+                        "Deliver the network's label as it is with crossdomainseg train settings --bundle B "
+                        "--json '{\"postprocess\": []}', then, if you wish, choose the steps again on the "
+                        "bundle's source validation cases (--task-dir DIR --choose-postprocess).")
         if name not in STEPS:
             raise error(f"Unknown post-processing step {entry!r}; known steps: {', '.join(STEPS)}.")
         params = STEPS[name].params

@@ -23,9 +23,6 @@ from .postprocess import apply_steps
 # place in the list. Each is kept only where it raises mean source validation Dice by MIN_GAIN.
 CANDIDATES = (
     ({"step": "remove_islands", "min_fraction": 0.2},),
-    ({"step": "boundary_fit", "rim_mm": 4.0, "prior_mm": 3.0},
-     {"step": "boundary_fit", "rim_mm": 6.0, "prior_mm": 4.0},
-     {"step": "boundary_fit", "rim_mm": 6.0, "prior_mm": 4.0, "deep": True}),
 )
 MIN_GAIN = 0.002
 HINT_QUANTILES = (50, 90)  # U percentiles of the source validation images: confident / unsure

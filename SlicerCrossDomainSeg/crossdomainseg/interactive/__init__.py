@@ -1,5 +1,8 @@
-"""Click-based correction: the session, the learned refiner, baselines, the robot user, and the
-`eval clicks` / `train-refiner` commands.
+"""Click correction as front ends use it: the session (session.py), crops and click maps
+(encoding.py), the click methods a bundle may name (refiner.py: the learned refiner and
+`click_refiner`; boundary_shift.py; sphere.py), the simulated user and the `train-refiner`
+command that trains the refiner. The robot user, the baselines and `eval clicks` live in
+crossdomainseg.evaluation, which nothing here imports.
 
 Front ends use it like this (points in LPS mm; Slicer's RAS needs x and y negated first):
 

@@ -1,59 +1,12 @@
-"""`crossdomainseg eval clicks` (robot-user evaluation) and `crossdomainseg train-refiner`."""
+"""`crossdomainseg train-refiner`: train the click refiner and add it to a bundle."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import shlex
 import sys
-from pathlib import Path
-
-METHODS = ("learned", "learned_network_only", "sphere", "region_growing", "local_otsu", "boundary_shift")
-# what --choose may pick: the network alone is a diagnostic (it ignores clicks it contradicts)
-CHOOSABLE = tuple(m for m in METHODS if m != "learned_network_only")
-
-
-def _eval_subparsers(subparsers):
-    """The `eval` command's own subparsers, shared with other modules that add `eval X`."""
-    if "eval" not in subparsers.choices:
-        parser = subparsers.add_parser("eval", help="evaluate models and interaction")
-        parser.add_subparsers(dest="evaluation", metavar="WHAT", required=True)
-    parser = subparsers.choices["eval"]
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def add_parser(subparsers) -> None:
-    clicks = _eval_subparsers(subparsers).add_parser(
-        "clicks", help="robot-user click correction: Dice after clicks, NoC@85/90, drops, latency",
-        description="Start from the bundle's automatic result on each labelled target case and let "
-        "a simulated user click up to --max-clicks times per label at the interior of the largest "
-        "error region. Compares the learned refiner with the sphere, region-growing, local Otsu and "
-        "boundary shift baselines. With --choose the robot clicks on the SOURCE validation split "
-        "instead (target labels only report) and the method needing the fewest clicks for Dice 0.90 "
-        "becomes the one front ends click with (bundle metadata click_refiner).")
-    clicks.add_argument("--bundle", required=True, help="model bundle folder (with a refiner)")
-    clicks.add_argument("--data", help="task folder (crossdomainseg data make), or a folder holding "
-                        "images/ and labels/ (label maps named as their images)")
-    clicks.add_argument("--images", help="instead of --data: a folder of target images")
-    clicks.add_argument("--labels", help="with --images: their reference label maps, same file names")
-    clicks.add_argument("--split", default="test", choices=("val", "test"),
-                        help="task folders: the target split to report on (--choose always uses the "
-                        "source val split)")
-    clicks.add_argument("--methods", default=None,
-                        help=f"comma-separated, from {', '.join(METHODS)} (default: all; the classical "
-                        "ones only for a bundle without a refiner network)")
-    clicks.add_argument("--max-clicks", type=int, default=20)
-    clicks.add_argument("--limit", type=int, default=None, help="first N cases only")
-    clicks.add_argument("--threads", type=int, default=None)
-    clicks.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
-    clicks.add_argument("--mode", default="auto", choices=("auto", "tdgan", "vanilla"),
-                        help="how the engine makes the automatic result the robot starts from")
-    clicks.add_argument("--out", default=None, help="write the full results as JSON here")
-    clicks.add_argument("--choose", action="store_true",
-                        help="record the best method on the source validation split (NoC@90, then NoC@85, "
-                        "then clicks over 0.01) in the bundle as the one front ends use")
-    clicks.set_defaults(func=run_eval)
-
     train = subparsers.add_parser(
         "train-refiner", help="train the click refiner with a simulated user and add it to a bundle",
         description="Trains on the task's labelled source training cases only (simulated automatic "
@@ -70,95 +23,6 @@ def add_parser(subparsers) -> None:
                        "used as the automatic result in most samples (default 16); 0: synthetic "
                        "corruptions of the label only")
     train.set_defaults(func=run_train)
-
-
-def build_refiners(bundle, methods, device=None) -> dict:
-    from ..errors import InputError
-    from .baselines import CLASSICAL, classical_refiner
-    from .refiner import LearnedRefiner
-
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise InputError(f"Unknown click methods {sorted(unknown)}; choose from {', '.join(METHODS)}.")
-    makers = {"learned": lambda: LearnedRefiner.from_bundle(bundle, device),
-              "learned_network_only": lambda: LearnedRefiner.from_bundle(bundle, device, fallback=None,
-                                                                          small_voxels=0),
-              **{name: (lambda name=name: classical_refiner(name)) for name in CLASSICAL}}
-    return {name: makers[name]() for name in methods}
-
-
-def choose(results: dict) -> str:
-    """The method front ends should click with: fewest clicks to 0.90, then to 0.85, then fewest
-    clicks lowering Dice by more than 0.01 (below that a worst drop of 0.0065 against 0.0067 is
-    noise, not a better method); on a tie a classical method, which clicks as well without
-    running a network trained on another modality."""
-    candidates = [m for m in results if m in CHOOSABLE]
-    return min(candidates, key=lambda m: (results[m]["noc90_mean"], results[m]["noc85_mean"],
-                                           results[m]["clicks_dropping_over_0.01"], m.startswith("learned")))
-
-
-def labelled_folders(args) -> tuple[str, str] | None:
-    """(images, labels) folders the robot user clicks on, from --images/--labels or a --data
-    folder with images/ and labels/ (and no task.json); None for a task folder."""
-    from ..errors import InputError
-
-    if args.images or args.labels:
-        if not (args.images and args.labels) or args.data:
-            raise InputError("Give --images and --labels together (your images and their reference "
-                             "label maps), or --data, not both.")
-        return args.images, args.labels
-    if not args.data:
-        raise InputError("Give --images DIR --labels DIR (your images and their reference label maps), "
-                         "or --data with a task folder or a folder holding images/ and labels/.")
-    data = Path(args.data)
-    if not (data / "task.json").exists() and (data / "images").is_dir() and (data / "labels").is_dir():
-        return str(data / "images"), str(data / "labels")
-    return None
-
-
-def run_eval(args) -> int:
-    from ..bundle import update_bundle
-    from ..engine import Engine
-    from ..training.datasets import labelled_cases
-    from .evaluate import evaluate, evaluate_paths
-
-    folders = labelled_folders(args)
-    # the protocol (METHOD.md section 8): on a task folder a choice never sees target labels (it
-    # runs on the source val split); user folders are the user's own labelled (accepted) cases
-    on_source = args.choose and folders is None
-    split, domain = ("val", "source") if on_source else (args.split, "target")
-    engine = Engine(args.bundle, device=args.device, threads=args.threads,
-                    mode="source" if on_source else args.mode)
-    if args.methods is None:
-        methods = [m for m in METHODS if engine.bundle.has_network("refiner") or not m.startswith("learned")]
-    else:
-        methods = [m for m in args.methods.split(",") if m]
-    refiners = build_refiners(engine.bundle, methods, args.device)
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    if folders is None:
-        results = evaluate(engine, args.data, refiners, split, args.max_clicks, args.limit, log=log,
-                           domain=domain)
-    else:
-        results = evaluate_paths(engine, labelled_cases(*folders, what="evaluation"), refiners,
-                                 args.max_clicks, args.limit, log=log)
-    for name, r in results.items():
-        print(f"{name:15s} NoC@85 {r['noc85_mean']:.2f}  NoC@90 {r['noc90_mean']:.2f}  never@90 "
-              f"{r['never_90_share']:.0%}  max drop {r['max_dice_drop']:.4f}  Dice@" + " ".join(
-                  f"{k}:{v:.3f}" for k, v in r["dice_at_clicks"].items())
-              + f"  latency p50/p95 {r['latency_ms_p50']}/{r['latency_ms_p95']} ms")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1))
-    if args.choose:
-        name = choose(results)
-        update_bundle(args.bundle, metadata={"click_refiner": {
-            "name": name, "split": "source val" if folders is None else "user folders",
-            "data": str(args.data) if folders is None else " ".join(folders), "max_clicks": args.max_clicks,
-            "command": "crossdomainseg " + shlex.join(sys.argv[1:]),
-            "noc90_mean": {m: r["noc90_mean"] for m, r in results.items()},
-            "noc85_mean": {m: r["noc85_mean"] for m, r in results.items()}}})
-        print(f"click refiner for {args.bundle}: {name}")
-    return 0
 
 
 def run_train(args) -> int:

@@ -1,4 +1,5 @@
-"""Crops around a click and the click maps fed to the refiner.
+"""Crops around a click, what a refiner sees of one click (CropInputs) and the click maps fed to
+the refiner.
 
 All indices here are (z, y, x) voxel indices of one grid; the session converts patient-space clicks
 to them just before use and never stores them.
@@ -11,8 +12,7 @@ import numpy as np
 CLICK_SIGMA_VOXELS = 2.0  # on the refiner's grid
 # The refiner's grid: a crop of NET_SIZE voxels at NET_SPACING mm, (z, y, x). A click may change
 # only the crop around it, of the same physical size (DEFAULT_CROP_MM) whatever the image grid.
-# The refiner runs on crops of the size it trained on: trained on 24 x 32 x 32 and run on
-# 32 x 48 x 48, it contradicted 62% of the clicks on MR instead of 44%.
+# The refiner runs on crops of the size it trained on (on larger ones it contradicts more clicks).
 NET_SIZE = (24, 32, 32)
 NET_SPACING = (3.0, 2.4, 2.4)
 DEFAULT_CROP_MM = tuple(n * s for n, s in zip(NET_SIZE, NET_SPACING))
@@ -38,6 +38,22 @@ class Box:
 
     def local(self, index) -> tuple[int, int, int]:
         return tuple(int(i) - a for i, a in zip(index, self.start))
+
+
+@dataclass
+class CropInputs:
+    """What a refiner sees of one click: arrays on the crop, clicks as crop indices."""
+
+    image: np.ndarray
+    preview: np.ndarray
+    probability: np.ndarray  # current probability of the label being corrected
+    current: np.ndarray  # bool, the label's voxels now
+    positive: list
+    negative: list
+    click: tuple[int, int, int]
+    click_positive: bool
+    spacing: tuple[float, float, float]  # (z, y, x) mm
+    label: int = 0  # the value of the label being corrected
 
 
 def crop_box(center, size, shape) -> Box:

@@ -13,8 +13,9 @@ still calls the clicked voxel inside) go to `fallback` (the boundary shift refin
 negative click it agrees with, the fallback's proposal stands except where the network still
 sees the label: there the fallback's removal is vetoed.
 
-`click_refiner` gives front ends the method the bundle's metadata names (`click_refiner.name`,
-written by `crossdomainseg eval clicks --choose` from the SOURCE validation split).
+`click_refiner` gives front ends the method the bundle's metadata names (`click_refiner.name`:
+"learned" or one of CLASSICAL, written by `crossdomainseg eval clicks --choose` from the SOURCE
+validation split).
 """
 
 import numpy as np
@@ -23,9 +24,12 @@ import torch.nn.functional as F
 
 from ..device import pick_device
 from ..errors import BundleError
-from .baselines import CLASSICAL, FINE_VOXELS, SMALL_LABEL_VOXELS, SmallObjectRefiner, classical_refiner
-from .encoding import NET_SIZE, NET_SPACING, click_maps
-from .session import CropInputs
+from .boundary_shift import FINE_VOXELS, SMALL_LABEL_VOXELS, BoundaryShiftRefiner, LocalOtsuRefiner, SmallObjectRefiner
+from .encoding import NET_SIZE, NET_SPACING, CropInputs, click_maps
+from .sphere import SphereRefiner
+
+# the classical click methods a bundle may name (metadata `click_refiner`) besides "learned"
+CLASSICAL = {refiner.name: refiner for refiner in (SphereRefiner, LocalOtsuRefiner, BoundaryShiftRefiner)}
 
 # networks.build_network spec; grid size and spacing live in the bundle's metadata["refiner"]
 REFINER_SPEC = {
@@ -57,7 +61,7 @@ class LearnedRefiner:
         self.spacing = tuple(float(s) for s in spacing)
         self.crop_mm = tuple(n * s for n, s in zip(self.size, self.spacing))
         if isinstance(fallback, str):
-            fallback = classical_refiner(fallback, crop_mm=self.crop_mm)
+            fallback = CLASSICAL[fallback](crop_mm=self.crop_mm)
         self.fallback = fallback
         self.small_voxels, self.fallback_voxels = int(small_voxels), int(fallback_voxels)
         self.small_objects = SmallObjectRefiner(crop_mm=self.crop_mm, island_voxels=self.small_voxels)
@@ -149,4 +153,4 @@ def click_refiner(bundle, device=None):
     if name not in CLASSICAL:
         raise BundleError(f"The model bundle {bundle.path} names an unknown click refiner {name!r}; "
                           f"known: learned, {', '.join(CLASSICAL)}.")
-    return classical_refiner(name)
+    return CLASSICAL[name]()

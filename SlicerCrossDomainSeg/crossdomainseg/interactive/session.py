@@ -8,9 +8,9 @@ A click moves voxels into or out of the label being corrected only, only inside 
 it, and only in a region connected to the click: a positive click adds voxels to the label (taking
 them from background or from another label), a negative click returns the label's voxels to
 background. Locked voxels (painted or confirmed by hand) are never changed by a click, nor are
-voxels nearer to an earlier click of the other sign on the same label than to this click (without
-that rule, a negative click next to a positive one took back what the positive one added, the
-next positive click put it back, and Dice swung by up to 0.3 from click to click).
+voxels nearer to an earlier click of the other sign on the same label than to this click (else a
+negative click beside a positive one takes back what that one added, and the next positive click
+puts it back).
 """
 
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import InputError
-from .encoding import Box, crop_box, crop_voxels, squared_distance_mm
+from .encoding import Box, CropInputs, crop_box, crop_voxels, squared_distance_mm
 
 
 @dataclass(frozen=True)
@@ -28,22 +28,6 @@ class Click:
     point: tuple[float, float, float]  # LPS mm
     positive: bool
     label: int
-
-
-@dataclass
-class CropInputs:
-    """What a refiner sees of one click: arrays on the crop, clicks as crop indices."""
-
-    image: np.ndarray
-    preview: np.ndarray
-    probability: np.ndarray  # current probability of the label being corrected
-    current: np.ndarray  # bool, the label's voxels now
-    positive: list
-    negative: list
-    click: tuple[int, int, int]
-    click_positive: bool
-    spacing: tuple[float, float, float]  # (z, y, x) mm
-    label: int = 0  # the value of the label being corrected
 
 
 @dataclass(frozen=True)
@@ -89,7 +73,7 @@ class InteractiveSession:
     def __init__(self, image, label, probabilities=None, image_features=None, preview=None,
                  refiner=None, label_values=None):
         if refiner is None:
-            from .baselines import SphereRefiner
+            from .sphere import SphereRefiner
 
             refiner = SphereRefiner()
         self.refiner = refiner

@@ -1,11 +1,11 @@
-"""The simulated user (robot): where a careful user would click next, for training and evaluation.
+"""The simulated user: where a careful user would click next, for training click networks and
+for the robot user of the evaluation (evaluation/robot.py).
 
 Each click goes to the interior (distance-transform maximum) of the largest error region:
 positive in a false-negative region, negative in a false-positive one. With an empty prediction
 the whole object is the error region, so the first click lands at the object's deepest point.
 """
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,11 +69,6 @@ def _click_on(best, spacing) -> RobotClick:
     return RobotClick(index, positive, int(sizes[k]), box, component)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def training_clicks(truth: np.ndarray, pred: np.ndarray, n: int, spacing=(1.0, 1.0, 1.0)):
     """Clicks of a simulated session on one crop, for training the refiner.
 
@@ -87,8 +82,8 @@ def training_clicks(truth: np.ndarray, pred: np.ndarray, n: int, spacing=(1.0, 1
     if n <= 0:
         return clicks, pred
     # Correcting the clicked component leaves every other error component as it was, so the
-    # components are found once and the clicked one is struck off (next_click on each step
-    # labelled the whole crop again: most of the refiner's training time).
+    # components are found once and the clicked one is struck off, instead of labelling the
+    # whole crop again for every click.
     regions = [_error_regions(truth & ~pred, True), _error_regions(pred & ~truth, False)]
     for i in range(n):
         best = _largest(regions)
@@ -101,36 +96,3 @@ def training_clicks(truth: np.ndarray, pred: np.ndarray, n: int, spacing=(1.0, 1
         if i < n - 1:
             pred[click.region][click.mask] = click.positive
     return clicks, pred
-
-
-def noc(dice_curve, threshold: float, cap: int = 20) -> tuple[int, bool]:
-    """(clicks needed to reach `threshold`, reached) with the count capped at `cap`."""
-    for k, value in enumerate(dice_curve[: cap + 1]):
-        if value >= threshold:
-            return k, True
-    return cap, False
-
-
-def robot_on_label(session, truth: np.ndarray, label: int, max_clicks: int = 20):
-    """The robot correcting `label` of an InteractiveSession for `max_clicks` clicks.
-
-    `truth` is the reference label array on the session grid. Clicks reach the session in
-    patient coordinates, as a front end sends them. Returns (Dice of the label after 0..max_clicks
-    clicks, seconds per click, largest Dice drop any click caused to another label)."""
-    target = truth == label
-    others = [int(v) for v in np.unique(truth) if v not in (0, label)]
-    curve = [dice(target, session.label == label)]
-    other = [dice(truth == v, session.label == v) for v in others]
-    latencies, other_drop = [], 0.0
-    for _ in range(max_clicks):
-        click = next_click(target, session.label == label, session.spacing, ~session.locked)
-        if click is not None:
-            point = session.image.TransformIndexToPhysicalPoint(tuple(int(i) for i in reversed(click.index)))
-            start = time.perf_counter()
-            session.add_click(point, click.positive, label)
-            latencies.append(time.perf_counter() - start)
-            now = [dice(truth == v, session.label == v) for v in others]
-            other_drop = max([other_drop] + [a - b for a, b in zip(other, now)])
-            other = now
-        curve.append(dice(target, session.label == label))
-    return curve, latencies, other_drop

@@ -18,10 +18,7 @@ def remap_intensity(x: np.ndarray, rng, label: np.ndarray | None = None, label_s
     With `label`, half the labelled structures also get their brightness shifted by a random
     amount of their own, up to `label_shift` either way (SynthSeg-style): quantile knots rarely
     fall between tissues that fill a sliver of the crop, such as a lesion a few HU from its
-    liver, yet another modality may show it far brighter. On phantom-ct-mr a reference trained
-    with shifts up to 1.0 found some of the MR lesions (target lesion Dice 0.02 -> 0.16
-    validation, 0.19 test) but lost spleen (0.66 -> 0.49 validation); the shipped one is trained
-    without them."""
+    liver, yet another modality may show it far brighter (measurements: docs/experiments.md)."""
     smooth = ndimage.gaussian_filter(x, rng.uniform(0.7, 1.5))
     knots = np.unique(np.concatenate([np.quantile(smooth, np.linspace(0, 1, 8)),
                                       rng.uniform(float(smooth.min()), float(smooth.max()) + 1e-3, size=8)]))

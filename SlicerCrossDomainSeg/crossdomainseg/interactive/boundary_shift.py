@@ -1,8 +1,6 @@
-"""Classical click refiners the learned one is compared with (same session, same rules).
+"""The boundary shift click refiner and its branches (front ends click with it, alone or as the
+learned refiner's fallback).
 
-- SphereRefiner: no model, a click adds or removes a ball around itself.
-- RegionGrowingRefiner: seeded region growing in the image from the click, with a tolerance taken
-  from the intensities around the click.
 - LocalOtsuRefiner: the click's side of Otsu's two-class split of the intensities around it, with
   guards against leaks.
 - SmallObjectRefiner: for a label with few voxels near the click (a lesion): a positive click takes
@@ -14,10 +12,10 @@
 import numpy as np
 from scipy import ndimage
 
-from ..boundary_fit import (CORE_MM, MIN_HISTOGRAM_VOXELS, RING_MM, fit_mask, log_likelihood_ratio, otsu_threshold,
-                            signed_distance)
-from .encoding import DEFAULT_CROP_MM, squared_distance_mm
-from .session import CropInputs
+from .boundary_evidence import (CORE_MM, MIN_HISTOGRAM_VOXELS, RING_MM, fit_mask, log_likelihood_ratio,
+                                otsu_threshold, signed_distance)
+from .encoding import DEFAULT_CROP_MM, CropInputs, squared_distance_mm
+from .regions import apply_region, component_at, within_a_voxel
 
 # A label with fewer voxels than this in the click's crop (a lesion, or nothing yet) is a small
 # object: the boundary shift and learned refiners hand its clicks to SmallObjectRefiner.
@@ -25,66 +23,6 @@ SMALL_LABEL_VOXELS = 300
 # A fine click (within a voxel or so of the boundary) on a label with fewer voxels than this in the
 # crop (a large lesion, almost right) is the small object refiner's too: see BoundaryShiftRefiner.
 FINE_VOXELS = 4000
-
-
-def _within_a_voxel(reach_mm: float, spacing) -> float:
-    """`reach_mm`, or one step along the coarsest axis when that is longer."""
-    return max(float(reach_mm), max(float(s) for s in spacing) + 1e-3)
-
-
-def _ball_mm(shape, center, radius_mm: float, spacing) -> np.ndarray:
-    return squared_distance_mm(shape, center, spacing) <= radius_mm**2
-
-
-def _component_at(mask: np.ndarray, index) -> np.ndarray:
-    """The connected part of `mask` holding voxel `index` (empty when that voxel is off)."""
-    if not mask[index]:
-        return np.zeros_like(mask)
-    components, _ = ndimage.label(mask)
-    return components == components[index]
-
-
-def _apply(inputs: CropInputs, region: np.ndarray) -> np.ndarray:
-    """The label after the click: `region` added (positive click) or taken away (negative)."""
-    mask = (inputs.current | region) if inputs.click_positive else (inputs.current & ~region)
-    return mask.astype(np.float32)
-
-
-class SphereRefiner:
-    name = "sphere"
-
-    def __init__(self, radius_mm: float = 5.0, crop_mm=DEFAULT_CROP_MM):
-        self.radius_mm = float(radius_mm)
-        self.crop_mm = tuple(float(c) for c in crop_mm)
-
-    def propose(self, inputs: CropInputs) -> np.ndarray:
-        return _apply(inputs, _ball_mm(inputs.current.shape, inputs.click, self.radius_mm, inputs.spacing))
-
-
-class RegionGrowingRefiner:
-    """Grow from the click over voxels whose smoothed intensity is within `tolerance` noise levels
-    of the intensity at the click, at most `max_radius_mm` from it (limits leaks through weak
-    edges). The noise level is measured on the whole crop (robust spread of neighbour
-    differences), so a click near an edge does not inflate the tolerance."""
-
-    name = "region_growing"
-
-    def __init__(self, tolerance: float = 3.0, crop_mm=DEFAULT_CROP_MM, smoothing_voxels: float = 1.0,
-                 max_radius_mm: float = 30.0):
-        self.tolerance = float(tolerance)
-        self.max_radius_mm = float(max_radius_mm)
-        self.crop_mm = tuple(float(c) for c in crop_mm)
-        self.smoothing = float(smoothing_voxels)
-
-    def propose(self, inputs: CropInputs) -> np.ndarray:
-        raw = inputs.image.astype(np.float32)
-        image = ndimage.gaussian_filter(raw, self.smoothing)
-        diffs = np.concatenate([np.diff(raw, axis=a).ravel() for a in range(3) if raw.shape[a] > 1])
-        noise = max(1.4826 * float(np.median(np.abs(diffs))) / np.sqrt(2.0), 1e-3)
-        seed = tuple(slice(max(0, c - 1), c + 2) for c in inputs.click)
-        similar = np.abs(image - float(np.median(image[seed]))) <= self.tolerance * noise
-        similar &= _ball_mm(similar.shape, inputs.click, self.max_radius_mm, inputs.spacing)
-        return _apply(inputs, _component_at(similar, inputs.click))
 
 
 class LocalOtsuRefiner:
@@ -95,9 +33,7 @@ class LocalOtsuRefiner:
       intensity: only its part within `guard_mm` of the click stays;
     - a positive click on the side of the split where the label's own voxels in the window are
       not (the split there separates something else than the label from its surroundings, e.g.
-      a rim voxel of a small bright lesion) adds only a ball of `small_mm`.
-    Measured on the phantom-ct-mr validation split as the learned refiner's fallback: NoC@90 17.8
-    against 19.4 with region growing, 4 of 480 clicks lowering Dice by over 0.01 against 35."""
+      a rim voxel of a small bright lesion) adds only a ball of `small_mm`."""
 
     name = "local_otsu"
 
@@ -123,42 +59,31 @@ class LocalOtsuRefiner:
         # opening, with the crop's faces not counted as edges (tissue runs on beyond them)
         opened = ndimage.binary_dilation(ndimage.binary_erosion(side, border_value=1)) & side
         opened[inputs.click] = side[inputs.click]
-        region = _component_at(opened, inputs.click)
+        region = component_at(opened, inputs.click)
         if region[d2 > (self.max_radius_mm - 4.0) ** 2].any():
-            region = _component_at(region & (d2 <= self.guard_mm**2), inputs.click)
+            region = component_at(region & (d2 <= self.guard_mm**2), inputs.click)
         return region
 
     def propose(self, inputs: CropInputs) -> np.ndarray:
-        return _apply(inputs, self.region(inputs))
+        return apply_region(inputs, self.region(inputs))
 
 
 class SmallObjectRefiner:
     """Clicks on a label with few voxels in the crop, such as a lesion:
-    - positive: the click's blob, split at half contrast. Voxels on the click's side of the
+    - positive: the click's blob, split at half contrast: voxels on the click's side of the
       midpoint between the intensity at the click and the median of the unlabelled voxels within
-      `window_mm`, connected to the click, with local Otsu's leak guard. Otsu's split of the whole
-      window put a small bright lesion with the liver around it: on the phantom-ct-mr validation
-      split a first click on a 48-voxel lesion took 224 voxels. On a voxel beside the label (one
-      step away, across 3 mm slices too) the label's median intensity stands for the click's: the
-      click's neighbourhood there is mostly the tissue around (on 24 fresh tuning subjects a click
-      on a partial-volume voxel over a lesion's top slice took 44 voxels of liver, and the lesion
-      swung between Dice 0.99 and 0.82 over five clicks; lesions' NoC@90 there 1.42 -> 0.96).
+      `window_mm`, connected to the click, with local Otsu's leak guard. On a voxel beside the
+      label (one step away) the label's median intensity stands for the click's, whose
+      neighbourhood there is mostly the tissue around.
     - negative, inside a connected part of the label of fewer than `island_voxels` that holds no
       positive click: that whole part goes (a stray blob of the automatic result), unless the
       click is a fine one (below) on a part thicker than a sliver.
     - any other negative click: local Otsu's region.
-    A click within `fine_mm` of the label's boundary (the robot's click on a one-voxel error of an
-    almost right lesion) changes nothing farther than `fine_radius_mm` from it; so does a negative
-    click whose region would take more than `vouched_share` of a part of the label that a positive
-    click vouches for (the user said that part is right: one negative click trims it, it does not
-    take most of it; on the phantom-ct-mr validation split one took a lesion at Dice 0.92 to 0.78).
-    On a label with fewer than `tiny_voxels` in the crop, where one voxel is worth more than 0.01
-    of Dice, a fine click changes the voxel clicked alone (test split: a 32-voxel lesion at Dice
-    0.985 lost 0.017 to a fine click that changed 3 voxels).
-    As the boundary shift refiner's branch for small labels it took the lesions' NoC@90 on the
-    phantom-ct-mr validation split from 9.0 to 3.5 (local Otsu before); the fine-click limit took
-    the clicks lowering Dice by more than 0.01 from 17 to 11 of 480 (test split: 35 to 14) at
-    the same NoC."""
+    A fine click (within `fine_mm` of the label's boundary: a one-voxel error) changes nothing
+    farther than `fine_radius_mm` from it; so does a negative click whose region would take more
+    than `vouched_share` of a part of the label that a positive click vouches for (the user said
+    that part is right). On a label with fewer than `tiny_voxels` in the crop, where one voxel is
+    worth more than 0.01 of Dice, a fine click changes only the voxel clicked."""
 
     name = "small_object"
 
@@ -182,9 +107,9 @@ class SmallObjectRefiner:
         fine = bool((other_side & (d2 <= self.fine_mm**2)).any())
         island = None if inputs.click_positive else self._island(inputs)
         if island is not None and (not fine or self._thin(island, inputs.spacing)):
-            return _apply(inputs, island)
+            return apply_region(inputs, island)
         if inputs.click_positive:
-            beside = bool((inputs.current & (d2 <= _within_a_voxel(self.fine_mm, inputs.spacing) ** 2)).any())
+            beside = bool((inputs.current & (d2 <= within_a_voxel(self.fine_mm, inputs.spacing) ** 2)).any())
             region = self._blob(inputs, d2, beside)
         else:
             region = self.otsu.region(inputs)
@@ -192,7 +117,7 @@ class SmallObjectRefiner:
             region &= d2 <= self.fine_radius_mm**2
             if fine and inputs.current.sum() < self.tiny_voxels:
                 region = np.zeros_like(region)
-        return _apply(inputs, region)
+        return apply_region(inputs, region)
 
     def _blob(self, inputs: CropInputs, d2: np.ndarray, beside_label: bool) -> np.ndarray:
         """The click's blob; `d2`: squared mm from the click. Beside the label (a voxel away), the
@@ -212,15 +137,15 @@ class SmallObjectRefiner:
         side = (image >= middle) if at_click >= middle else (image <= middle)
         side &= d2 <= self.max_radius_mm**2
         side[inputs.click] = True
-        region = _component_at(side, inputs.click)
+        region = component_at(side, inputs.click)
         if region[d2 > (self.max_radius_mm - 4.0) ** 2].any():
-            region = _component_at(region & (d2 <= self.guard_mm**2), inputs.click)
+            region = component_at(region & (d2 <= self.guard_mm**2), inputs.click)
         return region
 
     def _takes_vouched(self, inputs: CropInputs, region: np.ndarray) -> bool:
         """Whether `region` holds more than vouched_share of the label's part under the click,
         and a positive click lies in that part."""
-        part = _component_at(inputs.current, inputs.click)
+        part = component_at(inputs.current, inputs.click)
         if not any(part[p] for p in inputs.positive):
             return False
         return int((region & part).sum()) > self.vouched_share * int(part.sum())
@@ -234,31 +159,28 @@ class SmallObjectRefiner:
         click vouches for it; else None."""
         if not inputs.current[inputs.click]:
             return None
-        part = _component_at(inputs.current, inputs.click)
+        part = component_at(inputs.current, inputs.click)
         if part.sum() >= self.island_voxels or any(part[p] for p in inputs.positive):
             return None
         return part
 
 
 class BoundaryShiftRefiner:
-    """Where the automatic result is off by a band along the object's rim, the robot, like a
-    user, clicks the middle of the band, so the click's distance to the label's boundary is about
-    half the band's width there. The boundary moves past the click by `factor` times that
-    distance (`coreless_factor` where that would leave the label no core for the veto), fully
-    within `inner_mm` of the click and tapering to no move at `outer_mm`: the band is fixed along
-    the rim, not only at the click. The image may veto voxels of the move: one that a negative
-    click would take out stays when its intensity is e^`evidence` times likelier in the label's
-    core than in a ring around the label (histograms in the crop), and one that a positive click
-    would add stays out when it is that much likelier in the ring. Then the moved boundary is
-    refitted to the image's unsmoothed intensities within `refit_mm` of the click
-    (boundary_fit.fit_mask, rim `rim_mm`, prior `prior_mm`), smoothed over `smooth_voxels`, in
-    the click's direction only.
-    A label with fewer than `min_voxels` in the crop (a small lesion, or nothing yet), a click
-    deeper than `max_depth_mm` from the boundary (not a band), and a fine click (within
-    `fine_depth_mm` of it) on a label with fewer than `fine_voxels` in the crop (a large lesion
-    almost right: moving its whole rim by a voxel costs more than the click fixes) go to the small
-    object refiner. Its constants were tuned on generated phantom subjects outside every task's
-    splits (docs/experiments.md)."""
+    """Where the automatic result is off by a band along the object's rim, a user clicks the middle
+    of the band, so the click's depth (distance to the label's boundary) is about half the band's
+    width. The boundary moves past the click by `factor` times that depth (`coreless_factor`
+    where that would leave the label no core for the veto), fully within `inner_mm` of the click
+    and tapering to no move at `outer_mm`: the band is fixed along the rim, not only at the click.
+    The image may veto voxels of the move: one that a negative click would take out stays when
+    its intensity is e^`evidence` times likelier in the label's core than in a ring around it
+    (histograms in the crop), and one that a positive click would add stays out when it is that
+    much likelier in the ring. Then the moved boundary is refitted to the image within `refit_mm`
+    of the click (boundary_evidence.fit_mask, rim `rim_mm`, prior `prior_mm`), smoothed over
+    `smooth_voxels`, in the click's direction only.
+    Clicks go to the small object refiner on a label with fewer than `min_voxels` in the crop,
+    deeper than `max_depth_mm` (not a band), and fine (within `fine_depth_mm`) on a label with
+    fewer than `fine_voxels` (a large lesion almost right: moving its whole rim by a voxel costs
+    more than the click fixes). The constants' tuning is in docs/experiments.md."""
 
     name = "boundary_shift"
 
@@ -303,7 +225,7 @@ class BoundaryShiftRefiner:
         if ratio is not None:
             veto = (ratio < -self.evidence) if inputs.click_positive else (ratio > self.evidence)
             region &= ~veto | (distance < 3.0)
-        moved = _apply(inputs, region) >= 0.5
+        moved = apply_region(inputs, region) >= 0.5
         # the moved label fitted to the unsmoothed image; None where the crop cannot tell label
         # from surroundings
         fit = fit_mask(inputs.image.astype(np.float32), moved, inputs.spacing, self.rim_mm, self.prior_mm, self.bins)
@@ -321,12 +243,3 @@ class BoundaryShiftRefiner:
         refitted = np.where(near, fitted, moved)
         kept = (refitted | inputs.current) if inputs.click_positive else (refitted & inputs.current)
         return kept.astype(np.float32)
-
-
-def classical_refiner(name: str, **kwargs):
-    """The classical refiner `name` with its settings (`kwargs`)."""
-    return CLASSICAL[name](**kwargs)
-
-
-CLASSICAL = {refiner.name: refiner for refiner in (SphereRefiner, RegionGrowingRefiner, LocalOtsuRefiner,
-                                                   BoundaryShiftRefiner)}

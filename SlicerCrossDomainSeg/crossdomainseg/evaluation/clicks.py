@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from .simulate import noc, robot_on_label
+from .robot import noc, robot_on_label
 
 CHECKPOINTS = (0, 1, 2, 3, 5, 10)
 
@@ -85,7 +85,7 @@ def evaluate_cases(engine, cases, n_cases: int, refiners: dict, max_clicks: int 
     Dice curves, over `cases` ((case id, image, reference label image on its grid), `n_cases` of
     them, read one at a time). `max_other_label_drop`: the largest Dice drop a click on one label
     caused to another (a positive click may take their voxels)."""
-    from .session import InteractiveSession
+    from ..interactive.session import InteractiveSession
 
     bundle = engine.bundle
     label_names = {v: k for k, v in bundle.labels.items() if v != 0}

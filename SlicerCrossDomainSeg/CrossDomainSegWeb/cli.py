@@ -1,19 +1,16 @@
 """`crossdomainseg web`: serve the browser front end (trame-slicer) on localhost.
 
-The engine never imports trame: this module finds the web app package next to the engine and
-imports it only when the command runs, so the `web` extra is needed only by those who use it.
+The engine's command line finds this command through the `crossdomainseg.commands` entry point
+(pyproject.toml), so the engine names no front end. Registering the command imports no trame:
+the app is imported only when the command runs, so the `web` extra is needed only to serve.
 """
 
 import argparse
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
-from .errors import InputError
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-WEB_PACKAGE = "CrossDomainSegWeb"
+from crossdomainseg.errors import InputError
 
 
 def add_parser(subparsers) -> None:
@@ -67,7 +64,7 @@ def web_arguments(args: argparse.Namespace) -> list[str]:
 
 def pacs_login(args: argparse.Namespace) -> tuple | None:
     """(URL, user, password) of --pacs, the password from the environment; None without --pacs."""
-    from .pacs.client import PASSWORD_VARIABLE
+    from crossdomainseg.pacs.client import PASSWORD_VARIABLE
 
     if args.pacs is None:
         return None
@@ -82,14 +79,9 @@ def pacs_login(args: argparse.Namespace) -> tuple | None:
 
 def run(args: argparse.Namespace) -> int:
     argv = web_arguments(args)
-    if not (PACKAGE_ROOT / WEB_PACKAGE / "__main__.py").is_file():
-        raise InputError(f"The web app package {WEB_PACKAGE} is not next to the engine in {PACKAGE_ROOT}; "
-                         "run from a checkout or reinstall the project.")
     if importlib.util.find_spec("trame_slicer") is None:
         raise InputError("The web front end needs trame-slicer: pip install '.[web]' "
                          "(or `make demo`, which installs it).")
-    if str(PACKAGE_ROOT) not in sys.path:
-        sys.path.insert(0, str(PACKAGE_ROOT))
-    from CrossDomainSegWeb.__main__ import main
+    from .__main__ import main
 
     return main(argv)
