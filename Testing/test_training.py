@@ -357,7 +357,9 @@ def test_init_from_fine_tunes_a_bundle_and_domain_randomisation_validates_on_ren
     bundle = load_bundle(tuned)
     assert all(torch.equal(weights[k], v) for k, v in bundle.network("segmenter").state_dict().items())
     assert bundle.metadata["training"]["source"]["config"]["init_from"] == str(start)
-    assert bundle.metadata["training"]["budget_steps"] == 3  # the start's 1 x 3 steps, plus 0 here
+    training = bundle.metadata["training"]
+    assert training["budget_steps"] == 3  # the start's 1 x 3 steps, plus 0 here
+    assert training["start"]["budget_steps"] == 3 and training["start"]["config"]["domain_randomize"] == 0
     # with domain randomisation the best epoch also counts Dice on randomised validation renderings
     entry = bundle.metadata["training"]["source"]["history"][0]
     assert 0 <= entry["val_dice_randomized"] <= 1

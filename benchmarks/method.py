@@ -55,9 +55,10 @@ DR_FIELD = "domain_randomize"  # `train source --domain-randomize 1`: synthetic 
 
 
 def reference_config(bundle, **changes) -> SourceConfig:
-    recorded = dict(bundle.metadata["training"]["source"]["config"])
+    recorded = dict(recipe_config(bundle))
     known = {f.name for f in dataclasses.fields(SourceConfig)}
-    return SourceConfig(**{**{k: v for k, v in recorded.items() if k in known}, **changes})
+    return SourceConfig(**{**{k: v for k, v in recorded.items() if k in known},
+                           "init_from": "", DR_FIELD: 0.0, **changes})
 
 
 def supervised_cases(data, folder: Path) -> tuple[list, list]:
@@ -81,17 +82,14 @@ def budget_steps(bundle) -> int:
     """Training steps behind a bundle's segmenter (its own and those of the bundle it started from)."""
     training = bundle.metadata["training"]
     config = training["source"]["config"]
-    own = config["epochs"] * config["steps_per_epoch"]
-    if "budget_steps" in training:
-        return int(training["budget_steps"])
-    return own + (budget_steps(load_bundle(config["init_from"])) if config.get("init_from") else 0)
+    return int(training.get("budget_steps", config["epochs"] * config["steps_per_epoch"]))
 
 
-def recipe_bundle(bundle):
-    """The bundle at the start of `bundle`'s fine-tuning chain (`init_from`): its recipe trains
-    the rows from scratch (no fine-tuning, no domain randomisation unless the row asks)."""
-    start = bundle.metadata["training"]["source"]["config"].get("init_from")
-    return recipe_bundle(load_bundle(start)) if start else bundle
+def recipe_config(bundle) -> dict:
+    """The source recipe at the start of `bundle`'s fine-tuning chain (metadata training.start):
+    the rows train from scratch with it (no fine-tuning, no domain randomisation unless asked)."""
+    training = bundle.metadata["training"]
+    return (training.get("start") or training["source"])["config"]
 
 
 def budget_changes(bundle, steps: int) -> dict:
@@ -105,7 +103,6 @@ def train_row(row: str, data, bundle, device, steps: int | None = None) -> Path:
     """The reference bundle of `row` under WORK (trained once, then reused; a run stopped
     part-way resumes from its checkpoint), with `steps` training steps (default: the bundle's)."""
     budget = budget_changes(bundle, steps) if steps else {}
-    bundle = recipe_bundle(bundle)
     out = WORK / data.name / (row if not steps else f"{row}-{steps}")
     if (out / "configs" / "metadata.json").exists():
         source = load_bundle(out).metadata["training"]["source"]

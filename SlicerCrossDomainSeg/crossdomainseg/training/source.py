@@ -106,7 +106,7 @@ def evaluate_segmenter(network, samples, roi, n_classes, device) -> float:
     ]))
 
 
-def _metadata(config: SourceConfig, history, metrics, command) -> dict:
+def _metadata(config: SourceConfig, history, metrics, command, start: dict | None = None) -> dict:
     colors = dict(config.colors)
     for name, value in config.labels.items():
         colors.setdefault(name, PALETTE[value % len(PALETTE)])
@@ -124,7 +124,9 @@ def _metadata(config: SourceConfig, history, metrics, command) -> dict:
         "training": {
             # Training steps behind this segmenter, those of the bundle it started from included
             # (the supervised bound of METHOD.md section 8 gets the same budget).
-            "budget_steps": config.epochs * config.steps_per_epoch + _initial_budget(config),
+            "budget_steps": config.epochs * config.steps_per_epoch + (start or {}).get("budget_steps", 0),
+            # the bundle this segmenter was fine-tuned from (init_from): its version, recipe and budget
+            **({"start": start} if start else {}),
             "data": config.data,
             "seed": config.seed,
             "command": command,
@@ -145,7 +147,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise InputError(f"{name.replace('_', '-')} is a share of the training crops, between 0 "
                              f"and 1; got {getattr(config, name)}.")
-    initial = _initial_weights(config) if config.init_from else None
+    initial, started_from = _initial_weights(config) if config.init_from else (None, None)
     device = pick_device(device)
     label_values = sorted(config.labels.values())
     norm = config.normalization["source"]
@@ -214,7 +216,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
         metrics["best_epoch"] = best["epoch"]
         saved_network = build_network(segmenter_spec(config))
         saved_network.load_state_dict(best["state"])
-        save_bundle(out, _metadata(config, history, metrics, command), {"segmenter": saved_network, **extras})
+        save_bundle(out, _metadata(config, history, metrics, command, started_from), {"segmenter": saved_network, **extras})
         checkpoint.save({"epoch": epoch, "config": asdict(config), "network": network.state_dict(),
                          "optimiser": optimiser.state_dict(), "history": history, "best": best})
     return load_bundle(out)
@@ -234,24 +236,20 @@ def randomized_copies(samples, config: SourceConfig) -> list:
             for s in samples for _ in range(VAL_RENDERINGS)]
 
 
-def _initial_budget(config: SourceConfig) -> int:
-    """Training steps of the bundle `init_from` names (0 without one)."""
-    if not config.init_from:
-        return 0
-    training = load_bundle(config.init_from).metadata["training"]
-    recorded = training["source"]["config"]
-    return int(training.get("budget_steps", recorded["epochs"] * recorded["steps_per_epoch"]))
-
-
 def _initial_weights(config: SourceConfig) -> dict:
-    """The segmenter weights of the bundle named by `init_from`, checked against this run's spec."""
+    """(segmenter weights, record) of the bundle `init_from` names, checked against this run's spec;
+    the record (version, recipe, training steps) goes into the new bundle's metadata."""
     start = load_bundle(config.init_from)
     spec, ours = start.network_spec("segmenter"), segmenter_spec(config)
     if {k: spec.get(k) for k in ours} != ours:
         raise InputError(f"--init-from {config.init_from}: its segmenter ({spec}) differs from the "
                          f"one this run trains ({ours}); use the same --channels, "
                          "--res-units and labels.")
-    return start.network("segmenter").state_dict()
+    training = start.metadata["training"]
+    recipe = training["source"]["config"]
+    record = {"version": start.version, "config": recipe,
+              "budget_steps": int(training.get("budget_steps", recipe["epochs"] * recipe["steps_per_epoch"]))}
+    return start.network("segmenter").state_dict(), record
 
 
 def _networks_to_keep(out: Path, config: SourceConfig) -> dict:
