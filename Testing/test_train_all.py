@@ -2,13 +2,15 @@
 three folders through every stage of the method (source, randomize, translator, curriculum) to a
 bundle the engine loads."""
 
+import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from crossdomainseg.bundle import load_bundle
+from crossdomainseg.bundle import load_bundle, make_random_bundle
 from crossdomainseg.cli import main
 from crossdomainseg.errors import InputError
 from crossdomainseg.training.plan import choose_normalization, epochs_for, make_plan
@@ -84,6 +86,51 @@ def test_stages_run_in_order_and_none_starts_from_a_missing_one():
         stages_to_run(["source", "randomize"], recipe(0.0), set())
     with pytest.raises(InputError, match="Unknown stage"):
         stages_to_run(["source", "reference"], recipe(0.8), set())
+
+
+def _write(path, array):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((3.0, 3.0, 3.0))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_curriculum_stage_trains_the_student_keeps_the_reference_and_resumes(tmp_path):
+    from crossdomainseg.curriculum.params import CurriculumParams
+    from crossdomainseg.training.curriculum_stage import CurriculumStage
+
+    start = make_random_bundle(tmp_path / "start", with_generator=False)
+    rng = np.random.default_rng(0)
+    target = [(f"t{i}", _write(tmp_path / f"t{i}.nii.gz", rng.normal(100, 30, (32, 32, 32)).astype(np.float32)), None)
+              for i in range(3)]
+    label = np.zeros((32, 32, 32), np.uint8)
+    label[8:24, 8:24, 8:24] = 1
+    source = [(f"s{i}", _write(tmp_path / f"s{i}.nii.gz", (200.0 * label + rng.normal(0, 20, label.shape)).astype(np.float32)),
+               _write(tmp_path / f"l{i}.nii.gz", label)) for i in range(2)]
+    # gates open to every image (tau_u0 10, tau_ts0 1): each step of the tiny run trains
+    params = CurriculumParams(reference_input="image", student_input="image", tau_u0=10.0, lambda_u=0.0,
+                              tau_ts0=1.0, steps_per_epoch=1, tta_n=2, n_weak=1, n_strong=1)
+    out, checkpoints, lines = tmp_path / "out", tmp_path / "ckpt", []
+    CurriculumStage(start.path, out, checkpoints, target, source, params, "cpu", True, lines.append).run(1, False)
+    first = load_bundle(out)
+    assert first.metadata["segmenter_input"] == "image"
+    assert first.metadata["training"]["curriculum"]["history"][0]["confident"] == 2  # one batch of 2
+    assert _same_weights(first.network("reference"), start.network("segmenter"))
+    assert not _same_weights(first.network("segmenter"), start.network("segmenter"))  # the student trained
+    assert lines[0].startswith("curriculum epoch 1: confident 2/3")
+
+    # another process resumes from the checkpoint, at the second epoch
+    stage = CurriculumStage(start.path, out, checkpoints, target, source, params, "cpu", True, lines.append)
+    stage.run(2, True)
+    assert stage.epochs_done == 2 and len(load_bundle(out).metadata["training"]["curriculum"]["history"]) == 2
+    assert lines[-1].startswith("curriculum epoch 2:")
+    # a deadline already passed stops before the next step: the bundle keeps the last full epoch
+    stage.run(5, True, deadline=time.time() - 1)
+    assert stage.epochs_done == 2 and "share of the budget is spent" in lines[-1]
+    assert len(load_bundle(out).metadata["training"]["curriculum"]["history"]) == 2
+    with pytest.raises(InputError, match="other settings"):
+        CurriculumStage(start.path, out, checkpoints, target, source, dataclasses.replace(params, lr=1e-2),
+                        "cpu").run(3, True)
 
 
 @pytest.fixture(scope="module")
