@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import load_bundle, save_bundle
+from ..bundle import load_bundle, save_bundle, update_bundle
 from ..curriculum.params import CurriculumParams
 from ..device import pick_device
 from ..errors import InputError
@@ -263,9 +263,10 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
         copy_bundle(stage_bundle(stage), out, {"plan": plan, **extra})
 
     save_plan()
-    bundle = load_bundle(out)
+    # the bundle's plan with this run's wall time (each stage's copy has the plan as it then was)
+    bundle = update_bundle(out, metadata={"plan": plan}) if to_run else load_bundle(out)
     log(f"train all: bundle {out} written, {plan['wall_seconds'] / 60:.1f} min in all (budget "
-        f"{budget_minutes:g} min); " + ", ".join(f"{name} {stage['epochs']} epochs ({stage['seconds'] / 60:.1f} min)"
+        f"{budget_minutes:g} min); " + ", ".join(f"{name} {stage['epochs']} epochs ({stage.get('seconds', 0) / 60:.1f} min)"
                                                for name, stage in plan["stages"].items())
         + f"; metrics {bundle.metrics}")
     return bundle
