@@ -25,6 +25,9 @@ from .loops import Checkpoint, same_run
 
 
 class CurriculumStage:
+    """The curriculum from the bundle at `start_bundle` into the bundle at `out`, resumable from
+    `checkpoint_dir`; (id, image, label-or-None) target and labelled source cases."""
+
     def __init__(self, start_bundle: Path, out: Path, checkpoint_dir: Path, target_cases, source_cases,
                  params: CurriculumParams, device, progress: bool = True, log=print):
         self.start_bundle, self.out = Path(start_bundle), Path(out)
