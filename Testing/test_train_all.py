@@ -246,3 +246,21 @@ def test_train_all_stops_after_any_stage_and_resumes_through_every_stage(phantom
     assert (out / "models" / "segmenter.pt").read_bytes() == weights
     resumed = json.loads((checkpoints / "plan.json").read_text())
     assert resumed["stages"] == plan["stages"]
+
+
+@pytest.mark.slow
+def test_without_the_randomize_stage_the_curriculum_reads_the_preview(phantom, capsys):
+    from crossdomainseg.engine import Engine
+
+    out = phantom / "no-randomize"
+    assert main(_argv(phantom / "task", out, "--randomize", "0")) == 0
+    assert "randomize epoch" not in capsys.readouterr().out
+    bundle = load_bundle(out)
+    assert bundle.metadata["plan"]["recipe"] == ["source", "translator", "curriculum"]
+    # a plain source reference is not fair on raw target images: teacher and student read G(x)
+    assert bundle.metadata["segmenter_input"] == "preview"
+    assert bundle.metadata["training"]["curriculum"]["params"]["reference_input"] == "preview"
+    assert Engine(out, threads=1).mode == "tdgan"
+    # the run's recipe is kept: resuming it with the randomize stage back in is refused
+    assert main(_argv(phantom / "task", out, "--resume")) == 2
+    assert "--randomize" in capsys.readouterr().err
