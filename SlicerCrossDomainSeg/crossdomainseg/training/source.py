@@ -138,8 +138,10 @@ def _metadata(config: SourceConfig, history, metrics, command, start: dict | Non
 
 def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
                  checkpoint_dir: str | Path | None = None, resume: bool = False,
-                 device: str | None = None, progress: bool = True, command: str | None = None):
-    """Train the segmenter on (id, image, label) cases and write the bundle at `out`."""
+                 device: str | None = None, progress: bool = True, command: str | None = None,
+                 stage: str = "source"):
+    """Train the segmenter on (id, image, label) cases and write the bundle at `out`; `stage`
+    names the run in the progress lines (`train all`'s randomize stage also trains here)."""
     out = Path(out)
     if not train_cases:
         raise InputError("No labelled source images to train on.")
@@ -182,7 +184,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
         network.train()
         losses, began = [], time.time()
         # disable=None: no step bar when stderr is not a terminal (logs keep one line per epoch)
-        bar = tqdm(range(config.steps_per_epoch), desc=f"source {epoch + 1}/{config.epochs}",
+        bar = tqdm(range(config.steps_per_epoch), desc=f"{stage} {epoch + 1}/{config.epochs}",
                    disable=None if progress else True, leave=False)
         for _ in bar:
             picks = rng.integers(len(train), size=config.batch_size)
@@ -207,7 +209,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
             score = (score + entry["val_dice_randomized"]) / 2
         history.append(entry)
         if progress:
-            tqdm.write(f"source epoch {epoch + 1}: " + ", ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"))
+            tqdm.write(f"{stage} epoch {epoch + 1}: " + ", ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"))
         if score >= best["score"]:
             best = {"score": float(score), "epoch": epoch + 1,
                     **{f"source_{k}": v for k, v in entry.items() if k.startswith("val_dice")},
