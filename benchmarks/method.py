@@ -207,9 +207,10 @@ def main() -> int:
         print(train_row(args.train_only, data, bundle, device, steps))
         return 0
     test = [c for c in data.cases("test", "target") if c[2] is not None]
-    entry = {"source_dice": source_dice(shipped, list(data.cases("test", "source")), device),
-             "n_test": len(test), "bundle_version": bundle.version}
-    if "vanilla" in args.rows:
+    source_test = list(data.cases("test", "source"))
+    entry = {"n_test": len(test)}
+    if "vanilla" in args.rows:  # the reference's own figures: source test Dice and the vanilla row
+        entry.update(source_dice=source_dice(shipped, source_test, device), bundle_version=bundle.version)
         entry["vanilla"] = score_row(shipped, "vanilla", test, device)
         entry["vanilla"]["train_s"] = round(float(sum(
             e["seconds"] for e in bundle.metadata["training"]["source"]["history"])), 1)
@@ -223,7 +224,8 @@ def main() -> int:
     for spec in args.extra_row:
         name, _, path = spec.partition("=")
         path, _, mode = path.partition(":")
-        entry[name] = score_row(Path(path), mode or "auto", test, device)
+        entry[name] = {**score_row(Path(path), mode or "auto", test, device),
+                       "source_dice": source_dice(Path(path), source_test, device)}
     print(json.dumps(entry, indent=1), file=sys.stderr)
     existing = RESULTS / "method.json"
     tasks = json.loads(existing.read_text()).get("tasks", {}) if existing.exists() else {}
