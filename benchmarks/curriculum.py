@@ -211,6 +211,7 @@ def main():
     parser.add_argument("--limit", type=int, default=None, help="at most this many cases per split (smoke runs)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="curriculum parameter override for all trained methods")
+    parser.add_argument("--name", help="results file name (default: curriculum, or curriculum_<task>)")
     parser.add_argument("--rows", nargs="+", default=None, choices=ROWS,
                         help="methods to run (default: all); the accepted-case curve and the click "
                              "latency need `curriculum` and `latency`")
@@ -299,7 +300,7 @@ def main():
                 (unlabelled / image_path.name).symlink_to(image_path)
             idle, training, refiner = click_latency(args.bundle, test, Path(tmp) / "store", Path(tmp) / "registry",
                                                     unlabelled, {**overrides, "epochs": 1000}, args.clicks)
-    name = "curriculum" if args.task == "phantom-ct-mr" else f"curriculum_{args.task}"
+    name = args.name or ("curriculum" if args.task == "phantom-ct-mr" else f"curriculum_{args.task}")
     if confident:
         plot(confident, RESULTS / f"{name}_confident.png")
     d = {k: v["dice"] for k, v in table.items()}

@@ -191,7 +191,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-only", choices=("supervised", "domain_randomized"),
                         help="train that reference row's network and stop (rows train in parallel)")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to score")
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS, help="rows to score")
     parser.add_argument("--bundle", help="the reference bundle (default: the task's shipped bundle); "
                                          "its training budget is the supervised and domain-randomised rows'")
     parser.add_argument("--extra-row", action="append", default=[], metavar="NAME=BUNDLE[:MODE]",
