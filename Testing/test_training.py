@@ -364,6 +364,7 @@ def test_init_from_fine_tunes_a_bundle_and_domain_randomisation_validates_on_ren
     entry = bundle.metadata["training"]["source"]["history"][0]
     assert 0 <= entry["val_dice_randomized"] <= 1
     assert bundle.metrics["source_val_dice_randomized"] == entry["val_dice_randomized"]
+    assert bundle.metadata["segmenter_input"] == "image"  # it reads the target itself
     # another network shape is refused with what to do
     assert _train_source(folders, tmp_path / "other", ["--epochs", "1", "--init-from", str(start),
                                                        "--channels", "4,8,16,32"]) != 0

@@ -133,6 +133,9 @@ def _metadata(config: SourceConfig, history, metrics, command, start: dict | Non
             "source": {"config": asdict(config), "history": history},
         },
         "metrics": metrics,
+        # A reference trained on randomised contrasts reads the target image itself; a translator
+        # trained later then only makes the preview (engine.bundle_mode).
+        **({"segmenter_input": "image"} if config.domain_randomize > 0 else {}),
     }
 
 
