@@ -11,9 +11,10 @@ from torch import nn
 
 from crossdomainseg.bundle import make_random_bundle
 from crossdomainseg.curriculum.augment import flip_pair, views
+from crossdomainseg.curriculum.cps import CrossPseudoSupervision
 from crossdomainseg.curriculum.losses import ce_dice_loss, consistency_loss, dice_distance
 from crossdomainseg.curriculum.memory_bank import MemoryBank
-from crossdomainseg.curriculum.params import CurriculumParams
+from crossdomainseg.curriculum.params import U_RAMP_EPOCHS, CurriculumParams
 from crossdomainseg.curriculum.promotion import promote_if_best
 from crossdomainseg.curriculum.teacher import update_teacher
 from crossdomainseg.curriculum.trainer import CurriculumTrainer, is_heldout, prepare
@@ -50,8 +51,14 @@ def test_teacher_update_follows_equation_4():
 
 def test_patent_defaults_and_schedules():
     p = CurriculumParams()
-    assert (p.alpha, p.beta, p.tau_u0, p.tau_ts0, p.confident_after) == (0.001, 0.001, 0.05, 0.3, 5)
-    assert p.tau_u(0) == 0.05 and p.tau_u(3) == pytest.approx(0.05 + 3 * p.lambda_u)
+    assert (p.alpha, p.beta, p.tau_ts0, p.confident_after) == (0.001, 0.001, 0.3, 5)
+    # tau_u from the unlabelled images' own U by default: lowest first, the highest after the ramp
+    u = [0.42, 0.45, 0.52]
+    assert p.tau_u(0, u) == pytest.approx(0.42) and p.tau_u(U_RAMP_EPOCHS, u) == pytest.approx(0.52)
+    with pytest.raises(InputError, match="uncertainties"):
+        p.tau_u(0)
+    fixed = CurriculumParams(tau_u0=0.05, lambda_u=0.02)
+    assert fixed.tau_u(0) == 0.05 and fixed.tau_u(3) == pytest.approx(0.11)
     assert p.tau_ts(2) == pytest.approx(0.3 + 2 * p.lambda_ts)
     q = CurriculumParams.from_dict({"epochs": "7", "alpha": "0.01", "curriculum": "false"})
     assert (q.epochs, q.alpha, q.curriculum) == (7, 0.01, False)
@@ -306,3 +313,33 @@ def test_promotion_scores_what_the_engine_delivers(tmp_path):
     trainer.predict = lambda network, v, reads=None: draft  # the network's own label, whatever it is
     raw, delivered = trainer.mean_dice(None, [volume]), trainer.mean_dice(None, [volume], delivered=True)
     assert delivered > raw
+
+
+def test_reference_reading_raw_images_needs_no_generator_and_sets_tau_u_from_their_u(tmp_path):
+    plain = make_random_bundle(tmp_path / "nog", spacing=4.0, roi=16, seed=4, with_generator=False)
+    target = [prepare(plain, _volume(30 + i)[0], f"t{i}") for i in range(3)]
+    with pytest.raises(InputError, match="generator"):
+        CurriculumTrainer(plain, CurriculumParams(), target)
+    params = CurriculumParams(reference_input="image", student_input="image", tau_ts0=1.0)
+    trainer = CurriculumTrainer(plain, params, target)
+    u = [trainer.reference_view(v)[1] for v in target]
+    assert trainer.tau_u(0) == pytest.approx(min(u))
+    assert trainer.tau_u(U_RAMP_EPOCHS) == pytest.approx(max(u))
+    # the first epoch admits the most confident image(s) only
+    summary = trainer.run_epoch()
+    assert 1 <= summary["confident"] < 3 and summary["tau_u"] == pytest.approx(min(u))
+
+
+def test_cross_pseudo_supervision_trains_two_disagreeing_students(bundle):
+    torch.manual_seed(0)
+    params = CurriculumParams(epochs=0, steps_per_epoch=2, student_input="image", reference_input="image", lr=3e-3)
+    target = [prepare(bundle, _volume(40 + i)[0], f"t{i}") for i in range(2)]
+    trainer = CrossPseudoSupervision(bundle, params, target)
+    assert not trainer.params.curriculum  # every image, every epoch
+    differ = sum(float((a - b).abs().sum()) for a, b in zip(trainer.student.parameters(), trainer.partner.parameters()))
+    assert differ > 0
+    before = [[p.clone() for p in net.parameters()] for net in (trainer.student, trainer.partner)]
+    summary = trainer.run_epoch()
+    assert summary["confident"] == 2 and summary["losses"]["cross"] > 0
+    for net, old in zip((trainer.student, trainer.partner), before):
+        assert sum(float((a - b).abs().sum()) for a, b in zip(net.parameters(), old)) > 0

@@ -1,17 +1,20 @@
 """`crossdomainseg train all`: the plan chosen from the data, and one command from a new user's
-three folders to a bundle the engine loads."""
+three folders through every stage of the method (source, randomize, translator, curriculum) to a
+bundle the engine loads."""
 
+import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from crossdomainseg.bundle import load_bundle
+from crossdomainseg.bundle import load_bundle, make_random_bundle
 from crossdomainseg.cli import main
 from crossdomainseg.errors import InputError
 from crossdomainseg.training.plan import choose_normalization, epochs_for, make_plan
-from crossdomainseg.training.train_all import split_validation
+from crossdomainseg.training.train_all import RESERVE_SHARE, SHARES, STAGES, recipe, split_validation, stages_to_run
 
 
 def _print(values, spacing=(2.0, 2.0, 2.0), size=(97, 115, 97), n=3, labelled=None):
@@ -69,6 +72,67 @@ def test_epochs_from_a_budget_and_validation_split():
     assert split_validation([1], 0.2, 0) == ([1], [])
 
 
+def test_stages_run_in_order_and_none_starts_from_a_missing_one():
+    assert recipe(0.8) == list(STAGES) and "randomize" not in recipe(0.0)
+    assert sum(SHARES.values()) == pytest.approx(1.0)
+    assert stages_to_run(None, recipe(0.8), set()) == list(STAGES)
+    assert stages_to_run(["randomize", "source"], recipe(0.8), set()) == ["source", "randomize"]
+    # resumed after the first two: the rest continue from them
+    assert stages_to_run(None, recipe(0.8), {"source", "randomize"}) == ["translator", "curriculum"]
+    assert stages_to_run(["curriculum"], recipe(0.0), {"source", "translator"}) == ["curriculum"]
+    with pytest.raises(InputError, match="randomize stage's bundle"):
+        stages_to_run(["source", "translator"], recipe(0.8), set())
+    with pytest.raises(InputError, match="--randomize is 0"):
+        stages_to_run(["source", "randomize"], recipe(0.0), set())
+    with pytest.raises(InputError, match="Unknown stage"):
+        stages_to_run(["source", "reference"], recipe(0.8), set())
+
+
+def _write(path, array):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((3.0, 3.0, 3.0))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_curriculum_stage_trains_the_student_keeps_the_reference_and_resumes(tmp_path):
+    from crossdomainseg.curriculum.params import CurriculumParams
+    from crossdomainseg.training.curriculum_stage import CurriculumStage
+
+    start = make_random_bundle(tmp_path / "start", with_generator=False)
+    rng = np.random.default_rng(0)
+    target = [(f"t{i}", _write(tmp_path / f"t{i}.nii.gz", rng.normal(100, 30, (32, 32, 32)).astype(np.float32)), None)
+              for i in range(3)]
+    label = np.zeros((32, 32, 32), np.uint8)
+    label[8:24, 8:24, 8:24] = 1
+    source = [(f"s{i}", _write(tmp_path / f"s{i}.nii.gz", (200.0 * label + rng.normal(0, 20, label.shape)).astype(np.float32)),
+               _write(tmp_path / f"l{i}.nii.gz", label)) for i in range(2)]
+    # gates open to every image (tau_u0 10, tau_ts0 1): each step of the tiny run trains
+    params = CurriculumParams(reference_input="image", student_input="image", tau_u0=10.0, lambda_u=0.0,
+                              tau_ts0=1.0, steps_per_epoch=1, tta_n=2, n_weak=1, n_strong=1)
+    out, checkpoints, lines = tmp_path / "out", tmp_path / "ckpt", []
+    CurriculumStage(start.path, out, checkpoints, target, source, params, "cpu", True, lines.append).run(1, False)
+    first = load_bundle(out)
+    assert first.metadata["segmenter_input"] == "image"
+    assert first.metadata["training"]["curriculum"]["history"][0]["confident"] == 2  # one batch of 2
+    assert _same_weights(first.network("reference"), start.network("segmenter"))
+    assert not _same_weights(first.network("segmenter"), start.network("segmenter"))  # the student trained
+    assert lines[0].startswith("curriculum epoch 1: confident 2/3")
+
+    # another process resumes from the checkpoint, at the second epoch
+    stage = CurriculumStage(start.path, out, checkpoints, target, source, params, "cpu", True, lines.append)
+    stage.run(2, True)
+    assert stage.epochs_done == 2 and len(load_bundle(out).metadata["training"]["curriculum"]["history"]) == 2
+    assert lines[-1].startswith("curriculum epoch 2:")
+    # a deadline already passed stops before the next step: the bundle keeps the last full epoch
+    stage.run(5, True, deadline=time.time() - 1)
+    assert stage.epochs_done == 2 and "share of the budget is spent" in lines[-1]
+    assert len(load_bundle(out).metadata["training"]["curriculum"]["history"]) == 2
+    with pytest.raises(InputError, match="other settings"):
+        CurriculumStage(start.path, out, checkpoints, target, source, dataclasses.replace(params, lr=1e-2),
+                        "cpu").run(3, True)
+
+
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_all")
@@ -77,38 +141,96 @@ def phantom(tmp_path_factory):
     return root
 
 
+def _argv(task, out, *extra):
+    return ["train", "all", "--source-images", str(task / "source" / "images"),
+            "--source-labels", str(task / "source" / "labels"),
+            "--target-images", str(task / "target" / "images"), "--out", str(out),
+            "--budget-minutes", "0.3", "--steps", "1", "--threads", "1",
+            "--label-names", "liver=1,kidneys=2,spleen=3,lesion=4", *extra]
+
+
+def _same_weights(a, b) -> bool:
+    a, b = a.state_dict(), b.state_dict()
+    return a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--stages", "source", "translator"], "randomize stage's bundle"),
+    (["--stages", "randomize"], "source stage's bundle"),
+    (["--randomize", "1.5"], "--randomize is a share"),
+    (["--domain-randomize", "-0.1"], "--domain-randomize is a share"),
+    (["--randomize", "0", "--stages", "source", "randomize"], "--randomize is 0"),
+    (["--budget-minutes", "0"], "--budget-minutes must be positive"),
+])
+def test_bad_options_are_refused_before_any_work(phantom, capsys, extra, message):
+    out = phantom / "refused"
+    assert main(_argv(phantom / "task", out, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not (phantom / "refused.ckpt").exists()  # nothing planned nor trained
+
+
 @pytest.mark.slow
-def test_train_all_from_three_folders_to_a_bundle_the_engine_loads(phantom, capsys):
+def test_train_all_stops_after_any_stage_and_resumes_through_every_stage(phantom, capsys):
     from crossdomainseg.engine import Engine
     from crossdomainseg.registry import ModelRegistry
 
-    task, out = phantom / "task", phantom / "bundle"
-    argv = ["train", "all", "--source-images", str(task / "source" / "images"),
-            "--source-labels", str(task / "source" / "labels"),
-            "--target-images", str(task / "target" / "images"), "--out", str(out),
-            "--budget-minutes", "0.2", "--steps", "1", "--threads", "2",
-            "--label-names", "liver=1,kidneys=2,spleen=3,lesion=4"]
-    assert main(argv) == 0
+    task, out, checkpoints = phantom / "task", phantom / "bundle", phantom / "bundle.ckpt"
+    image_path = task / "target" / "images" / "target_000.nii.gz"
+    image = sitk.ReadImage(str(image_path))
+
+    # stopped after the domain-randomised fine-tune: a bundle of its segmenter, reading raw images
+    assert main(_argv(task, out, "--stages", "source", "randomize")) == 0
     logged = capsys.readouterr()
-    assert "source epoch 1:" in logged.out and "translator epoch 1:" in logged.out
+    assert "source epoch 1:" in logged.out and "randomize epoch 1:" in logged.out
+    assert "translator epoch" not in logged.out and "curriculum epoch" not in logged.out
+    early = load_bundle(out)
+    assert early.network_names == ["segmenter"] and set(early.metadata["plan"]["stages"]) == {"source", "randomize"}
+    assert early.metadata["training"]["source"]["config"]["init_from"] == str(checkpoints / "source" / "bundle")
+    assert early.metadata["training"]["source"]["config"]["domain_randomize"] == 0.8
+    assert "val_dice_randomized" in early.metadata["training"]["source"]["history"][-1]
+    engine = Engine(out, threads=1)
+    assert engine.mode == "vanilla"  # auto: the fine-tuned segmenter reads the raw target image
+    assert engine.segment(image_path, preview=False, uncertainty=False).label.GetSize() == image.GetSize()
+    randomized = load_bundle(checkpoints / "randomize" / "bundle")
+    assert _same_weights(early.network("segmenter"), randomized.network("segmenter"))
+
+    # resumed with every stage: continues at the translator, the first two are not trained again
+    assert main(_argv(task, out, "--resume")) == 0
+    logged = capsys.readouterr()
+    assert "translator epoch 1:" in logged.out and "curriculum epoch 1:" in logged.out
+    assert "source epoch" not in logged.out and "randomize epoch" not in logged.out
     assert "\r" not in logged.out + logged.err  # line-based progress when not on a terminal
+    for line in logged.out.splitlines():
+        assert not line.startswith("translator epoch") or "seconds=" in line  # one line per epoch
 
     bundle = load_bundle(out)
     plan = bundle.metadata["plan"]
-    assert bundle.has_network("segmenter") and bundle.has_network("generator")
+    assert set(bundle.network_names) == {"segmenter", "reference", "generator"}
+    assert bundle.metadata["segmenter_input"] == "image"
+    # the curriculum's student is the segmenter; the randomised segmenter stays as its reference
+    assert _same_weights(bundle.network("reference"), randomized.network("segmenter"))
+    assert bundle.metadata["training"]["curriculum"]["params"]["student_input"] == "image"
+    history = bundle.metadata["training"]["curriculum"]["history"]
+    assert len(history) == plan["stages"]["curriculum"]["epochs_done"] >= 1 and "confident" in history[0]
+    assert bundle.metadata["training"]["curriculum"]["steps_done"] == len(history)
+    assert set(plan["stages"]) == set(STAGES) and all(s["done"] and s["epochs"] >= 1 for s in plan["stages"].values())
+    # each stage's share is of what the stages before it left of the budget, and its epochs fit in it
+    for i, name in enumerate(STAGES):
+        stage, before = plan["stages"][name], sum(plan["stages"][s]["seconds"] for s in STAGES[:i])
+        assert stage["budget_seconds"] <= 0.3 * 60 * (1 - RESERVE_SHARE) - before
+        assert stage["epochs"] == 1 or stage["epochs"] * stage["epoch_seconds"] <= stage["budget_seconds"]
     assert bundle.metadata["normalization"] == plan["normalization"]
     assert plan["normalization"]["source"]["kind"] == "window"  # the phantom CT has air in HU
     assert plan["normalization"]["target"]["kind"] == "percentile"  # the MR-like target has not
     assert bundle.roi_size == plan["roi_size"] and bundle.spacing == plan["spacing"]
-    assert plan["stages"]["source"]["epochs"] >= 1 and plan["stages"]["translator"]["epochs"] >= 1
     assert "1 validation" in bundle.metadata["training"]["data"]  # 3 source images: 2 train, 1 val
 
-    image_path = task / "target" / "images" / "target_000.nii.gz"
-    result = Engine(out, threads=2).segment(image_path, preview=True, uncertainty=False)
-    image = sitk.ReadImage(str(image_path))
+    engine = Engine(out, threads=1)
+    assert engine.mode == "vanilla"
+    result = engine.segment(image_path, preview=True, uncertainty=False)
     assert result.label.GetSize() == image.GetSize()
     assert np.allclose(result.label.GetOrigin(), image.GetOrigin())
-    assert result.preview is not None
+    assert result.preview is not None  # the translator's synthetic preview
     # the front ends (Slicer module, web app) copy a bundle into a workspace registry first
     registry = ModelRegistry(phantom / "registry")
     registry.init_from(out)
@@ -116,11 +238,29 @@ def test_train_all_from_three_folders_to_a_bundle_the_engine_loads(phantom, caps
 
     # an existing bundle is not overwritten without --resume
     weights = (out / "models" / "segmenter.pt").read_bytes()
-    epochs = {name: stage["epochs"] for name, stage in plan["stages"].items()}
-    assert main(argv) == 2
+    assert main(_argv(task, out)) == 2
     assert "--resume" in capsys.readouterr().err
     # --resume after a finished run keeps the plan and the trained weights
-    assert main(argv + ["--resume"]) == 0
+    assert main(_argv(task, out, "--resume")) == 0
+    assert "stages now: none" in capsys.readouterr().out
     assert (out / "models" / "segmenter.pt").read_bytes() == weights
-    resumed = json.loads((phantom / "bundle.ckpt" / "plan.json").read_text())
-    assert {name: stage["epochs"] for name, stage in resumed["stages"].items()} == epochs
+    resumed = json.loads((checkpoints / "plan.json").read_text())
+    assert resumed["stages"] == plan["stages"]
+
+
+@pytest.mark.slow
+def test_without_the_randomize_stage_the_curriculum_reads_the_preview(phantom, capsys):
+    from crossdomainseg.engine import Engine
+
+    out = phantom / "no-randomize"
+    assert main(_argv(phantom / "task", out, "--randomize", "0")) == 0
+    assert "randomize epoch" not in capsys.readouterr().out
+    bundle = load_bundle(out)
+    assert bundle.metadata["plan"]["recipe"] == ["source", "translator", "curriculum"]
+    # a plain source reference is not fair on raw target images: teacher and student read G(x)
+    assert bundle.metadata["segmenter_input"] == "preview"
+    assert bundle.metadata["training"]["curriculum"]["params"]["reference_input"] == "preview"
+    assert Engine(out, threads=1).mode == "tdgan"
+    # the run's recipe is kept: resuming it with the randomize stage back in is refused
+    assert main(_argv(phantom / "task", out, "--resume")) == 2
+    assert "--randomize" in capsys.readouterr().err

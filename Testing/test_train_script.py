@@ -36,7 +36,11 @@ def test_default_bundle_script_runs_every_stage(tmp_path, icbm152_templates):
     assert load_bundle(out / "phantom-ct-mr").has_network("refiner")
     prompt = load_bundle(out / "brain-t1-t2").metadata["prompt"]["training"]
     assert prompt["fine_tuned"] and prompt["fine_tuned_from"]["steps"] == 1
-    assert load_bundle(out / "brain-t1-t2").metadata["training"]["translator"]["config"]["lambda_identity"] == 0
+    brain = load_bundle(out / "brain-t1-t2").metadata["training"]
+    assert brain["translator"]["config"]["lambda_identity"] == 0
+    # the brain reference is fine-tuned with domain randomisation from the plain one it starts from
+    assert brain["source"]["config"]["domain_randomize"] == 0.8 and brain["start"]["config"]["domain_randomize"] == 0
+    assert brain["budget_steps"] == 2 and not (out / "brain-t1-t2.randomize.ckpt").exists()
     for task, reference in shipped.items():
         bundle = load_bundle(out / task)
         # the settings given by hand are the shipped ones; the chosen ones come from the source

@@ -21,7 +21,7 @@ from crossdomainseg.registry import ModelRegistry
 from crossdomainseg.store import AcceptedCaseStore
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "SlicerCrossDomainSeg"
-FAST = {"tau_u0": 1.0, "tau_ts0": 1.0, "holdout_every": 2, "publish_every": 1, "n_strong": 1}
+FAST = {"tau_u0": 1.0, "lambda_u": 0.02, "tau_ts0": 1.0, "holdout_every": 2, "publish_every": 1, "n_strong": 1}
 
 
 def _pair(seed):

@@ -344,3 +344,28 @@ def test_train_settings_writes_chosen_settings_and_rejects_others(tmp_path, caps
         assert main(["train", "settings", "--bundle", str(bundle.path), "--json", bad]) == 2
     assert "--json" in capsys.readouterr().err
     assert (bundle.path / "configs" / "metadata.json").read_text() == before  # nothing half-written
+
+
+def test_init_from_fine_tunes_a_bundle_and_domain_randomisation_validates_on_renderings(folders, tmp_path, capsys):
+    start = tmp_path / "start"
+    assert _train_source(folders, start, ["--epochs", "1"]) == 0
+    weights = load_bundle(start).network("segmenter").state_dict()
+    tuned = tmp_path / "tuned"
+    # zero steps of training: the saved network is exactly the one it started from
+    assert _train_source(folders, tuned, ["--epochs", "1", "--steps", "0", "--init-from", str(start),
+                                          "--domain-randomize", "0.5"]) == 0
+    bundle = load_bundle(tuned)
+    assert all(torch.equal(weights[k], v) for k, v in bundle.network("segmenter").state_dict().items())
+    assert bundle.metadata["training"]["source"]["config"]["init_from"] == str(start)
+    training = bundle.metadata["training"]
+    assert training["budget_steps"] == 3  # the start's 1 x 3 steps, plus 0 here
+    assert training["start"]["budget_steps"] == 3 and training["start"]["config"]["domain_randomize"] == 0
+    # with domain randomisation the best epoch also counts Dice on randomised validation renderings
+    entry = bundle.metadata["training"]["source"]["history"][0]
+    assert 0 <= entry["val_dice_randomized"] <= 1
+    assert bundle.metrics["source_val_dice_randomized"] == entry["val_dice_randomized"]
+    assert bundle.metadata["segmenter_input"] == "image"  # it reads the target itself
+    # another network shape is refused with what to do
+    assert _train_source(folders, tmp_path / "other", ["--epochs", "1", "--init-from", str(start),
+                                                       "--channels", "4,8,16,32"]) != 0
+    assert "--init-from" in capsys.readouterr().err and not (tmp_path / "other").exists()

@@ -33,7 +33,7 @@ from crossdomainseg import metrics
 from crossdomainseg.bundle import load_bundle
 from crossdomainseg.data import generate_case
 from crossdomainseg.device import configure, pick_device
-from crossdomainseg.engine import Engine
+from crossdomainseg.engine import Engine, bundle_mode
 from crossdomainseg.imageio import read_image
 from crossdomainseg.resources import shipped_bundle
 from crossdomainseg.training.evaluate import to_working_array, working_grid
@@ -55,9 +55,10 @@ DR_FIELD = "domain_randomize"  # `train source --domain-randomize 1`: synthetic 
 
 
 def reference_config(bundle, **changes) -> SourceConfig:
-    recorded = dict(bundle.metadata["training"]["source"]["config"])
+    recorded = dict(recipe_config(bundle))
     known = {f.name for f in dataclasses.fields(SourceConfig)}
-    return SourceConfig(**{**{k: v for k, v in recorded.items() if k in known}, **changes})
+    return SourceConfig(**{**{k: v for k, v in recorded.items() if k in known},
+                           "init_from": "", DR_FIELD: 0.0, **changes})
 
 
 def supervised_cases(data, folder: Path) -> tuple[list, list]:
@@ -77,22 +78,44 @@ def supervised_cases(data, folder: Path) -> tuple[list, list]:
     return train, val
 
 
-def train_row(row: str, data, bundle, device) -> Path:
+def budget_steps(bundle) -> int:
+    """Training steps behind a bundle's segmenter (its own and those of the bundle it started from)."""
+    training = bundle.metadata["training"]
+    config = training["source"]["config"]
+    return int(training.get("budget_steps", config["epochs"] * config["steps_per_epoch"]))
+
+
+def recipe_config(bundle) -> dict:
+    """The source recipe at the start of `bundle`'s fine-tuning chain (metadata training.start):
+    the rows train from scratch with it (no fine-tuning, no domain randomisation unless asked)."""
+    training = bundle.metadata["training"]
+    return (training.get("start") or training["source"])["config"]
+
+
+def budget_changes(bundle, steps: int) -> dict:
+    """Epochs and steps per epoch giving `steps` steps with the bundle's steps per epoch."""
+    per_epoch = bundle.metadata["training"]["source"]["config"]["steps_per_epoch"]
+    epochs = max(1, round(steps / per_epoch))
+    return {"epochs": epochs, "steps_per_epoch": int(round(steps / epochs))}
+
+
+def train_row(row: str, data, bundle, device, steps: int | None = None) -> Path:
     """The reference bundle of `row` under WORK (trained once, then reused; a run stopped
-    part-way resumes from its checkpoint)."""
-    out = WORK / data.name / row
+    part-way resumes from its checkpoint), with `steps` training steps (default: the bundle's)."""
+    budget = budget_changes(bundle, steps) if steps else {}
+    out = WORK / data.name / (row if not steps else f"{row}-{steps}")
     if (out / "configs" / "metadata.json").exists():
         source = load_bundle(out).metadata["training"]["source"]
         if len(source["history"]) >= source["config"]["epochs"]:
             return out
     if row == "supervised":
         train, val = supervised_cases(data, WORK / data.name / "supervised-labels")
-        config = reference_config(bundle, version=f"{bundle.version}-supervised",
+        config = reference_config(bundle, version=f"{bundle.version}-supervised", **budget,
                                   data=f"{len(train)} target training cases with their labels (upper bound)")
     else:
         train = list(data.cases("train", "source"))
         val = list(data.cases("val", "source"))
-        config = reference_config(bundle, version=f"{bundle.version}-dr", **{DR_FIELD: 1.0})
+        config = reference_config(bundle, version=f"{bundle.version}-dr", **{DR_FIELD: 1.0, **budget})
     resume = out.with_name(out.name + ".ckpt").exists()
     train_source(config, train, val, out, None, resume, device, True, f"benchmarks/method.py ({row})")
     return out
@@ -118,6 +141,7 @@ def raw_label(bundle, image, segmenter, generator, device, domain="target") -> s
 
 def score_row(bundle_path: Path, mode: str, cases, device) -> dict:
     bundle = load_bundle(bundle_path)
+    mode = bundle_mode(bundle) if mode == "auto" else mode
     labels = {n: v for n, v in bundle.labels.items() if v}
     segmenter = bundle.network("segmenter", device)
     generator = bundle.network("generator", device) if mode == "tdgan" else None
@@ -138,6 +162,7 @@ def score_row(bundle_path: Path, mode: str, cases, device) -> dict:
         return {n: round(float(np.mean([r["per_label"][v] for r in rows])), 4) for n, v in labels.items()}
 
     return {"dice": round(float(np.mean([r["dice"] for r in raw])), 4),
+            "budget_steps": budget_steps(bundle),
             "hd95": round(float(np.mean([r["hd95"] for r in raw])), 2),
             "assd": round(float(np.mean([r["assd"] for r in raw])), 2),
             "dice_per_label": per_label(raw),
@@ -166,30 +191,41 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-only", choices=("supervised", "domain_randomized"),
                         help="train that reference row's network and stop (rows train in parallel)")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to score")
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS, help="rows to score")
+    parser.add_argument("--bundle", help="the reference bundle (default: the task's shipped bundle); "
+                                         "its training budget is the supervised and domain-randomised rows'")
+    parser.add_argument("--extra-row", action="append", default=[], metavar="NAME=BUNDLE[:MODE]",
+                        help="also score BUNDLE (mode vanilla, tdgan or auto) as row NAME")
     args = parser.parse_args()
     threads = configure(args.threads)
     device = pick_device()
     data = task_dir(args.task, Path(args.data_root) / args.task)
-    shipped = shipped_bundle(args.task)
+    shipped = Path(args.bundle) if args.bundle else shipped_bundle(args.task)
     bundle = load_bundle(shipped)
+    steps = budget_steps(bundle)
     if args.train_only:
-        print(train_row(args.train_only, data, bundle, device))
+        print(train_row(args.train_only, data, bundle, device, steps))
         return 0
     test = [c for c in data.cases("test", "target") if c[2] is not None]
-    entry = {"source_dice": source_dice(shipped, list(data.cases("test", "source")), device),
-             "n_test": len(test), "bundle_version": bundle.version}
-    if "vanilla" in args.rows:
+    source_test = list(data.cases("test", "source"))
+    entry = {"n_test": len(test)}
+    if "vanilla" in args.rows:  # the reference's own figures: source test Dice and the vanilla row
+        entry.update(source_dice=source_dice(shipped, source_test, device), bundle_version=bundle.version)
         entry["vanilla"] = score_row(shipped, "vanilla", test, device)
         entry["vanilla"]["train_s"] = round(float(sum(
             e["seconds"] for e in bundle.metadata["training"]["source"]["history"])), 1)
     if "tdgan" in args.rows and bundle.has_network("generator"):
         entry["tdgan"] = score_row(shipped, "tdgan", test, device)
     if "domain_randomized" in args.rows and dr_available():
-        entry["domain_randomized"] = score_row(train_row("domain_randomized", data, bundle, device),
+        entry["domain_randomized"] = score_row(train_row("domain_randomized", data, bundle, device, steps),
                                                "vanilla", test, device)
     if "supervised" in args.rows:
-        entry["supervised"] = score_row(train_row("supervised", data, bundle, device), "vanilla", test, device)
+        entry["supervised"] = score_row(train_row("supervised", data, bundle, device, steps), "vanilla", test, device)
+    for spec in args.extra_row:
+        name, _, path = spec.partition("=")
+        path, _, mode = path.partition(":")
+        entry[name] = {**score_row(Path(path), mode or "auto", test, device),
+                       "source_dice": source_dice(Path(path), source_test, device)}
     print(json.dumps(entry, indent=1), file=sys.stderr)
     existing = RESULTS / "method.json"
     tasks = json.loads(existing.read_text()).get("tasks", {}) if existing.exists() else {}

@@ -19,12 +19,21 @@ figures, every configuration under `by_config`.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 import numpy as np
 import SimpleITK as sitk
-from common import task_dir, write_result
+from common import RESULTS, task_dir, write_result
 
 NEAR_MM = 10.0
+HEADLINE_TASK = "xray-drr"  # its figures are uncertainty.json's top-level keys; others go to per_task
+
+
+def previous_per_task() -> dict:
+    path = RESULTS / "uncertainty.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    return {"per_task": previous["per_task"]} if "per_task" in previous else {}
 COUNTS = (1, 2, 3, 4, 6, 8)
 
 
@@ -95,7 +104,7 @@ def summarize(slots: list[dict], extra: list[dict], kind: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="xray-drr", choices=("phantom-ct-mr", "xray-drr"))
+    parser.add_argument("--task", default="xray-drr", choices=("phantom-ct-mr", "xray-drr", "brain-t1-t2"))
     parser.add_argument("--task-dir", default=None, help="task folder (default: generated like the bundles' training data)")
     parser.add_argument("--bundle", help="bundle folder (default: the shipped bundle of the task)")
     parser.add_argument("--split", default="test")
@@ -157,7 +166,13 @@ def main() -> None:
         "mean_dice": round(float(np.mean([c["dice"] for c in test_cases])), 4),
         "near_mm": NEAR_MM, "per_case": per_case, "by_config": by_config,
     }
-    write_result("uncertainty", payload, threads)
+    if task.name == HEADLINE_TASK:
+        write_result("uncertainty", {**previous_per_task(), **payload}, threads)
+    else:  # other tasks go under per_task, the headline task's figures are kept
+        merged = json.loads((RESULTS / "uncertainty.json").read_text()) if (RESULTS / "uncertainty.json").exists() else {}
+        merged.setdefault("per_task", {})[task.name] = {"command": " ".join(sys.argv), **payload}
+        write_result("uncertainty", {k: v for k, v in merged.items() if k not in ("machine", "date", "command")},
+                     threads)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from ..errors import InputError
 
 
+U_RAMP_EPOCHS = 10  # epochs for an automatic tau_u to go from the lowest to the highest U
+
+
 @dataclass
 class CurriculumParams:
     epochs: int = 20
@@ -20,13 +23,12 @@ class CurriculumParams:
     # Eq. 4: theta_tea = (1 - alpha - beta) theta_tea + alpha theta_stu + beta theta_pre, per step.
     alpha: float = 0.001
     beta: float = 0.001
-    # Source uncertainty tolerance tau_u (eq. 1 gate): starts at 0.05, rises linearly per epoch.
-    # U's scale depends on the bundle's networks, so a bundle sets its own start: phantom-ct-mr's
-    # unlabelled target training images have U 0.22-0.41, so from 0.05 the curriculum admitted
-    # nothing for half of its 30 epochs; from 0.223 (their lowest U, rounded up) it starts with
-    # its most confident image.
-    tau_u0: float = 0.05
-    lambda_u: float = 0.02
+    # Source uncertainty tolerance tau_u (eq. 1 gate), rising linearly per epoch. U's scale depends
+    # on the bundle's networks, so by default (< 0) both come from the unlabelled target images'
+    # own U: tau_u starts at the lowest (the most confident image is admitted first) and rises by
+    # (highest - lowest) / U_RAMP_EPOCHS per epoch, so every image can be admitted by then.
+    tau_u0: float = -1.0
+    lambda_u: float = -1.0
     # Warm-up gate tau_ts (eq. 3, teacher vs reference-on-translation disagreement): from 0.3, rising.
     tau_ts0: float = 0.3
     lambda_ts: float = 0.05
@@ -59,13 +61,25 @@ class CurriculumParams:
     # What teacher and student read: "preview" = G(x) (the Engine's tdgan path) or "image" = raw
     # target x (patent; needs a reference that is already fair on raw target images).
     student_input: str = "preview"
+    # What the reference S_pre reads for U(x) (eq. 1) and the gate (eq. 3): "preview" = G(x) as in
+    # the patent, or "image" = the raw target, for a reference trained to read it (domain
+    # randomisation); then no generator is needed.
+    reference_input: str = "preview"
     curriculum: bool = True  # False: plain mean teacher (every image, every epoch, no U, no gate)
     steps_per_epoch: int = 0  # 0: one pass over the target images
     crop_size: int = 0  # training crop edge in voxels; 0: the bundle's roi_size
     seed: int = 0
 
-    def tau_u(self, epoch: int) -> float:
-        return self.tau_u0 + self.lambda_u * epoch
+    def tau_u(self, epoch: int, u_values=()) -> float:
+        """tau_u at `epoch`; `u_values` (the unlabelled images' U) set what is left automatic."""
+        start, rate = self.tau_u0, self.lambda_u
+        if (start < 0 or rate < 0) and len(u_values) == 0:
+            raise InputError("An automatic tau_u needs the unlabelled images' uncertainties.")
+        if start < 0:
+            start = min(u_values)
+        if rate < 0:
+            rate = (max(u_values) - min(u_values)) / U_RAMP_EPOCHS
+        return start + rate * epoch
 
     def tau_ts(self, epoch: int) -> float:
         return self.tau_ts0 + self.lambda_ts * epoch
@@ -109,8 +123,9 @@ class CurriculumParams:
                              "a voxel needs to count in the consistency loss.")
         if self.confident_after < 1 or self.tta_n < 2:
             raise InputError("confident_after must be >= 1 and tta_n >= 2 (U compares predictions).")
-        if self.student_input not in ("preview", "image"):
-            raise InputError("student_input must be 'preview' (G(x)) or 'image' (raw target).")
+        for name in ("student_input", "reference_input"):
+            if getattr(self, name) not in ("preview", "image"):
+                raise InputError(f"{name} must be 'preview' (G(x)) or 'image' (raw target).")
         if self.holdout_every < 0 or self.holdout_every == 1:
             raise InputError("holdout_every must be 0 (no hold-out) or >= 2 so that some accepted "
                              "cases are trained on.")

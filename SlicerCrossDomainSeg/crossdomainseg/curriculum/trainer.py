@@ -111,8 +111,11 @@ class CurriculumTrainer:
         ref_name = REFERENCE if bundle.has_network(REFERENCE) else "segmenter"
         self.reference = self._frozen(bundle.network(ref_name, self.device))
         self.generator = self._frozen(bundle.network("generator", self.device)) if bundle.has_network("generator") else None
-        if (params.curriculum or params.student_input == "preview") and self.generator is None:
-            raise InputError("The curriculum needs the bundle's generator G (eq. 1, 3); this bundle has none.")
+        reads_preview = params.student_input == "preview" or (params.curriculum and params.reference_input == "preview")
+        if reads_preview and self.generator is None:
+            raise InputError("The curriculum needs the bundle's generator G (eq. 1, 3) when the reference or "
+                             "the student reads the preview; this bundle has none (set reference_input and "
+                             "student_input to 'image' for a reference that reads raw target images).")
         start = bundle.network("segmenter", self.device)
         self.student = copy.deepcopy(start).train()
         for p in self.student.parameters():
@@ -168,11 +171,12 @@ class CurriculumTrainer:
 
     @torch.no_grad()
     def reference_view(self, volume: Volume) -> tuple[torch.Tensor, float]:
-        """S_pre(G(x)) probabilities and U(x) (eq. 1), cached: both networks are frozen."""
+        """S_pre(G(x)) (or S_pre(x): params.reference_input) probabilities and U(x) (eq. 1), cached:
+        both networks are frozen."""
         if volume.key not in self._ref_cache:
-            translated = self.translated(volume)[None]
+            seen = self.network_input(volume, self.params.reference_input)[None]
             predictions = tta_probabilities(
-                lambda t: self.probs(self.reference, t), translated,
+                lambda t: self.probs(self.reference, t), seen,
                 default_transforms(self.params.tta_n, self.bundle.spatial_dims))
             self.bank.uncertainty[volume.key] = float(image_uncertainty(predictions)[0])
             self._ref_cache[volume.key] = torch.stack(predictions).mean(0).half()
@@ -185,7 +189,7 @@ class CurriculumTrainer:
         if self.bank.is_consistently_confident(volume.key):
             return True
         p_ref, u = self.reference_view(volume)
-        if u > self.params.tau_u(self.epoch):
+        if u > self.tau_u(self.epoch):
             return False
         # Eq. 3 on the two predicted segmentations: soft Dice of two soft maps is below 1 even
         # for identical maps, which would gate out every unsure-but-agreeing image.
@@ -296,7 +300,15 @@ class CurriculumTrainer:
         return summary
 
     def thresholds(self) -> dict:
-        return {"tau_u": self.params.tau_u(self.epoch), "tau_ts": self.params.tau_ts(self.epoch)}
+        tau_u = self.tau_u(self.epoch) if self.params.curriculum else None
+        return {"tau_u": tau_u, "tau_ts": self.params.tau_ts(self.epoch)}
+
+    def tau_u(self, epoch: int) -> float:
+        """The eq. 1 tolerance at `epoch`; automatic parts from the unlabelled images' U (params)."""
+        p = self.params
+        if p.tau_u0 >= 0 and p.lambda_u >= 0:
+            return p.tau_u(epoch)
+        return p.tau_u(epoch, [self.reference_view(v)[1] for v in self.target])
 
     # -- evaluation and export -------------------------------------------------------------
     @torch.no_grad()

@@ -3,7 +3,8 @@ folders, and record the settings chosen on its validation split.
 
   crossdomainseg train all --source-images SRC_IMG --source-labels SRC_LAB --target-images TGT_IMG \
       --out BUNDLE [--budget-minutes 90]
-  (plans grid, patch and normalisation from the data and runs both stages below: train_all.py)
+  (plans grid, patch and normalisation from the data, then trains the reference, its domain-
+  randomised fine-tune, the translator and the curriculum on the target images: train_all.py)
 
   crossdomainseg train source --images SRC_IMG --labels SRC_LAB --out BUNDLE \
       --source-modality CT --target-modality MR --spacing 3
@@ -155,6 +156,7 @@ def run_source(args) -> int:
         class_balanced=args.class_balanced,
         label_contrast=args.label_contrast,
         domain_randomize=args.domain_randomize,
+        init_from=str(args.init_from or ""),
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         batch_size=args.batch,
@@ -242,7 +244,8 @@ def run_all(args) -> int:
     configure(args.threads)
     bundle = train_all(_all_inputs(args), args.out, args.budget_minutes, args.checkpoint_dir,
                        args.resume, args.device, args.steps, args.seed, args.version,
-                       args.domain_randomize, not args.no_progress, _command(args))
+                       args.domain_randomize, not args.no_progress, _command(args),
+                       randomize=args.randomize, stages=args.stages)
     print(f"bundle written: {bundle.path}")
     return 0
 
@@ -316,6 +319,8 @@ def _common(p):
 
 
 def add_parser(subparsers) -> None:
+    from .train_all import STAGES
+
     train = subparsers.add_parser("train", help="train a model bundle (everything at once, source segmenter, translator)")
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
 
@@ -350,6 +355,9 @@ def add_parser(subparsers) -> None:
                      help="share of crops synthesised from their labels with random contrast per "
                           "label and tissue class, texture, bias, noise and resolution (SynthSeg-"
                           "style; 1 = synthetic images only; 0 = off)")
+    src.add_argument("--init-from", metavar="BUNDLE",
+                     help="start from this bundle's segmenter (same network) instead of random "
+                          "weights, e.g. to fine-tune a reference with --domain-randomize")
     src.add_argument("--version", default="0.1.0", help="model version recorded in the bundle")
     src.set_defaults(func=run_source)
 
@@ -396,10 +404,16 @@ def add_parser(subparsers) -> None:
         description="Chooses the working grid's spacing, the patch size and each domain's "
         "normalisation from the images (median spacing and size; CT-like data with air in "
         "Hounsfield units get a window round their tissue, other data per-image percentiles), then "
-        "trains the reference segmenter (best epoch on a held-out share of the source images) and "
-        "the TD-GAN translator, each for as many epochs as fit in its share of --budget-minutes "
-        "(the first epoch is timed). One log line per epoch; --resume continues after a kill. The "
-        "plan is stored in the bundle's metadata (plan).")
+        "trains, in order: source (the reference segmenter; best epoch on a held-out share of the "
+        "source images), randomize (that segmenter fine-tuned on source crops synthesised with "
+        "random contrast per label, so that it reads raw target images), translator (TD-GAN, for "
+        "the synthetic preview) and curriculum (the reference's student trained on the unlabelled "
+        "target images; it becomes the bundle's segmenter and reads the raw target image). Each "
+        "stage gets as many epochs as fit in its share of --budget-minutes (its first epoch is "
+        "timed); after each, --out holds a bundle the engine loads. One log line per epoch; "
+        "--resume continues after a kill, or after a run stopped with --stages, at the first "
+        "unfinished stage. No target label is read. The plan is stored in the bundle's metadata "
+        "(plan).")
     everything.add_argument("--source-images", help="folder of labelled source images")
     everything.add_argument("--source-labels", help="folder of their label maps, same file names")
     everything.add_argument("--target-images", help="folder of unlabelled target-modality images")
@@ -414,8 +428,15 @@ def add_parser(subparsers) -> None:
     everything.add_argument("--source-modality", help="e.g. CT, recorded in the bundle")
     everything.add_argument("--target-modality", help="e.g. MR, recorded in the bundle")
     everything.add_argument("--domain-randomize", type=float, default=0.0, metavar="P",
-                            help="share of source crops synthesised from their labels (passed to "
-                            "train source where it supports it; 0 = off)")
+                            help="share of the SOURCE stage's crops synthesised from their labels "
+                            "(0 = off: the randomize stage does that)")
+    everything.add_argument("--randomize", type=float, default=0.8, metavar="P",
+                            help="share of the randomize stage's crops synthesised from their labels "
+                            "(0 = leave the stage out; the curriculum then reads the translator's preview)")
+    everything.add_argument("--stages", nargs="+", choices=STAGES, metavar="STAGE",
+                            help=f"the stages to train now, of {', '.join(STAGES)}; each needs the ones "
+                            "before it finished or listed (stop after any stage, continue with --resume) "
+                            "(default: every stage --randomize leaves in)")
     everything.add_argument("--version", default="0.1.0", help="model version recorded in the bundle")
     everything.add_argument("--seed", type=int, default=0)
     everything.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")

@@ -8,6 +8,7 @@ validation cases, or the last epoch when there are none) and the per-epoch losse
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ PALETTE = [[0, 0, 0], [230, 80, 60], [80, 180, 90], [70, 110, 220], [230, 200, 6
 
 # Settings added after checkpoints were written, at the value those runs trained with: a
 # checkpoint without them resumes when they are left at that value.
-ADDED_SETTINGS = {"domain_randomize": 0.0}
+ADDED_SETTINGS = {"domain_randomize": 0.0, "init_from": ""}
 
 
 @dataclass
@@ -66,6 +67,9 @@ class SourceConfig:
     # random contrast, texture, bias, noise and resolution (randomize.synthesize, SynthSeg-style);
     # 1 trains on synthetic images alone (the `domain_randomized` peer), 0 is off.
     domain_randomize: float = 0.0
+    # A bundle whose segmenter (same network spec) gives the starting weights: fine-tuning an
+    # already trained reference, e.g. with domain randomisation; "" starts from random weights.
+    init_from: str = ""
     epochs: int = 20
     steps_per_epoch: int = 20
     batch_size: int = 2
@@ -102,7 +106,7 @@ def evaluate_segmenter(network, samples, roi, n_classes, device) -> float:
     ]))
 
 
-def _metadata(config: SourceConfig, history, metrics, command) -> dict:
+def _metadata(config: SourceConfig, history, metrics, command, start: dict | None = None) -> dict:
     colors = dict(config.colors)
     for name, value in config.labels.items():
         colors.setdefault(name, PALETTE[value % len(PALETTE)])
@@ -118,19 +122,29 @@ def _metadata(config: SourceConfig, history, metrics, command) -> dict:
         "roi_size": list(config.roi_size),
         "normalization": copy.deepcopy(config.normalization),
         "training": {
+            # Training steps behind this segmenter, those of the bundle it started from included
+            # (the supervised bound of METHOD.md section 8 gets the same budget).
+            "budget_steps": config.epochs * config.steps_per_epoch + (start or {}).get("budget_steps", 0),
+            # the bundle this segmenter was fine-tuned from (init_from): its version, recipe and budget
+            **({"start": start} if start else {}),
             "data": config.data,
             "seed": config.seed,
             "command": command,
             "source": {"config": asdict(config), "history": history},
         },
         "metrics": metrics,
+        # A reference trained on randomised contrasts reads the target image itself; a translator
+        # trained later then only makes the preview (engine.bundle_mode).
+        **({"segmenter_input": "image"} if config.domain_randomize > 0 else {}),
     }
 
 
 def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
                  checkpoint_dir: str | Path | None = None, resume: bool = False,
-                 device: str | None = None, progress: bool = True, command: str | None = None):
-    """Train the segmenter on (id, image, label) cases and write the bundle at `out`."""
+                 device: str | None = None, progress: bool = True, command: str | None = None,
+                 stage: str = "source"):
+    """Train the segmenter on (id, image, label) cases and write the bundle at `out`; `stage`
+    names the run in the progress lines (`train all`'s randomize stage also trains here)."""
     out = Path(out)
     if not train_cases:
         raise InputError("No labelled source images to train on.")
@@ -138,17 +152,21 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise InputError(f"{name.replace('_', '-')} is a share of the training crops, between 0 "
                              f"and 1; got {getattr(config, name)}.")
+    initial, started_from = _initial_weights(config) if config.init_from else (None, None)
     device = pick_device(device)
     label_values = sorted(config.labels.values())
     norm = config.normalization["source"]
     train = load_samples(train_cases, config.spacing, norm, config.spatial_dims, label_values,
                          config.rotated_copies, config.max_degrees, config.seed)
     val = load_samples(val_cases, config.spacing, norm, config.spatial_dims, label_values)
+    val_randomized = randomized_copies(val, config) if config.domain_randomize else []
     n_classes = max(label_values) + 1
 
     extras = _networks_to_keep(out, config)
     seed_everything(config.seed)
     network = build_network(segmenter_spec(config)).to(device)
+    if initial is not None:
+        network.load_state_dict(initial)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=1e-4)
     from monai.losses import DiceCELoss
 
@@ -169,7 +187,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
         network.train()
         losses, began = [], time.time()
         # disable=None: no step bar when stderr is not a terminal (logs keep one line per epoch)
-        bar = tqdm(range(config.steps_per_epoch), desc=f"source {epoch + 1}/{config.epochs}",
+        bar = tqdm(range(config.steps_per_epoch), desc=f"{stage} {epoch + 1}/{config.epochs}",
                    disable=None if progress else True, leave=False)
         for _ in bar:
             picks = rng.integers(len(train), size=config.batch_size)
@@ -184,24 +202,59 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
             optimiser.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - began, 2)}
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "seconds": round(time.time() - began, 2)}
         score = evaluate_segmenter(network, val, config.roi_size, n_classes, device) if val else epoch
         if val:
             entry["val_dice"] = round(score, 4)
+        if val_randomized:
+            entry["val_dice_randomized"] = round(evaluate_segmenter(
+                network, val_randomized, config.roi_size, n_classes, device), 4)
+            score = (score + entry["val_dice_randomized"]) / 2
         history.append(entry)
         if progress:
-            tqdm.write(f"source epoch {epoch + 1}: " + ", ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"))
+            tqdm.write(f"{stage} epoch {epoch + 1}: " + ", ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"))
         if score >= best["score"]:
             best = {"score": float(score), "epoch": epoch + 1,
+                    **{f"source_{k}": v for k, v in entry.items() if k.startswith("val_dice")},
                     "state": {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}}
-        metrics = {"source_val_dice": round(best["score"], 4)} if val else {}
+        metrics = {key: best[key] for key in ("source_val_dice", "source_val_dice_randomized") if key in best}
         metrics["best_epoch"] = best["epoch"]
         saved_network = build_network(segmenter_spec(config))
         saved_network.load_state_dict(best["state"])
-        save_bundle(out, _metadata(config, history, metrics, command), {"segmenter": saved_network, **extras})
+        save_bundle(out, _metadata(config, history, metrics, command, started_from), {"segmenter": saved_network, **extras})
         checkpoint.save({"epoch": epoch, "config": asdict(config), "network": network.state_dict(),
                          "optimiser": optimiser.state_dict(), "history": history, "best": best})
     return load_bundle(out)
+
+
+# Randomised renderings of each source validation case when domain randomisation is on: the best
+# epoch is then chosen on the mean of real and randomised validation Dice (source labels only), so
+# that it rewards contrast robustness, not only the source contrast.
+VAL_RENDERINGS = 1
+
+
+def randomized_copies(samples, config: SourceConfig) -> list:
+    """`VAL_RENDERINGS` fixed synthetic renderings (randomize.synthesize, seeded) of each sample."""
+    rng = np.random.default_rng([config.seed, 23])
+    spec = crop_normalization(config.normalization["target"])
+    return [dataclasses.replace(s, image=synthesize(s.image, s.label, rng, spec))
+            for s in samples for _ in range(VAL_RENDERINGS)]
+
+
+def _initial_weights(config: SourceConfig) -> dict:
+    """(segmenter weights, record) of the bundle `init_from` names, checked against this run's spec;
+    the record (version, recipe, training steps) goes into the new bundle's metadata."""
+    start = load_bundle(config.init_from)
+    spec, ours = start.network_spec("segmenter"), segmenter_spec(config)
+    if {k: spec.get(k) for k in ours} != ours:
+        raise InputError(f"--init-from {config.init_from}: its segmenter ({spec}) differs from the "
+                         f"one this run trains ({ours}); use the same --channels, "
+                         "--res-units and labels.")
+    training = start.metadata["training"]
+    recipe = training["source"]["config"]
+    record = {"version": start.version, "config": recipe,
+              "budget_steps": int(training.get("budget_steps", recipe["epochs"] * recipe["steps_per_epoch"]))}
+    return start.network("segmenter").state_dict(), record
 
 
 def _networks_to_keep(out: Path, config: SourceConfig) -> dict:

@@ -1,13 +1,24 @@
-"""`train all`: plan from the data (plan.py), then the reference segmenter and the translator,
-each given epochs from a wall-clock budget, into one bundle the engine and front ends load.
+"""`train all`: plan from the data (plan.py), then every stage of the method, each given epochs
+from a wall-clock budget, into one bundle the engine and front ends load.
+
+Stages, in order (`STAGES`; `--stages` runs some of them, `--randomize 0` leaves one out):
+  source      the reference segmenter on the labelled source images;
+  randomize   that segmenter fine-tuned with domain randomisation (`RANDOMIZE_LR`; best epoch on
+              real + randomised renderings of the source validation cases): it reads raw target
+              images;
+  translator  the TD-GAN translator against the segmenter so far, for the synthetic preview;
+  curriculum  the patent's curriculum on the unlabelled target images (curriculum_stage.py): its
+              student becomes the segmenter, the segmenter it started from stays as `reference`.
+Each stage writes its own bundle and checkpoints under CHECKPOINT_DIR/<stage>/; when it finishes,
+its bundle is copied to --out with the plan, so --out always holds a bundle the engine loads.
 
 Each stage first runs one epoch and times it (data loading excluded by an estimate from the
-planning read), then resumes for as many more epochs as fit in its share of what is left of the
-budget: the segmenter `SOURCE_SHARE` of it, the translator the rest. The plan and the epochs
-chosen are kept in CHECKPOINT_DIR/plan.json, so `--resume` after a kill continues the same run
-(the stages' own checkpoints replay the same batches). The segmenter's weights are those of its
-best epoch on the source validation split (the last epoch without one); the translator ships its
-last epoch's weight average. The plan, the stages' epochs and wall times go into the bundle's
+planning read), then resumes for as many more epochs as fit in its share (`SHARES`, renormalised
+over the stages of the recipe still to train) of what is left of the budget. Time already spent
+in earlier runs of the same checkpoint folder counts, so a run stopped after some stages
+(`--stages`) and resumed with the rest shares one budget. The plan, each stage's epochs and wall
+time are kept in CHECKPOINT_DIR/plan.json, so `--resume` continues the same run at the first
+unfinished stage (the stages' own checkpoints replay the same batches), and go into the bundle's
 metadata under `plan`.
 """
 
@@ -21,18 +32,30 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import load_bundle, update_bundle
+from ..bundle import load_bundle, save_bundle, update_bundle
+from ..curriculum.params import CurriculumParams
 from ..device import pick_device
 from ..errors import InputError
 from ..store import atomic_write_json
+from .curriculum_stage import CurriculumStage
 from .plan import epochs_for, fingerprint, make_plan
 from .source import SourceConfig, train_source
 from .translator import TranslatorConfig, train_translator
 
-SOURCE_SHARE = 0.6
+STAGES = ("source", "randomize", "translator", "curriculum")
+# Shares of the budget, renormalised over the stages of the recipe (see `train_all`).
+SHARES = {
+    "source": 0.2,  # the reference learns the source labels; the transfer is the next stage's job
+    "randomize": 0.45,  # carries the domain gap (brain T1->T2 raw reference 0.080, fine-tuned 0.595)
+    "translator": 0.15,  # only the synthetic preview reads through it
+    "curriculum": 0.2,  # adapts the randomised segmenter to the real unlabelled target images
+}
 # Share of the budget kept back for what follows the last epoch (metadata, the summary).
 RESERVE_SHARE = 0.03
-EPOCH_CAP = {"source": 300, "translator": 100}
+EPOCH_CAP = {"source": 300, "randomize": 300, "translator": 100, "curriculum": 100}
+# The randomize stage's learning rate: the fine-tune measured on brain-t1-t2 (`train source
+# --init-from REF --domain-randomize 0.8 --lr 1e-3`).
+RANDOMIZE_LR = 1e-3
 
 
 @dataclass
@@ -63,12 +86,6 @@ def split_validation(cases: list, share: float, seed: int) -> tuple[list, list]:
 
 def source_config(data: TaskData, plan: dict, steps: int, seed: int, version: str,
                   domain_randomize: float) -> SourceConfig:
-    extra = {}
-    if domain_randomize:
-        if "domain_randomize" not in {f.name for f in dataclasses.fields(SourceConfig)}:
-            raise InputError("--domain-randomize needs `train source` with domain randomisation, "
-                             "which this version does not have; leave the option off.")
-        extra["domain_randomize"] = domain_randomize
     return SourceConfig(
         task=data.task, labels=data.labels, colors=data.colors, spatial_dims=plan["spatial_dims"],
         spacing=plan["spacing"], roi_size=plan["roi_size"], normalization=plan["normalization"],
@@ -78,7 +95,7 @@ def source_config(data: TaskData, plan: dict, steps: int, seed: int, version: st
         # centred on each label equally often: the shipped phantom recipe, fair on the target
         # before any adaptation and not blind to small labels
         intensity_remap=0.5, class_balanced=True, epochs=1, steps_per_epoch=steps, batch_size=2,
-        lr=2e-3, seed=seed, version=version, data=data.description, **extra)
+        domain_randomize=domain_randomize, lr=2e-3, seed=seed, version=version, data=data.description)
 
 
 def translator_config(plan: dict, steps: int, seed: int) -> TranslatorConfig:
@@ -97,17 +114,55 @@ def _timed_fingerprint(cases, seed):
     return fingerprint(cases, seed), time.time() - began
 
 
-def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint_dir=None,
-              resume: bool = False, device: str | None = None, steps: int = 25, seed: int = 0,
-              version: str = "0.1.0", domain_randomize: float = 0.0, progress: bool = True,
-              command: str | None = None, log=print):
-    """Plan, train both stages within `budget_minutes` of wall time, and return the bundle."""
-    began = time.time()
-    out = Path(out)
+def recipe(randomize: float) -> list[str]:
+    """The stages of the method for a run: `STAGES`, without `randomize` when its share is 0."""
+    return [stage for stage in STAGES if stage != "randomize" or randomize > 0]
+
+
+def stages_to_run(requested, stages: list[str], done: set) -> list[str]:
+    """The stages of the recipe `stages` to train now: `requested` (default all) that are not
+    `done`, each only when every earlier stage of the recipe is done or trained now."""
+    requested = list(requested or stages)
+    unknown = sorted(set(requested) - set(STAGES))
+    if unknown:
+        raise InputError(f"Unknown stage(s) {', '.join(unknown)} in --stages; the stages are {', '.join(STAGES)}.")
+    if set(requested) - set(stages):
+        raise InputError("--stages names randomize but --randomize is 0; drop one of the two.")
+    for i, stage in enumerate(stages):
+        missing = [before for before in stages[:i] if before not in requested and before not in done]
+        if stage in requested and missing:
+            raise InputError(f"Stage {stage} starts from the {missing[-1]} stage's bundle, which is neither "
+                             "finished in the checkpoint folder nor in --stages; add it to --stages (or leave "
+                             "--stages out), or run it first and continue with --resume.")
+    return [stage for stage in stages if stage in requested and stage not in done]
+
+
+def _check_options(budget_minutes, steps, domain_randomize, randomize) -> None:
     if budget_minutes <= 0:
         raise InputError(f"--budget-minutes must be positive, got {budget_minutes}.")
     if steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}.")
+    for name, value in (("--domain-randomize", domain_randomize), ("--randomize", randomize)):
+        if not 0 <= value <= 1:
+            raise InputError(f"{name} is a share of the training crops, between 0 and 1; got {value}.")
+
+
+def copy_bundle(source: Path, out: Path, metadata: dict) -> None:
+    """The bundle at `source` written to `out` (replacing one there) with `metadata` keys added."""
+    bundle = load_bundle(source)
+    save_bundle(out, {**bundle.metadata, **metadata},
+                {name: bundle.network(name) for name in bundle.network_names})
+
+
+def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint_dir=None,
+              resume: bool = False, device: str | None = None, steps: int = 25, seed: int = 0,
+              version: str = "0.1.0", domain_randomize: float = 0.0, progress: bool = True,
+              command: str | None = None, log=print, randomize: float = 0.8, stages=None):
+    """Plan, train the stages of the recipe (`stages`: those to train now, default all) within
+    `budget_minutes` of wall time, and return the bundle written at `out`."""
+    began = time.time()
+    out = Path(out)
+    _check_options(budget_minutes, steps, domain_randomize, randomize)
     if not data.source_train or not data.target:
         raise InputError("train all needs labelled source images and unlabelled target images.")
     if (out / "configs" / "metadata.json").exists() and not resume:
@@ -116,72 +171,128 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     budget = 60.0 * budget_minutes
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
     plan_file = checkpoints / "plan.json"
+    chain = recipe(randomize)
+    plan = json.loads(plan_file.read_text()) if resume and plan_file.is_file() else None
+    if plan is not None and plan.get("recipe", chain) != chain:
+        raise InputError(f"{plan_file} is a run of the stages {plan['recipe']}, not {chain}; resume it with "
+                         "the same --randomize, or start afresh without --resume.")
+    done = {name for name, stage in (plan or {}).get("stages", {}).items() if stage.get("done")}
+    to_run = stages_to_run(stages, chain, done)
     torch_device = pick_device(device)
 
     source_cases = data.source_train + data.source_val
     source_print, source_read = _timed_fingerprint(source_cases, seed)
     target_print, target_read = _timed_fingerprint(data.target, seed)
-    if resume and plan_file.is_file():
-        plan = json.loads(plan_file.read_text())
-        log(f"plan: resumed from {plan_file}")
+    if plan is not None:
+        log(f"plan: resumed from {plan_file}; finished stages: {', '.join(s for s in chain if s in done) or 'none'}")
     else:
         plan = make_plan(source_print, target_print, torch_device.type)
-        plan.update(budget_minutes=budget_minutes, steps_per_epoch=steps, stages={})
+        plan.update(budget_minutes=budget_minutes, steps_per_epoch=steps, recipe=chain, stages={})
         checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_json(plan_file, plan)
     log(f"plan: spacing {plan['spacing']} mm, roi {plan['roi_size']}, translator crop "
         f"{plan['translator_patch']}, device {torch_device.type}; normalisation source "
         f"{plan['normalization']['source']} ({plan['reasons']['normalization_source']}), target "
-        f"{plan['normalization']['target']} ({plan['reasons']['normalization_target']})")
+        f"{plan['normalization']['target']} ({plan['reasons']['normalization_target']}); "
+        f"stages now: {', '.join(to_run) or 'none (all finished)'}")
+    spent_before = plan.get("wall_seconds", 0.0)
 
-    def left() -> float:
-        return budget * (1 - RESERVE_SHARE) - (time.time() - began)
+    def save_plan() -> None:
+        plan["wall_seconds"] = round(spent_before + time.time() - began, 1)
+        atomic_write_json(plan_file, plan)
+
+    def share_of_left(stage) -> float:
+        """`stage`'s share of the budget left: its share among the recipe's unfinished stages from
+        it on (those a later --resume would train count too)."""
+        later = [s for s in chain[chain.index(stage):] if s not in done]
+        left = budget * (1 - RESERVE_SHARE) - spent_before - (time.time() - began)
+        return left * SHARES[stage] / sum(SHARES[s] for s in later)
+
+    def stage_bundle(stage) -> Path:
+        return checkpoints / stage / "bundle"
 
     src_config = source_config(data, plan, steps, seed, version, domain_randomize)
+    source_load = 2 * source_read
+    # the randomised segmenter reads raw target images; without it the translator's preview is read
+    reads = "image" if "randomize" in chain else "preview"
 
-    def run_source(epochs, again):
-        train_source(dataclasses.replace(src_config, epochs=epochs), data.source_train, data.source_val,
-                     out, checkpoints, again, device, progress, command)
+    def segmenter_runner(stage, config):
+        def run(epochs, again, deadline):
+            call = time.time()
+            train_source(dataclasses.replace(config, epochs=epochs), data.source_train, data.source_val,
+                         stage_bundle(stage), checkpoints / stage, again, device, progress, command, stage)
+            trained = load_bundle(stage_bundle(stage)).metadata["training"]["source"]["history"][-1]["seconds"]
+            return max(trained, time.time() - call - source_load), source_load
+        return run
 
-    _stage("source", plan, plan_file, run_source, SOURCE_SHARE * left(), 2 * source_read, resume, out, log)
-
+    runners = {
+        "source": segmenter_runner("source", src_config),
+        "randomize": segmenter_runner("randomize", dataclasses.replace(
+            src_config, init_from=str(stage_bundle("source")), domain_randomize=randomize, lr=RANDOMIZE_LR)),
+    }
     tr_config = translator_config(plan, steps, seed)
+    translator_load = 2 * (source_read * len(data.source_train) / len(source_cases) + target_read)
 
-    def run_translator(epochs, again):
-        train_translator(out, dataclasses.replace(tr_config, epochs=epochs), data.source_train,
-                         data.target, data.target_val, checkpoints, again, device, progress, command)
+    def run_translator(epochs, again, deadline):
+        call = time.time()
+        if not (again and stage_bundle("translator").is_dir()):
+            copy_bundle(stage_bundle(chain[chain.index("translator") - 1]), stage_bundle("translator"), {})
+        train_translator(stage_bundle("translator"), dataclasses.replace(tr_config, epochs=epochs),
+                         data.source_train, data.target, data.target_val, checkpoints / "translator", again,
+                         device, progress, command)
+        trained = load_bundle(stage_bundle("translator")).metadata["training"]["translator"]["history"][-1]["seconds"]
+        return max(trained, time.time() - call - translator_load), translator_load
 
-    _stage("translator", plan, plan_file, run_translator, left(),
-           2 * (source_read * len(data.source_train) / len(source_cases) + target_read), resume, out, log)
+    runners["translator"] = run_translator
+    curriculum = CurriculumStage(
+        stage_bundle("translator"), stage_bundle("curriculum"), checkpoints / "curriculum", data.target,
+        data.source_train, CurriculumParams(reference_input=reads, student_input=reads, steps_per_epoch=steps,
+                                            seed=seed), torch_device, progress, log)
+    # the trainer stays in memory between the timed first epoch and the rest: nothing to reload
+    runners["curriculum"] = lambda epochs, again, deadline: (curriculum.run(epochs, again, deadline), 0.0)
 
-    plan["wall_seconds"] = round(time.time() - began, 1)
-    atomic_write_json(plan_file, plan)
-    bundle = update_bundle(out, metadata={"plan": plan})
-    log(f"train all: bundle {out} written in {plan['wall_seconds'] / 60:.1f} min (budget {budget_minutes:g} min); "
-        f"source {plan['stages']['source']['epochs']} epochs, translator "
-        f"{plan['stages']['translator']['epochs']} epochs; metrics {bundle.metrics}")
+    for stage in to_run:
+        _stage(stage, plan, save_plan, runners[stage], share_of_left(stage), resume, log)
+        # the translator and the curriculum keep the randomised segmenter's input: the raw image
+        extra = {"segmenter_input": reads} if stage == "translator" else {}
+        plan["stages"][stage]["done"] = True
+        if stage == "curriculum":
+            plan["stages"][stage]["epochs_done"] = curriculum.epochs_done
+        done.add(stage)
+        save_plan()
+        copy_bundle(stage_bundle(stage), out, {"plan": plan, **extra})
+
+    save_plan()
+    # the bundle's plan with this run's wall time (each stage's copy has the plan as it then was)
+    bundle = update_bundle(out, metadata={"plan": plan}) if to_run else load_bundle(out)
+    log(f"train all: bundle {out} written, {plan['wall_seconds'] / 60:.1f} min in all (budget "
+        f"{budget_minutes:g} min); " + ", ".join(f"{name} {stage['epochs']} epochs ({stage.get('seconds', 0) / 60:.1f} min)"
+                                               for name, stage in plan["stages"].items())
+        + f"; metrics {bundle.metrics}")
     return bundle
 
 
-def _stage(name, plan, plan_file, run, budget_s, load_s, resume, out, log) -> None:
+def _stage(name, plan, save_plan, run, budget_s, resume, log) -> None:
     """Run stage `name` for the epochs that fit in `budget_s` (its first epoch timed), or for the
-    epochs the plan already chose (a resumed run)."""
+    epochs the plan already chose (a resumed run). `run(epochs, again, deadline)` trains up to
+    `epochs` in all (`again`: continue from the stage's checkpoint; `deadline`: the time.time()
+    its share ends, which runners whose epochs grow dearer stop at) and returns (seconds one epoch
+    takes, seconds a further call spends loading before it trains)."""
     began = time.time()
+    deadline = began + budget_s
     chosen = plan["stages"].get(name)
     if chosen is not None:
-        run(chosen["epochs"], True)
+        run(chosen["epochs"], True, deadline)
     else:
-        run(1, resume)
+        epoch_s, reload_s = run(1, resume, None)
         wall = time.time() - began
-        trained = load_bundle(out).metadata["training"][name]["history"][-1]["seconds"]
-        epoch_s = max(trained, wall - load_s)
-        more = epochs_for(budget_s - wall - load_s, epoch_s, EPOCH_CAP[name] - 1)
+        more = epochs_for(budget_s - wall - reload_s, epoch_s, EPOCH_CAP[name] - 1)
         chosen = {"epochs": 1 + more, "epoch_seconds": round(epoch_s, 2), "budget_seconds": round(budget_s, 1)}
         plan["stages"][name] = chosen
-        atomic_write_json(plan_file, plan)
+        save_plan()
         log(f"{name}: one epoch takes about {epoch_s:.1f} s; {chosen['epochs']} epochs of "
             f"{plan['steps_per_epoch']} steps fit in its {budget_s / 60:.1f} min")
         if chosen["epochs"] > 1:
-            run(chosen["epochs"], True)
+            run(chosen["epochs"], True, deadline)
     chosen["seconds"] = round(chosen.get("seconds", 0.0) + time.time() - began, 1)
-    atomic_write_json(plan_file, plan)
+    save_plan()
