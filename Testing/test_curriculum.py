@@ -325,6 +325,8 @@ def test_reference_reading_raw_images_needs_no_generator_and_sets_tau_u_from_the
     u = [trainer.reference_view(v)[1] for v in target]
     assert trainer.tau_u(0) == pytest.approx(min(u))
     assert trainer.tau_u(U_RAMP_EPOCHS) == pytest.approx(max(u))
+    # no unlabelled images: nothing to gate, no tolerance (the background trainer with accepted cases only)
+    assert CurriculumTrainer(plain, params, []).thresholds()["tau_u"] is None
     # the first epoch admits the most confident image(s) only
     summary = trainer.run_epoch()
     assert 1 <= summary["confident"] < 3 and summary["tau_u"] == pytest.approx(min(u))

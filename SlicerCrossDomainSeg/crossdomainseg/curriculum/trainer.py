@@ -303,11 +303,14 @@ class CurriculumTrainer:
         tau_u = self.tau_u(self.epoch) if self.params.curriculum else None
         return {"tau_u": tau_u, "tau_ts": self.params.tau_ts(self.epoch)}
 
-    def tau_u(self, epoch: int) -> float:
-        """The eq. 1 tolerance at `epoch`; automatic parts from the unlabelled images' U (params)."""
+    def tau_u(self, epoch: int) -> float | None:
+        """The eq. 1 tolerance at `epoch`; automatic parts from the unlabelled images' U (params);
+        None while there are no unlabelled images to gate."""
         p = self.params
         if p.tau_u0 >= 0 and p.lambda_u >= 0:
             return p.tau_u(epoch)
+        if not self.target:
+            return None
         return p.tau_u(epoch, [self.reference_view(v)[1] for v in self.target])
 
     # -- evaluation and export -------------------------------------------------------------
