@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from crossdomainseg.bundle import load_bundle, make_random_bundle, update_bundle
 from crossdomainseg.errors import BundleError, InputError
@@ -45,7 +46,7 @@ def test_propose_rescales_the_crop_and_puts_the_clicks_on_the_network_grid():
                                       (4.0, 1.0, 2.0)))
     assert prob.shape == shape
     seen = recorder.seen[0]
-    assert seen.shape == (4, 16, 16, 16)
+    assert seen.shape == (5, 16, 16, 16) and not seen[4].any()  # no box: the box channel is empty
     assert torch.allclose(seen[1, :, 0, 0], torch.tensor([0.0] * 7 + [0.25, 0.75] + [1.0] * 7), atol=0.01)  # the mask
     for channel, point in ((2, click), (3, negative)):
         peak = tuple(int(round(v)) for v in to_net_index(point, shape, (16, 16, 16)))
@@ -136,16 +137,25 @@ def test_training_samples_click_on_the_right_side_of_the_object():
     label[14:20, 14:20, 14:20] = 3
     image = (label * 0.3 + rng.normal(0, 0.02, label.shape)).astype(np.float32)
     case = train_prompt.PromptCase(image, label, {"kind": "percentile", "lower": 1, "upper": 99})
-    empty = 0
+    empty = boxes = 0
     for _ in range(30):
         x, y = train_prompt.make_prompt_sample(case, rng, size=(24, 24, 24))
-        assert x.shape == (4, 24, 24, 24) and y.shape == (1, 24, 24, 24)
+        assert x.shape == (5, 24, 24, 24) and y.shape == (1, 24, 24, 24)
         for channel, want in ((2, 1.0), (3, 0.0)):
             for peak in np.argwhere(x[channel] == 1.0):
                 assert y[0][tuple(peak)] == want
-        assert (x[2] == 1.0).any() or (x[3] == 1.0).any()  # every sample has a click in its crop
+        boxed = x[4].any()
+        # every sample has a click in its crop, or starts from a box alone
+        assert (x[2] == 1.0).any() or (x[3] == 1.0).any() or boxed
+        if boxed:  # the box hugs the object: the object lies in it, give or take BOX_JITTER voxels
+            boxes += 1
+            if not (x[2] == 1.0).any():  # the box alone starts a new structure: empty mask
+                assert not x[1].any()
+            grown = ndimage.binary_dilation(x[4] > 0, np.ones((3, 3, 3)), iterations=train_prompt.BOX_JITTER)
+            assert y[0][~grown].sum() == 0 and y[0][x[4] > 0].mean() > 0.3
         empty += not x[1].any()
     assert 0 < empty < 30  # some samples start from an empty mask (a new structure), most from a draft
+    assert 0 < boxes < empty  # some of those from a box
 
 
 def test_prompt_network_round_trip_and_front_end_choice(tmp_path):
@@ -158,7 +168,7 @@ def test_prompt_network_round_trip_and_front_end_choice(tmp_path):
                             "click_refiner": {"name": "prompt"}})
     refiner = click_refiner(load_bundle(tmp_path / "b"), "cpu")
     assert isinstance(refiner, PromptRefiner) and refiner.crop_mm == (80.0, 80.0, 80.0)
-    x = torch.randn(1, 4, 32, 32, 32)
+    x = torch.randn(1, 5, 32, 32, 32)
     with torch.inference_mode():
         assert torch.allclose(refiner.network(x), network.eval()(x))
 
@@ -248,3 +258,90 @@ def test_the_shipped_prompt_network_outlines_a_new_structure_from_one_click(insi
     value, result = session.new_structure(image.TransformIndexToPhysicalPoint((38, 40, 30)))
     assert value == 2 and dice(blob, session.label == 2) > 0.5
     assert result.box.contains((30, 40, 38)) and not (session.label == 1).any()
+
+
+def test_a_new_structure_from_a_box_in_patient_coordinates():
+    """The box reaches the network as its own channel, on the network grid; the structure is what
+    the network answers within the box (and BOX_MARGIN_MM around it); the box goes with later clicks
+    on the structure; undo, redo and rebase handle it like a click."""
+    from crossdomainseg.interactive.encoding import BOX_MARGIN_MM
+
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    sitk_image, image, label, ball = _blob_case(direction)
+    image[12, 20, 22:40] = 1.0  # a bright rod from the ball out past the box
+    sitk_image = sitk.GetImageFromArray(image)
+    sitk_image.SetSpacing((2.0, 2.0, 2.0))
+    sitk_image.SetOrigin((-10.0, 25.0, 3.0))
+    sitk_image.SetDirection(direction)
+    recorder, refiner = _refiner(size=(24, 24, 24))
+    session = InteractiveSession(sitk_image, label, image_features=image, refiner=refiner)
+    before = session.label.copy()
+    # opposite corners, the far one first: (x, y, z) indices 27, 25, 17 and 17, 15, 7
+    corners = [sitk_image.TransformIndexToPhysicalPoint(i) for i in ((27, 25, 17), (17, 15, 7))]
+    value, result = session.new_structure_from_box(*corners)
+    reach = 28 + int(np.ceil(BOX_MARGIN_MM / 2.0))  # the box ends at x index 27; 3 voxels more
+    expected = ball.copy()
+    expected[12, 20, 22:reach] = True
+    assert value == 2 and np.array_equal(session.label == 2, expected)
+    assert result.changed == expected.sum() and session.clicks == []
+    box_seen = recorder.seen[0, 4].numpy()
+    assert box_seen.sum() == 11 ** 3 and box_seen.max() == 1.0  # the box's voxels, nothing else
+    inside = np.argwhere(box_seen)
+    assert recorder.seen[0, 0].numpy()[tuple(inside.mean(0).round().astype(int))] == 1.0  # centred on the ball
+    # a later click on the structure carries the box
+    session.add_click(sitk_image.TransformIndexToPhysicalPoint((22, 20, 16)), False, 2)
+    assert recorder.seen[0, 4].sum() > 0 and recorder.seen[0, 3].max() == pytest.approx(1.0)
+    after_click = session.label.copy()
+    session.undo()
+    assert np.array_equal(session.label == 2, expected)
+    assert session.undo() is not None and session.label_values == [1] and np.array_equal(session.label, before)
+    session.redo()
+    session.redo()
+    assert np.array_equal(session.label, after_click) and session.label_values == [1, 2]
+    session.rebase(sitk_image, label, image_features=image)
+    assert np.array_equal(session.label, after_click) and session.label_values == [1, 2]
+
+
+def test_a_box_is_refused_clearly_where_it_cannot_work():
+    sitk_image, image, label, ball = _blob_case()
+    corners = [sitk_image.TransformIndexToPhysicalPoint(i) for i in ((27, 25, 17), (17, 15, 7))]
+    recorder = _Recorder()
+    clicks_only = PromptRefiner(recorder, size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), device="cpu", in_channels=4)
+    assert not clicks_only.accepts_box
+    for refiner in (clicks_only, None):  # a network without the box channel; the sphere
+        session = InteractiveSession(sitk_image, label, image_features=image, refiner=refiner)
+        with pytest.raises(InputError, match="cannot start a structure from a box"):
+            session.new_structure_from_box(*corners)
+        assert session.label_values == [1]
+    session = InteractiveSession(sitk_image, label, image_features=image, refiner=clicks_only)
+    value, _ = session.new_structure(sitk_image.TransformIndexToPhysicalPoint((22, 20, 12)))
+    assert recorder.seen.shape[1] == 4 and np.array_equal(session.label == value, ball)
+    _, refiner = _refiner()
+    session = InteractiveSession(sitk_image, label, image_features=image, refiner=refiner)
+    with pytest.raises(InputError, match="outside the image"):
+        session.new_structure_from_box(corners[0], (500.0, 0.0, 0.0))
+    empty = [sitk_image.TransformIndexToPhysicalPoint(i) for i in ((5, 5, 30), (10, 10, 35))]
+    with pytest.raises(InputError, match="Nothing in that box"):
+        session.new_structure_from_box(*empty)
+    assert session.label_values == [1] and np.array_equal(session.label, label)
+
+
+def test_a_click_network_widened_to_the_box_channel_answers_as_before(tmp_path):
+    from crossdomainseg.interactive.prompt_net import encode, widen_to_box_channel
+
+    torch.manual_seed(0)
+    narrow = build_network({**PROMPT_SPEC, "in_channels": 4}).eval()
+    wide = widen_to_box_channel(narrow)
+    x = torch.randn(1, 5, 16, 16, 16)
+    with torch.inference_mode():
+        assert torch.allclose(wide(x), narrow(x[:, :4]), atol=1e-5)
+    # a bundle whose network has no box channel still loads and clicks (4 channels)
+    make_random_bundle(tmp_path / "b", labels=LABELS)
+    update_bundle(tmp_path / "b", networks={"prompt": narrow},
+                  metadata={"prompt": {"size": [16, 16, 16], "spacing": [2.0, 2.0, 2.0]}})
+    refiner = PromptRefiner.from_bundle(load_bundle(tmp_path / "b"), "cpu")
+    assert refiner.in_channels == 4 and not refiner.accepts_box
+    # encode pads a crop smaller than the network's input, the box channel too
+    small = encode(np.ones((10, 12, 16)), np.zeros((10, 12, 16)), [(5, 6, 8)], [], (16, 16, 16),
+                   ((2, 3, 4), (8, 20, 9)))
+    assert small.shape == (5, 16, 16, 16) and small[4].sum() == 6 * 9 * 5 and not small[4, 10:].any()

@@ -8,6 +8,7 @@ to them just before use and never stores them.
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 CLICK_SIGMA_VOXELS = 2.0  # on the refiner's grid
 # The refiner's grid: a crop of NET_SIZE voxels at NET_SPACING mm, (z, y, x). A click may change
@@ -16,6 +17,9 @@ CLICK_SIGMA_VOXELS = 2.0  # on the refiner's grid
 NET_SIZE = (24, 32, 32)
 NET_SPACING = (3.0, 2.4, 2.4)
 DEFAULT_CROP_MM = tuple(n * s for n, s in zip(NET_SIZE, NET_SPACING))
+# A structure started from a box may reach this far (mm) past the box the user drew (a box drawn
+# a little tight); the network's answer beyond it is not taken.
+BOX_MARGIN_MM = 6.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class CropInputs:
     click_positive: bool
     spacing: tuple[float, float, float]  # (z, y, x) mm
     label: int = 0  # the value of the label being corrected
+    box: Box | None = None  # the user's box around the object, as crop indices (may reach past the crop)
 
 
 def crop_box(center, size, shape) -> Box:
@@ -72,6 +77,20 @@ def squared_distance_mm(shape, center, spacing) -> np.ndarray:
     """Squared distance (mm^2) of every voxel of a grid of `shape` to `center`, both (z, y, x)."""
     grids = np.ogrid[tuple(slice(0, n) for n in shape)]
     return sum(((g - c) * s) ** 2 for g, c, s in zip(grids, center, spacing))
+
+
+def box_answer(proposal: np.ndarray, box: Box, spacing) -> np.ndarray:
+    """What a box adds, given the network's answer `proposal` (bool, on the grid `box` is on):
+    the largest connected part of the answer within the box grown by BOX_MARGIN_MM."""
+    grown = Box(tuple(max(0, a - int(np.ceil(BOX_MARGIN_MM / s))) for a, s in zip(box.start, spacing)),
+                tuple(b + int(np.ceil(BOX_MARGIN_MM / s)) for b, s in zip(box.stop, spacing)))
+    near = np.zeros(proposal.shape, bool)
+    near[grown.slices] = True
+    components, n = ndimage.label(proposal & near)
+    if n == 0:
+        return near & False
+    sizes = np.bincount(components.ravel())[1:]
+    return components == int(np.argmax(sizes)) + 1
 
 
 def crop_voxels(crop_mm, spacing) -> tuple[int, int, int]:
@@ -112,3 +131,15 @@ def click_maps(shape, positive, negative, sigma=CLICK_SIGMA_VOXELS) -> np.ndarra
 def to_net_index(index, crop_shape, net_shape):
     """A crop voxel index on the rescaled grid (half-pixel centres, as F.interpolate maps them)."""
     return tuple((i + 0.5) * n / c - 0.5 for i, c, n in zip(index, crop_shape, net_shape))
+
+
+def box_map(shape, start, stop) -> np.ndarray:
+    """(*shape) float32: 1 on the voxels whose centres lie in the box [start, stop), else 0.
+
+    start, stop: (z, y, x) in edge coordinates of that grid (voxel j spans [j, j + 1)), so integer
+    voxel indices [start, stop) mark exactly those voxels; a box reaching past the grid is cut."""
+    out = np.zeros(tuple(shape), np.float32)
+    sl = tuple(slice(int(np.clip(np.ceil(a - 0.5), 0, n)), int(np.clip(np.ceil(b - 0.5), 0, n)))
+               for a, b, n in zip(start, stop, shape))
+    out[sl] = 1.0
+    return out

@@ -3,8 +3,10 @@
 
 Input channels, on a cubic crop of PROMPT_SIZE voxels at PROMPT_SPACING mm around the click:
 the image (normalised as the bundle normalises it), the current mask of the object (empty for a
-new structure), and Gaussian maps of the positive and the negative clicks. Output: one logit per
-voxel, "belongs to the object". It knows no label set (trained on single labels, their connected
+new structure), Gaussian maps of the positive and the negative clicks, and the user's box around
+the object (1 inside; all 0 without a box). Networks saved before the box channel have the first
+four channels only (`in_channels` of their spec): they take clicks, not boxes. Output: one logit
+per voxel, "belongs to the object". It knows no label set (trained on single labels, their connected
 parts, unions of touching labels and synthetic lesions, from empty and from corrupted masks), so
 the same network corrects a label of the automatic draft and outlines a structure the bundle has
 no label for. The crop arrives on the image's own grid and is rescaled per axis to the network's
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 
 from ..device import pick_device
 from ..errors import BundleError
-from .encoding import CropInputs, click_maps, to_net_index
+from .encoding import CropInputs, box_map, click_maps, to_net_index
 
 PROMPT_SIZE = (48, 48, 48)
 # isotropic, so training may permute the axes (scans are stored axial, coronal or sagittal)
@@ -30,7 +32,7 @@ NETWORK_NAME = "prompt"  # the bundle's network and metadata key
 PROMPT_SPEC = {
     "kind": "refiner",
     "spatial_dims": 3,
-    "in_channels": 4,
+    "in_channels": 5,
     "out_channels": 1,
     "channels": [16, 32, 64, 128],
     "strides": [2, 2, 2],
@@ -45,14 +47,44 @@ def net_shape(crop_shape, crop_spacing, size=PROMPT_SIZE, spacing=PROMPT_SPACING
                  for c, s, t, n in zip(crop_shape, crop_spacing, spacing, size))
 
 
-def encode(image, mask, positive, negative, size=PROMPT_SIZE) -> np.ndarray:
-    """(4, *size) float32 network input from arrays already on the network grid (smaller arrays
-    are padded at their end with zeros; clicks as (z, y, x) indices of that grid)."""
+CLICK_CHANNELS = 4  # image, mask, positive and negative clicks: networks without the box channel
+BOX_CHANNELS = 5
+
+
+def encode(image, mask, positive, negative, size=PROMPT_SIZE, box=None, channels: int = BOX_CHANNELS) -> np.ndarray:
+    """(channels, *size) float32 network input from arrays already on the network grid (smaller
+    arrays are padded at their end with zeros; clicks as (z, y, x) indices of that grid; `box`:
+    (start, stop) in that grid's edge coordinates, see `box_map`, or None)."""
+    if box is not None and channels < BOX_CHANNELS:
+        raise ValueError("a box needs the network's box channel")
     shape = image.shape
     pad = [(0, int(n) - s) for n, s in zip(size, shape)]
-    dense = np.stack([np.pad(np.asarray(image, np.float32), pad), np.pad(np.asarray(mask, np.float32), pad)])
-    maps = click_maps(tuple(size), positive, negative, PROMPT_CLICK_SIGMA)
-    return np.concatenate([dense, maps]).astype(np.float32, copy=False)
+    parts = [np.pad(np.asarray(image, np.float32), pad)[None], np.pad(np.asarray(mask, np.float32), pad)[None],
+             click_maps(tuple(size), positive, negative, PROMPT_CLICK_SIGMA)]
+    if channels >= BOX_CHANNELS:
+        inside = np.zeros(shape, np.float32) if box is None else box_map(shape, *box)
+        parts.append(np.pad(inside, pad)[None])
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def widen_to_box_channel(network: torch.nn.Module) -> torch.nn.Module:
+    """A network of PROMPT_SPEC (with the box channel) answering exactly as `network`, a prompt
+    network without it: its weights copied, the first layer's weights for the box channel zero."""
+    from ..networks import build_network
+
+    wide = build_network(PROMPT_SPEC)
+    state, widened = wide.state_dict(), 0
+    for key, value in network.state_dict().items():
+        target = state[key]
+        if value.shape != target.shape:  # the first convolution: (out, in, k, k, k)
+            if value.shape[1] != CLICK_CHANNELS or target.shape[1] != BOX_CHANNELS or widened:
+                raise BundleError(f"The prompt network's layer {key} {tuple(value.shape)} does not fit "
+                                  f"{tuple(target.shape)}; retrain it with `crossdomainseg train-prompt`.")
+            value = torch.cat([value, torch.zeros_like(value[:, :1])], dim=1)
+            widened += 1
+        state[key] = value
+    wide.load_state_dict(state)
+    return wide.eval()
 
 
 class PromptRefiner:
@@ -60,12 +92,19 @@ class PromptRefiner:
 
     name = NETWORK_NAME
 
-    def __init__(self, network: torch.nn.Module, size=PROMPT_SIZE, spacing=PROMPT_SPACING, device=None):
+    def __init__(self, network: torch.nn.Module, size=PROMPT_SIZE, spacing=PROMPT_SPACING, device=None,
+                 in_channels: int = BOX_CHANNELS):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.network = network.to(self.device).eval()
         self.size = tuple(int(s) for s in size)
         self.spacing = tuple(float(s) for s in spacing)
         self.crop_mm = tuple(n * s for n, s in zip(self.size, self.spacing))
+        self.in_channels = int(in_channels)
+
+    @property
+    def accepts_box(self) -> bool:
+        """Whether the network has the box channel (a new structure may start from a box)."""
+        return self.in_channels >= BOX_CHANNELS
 
     @classmethod
     def from_bundle(cls, bundle, device=None) -> "PromptRefiner":
@@ -76,7 +115,8 @@ class PromptRefiner:
         device = device if isinstance(device, torch.device) else pick_device(device)
         grid = bundle.metadata.get(NETWORK_NAME, {})
         refiner = cls(bundle.network(NETWORK_NAME, device), grid.get("size", PROMPT_SIZE),
-                      grid.get("spacing", PROMPT_SPACING), device)
+                      grid.get("spacing", PROMPT_SPACING), device,
+                      bundle.network_spec(NETWORK_NAME).get("in_channels", CLICK_CHANNELS))
         refiner.warm()
         return refiner
 
@@ -86,15 +126,23 @@ class PromptRefiner:
         self.propose(CropInputs(zeros, zeros, zeros, zeros.astype(bool), [centre], [], centre, True, self.spacing))
 
     def propose(self, inputs: CropInputs) -> np.ndarray:
-        """Probability of the object on the crop, given its current mask and the clicks."""
+        """Probability of the object on the crop, given its current mask, the clicks and the box."""
+        if inputs.box is not None and not self.accepts_box:
+            raise BundleError("This model's prompt network takes clicks, not a box (it was trained "
+                              "before the box channel): start the structure with a click instead.")
         crop_shape = inputs.image.shape
         shape = net_shape(crop_shape, inputs.spacing, self.size, self.spacing)
         dense = torch.from_numpy(np.stack([inputs.image, inputs.current]).astype(np.float32))[None]
         if shape != crop_shape:
             dense = F.interpolate(dense, size=shape, mode="trilinear", align_corners=False)
+        box = None
+        if inputs.box is not None:  # voxel edges scale with the grid
+            box = tuple(tuple(e * n / c for e, c, n in zip(edges, crop_shape, shape))
+                        for edges in (inputs.box.start, inputs.box.stop))
         x = encode(dense[0, 0].numpy(), dense[0, 1].numpy(),
                    [to_net_index(p, crop_shape, shape) for p in inputs.positive],
-                   [to_net_index(p, crop_shape, shape) for p in inputs.negative], self.size)
+                   [to_net_index(p, crop_shape, shape) for p in inputs.negative], self.size, box,
+                   self.in_channels)
         with torch.inference_mode():
             logits = self.network(torch.from_numpy(x)[None].to(self.device))[:, :, : shape[0], : shape[1], : shape[2]]
             if shape != crop_shape:

@@ -4,6 +4,10 @@ The session works on the input image's own grid, so the label it returns needs n
 Clicks are kept as patient-space points (LPS mm, SimpleITK physical space) and turned into voxel
 indices only when applied, so they survive a model reload and a move to another grid (`rebase`).
 
+A new structure (a label the segmentation does not have) starts from a positive click or from a
+box drawn around it (for refiners with a box channel); the box then goes with every later click on
+that structure.
+
 A click moves voxels into or out of the label being corrected only, only inside the crop around
 it, and only in a region connected to the click: a positive click adds voxels to the label (taking
 them from background or from another label), a negative click returns the label's voxels to
@@ -20,7 +24,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import InputError
-from .encoding import Box, CropInputs, crop_box, crop_voxels, squared_distance_mm
+from .encoding import Box, CropInputs, box_answer, crop_box, crop_voxels, squared_distance_mm
 
 
 @dataclass(frozen=True)
@@ -39,13 +43,14 @@ class ClickResult:
 
 @dataclass
 class _Action:
-    kind: str  # "click" or "paint"
+    kind: str  # "click", "box" or "paint"
     box: Box | None
     before: dict = field(default_factory=dict)  # patches inside box before the action
     after: dict = field(default_factory=dict)
-    click: Click | None = None
+    click: Click | None = None  # of a box: its label and centre (not one of the session's clicks)
     paint: tuple | None = None  # (mask image, label, lock) for replay on another grid
     new_label: bool = False  # the click started a new structure (its label value joins the session)
+    corners: tuple | None = None  # a box's two opposite corners (LPS mm)
 
 
 def _as_array(image_or_array, name: str) -> np.ndarray:
@@ -172,10 +177,7 @@ class InteractiveSession:
         click at `point` (LPS mm): it gets label `value` (default: one above the highest label) and
         is corrected with `add_click` like any other label. Undo takes the structure back out.
         Returns (value, result)."""
-        value = max(self.label_values + [0]) + 1 if value is None else int(value)
-        if value in self.label_values or not 0 < value <= np.iinfo(np.int16).max:
-            raise InputError(f"Label {value} is already in use or not a valid label value; pick a value "
-                             f"other than 0 and {self.label_values}.")
+        value = self._new_value(value)
         click = Click(tuple(float(p) for p in point), True, value)
         self.index_of(click.point)  # InputError outside the image, before anything changes
         self._add_label(value)
@@ -189,6 +191,67 @@ class InteractiveSession:
         self._undone.clear()
         self.clicks.append(click)
         return value, ClickResult(self.label, action.box, self._changed(action))
+
+    def new_structure_from_box(self, corner_a, corner_b, value: int | None = None) -> tuple[int, ClickResult]:
+        """Start a new structure from a box: `corner_a` and `corner_b` (LPS mm) are opposite corners
+        of a box drawn around it. The refiner outlines the structure in the box (it may reach
+        BOX_MARGIN_MM past it); the box goes with every later click on the structure. Needs a
+        refiner with a box channel. Returns (value, result) as `new_structure`."""
+        if not getattr(self.refiner, "accepts_box", False):
+            raise InputError("This model's click network cannot start a structure from a box; click "
+                             "inside the structure instead (a box needs a prompt network with a box "
+                             "channel, as in the shipped brain-t1-t2 bundle).")
+        value = self._new_value(value)
+        corners = tuple(tuple(float(p) for p in corner) for corner in (corner_a, corner_b))
+        box = self._voxel_box(corners)  # InputError outside the image, before anything changes
+        centre = self.image.TransformContinuousIndexToPhysicalPoint(
+            [(a + b - 1) / 2.0 for a, b in zip(reversed(box.start), reversed(box.stop))])
+        self._add_label(value)
+        action = self._apply_box(Click(tuple(centre), True, value), corners)
+        if action.box is None:
+            self._remove_label(value)
+            raise InputError("Nothing in that box could be outlined (or it is all locked); draw the box "
+                             "closely around the structure, or start it with a click inside it.")
+        action.new_label = True
+        self._done.append(action)
+        self._undone.clear()
+        return value, ClickResult(self.label, action.box, self._changed(action))
+
+    def _new_value(self, value: int | None) -> int:
+        value = max(self.label_values + [0]) + 1 if value is None else int(value)
+        if value in self.label_values or not 0 < value <= np.iinfo(np.int16).max:
+            raise InputError(f"Label {value} is already in use or not a valid label value; pick a value "
+                             f"other than 0 and {self.label_values}.")
+        return value
+
+    def _voxel_box(self, corners) -> Box:
+        """The voxels [start, stop) (z, y, x) between two opposite corners (LPS mm) of a box."""
+        a, b = (self.index_of(corner) for corner in corners)
+        return Box(tuple(min(i, j) for i, j in zip(a, b)), tuple(max(i, j) + 1 for i, j in zip(a, b)))
+
+    def _label_box(self, label: int) -> Box | None:
+        """The box the structure `label` was started from (voxels of this grid), if any."""
+        for action in reversed(self._done):
+            if action.kind == "box" and action.click.label == label:
+                return self._voxel_box(action.corners)
+        return None
+
+    def _apply_box(self, click: Click, corners) -> _Action:
+        box = self._voxel_box(corners)
+        size = tuple(max(c, n + 2 * int(np.ceil(m / s))) for c, n, m, s in zip(
+            crop_voxels(self.refiner.crop_mm, self.spacing), box.shape, (8.0,) * 3, self.spacing))
+        crop = crop_box(tuple((a + b) // 2 for a, b in zip(box.start, box.stop)), size, self.label.shape)
+        sl = crop.slices
+        current = self.label[sl] == click.label
+        local = Box(crop.local(box.start), crop.local(box.stop))
+        centre = tuple((a + b - 1) // 2 for a, b in zip(local.start, local.stop))
+        inputs = CropInputs(self.features[sl], self.preview[sl], self.probabilities[click.label][sl], current,
+                            [], [], centre, True, self.spacing, click.label, local)
+        proposal = np.asarray(self.refiner.propose(inputs)) >= 0.5
+        change = box_answer(proposal & ~self.locked[sl] & ~current, local, self.spacing)
+        action = self._write(crop, change, click)
+        action.kind, action.corners = "box", corners
+        return action
 
     def _add_label(self, value: int) -> None:
         """Make `value` a label of this session (a new structure), with a probability channel."""
@@ -227,8 +290,10 @@ class InteractiveSession:
                 opposed.append(box.local(other))
             if box.contains(other):
                 (pos if earlier.positive else neg).append(box.local(other))
+        drawn = self._label_box(click.label)
         inputs = CropInputs(self.features[sl], self.preview[sl], self.probabilities[click.label][sl],
-                            current, pos, neg, local, click.positive, self.spacing, click.label)
+                            current, pos, neg, local, click.positive, self.spacing, click.label,
+                            None if drawn is None else Box(box.local(drawn.start), box.local(drawn.stop)))
         proposal = np.asarray(self.refiner.propose(inputs)) >= 0.5
         change = free & (proposal if click.positive else ~proposal) & self._nearer(local, opposed, box.shape)
         change[local] = True  # a click always changes at least the voxel clicked
@@ -427,15 +492,17 @@ class InteractiveSession:
         """Apply `actions` (clicks and hand edits) again, in order, from their patient-space
         positions, appending them to the history."""
         for action in actions:
-            if action.kind == "click":
+            if action.kind in ("click", "box"):
                 if action.new_label:
                     self._add_label(action.click.label)
                 try:
-                    replayed = self._apply_click(action.click)
-                except InputError:  # the new grid does not cover this click: keep it, change nothing
-                    replayed = _Action("click", None, click=action.click)
+                    replayed = (self._apply_click(action.click) if action.kind == "click"
+                                else self._apply_box(action.click, action.corners))
+                except InputError:  # the new grid does not cover this prompt: keep it, change nothing
+                    replayed = _Action(action.kind, None, click=action.click, corners=action.corners)
                 replayed.new_label = action.new_label
-                self.clicks.append(action.click)
+                if action.kind == "click":
+                    self.clicks.append(action.click)
             else:
                 mask_image, value, lock = action.paint
                 replayed = self._apply_paint(

@@ -5,7 +5,9 @@ label (most often), one connected part of a label, the union of two touching lab
 synthetic lesion painted into the image, so the network learns "this object" and not the label
 set. The object's current mask is empty (a new structure) or a corrupted copy of it (a draft);
 the robot clicks 1 to MAX_CLICKS times in the largest error region (earlier regions corrected
-before the last click), and the crop is centred near the last click. When fine-tuning, on
+before the last click), and the crop is centred near the last click. BOX_SHARE of the samples
+start from an empty mask and the object's bounding box, each face moved up to BOX_JITTER voxels
+(as a user draws it), alone or followed by clicks. When fine-tuning, on
 ITERATE_SHARE of the samples the earlier clicks are answered by the network itself, applied as the
 session applies them, so it also learns from the masks its own answers leave (a first answer too
 large, then negative clicks). On SYNTH_SHARE of the
@@ -31,14 +33,18 @@ from ..bundle import load_bundle, update_bundle
 from ..errors import InputError
 from ..networks import build_network
 from ..training.randomize import crop_normalization, synthesize
-from .encoding import crop_box
-from .prompt_net import NETWORK_NAME, PROMPT_SIZE, PROMPT_SPACING, PROMPT_SPEC, encode
+from .encoding import Box, box_answer, crop_box
+from .prompt_net import (CLICK_CHANNELS, NETWORK_NAME, PROMPT_SIZE, PROMPT_SPACING, PROMPT_SPEC, encode,
+                         widen_to_box_channel)
 from .simulate import next_click, training_clicks
 from .train_refiner import corrupt, train_step
 
 MAX_CLICKS = 8
 SYNTH_SHARE = 0.8
 EMPTY_SHARE = 0.35  # samples starting from an empty mask (a new structure)
+BOX_SHARE = 0.25  # samples starting from an empty mask and a box around the object
+BOX_ONLY = 0.5  # of those: the box alone, no click yet
+BOX_JITTER = 3  # voxels each face of the box may be off the object's bounding box
 ITERATE_SHARE = 0.6  # fine-tuning: samples whose earlier clicks the network answered itself
 RESYNTH = 0.3  # chance a case's synthetic image is drawn again when the case is sampled
 # object kinds and their shares: one label, one connected part of a label, two touching labels, a lesion
@@ -120,10 +126,32 @@ def pick_object(case: PromptCase, image: np.ndarray, rng) -> tuple[np.ndarray, n
     return truth, image
 
 
-def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE):
+def _run(network, x) -> np.ndarray:
+    with torch.inference_mode():
+        return network(torch.from_numpy(x)[None])[0, 0].numpy()
+
+
+def _local_box(box: Box | None, crop: Box):
+    return None if box is None else (crop.local(box.start), crop.local(box.stop))
+
+
+def box_round(truth, image, current, network, box: Box, size=PROMPT_SIZE) -> None:
+    """`network`'s answer to `box` alone on the crop around its centre, applied to `current` (bool,
+    changed in place) as the session applies a box (`box_answer`)."""
+    centre = tuple((a + b) // 2 for a, b in zip(box.start, box.stop))
+    crop = crop_box(centre, size, truth.shape)
+    here = current[crop.slices]
+    x = encode(image[crop.slices], here, [], [], size, _local_box(box, crop))
+    inside = _run(network, x)[tuple(slice(0, n) for n in here.shape)] >= 0
+    local = Box(tuple(max(0, v) for v in crop.local(box.start)), crop.local(box.stop))
+    here |= box_answer(inside, local, PROMPT_SPACING)
+
+
+def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE, box: Box | None = None):
     """The robot clicks up to `rounds` times on `current` (bool, changed in place), each click
-    answered by `network` on the crop around it and applied as the session applies it (one-sided,
-    connected to the click). Returns the clicks as ((z, y, x), positive)."""
+    answered by `network` on the crop around it (with `box`, the user's box, when given) and
+    applied as the session applies it (one-sided, connected to the click). Returns the clicks as
+    ((z, y, x), positive)."""
     clicks = []
     for _ in range(rounds):
         click = next_click(truth, current, PROMPT_SPACING)
@@ -133,10 +161,9 @@ def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE
         crop = crop_box(click.index, size, truth.shape)
         local = [(crop.local(c), p) for c, p in clicks if crop.contains(c)]
         here = current[crop.slices]  # a view: writing it writes `current`
-        x = encode(image[crop.slices], here, [c for c, p in local if p], [c for c, p in local if not p], size)
-        with torch.inference_mode():
-            logits = network(torch.from_numpy(x)[None])[0, 0].numpy()
-        inside = logits[tuple(slice(0, n) for n in here.shape)] >= 0
+        x = encode(image[crop.slices], here, [c for c, p in local if p], [c for c, p in local if not p], size,
+                   _local_box(box, crop))
+        inside = _run(network, x)[tuple(slice(0, n) for n in here.shape)] >= 0
         change = (inside & ~here) if click.positive else (~inside & here)
         index = crop.local(click.index)
         change[index] = True
@@ -145,37 +172,53 @@ def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE
     return clicks
 
 
+def jittered_box(truth: np.ndarray, rng) -> Box:
+    """The bounding box of `truth` as a user might draw it: each face up to BOX_JITTER voxels off."""
+    bounds = ndimage.find_objects(truth.astype(np.uint8))[0]
+    start = [max(0, s.start + int(rng.integers(-BOX_JITTER, BOX_JITTER + 1))) for s in bounds]
+    stop = [min(n, s.stop + int(rng.integers(-BOX_JITTER, BOX_JITTER + 1))) for s, n in zip(bounds, truth.shape)]
+    return Box(tuple(start), tuple(max(a + 1, b) for a, b in zip(start, stop)))
+
+
 def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None) -> tuple[np.ndarray, np.ndarray]:
-    """(input (4, *size), target (1, *size)) float32 arrays for one simulated click; with
-    `network`, ITERATE_SHARE of the samples have earlier clicks it answered (`network_rounds`)."""
+    """(input (5, *size), target (1, *size)) float32 arrays for one simulated prompt; with
+    `network`, ITERATE_SHARE of the samples have earlier prompts it answered (`box_round`,
+    `network_rounds`)."""
     image = case.synthetic_image(rng) if rng.random() < SYNTH_SHARE else case.image
     truth, image = pick_object(case, image, rng)
-    box = ndimage.find_objects(truth.astype(np.uint8))[0]
-    around = tuple(slice(max(0, s.start - n // 2), s.stop + n // 2) for s, n in zip(box, size))
+    bounds = ndimage.find_objects(truth.astype(np.uint8))[0]
+    around = tuple(slice(max(0, s.start - n // 2), s.stop + n // 2) for s, n in zip(bounds, size))
     truth_a = truth[around]
-    empty = rng.random() < EMPTY_SHARE
+    box = jittered_box(truth_a, rng) if rng.random() < BOX_SHARE else None
+    empty = box is not None or rng.random() < EMPTY_SHARE
     pred = np.zeros_like(truth_a) if empty else corrupt(truth_a, rng)
-    if network is not None and rng.random() < ITERATE_SHARE:
+    if box is not None and rng.random() < BOX_ONLY:
+        current, clicks = pred, []
+    elif network is not None and rng.random() < ITERATE_SHARE:
         current = pred.copy()
-        earlier = network_rounds(truth_a, image[around], current, network, int(rng.integers(1, 4)), size)
+        if box is not None:
+            box_round(truth_a, image[around], current, network, box, size)
+        earlier = network_rounds(truth_a, image[around], current, network, int(rng.integers(0 if box else 1, 4)),
+                                 size, box)
         last = next_click(truth_a, current, PROMPT_SPACING)
         clicks = [] if last is None else [*earlier, (last.index, last.positive)]
     else:
         n = 1 if empty and rng.random() < 0.6 else int(rng.integers(1, MAX_CLICKS + 1))
         robot, current = training_clicks(truth_a, pred, n, PROMPT_SPACING)
         clicks = [(c.index, c.positive) for c in robot]
-    if not clicks:  # no error left: a confirming click inside the object
+    if not clicks and box is None:  # no error left: a confirming click inside the object
         inside = np.argwhere(truth_a)
         clicks = [(tuple(inside[rng.integers(len(inside))]), True)]
     clicks_local, positive = [c for c, _ in clicks], [p for _, p in clicks]
-    centre = clicks_local[-1]
+    centre = clicks_local[-1] if clicks else tuple((a + b) // 2 for a, b in zip(box.start, box.stop))
     centre = np.asarray(centre) + rng.integers(-4, 5, size=3)
     crop = crop_box(centre, size, truth_a.shape)
     local = [(crop.local(c), p) for c, p in zip(clicks_local, positive) if crop.contains(c)]
     mask = current[crop.slices].astype(np.float32)
     if rng.random() < 0.5:  # at use the mask is rescaled from the image grid: soft edges
         mask = ndimage.gaussian_filter(mask, rng.uniform(0.3, 1.0))
-    x = encode(image[around][crop.slices], mask, [c for c, p in local if p], [c for c, p in local if not p], size)
+    x = encode(image[around][crop.slices], mask, [c for c, p in local if p], [c for c, p in local if not p], size,
+               _local_box(box, crop))
     y = np.zeros((1, *size), np.float32)
     t = truth_a[crop.slices]
     y[0, : t.shape[0], : t.shape[1], : t.shape[2]] = t
@@ -269,6 +312,9 @@ def train_and_ship_prompt(bundle_path, task_dir, minutes: float, seed: int = 0, 
             raise InputError(f"The model bundle {bundle_path} has no prompt network to fine-tune; "
                              "train one first (without --fine-tune).")
         init, before = bundle.network(NETWORK_NAME), bundle.metadata.get(NETWORK_NAME, {}).get("training")
+        if bundle.network_spec(NETWORK_NAME).get("in_channels", CLICK_CHANNELS) == CLICK_CHANNELS:
+            init = widen_to_box_channel(init)  # answers as before; the box channel starts at zero
+            log("the bundle's prompt network has no box channel: added one (zero weights)")
     cases = load_prompt_cases(task_dir, bundle, limit=limit_cases)
     command = command or " ".join(sys.argv)
     log(f"{len(cases)} source training cases ({time.time() - tick:.0f} s); training "
