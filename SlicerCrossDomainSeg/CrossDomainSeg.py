@@ -103,6 +103,7 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobTimer = None
         self._trainerTimer = None
         self._stopJob = None  # the trainer being stopped
+        self._segmentNames = []  # what the segment selector lists
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -131,8 +132,10 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.heatmapOpacitySlider.connect("valueChanged(double)", core.set_heatmap_opacity)
         self.ui.legendCheckBox.connect("toggled(bool)", self.onLegendToggled)
         self.ui.segmentSelector.connect("currentTextChanged(QString)", self.onActiveSegmentChanged)
-        self.ui.undoButton.connect("clicked(bool)", lambda: self._try(core.undo))
-        self.ui.redoButton.connect("clicked(bool)", lambda: self._try(core.redo))
+        self.ui.newStructureButton.connect("clicked(bool)", self.onNewStructure)
+        self.ui.newStructureFromRoiButton.connect("clicked(bool)", self.onNewStructureFromRoi)
+        self.ui.undoButton.connect("clicked(bool)", lambda: self._try(core.undo) and self._showSegmentNames())
+        self.ui.redoButton.connect("clicked(bool)", lambda: self._try(core.redo) and self._showSegmentNames())
         self.ui.lockButton.connect("clicked(bool)", self.onLockHandEdits)
         self.ui.editByHandButton.connect("clicked(bool)", self.onEditByHand)
         self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
@@ -271,9 +274,7 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.bundleInfoLabel.text = (
                 f"{metadata['task']} (version {metadata['version']}): "
                 f"{metadata['input_modality']} -> {metadata['output_modality']}")
-            self.ui.segmentSelector.clear()
-            for name in core.label_names():
-                self.ui.segmentSelector.addItem(name)
+            self._showSegmentNames()
             self.ui.storageLabel.text = (
                 f"Accepted cases (image and label, patient data) are stored on this computer in "
                 f"{core.store_dir}; model versions in {core.bundle_path}. "
@@ -336,6 +337,7 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if change is not None:
                 self.ui.clickStatusLabel.text = (
                     f"{change['changed_voxels']} voxels changed in {change['seconds']:.2f} s.")
+                self._showSegmentNames()  # a click may have started a new structure
             self._updateButtons()
         job = self._job
         if job is not None:
@@ -383,6 +385,7 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node.hint = outcome.hint
         self.ui.clickStatusLabel.text = ""
         self._showOutcomeTexts()
+        self._showSegmentNames()  # the last case's new structures are gone
         self._setupClickWidgets()
         self.updateViews()
 
@@ -419,6 +422,40 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.core.active_label = name
             if self._parameterNode:
                 self._parameterNode.activeSegment = name
+
+    def onNewStructure(self):
+        """"From a click": the next include point starts a new segment (a structure the model has
+        no label for), named as typed (default "Structure N")."""
+        name = self._try(self.logic.core.arm_new_structure, self.ui.structureNameEdit.text)
+        if name:
+            self.ui.clickStatusLabel.text = f"Place an include point on the structure: it becomes segment '{name}'."
+            self.ui.includePlaceWidget.setPlaceModeEnabled(True)
+
+    def onNewStructureFromRoi(self):
+        """"From the ROI": a new segment outlined inside the ROI picked beside the button."""
+        roi = self.ui.structureRoiSelector.currentNode()
+        if roi is None:
+            slicer.util.errorDisplay("Place an ROI around the structure (Markups, ROI) and pick it here.")
+            return
+        outcome = self._try(self.logic.core.new_structure_from_roi, roi, self.ui.structureNameEdit.text)
+        if outcome:
+            self.ui.clickStatusLabel.text = (f"Segment '{outcome['segment']}': {outcome['changed_voxels']} "
+                                             f"voxels in {outcome['seconds']:.2f} s.")
+            self._showSegmentNames()
+
+    def _showSegmentNames(self):
+        """The segment selector lists the case's segments (new structures included), the active one
+        selected."""
+        core = self.logic.core
+        names = core.label_names()
+        if names != self._segmentNames:
+            active = core.active_label
+            self._segmentNames = names
+            self.ui.segmentSelector.clear()
+            for name in names:
+                self.ui.segmentSelector.addItem(name)
+            core.active_label = active
+        self.ui.segmentSelector.setCurrentText(core.active_label or "")
 
     def onLockHandEdits(self):
         locked = self._try(self.logic.core.lock_from_segmentation)
@@ -528,7 +565,7 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editable = core.has_case and not self._clickJobs
         for widget in (self.ui.undoButton, self.ui.redoButton, self.ui.lockButton, self.ui.editByHandButton,
                        self.ui.acceptButton, self.ui.exportButton, self.ui.includePlaceWidget,
-                       self.ui.excludePlaceWidget):
+                       self.ui.excludePlaceWidget, self.ui.newStructureButton, self.ui.newStructureFromRoiButton):
             widget.enabled = editable
 
     def _try(self, function, *args):

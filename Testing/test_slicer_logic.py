@@ -1296,3 +1296,201 @@ def test_uncertainty_hint_reads_u_against_the_bundles_source_bands():
     # the same U reads otherwise against another bundle's bands: no fixed numbers
     assert uncertainty_hint(0.25, {"confident_up_to": 0.3, "unsure_above": 0.5}) == HINTS["confident"]
     assert uncertainty_hint(0.05, None) == HINTS["uncalibrated"]
+
+
+# -- new structures (a segment the model has no label for) ----------------------------------------
+
+class _BrightIsObject(torch.nn.Module):
+    """Stand-in prompt network: "object" where the image channel is bright, so what the Logic
+    does with the answer can be checked exactly."""
+
+    def forward(self, x):
+        return torch.where(x[:, 0:1] > 0.5, 10.0, -10.0)
+
+
+def structure_logic(app, volume, tmp_path):
+    """A Logic on a bundle with a prompt network (segmenter: background everywhere), segmented,
+    its prompt network stood in by _BrightIsObject."""
+    from crossdomainseg.interactive.prompt_net import PROMPT_SPEC, PromptRefiner
+    from crossdomainseg.networks import build_network
+
+    bundle = make_random_bundle(tmp_path / "prompt-bundle", task="test-prompt", labels=LABELS)
+    background_everywhere(bundle)
+    update_bundle(bundle.path, networks={"prompt": build_network(PROMPT_SPEC)},
+                  metadata={"prompt": {"size": [24, 24, 24], "spacing": [2.0, 2.0, 2.0]}})
+    logic = make_logic(app, tmp_path, bundle.path)
+    outcome = logic.segment(volume)
+    assert logic.session.structure_refiner is not None  # the bundle's prompt network
+    logic.session.structure_refiner = PromptRefiner(_BrightIsObject(), (24, 24, 24), (2.0, 2.0, 2.0), "cpu")
+    return logic, outcome.segmentation_node
+
+
+def ball_mask() -> np.ndarray:
+    z, y, x = np.ogrid[:24, :40, :48]
+    return ((z - BLOB_CENTER[0]) ** 2 + (y - BLOB_CENTER[1]) ** 2 + (x - BLOB_CENTER[2]) ** 2
+            <= BLOB_RADIUS ** 2)
+
+
+def dice(a, b) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+def test_a_new_structure_from_a_click_gets_its_segment_colour_undo_accept_and_export(app, volume, tmp_path):
+    logic, node = structure_logic(app, volume, tmp_path)
+    editor = segment_editor_logic(app, node, volume)
+    logic.save_state_for_undo = lambda segmentation_node: editor.SaveStateForUndo()
+    segmentation = node.GetSegmentation()
+    outcome = logic.new_structure(ras_of_index(volume, BLOB_CENTER[::-1]))
+    assert outcome["segment"] == "Structure 1" and outcome["changed_voxels"] > 500
+    assert logic.label_names() == ["liver", "kidney", "Structure 1"] and logic.active_label == "Structure 1"
+    assert logic.case_labels["Structure 1"] == 3
+    segment = segmentation.GetSegment("Structure 1")
+    assert segment is not None and segment.GetName() == "Structure 1"
+    colors = logic.label_colors()
+    assert np.allclose(np.array(segment.GetColor()) * 255, colors["Structure 1"], atol=1)
+    assert colors["Structure 1"] not in (colors["liver"], colors["kidney"])
+    shown = segment_label_via_slicer(app, node, volume, ["liver", "kidney", "Structure 1"])
+    assert dice(shown == 3, ball_mask()) > 0.9 and set(np.unique(shown)) == {0, 3}
+    include, _ = logic.click_nodes()
+    assert include.GetNumberOfControlPoints() == 1  # its click is a point like any other
+    # clicks correct it like any segment
+    edge = (BLOB_CENTER[2] + 5, BLOB_CENTER[1], BLOB_CENTER[0])
+    assert logic.add_click(ras_of_index(volume, edge), False, "Structure 1")["changed_voxels"] > 0
+    corrected = segment_label_via_slicer(app, node, volume, ["liver", "kidney", "Structure 1"])
+    assert 0 < (corrected == 3).sum() < (shown == 3).sum()
+
+    # export keeps its name (seg.nrrd) and value (NIfTI); accept stores its value and name
+    seg, names = imageio.read_seg_nrrd(logic.export(tmp_path / "out" / "case.seg.nrrd"))
+    assert names == {"liver": 1, "kidney": 2, "Structure 1": 3}
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(seg), corrected)
+    nii = sitk.GetArrayFromImage(sitk.ReadImage(str(logic.export(tmp_path / "out" / "case.nii.gz"))))
+    np.testing.assert_array_equal(nii, corrected)
+    case_id = logic.accept()
+    store = AcceptedCaseStore(logic.store_dir)
+    case = store.load(case_id)
+    assert case.structures == {"Structure 1": 3} and store.labels() == LABELS
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(case.label), corrected)
+    assert [c["label"] for c in case.clicks] == ["Structure 1", "Structure 1"]
+
+    # Undo takes the correction, then the structure out (segment and point too); Redo brings it back
+    assert logic.undo() and logic.undo()
+    assert segmentation.GetSegment("Structure 1") is None and include.GetNumberOfControlPoints() == 0
+    assert logic.label_names() == ["liver", "kidney"] and logic.active_label == "liver"
+    assert logic.redo()
+    assert segmentation.GetSegment("Structure 1") is not None and include.GetNumberOfControlPoints() == 1
+    np.testing.assert_array_equal(segment_label_via_slicer(app, node, volume, ["liver", "kidney", "Structure 1"]),
+                                  shown)
+    # the Segment Editor's Undo steps back through it as through a stroke: nothing gets locked
+    editor.Undo()
+    assert logic.lock_from_segmentation() == 0 and logic.label_names() == ["liver", "kidney"]
+    assert not segment_label_via_slicer(app, node, volume, ["liver", "kidney"]).any()
+
+    # names: a given one, and a taken one refused before any work
+    assert logic.new_structure(ras_of_index(volume, BLOB_CENTER[::-1]), "Cyst")["segment"] == "Cyst"
+    with pytest.raises(InputError, match="already exists"):
+        logic.new_structure(ras_of_index(volume, BLOB_CENTER[::-1]), "kidney")
+
+
+def test_new_structure_mode_box_and_roi(app, volume, tmp_path):
+    logic, node = structure_logic(app, volume, tmp_path)
+    ball = ball_mask()
+    screen = lambda names: segment_label_via_slicer(app, node, volume, names)  # noqa: E731
+    # "New structure" mode: the next include point starts it, and the point stays bound to its click
+    assert logic.arm_new_structure("Lesion") == "Lesion"
+    include, _ = logic.click_nodes()
+    include.AddControlPoint(vtk.vtkVector3d(*ras_of_index(volume, BLOB_CENTER[::-1])))
+    assert logic.last_error == "" and logic.label_names()[-1] == "Lesion" and logic.armed_structure is None
+    assert dice(screen(["Lesion"]) == 1, ball) > 0.9
+    assert logic.undo() and include.GetNumberOfControlPoints() == 0
+    # a box around the ball (RAS corners of its bounding box)
+    lo = [c - BLOB_RADIUS for c in BLOB_CENTER]
+    hi = [c + BLOB_RADIUS for c in BLOB_CENTER]
+    corners = [ras_of_index(volume, corner[::-1]) for corner in (lo, hi)]
+    outcome = logic.new_structure_from_box(*corners)
+    assert outcome["segment"] == "Structure 1" and dice(screen(["Structure 1"]) == 1, ball) > 0.9
+    assert logic.clicks == [] and include.GetNumberOfControlPoints() == 0  # a box is no point
+    assert logic.undo() and node.GetSegmentation().GetSegment("Structure 1") is None
+    # a box drawn on one slice is given a depth: the ball is outlined in 3D
+    flat = [ras_of_index(volume, (x, y, BLOB_CENTER[0])) for x, y in ((lo[2], lo[1]), (hi[2], hi[1]))]
+    logic.new_structure_from_box(*flat, name="Flat")
+    flat_label = screen(["Flat"]) == 1
+    assert dice(flat_label, ball) > 0.8 and len(np.unique(np.nonzero(flat_label)[0])) > 5
+    assert logic.undo()
+    # a markups ROI (Slicer's box)
+    roi = app.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    centre = ras_of_index(volume, BLOB_CENTER[::-1])
+    roi.SetXYZ(*centre)
+    roi.SetRadiusXYZ(12.0, 12.0, 20.0)
+    assert logic.new_structure_from_roi(roi, "Boxed")["segment"] == "Boxed"
+    assert dice(screen(["Boxed"]) == 1, ball) > 0.9
+    with pytest.raises(InputError, match="outside the image"):
+        logic.new_structure_from_box(corners[0], [500.0, 500.0, 500.0])
+
+
+def test_new_structures_need_a_prompt_network_and_say_which_bundles_have_one(app, volume, bundles, tmp_path):
+    logic = make_logic(app, tmp_path, bundles["empty"])
+    node = logic.segment(volume).segmentation_node
+    before = segment_label_via_slicer(app, node, volume, ["liver", "kidney"])
+    for attempt in (lambda: logic.new_structure(ras_of_index(volume, BLOB_CENTER[::-1])),
+                    lambda: logic.arm_new_structure(),
+                    lambda: logic.new_structure_from_box([0, 0, 0], [1, 1, 1])):
+        with pytest.raises(BundleError, match=r"no prompt network\. Models that can: brain-t1-t2"):
+            attempt()
+    assert node.GetSegmentation().GetNumberOfSegments() == 2 and logic.clicks == []
+    np.testing.assert_array_equal(segment_label_via_slicer(app, node, volume, ["liver", "kidney"]), before)
+
+
+def test_a_new_structure_goes_into_the_dicom_seg_with_its_name(app, tmp_path):
+    import pydicom
+
+    series = tmp_path / "series"
+    write_dicom_series(make_image(), series)
+    from crossdomainseg.interactive.prompt_net import PROMPT_SPEC, PromptRefiner
+    from crossdomainseg.networks import build_network
+
+    bundle = make_random_bundle(tmp_path / "prompt-bundle", task="test-prompt", labels=LABELS)
+    background_everywhere(bundle)
+    update_bundle(bundle.path, networks={"prompt": build_network(PROMPT_SPEC)})
+    logic = make_logic(app, tmp_path, bundle.path)
+    volume = logic.load_volume(series)
+    logic.segment(volume)
+    logic.session.structure_refiner = PromptRefiner(_BrightIsObject(), (24, 24, 24), (2.0, 2.0, 2.0), "cpu")
+    logic.new_structure(ras_of_index(volume, BLOB_CENTER[::-1]), "Cyst")
+    exported = logic.export(tmp_path / "out" / "case.dcm")
+    assert dciodvfy.validate(exported).errors == []
+    seg = pydicom.dcmread(exported)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Cyst"]
+    item = seg.SegmentSequence[0]
+    assert item.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Anatomical Structure"
+    assert item.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Cyst"
+    assert item.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "99CDS"
+    assert int(seg.NumberOfFrames) > 5
+
+
+def test_the_widgets_new_structure_buttons_call_the_logic(app, module_file, volume, bundles, tmp_path,
+                                                          monkeypatch):
+    errors = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **k: errors.append(text), raising=False)
+    core = module_file.CrossDomainSegLogic(workspace=tmp_path / "workspace").core
+    core.threads = 1
+    core.load_bundle(bundles["empty"])
+    core.segment(volume)
+    widget = widget_with_stand_in_ui(module_file, core)
+    widget.ui.structureNameEdit.text = "Lesion"
+    widget.onNewStructure()  # a bundle without a prompt network: said at once, nothing armed
+    assert len(errors) == 1 and "no prompt network" in errors[0] and core.armed_structure is None
+    widget.onNewStructureFromRoi()  # no ROI picked
+    assert "ROI" in errors[1]
+
+    logic, _ = structure_logic(app, volume, tmp_path / "p")
+    widget = widget_with_stand_in_ui(module_file, logic)
+    widget.ui.structureNameEdit.text = "Lesion"
+    widget.onNewStructure()
+    assert logic.armed_structure == "Lesion" and "Lesion" in widget.ui.clickStatusLabel.text
+    roi = logic.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetXYZ(*ras_of_index(volume, BLOB_CENTER[::-1]))
+    roi.SetRadiusXYZ(12.0, 12.0, 20.0)
+    widget.ui.structureRoiSelector.currentNode = lambda: roi
+    widget.onNewStructureFromRoi()
+    assert len(errors) == 2 and widget.ui.clickStatusLabel.text.startswith("Segment 'Lesion'")
+    assert logic.label_names()[-1] == "Lesion" and widget._segmentNames == logic.label_names()

@@ -27,6 +27,13 @@ API (stable; the web front end codes against it):
         what went wrong in an observer)
     logic.add_click(ras_point, positive, segment_name) -> {"changed_voxels", "seconds"}
         or job = logic.start_click(...); logic.finish_click(job)
+    logic.new_structure(ras_point, name=None) -> {"segment", "changed_voxels", "seconds"}: a new
+        segment (default "Structure N") outlined from one click by the bundle's prompt network;
+        logic.new_structure_from_box(ras_a, ras_b, name=None) / new_structure_from_roi(roi, name)
+        from a box; logic.arm_new_structure(name): the next include point starts one (the
+        front ends' "New structure" mode); check_new_structure(name) -> the name it would get
+        (refused at once without a prompt network); clicks then correct it like any segment;
+        logic.case_labels: {segment name: value} of the case, new structures included
     logic.undo() / logic.redo() -> bool;  logic.lock_from_segmentation() -> locked voxel count
     logic.save_state_for_undo = hook(segmentation_node): called before every write into a
         segmentation (Slicer: the Segment Editor's saveStateForUndo), so the Segment Editor's
@@ -60,6 +67,7 @@ from . import display, nodes
 from .click_points import ClickPoints
 from .edit_watch import EditWatch
 from .jobs import Job
+from .structures import box_corners, require_prompt_network, structure_name
 from .trainer import TrainerControl, safe_name
 
 logger = logging.getLogger(__name__)
@@ -172,20 +180,30 @@ class CrossDomainSegLogic:
         registry_dir, metadata, engine = job.outcome()
         self.metadata, self.engine, self.bundle_path = dict(metadata), engine, registry_dir
         self.trainer.registry_dir, self.trainer.task = registry_dir, self.metadata["task"]
-        self.active_label = self.label_names()[0] if self.label_names() else None
+        names = self.label_names()
+        self.active_label = names[0] if names else None
         return self.metadata
 
     def label_names(self) -> list[str]:
-        """Foreground label names of the loaded bundle, in label-value order."""
-        labels = self.metadata.get("labels", {})
-        return [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if int(v) != 0]
+        """Foreground segment names: the loaded bundle's labels, then the case's new structures,
+        in label-value order."""
+        return [n for n, v in sorted(self.case_labels.items(), key=lambda kv: kv[1]) if int(v) != 0]
+
+    @property
+    def case_labels(self) -> dict:
+        """{segment name: label value} of the case on screen: the bundle's labels and the new
+        structures in effect (started and not undone)."""
+        labels = dict(self.metadata.get("labels", {}))
+        if self.session is not None:
+            labels.update({n: v for n, v in self.structures.items() if v in self.session.label_values})
+        return labels
 
     def label_colors(self) -> dict:
-        """{label name: [r, g, b]} (0-255) from the bundle's terminology (distinct within a task)."""
+        """{segment name: [r, g, b]} (0-255) from the bundle's terminology (distinct within a task;
+        a new structure gets a colour far from the others)."""
         from crossdomainseg.terminology import colors_for
 
-        return colors_for(self.metadata["labels"], self.metadata.get("terminology"),
-                          self.metadata.get("colors"))
+        return colors_for(self.case_labels, self.metadata.get("terminology"), self.metadata.get("colors"))
 
     def _require_engine(self):
         if self.engine is None:
@@ -240,6 +258,8 @@ class CrossDomainSegLogic:
         self.points.clear()  # points of the previous case
         self.volume_node, self.session = volume_node, session
         self.metadata = dict(self.engine.bundle.metadata)  # the version that made this result
+        if self.active_label not in self.label_names():  # a new structure of the last case
+            self.active_label = next(iter(self.label_names()), None)
         base = volume_node.GetName()
 
         if segmentation_node is None:
@@ -310,9 +330,111 @@ class CrossDomainSegLogic:
         point = nodes.ras_to_lps(ras_point)
         self.session.index_of(point)  # a point outside the image is refused before any work
         self.lock_from_segmentation()
-        value = int(self.metadata["labels"][label])
+        value = int(self.case_labels[label])
         session = self.session
         return self._start_session_job(lambda: session.add_click(point, positive, value))
+
+    # -- new structures ------------------------------------------------------------------------
+    def arm_new_structure(self, name: str | None = None) -> str:
+        """The next include point placed starts a new structure `name` (default "Structure N")
+        instead of adding to the active segment; returns the name it will get. Refused at once
+        when the model cannot outline new structures."""
+        self.armed_structure = self.check_new_structure(name)
+        return self.armed_structure
+
+    def check_new_structure(self, name: str | None = None) -> str:
+        """The name a new structure `name` would get (default "Structure N"); BundleError when the
+        model cannot outline new structures (saying which can), InputError for a taken name."""
+        self._require_clicks()
+        require_prompt_network(self.session, self.metadata.get("task"))
+        return self._structure_name(name)
+
+    def start_new_structure(self, ras_point, name: str | None = None, point=None) -> Job:
+        """Start a new segment `name` (default "Structure N") outlined by the prompt network from
+        one click at `ras_point` (RAS mm), on a worker thread; finish with `finish_click`. It gets
+        a colour of its own and becomes the active segment; clicks then correct it, Undo takes it
+        out. `point`: (markups node, point id) of the point placed for it (else one is added)."""
+        name, value = self._prepare_structure(name)
+        point_lps = nodes.ras_to_lps(ras_point)
+        self.session.index_of(point_lps)  # a point outside the image is refused before any work
+        self.lock_from_segmentation()
+        session = self.session
+        job = self._start_session_job(lambda: session.new_structure(point_lps, value)[1])
+
+        def started():
+            self._structure_started(name, value)
+            if point is None:
+                self.points.restore(self.session.clicks[-1])
+            else:
+                self.points.bind(point[0], point[1], self.session.clicks[-1])
+
+        job.then, job.structure = started, name
+        return job
+
+    def new_structure(self, ras_point, name: str | None = None) -> dict:
+        """`start_new_structure` and wait; returns {"segment", "changed_voxels", "seconds"}."""
+        job = self.start_new_structure(ras_point, name)
+        return {"segment": job.structure, **self.finish_click(job)}
+
+    def new_structure_from_box(self, ras_a, ras_b, name: str | None = None) -> dict:
+        """A new segment outlined by the prompt network inside the box with opposite corners
+        `ras_a` and `ras_b` (RAS mm; a box drawn on one slice is given a depth, see
+        `structures.box_corners`); the box goes with the clicks that correct it. Returns
+        {"segment", "changed_voxels", "seconds"}."""
+        name, value = self._prepare_structure(name)
+        corners = box_corners(self.session.image, nodes.ras_to_lps(ras_a), nodes.ras_to_lps(ras_b))
+        for corner in corners:
+            self.session.index_of(corner)  # outside the image: refused before any work
+        self.lock_from_segmentation()
+        session = self.session
+        job = self._start_session_job(lambda: session.new_structure_from_box(*corners, value)[1])
+        job.then, job.structure = (lambda: self._structure_started(name, value)), name
+        return {"segment": name, **self.finish_click(job)}
+
+    def new_structure_from_roi(self, roi_node, name: str | None = None) -> dict:
+        """`new_structure_from_box` with the box of a markups ROI node (its RAS bounds)."""
+        bounds = [0.0] * 6
+        roi_node.GetRASBounds(bounds)
+        if not all(np.isfinite(bounds)) or bounds[0] > bounds[1]:
+            raise InputError("The ROI has no box yet: place it around the structure first.")
+        return self.new_structure_from_box(bounds[0::2], bounds[1::2], name)
+
+    def _structure_name(self, name: str | None) -> str:
+        segmentation = self.segmentation_node.GetSegmentation()
+        others = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        return structure_name(name, [*self.case_labels, *others])
+
+    def _prepare_structure(self, name: str | None) -> tuple[str, int]:
+        """(name, label value) for a new structure; refused before any work when the model cannot
+        outline one, the name is taken or the case has no label value left."""
+        name = self.check_new_structure(name)
+        value = max(self.session.label_values + [0]) + 1
+        if value > 255:
+            raise InputError("This case has as many segments as can be stored (255); accept it first.")
+        return name, value
+
+    def _structure_started(self, name: str, value: int) -> None:
+        # a structure undone earlier cannot come back (its redo is gone): its name is free again
+        self.structures = {n: v for n, v in self.structures.items() if v in self.session.label_values
+                           and v != value}
+        self.structures[name] = value
+        self.active_label = name
+        self.armed_structure = None
+
+    def _sync_structure_segments(self) -> None:
+        """Give each new structure in effect its segment (its name, a colour of its own) and take
+        out the segments of structures undone."""
+        segmentation = self.segmentation_node.GetSegmentation()
+        live, colors = self.case_labels, self.label_colors()
+        with self._watch.writing():
+            for name in self.structures:
+                present = segmentation.GetSegment(name) is not None
+                if name in live and not present:
+                    segmentation.AddEmptySegment(name, name, [c / 255.0 for c in colors[name]])
+                elif name not in live and present:
+                    segmentation.RemoveSegment(name)
+        if self.active_label not in live:  # the active structure was undone
+            self.active_label = next(iter(self.label_names()), None)
 
     def _start_session_job(self, change: Callable) -> Job:
         started = time.perf_counter()
@@ -359,8 +481,12 @@ class CrossDomainSegLogic:
                 markups_node.RemoveNthControlPoint(index)
 
         def place():
-            job = self.start_click(markups_node.GetNthControlPointPositionWorld(index), positive,
-                                   self.active_label)
+            ras = markups_node.GetNthControlPointPositionWorld(index)
+            if positive and self.armed_structure is not None:
+                self._run(self.start_new_structure(ras, self.armed_structure, (markups_node, point_id)),
+                          drop_point)
+                return
+            job = self.start_click(ras, positive, self.active_label)
             job.then = lambda: self.points.bind(markups_node, point_id, self.session.clicks[-1])
             self._run(job, drop_point)
 
@@ -501,7 +627,7 @@ class CrossDomainSegLogic:
     def _screen_label(self) -> np.ndarray:
         """What the segmentation node holds now, as bundle label values on the input grid."""
         label = nodes.label_from_segmentation_node(self.segmentation_node, self.volume_node,
-                                                   self.metadata["labels"], self.segmentations_logic)
+                                                   self.case_labels, self.segmentations_logic)
         return _array(label).astype(np.int16)
 
     def _show_change(self, result, before: np.ndarray | None = None, save_state: bool = True) -> None:
@@ -512,9 +638,10 @@ class CrossDomainSegLogic:
             return
         if save_state:
             self._save_state_for_undo()
+        self._sync_structure_segments()
         with self._watch.writing():
             nodes.write_segments_in_box(self.segmentation_node, self.session.label, result.box.slices,
-                                        self.metadata["labels"], self.volume_node, before)
+                                        self.case_labels, self.volume_node, before)
 
     def _save_state_for_undo(self) -> None:
         if self.save_state_for_undo is not None:
@@ -527,7 +654,8 @@ class CrossDomainSegLogic:
         from crossdomainseg.store import AcceptedCaseStore
 
         label = self._label_on_screen()
-        names = {int(v): n for n, v in self.metadata["labels"].items()}
+        labels = self.case_labels
+        names = {int(v): n for n, v in labels.items()}
         clicks = [{"point": list(c.point), "positive": c.positive, "label": names[c.label]}
                   for c in self.clicks]
         store = AcceptedCaseStore(self.store_dir)
@@ -535,6 +663,7 @@ class CrossDomainSegLogic:
             nodes.image_from_volume_node(self.volume_node), label, clicks=clicks,
             model_version=self.outcome.model_version,
             labels=self.metadata["labels"], draft=self.draft,
+            structures={n: v for n, v in labels.items() if n not in self.metadata["labels"]},
             meta={"volume": self.volume_node.GetName(), "task": self.metadata.get("task"),
                   "U": self.outcome.U, "locked_voxels": int(self.session.locked.sum()),
                   "source": self.volume_node.GetAttribute("CrossDomainSeg.source") or ""})
@@ -558,8 +687,9 @@ class CrossDomainSegLogic:
         if suffix is None:
             raise InputError(f"{path}: choose a name ending in one of {', '.join(EXPORT_SUFFIXES)}.")
         label = self._label_on_screen()
+        labels = self.case_labels
         if suffix == ".seg.nrrd":
-            in_value_order = dict(sorted(self.metadata["labels"].items(), key=lambda kv: kv[1]))
+            in_value_order = dict(sorted(labels.items(), key=lambda kv: kv[1]))
             return imageio.write_seg_nrrd(label, path, in_value_order, self.label_colors(),
                                           self.metadata.get("terminology"))
         if suffix == ".dcm":
@@ -567,7 +697,7 @@ class CrossDomainSegLogic:
 
             provenance = Provenance(self.outcome.model_version, clicks=len(self.clicks),
                                     corrected=bool(self.clicks) or bool(self.session.locked.any()))
-            return write_dicom_seg(label, self._dicom_source_files(), path, self.metadata["labels"],
+            return write_dicom_seg(label, self._dicom_source_files(), path, labels,
                                    provenance, self.metadata.get("terminology"),
                                    self.metadata.get("colors"))
         return imageio.write_image(sitk.Cast(label, sitk.sitkUInt8 if label_max(label) < 256
@@ -687,6 +817,8 @@ class CrossDomainSegLogic:
         self._watch = None
         self.volume_node = self.segmentation_node = self.preview_node = self.heatmap_node = None
         self.outcome = self.session = self.draft = None
+        self.structures: dict[str, int] = {}  # the case's new structures, name -> label value
+        self.armed_structure: str | None = None  # the next include point starts this structure
         self._click_job = None  # a click still running belongs to the case gone (finish_click says so)
 
     def _require_clicks(self) -> None:
@@ -779,10 +911,14 @@ def _open_model(path: Path, workspace: Path, threads: int | None) -> tuple:
 def _new_session(engine, image: sitk.Image, result):
     """A click session on the input grid, fed what the engine computed (pure numpy: any thread)."""
     from crossdomainseg.interactive import InteractiveSession
+    from crossdomainseg.interactive.prompt_net import NETWORK_NAME, PromptRefiner
     from crossdomainseg.interactive.refiner import click_refiner
 
+    structures = (PromptRefiner.from_bundle(engine.bundle, engine.device)
+                  if engine.bundle.has_network(NETWORK_NAME) else None)
     return InteractiveSession.from_result(image, result, engine.bundle,
-                                          click_refiner(engine.bundle, engine.device))
+                                          click_refiner(engine.bundle, engine.device),
+                                          structure_refiner=structures)
 
 
 def _segmentations_logic(scene):

@@ -19,6 +19,7 @@ from trame.widgets.vuetify3 import (
     VProgressLinear,
     VSelect,
     VSwitch,
+    VTextField,
 )
 from trame_slicer.app.ui import (
     ControlButton,
@@ -120,6 +121,16 @@ class WebUI:
                 VSelect(v_model=("cds_click_segment", ""), items=("cds_segment_names", []), label="Segment",
                         density="compact", hide_details=True, disabled=("!cds_segmented",),
                         raw_attrs=_testid("click-segment"))
+                VTextField(v_model=("cds_structure_name", ""), label="New structure name", placeholder="Structure N",
+                           density="compact", hide_details=True, disabled=("!cds_segmented || cds_busy",),
+                           raw_attrs=_testid("structure-name"))
+                with html.Div(classes="d-flex ga-1"):
+                    for kind, label, icon in (("click", "New: click", "mdi-shape-plus"),
+                                              ("box", "New: box", "mdi-selection-drag")):
+                        VBtn(label, prepend_icon=icon, classes="flex-grow-1", density="compact", variant="tonal",
+                             click=f"trigger('cds_new_structure', ['{kind}'])",
+                             color=(f"cds_structure_mode === '{kind}' ? 'primary' : undefined",),
+                             disabled=("!cds_segmented || cds_busy",), raw_attrs=_testid(f"new-structure-{kind}"))
                 VBtn("Undo correction", prepend_icon="mdi-undo", block=True, click="trigger('cds_undo')",
                      disabled=("cds_busy || !cds_segmented",), raw_attrs=_testid("undo"))
                 html.Div("Cursor: {{ cds_probe }}", classes="text-caption", raw_attrs=_testid("probe"))

@@ -61,8 +61,10 @@ class WorkflowLogic:
             "cds_segments": [], "cds_click_segment": "", "cds_probe": "-", "cds_trainer_status": "-",
             "cds_has_demo": self.case is not None, "cds_export_formats": EXPORT_FORMATS,
             "cds_export_format": EXPORT_FORMATS[0], "cds_export_name": "segmentation" + EXPORT_FORMATS[0],
-            "cds_heatmap_legend": None, "cds_segment_colors": {},
+            "cds_heatmap_legend": None, "cds_segment_colors": {}, "cds_structure_name": "",
+            "cds_structure_mode": "",
         })
+        self._box_corner = None  # the first corner (RAS) of a box being drawn for a new structure
         self.state.change("cds_show_preview", "cds_show_heatmap")(self._update_layers)
         self.state.change("cds_click_mode")(self._on_click_mode)
         self.state.change("cds_export_format")(self._update_export_name)
@@ -70,6 +72,7 @@ class WorkflowLogic:
         for name, handler in (("cds_load_demo", self.load_demo), ("cds_segment", self.segment),
                               ("cds_cancel", self.cancel), ("cds_undo", self.undo),
                               ("cds_accept", self.accept), ("cds_export", self.export),
+                              ("cds_new_structure", self.new_structure_mode),
                               ("cds_start_trainer", self.start_trainer)):
             controller.trigger(name)(handler)
         controller.on_client_connected.add(self._on_client_connected)
@@ -145,8 +148,9 @@ class WorkflowLogic:
             "cds_show_heatmap": False,
             "cds_click_mode": "off", "cds_segments": [], "cds_segment_names": [], "cds_uncertainty": "",
             "cds_hint": "", "cds_progress": 0.0, "cds_volume_loaded": False, "cds_case_name": "",
-            "cds_heatmap_legend": None, "cds_segment_colors": {},
+            "cds_heatmap_legend": None, "cds_segment_colors": {}, "cds_structure_mode": "",
         })
+        self._box_corner = None
 
     # -- segmentation ----------------------------------------------------------------------------
 
@@ -201,16 +205,13 @@ class WorkflowLogic:
 
     def _show_outcome(self, outcome) -> None:
         self.editor.set_active_segmentation(outcome.segmentation_node, self.volume_node)
-        names = self.logic.label_names()
-        self.state.cds_segment_names = names
-        if self.state.cds_click_segment not in names:
-            self.state.cds_click_segment = names[0] if names else ""
+        self._show_segment_names()
+        self.state.cds_structure_mode = ""
         self.state.cds_segmented = True
         self.state.cds_uncertainty = "-" if outcome.U is None else f"{outcome.U:.3f}"
         self.state.cds_hint = outcome.hint
         self.state.cds_heatmap_legend = (heatmap_legend_state(outcome.heatmap_node)
                                          if outcome.heatmap_node is not None else None)
-        self.state.cds_segment_colors = segment_colors_state(self.logic.label_colors())
         self.state.cds_model_version = str(outcome.model_version or self.logic.metadata.get("version", ""))
         total = outcome.timings.get("total") or sum(v for v in outcome.timings.values()
                                                     if isinstance(v, (int, float)))
@@ -219,6 +220,17 @@ class WorkflowLogic:
         self._update_export_name()
         self._update_layers()
         self._update_segment_counts()
+
+    def _show_segment_names(self) -> None:
+        """The segment picker, legend colours and the segment clicks correct: the case's segments,
+        new structures included (call inside `with self.state`)."""
+        names = self.logic.label_names()
+        self.state.cds_segment_names = names
+        self.state.cds_segment_colors = segment_colors_state(self.logic.label_colors())
+        if self.logic.active_label in names:
+            self.state.cds_click_segment = self.logic.active_label
+        elif self.state.cds_click_segment not in names:
+            self.state.cds_click_segment = names[0] if names else ""
 
     def _update_layers(self, **_kwargs) -> None:
         if not self.state.cds_segmented:  # the Logic's layers belong to the segmented case only
@@ -241,6 +253,9 @@ class WorkflowLogic:
     # -- clicks and undo -------------------------------------------------------------------------
 
     def _on_click_mode(self, cds_click_mode: str, **_kwargs) -> None:
+        if cds_click_mode != "include" and self.state.cds_structure_mode:  # "New structure" given up
+            self.state.cds_structure_mode = ""
+            self.logic.armed_structure, self._box_corner = None, None
         if cds_click_mode in ("include", "exclude") and self.state.cds_segmented:
             self.click_effect.positive = cds_click_mode == "include"
             self.editor.set_active_effect(self.click_effect)
@@ -253,11 +268,55 @@ class WorkflowLogic:
             with self.state:
                 self.state.cds_click_mode = "off"
 
-    def on_click(self, ras: tuple, positive: bool) -> None:
-        """A click in a slice view becomes a point of the Logic's include or exclude list,
-        which refines at once (the Logic observes its point lists)."""
+    def new_structure_mode(self, kind: str) -> None:
+        """"New structure": the next click on a slice starts a segment named as typed (default
+        "Structure N"), outlined by the model's prompt network (`kind` "click"); or two clicks
+        give the opposite corners of a box around it ("box"; corners on one slice get a depth).
+        Refused at once when the model cannot outline new structures."""
         with self.state:
             self.state.cds_error = ""
+            try:
+                if kind == "click":
+                    name = self.logic.arm_new_structure(self.state.cds_structure_name)
+                    message = f"Click on the structure: it becomes segment '{name}'."
+                elif kind == "box":
+                    name = self.logic.check_new_structure(self.state.cds_structure_name)
+                    message = f"Click one corner of a box around the structure ('{name}'), then the opposite one."
+                else:
+                    raise InputError(f"Start a new structure from a 'click' or a 'box', not {kind!r}.")
+            except InputError as error:
+                self.state.cds_error = str(error)
+                return
+            self._box_corner = None
+            self.state.cds_structure_mode = kind
+            self.state.cds_click_mode = "include"  # the click effect on, positive
+            self.state.cds_status = message
+
+    def _box_click(self, ras: tuple) -> None:
+        if self._box_corner is None:
+            self._box_corner = ras
+            self.state.cds_status = "Now click the opposite corner of the box."
+            return
+        corner, self._box_corner = self._box_corner, None
+        self.state.cds_structure_mode = ""
+        outcome = self.logic.new_structure_from_box(corner, ras, self.state.cds_structure_name)
+        self.state.cds_status = f"New segment '{outcome['segment']}': {outcome['changed_voxels']} voxels."
+
+    def on_click(self, ras: tuple, positive: bool) -> None:
+        """A click in a slice view becomes a point of the Logic's include or exclude list,
+        which refines at once (the Logic observes its point lists); in "New structure" mode it
+        starts the new segment (a box: this click and the next are its corners)."""
+        with self.state:
+            self.state.cds_error = ""
+            if self.state.cds_structure_mode == "box":
+                try:
+                    self._box_click(ras)
+                except InputError as error:
+                    self.state.cds_error = str(error)
+                self._show_segment_names()
+                self._update_segment_counts()
+                return
+            self.state.cds_structure_mode = ""  # an armed structure starts at this point
             self.logic.active_label = self.state.cds_click_segment or None
             include, exclude = self.logic.click_nodes()
             before = len(self.logic.clicks)
@@ -265,6 +324,7 @@ class WorkflowLogic:
             if len(self.logic.clicks) > before:
                 kind = "Include" if positive else "Exclude"
                 self.state.cds_status = f"{kind} click at R {ras[0]:.1f} A {ras[1]:.1f} S {ras[2]:.1f}."
+            self._show_segment_names()  # the click may have started a new structure
             self._update_segment_counts()
 
     def undo(self) -> None:
@@ -275,6 +335,7 @@ class WorkflowLogic:
                 self.state.cds_error = str(error)
                 return
             self.state.cds_status = "Last correction undone." if undone else "Nothing to undo."
+            self._show_segment_names()  # undone: a new structure goes
             self._update_segment_counts()
 
     def _on_cursor_moved(self, crosshair, _event) -> None:

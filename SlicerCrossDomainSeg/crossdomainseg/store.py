@@ -103,6 +103,7 @@ class AcceptedCase:
     model_version: str | None
     accepted_at: float
     meta: dict
+    structures: dict = dataclasses.field(default_factory=dict)  # new structures: {name: value}
 
 
 def _click_to_dict(click: Any) -> dict:
@@ -166,6 +167,20 @@ def check_label_values(label: sitk.Image, labels: dict) -> None:
         raise InputError(f"Label values above 255 cannot be stored (model labels {labels}).")
 
 
+def _check_structures(structures: dict | None, labels: dict) -> dict:
+    """{name: value} of added structures, checked against the model's labels (no name or value
+    of theirs, values 1-255)."""
+    structures = dict(structures or {})
+    for name, value in structures.items():
+        if (not isinstance(name, str) or not name or not isinstance(value, int) or isinstance(value, bool)
+                or not 0 < value <= 255 or name in labels or value in labels.values()):
+            raise InputError(f"A new structure needs a name and a label value (1-255) of its own, not one "
+                             f"of the model's labels {labels}; got {name!r} = {value!r}.")
+    if len(set(structures.values())) < len(structures):
+        raise InputError(f"Two new structures share a label value: {structures}.")
+    return structures
+
+
 class AcceptedCaseStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -182,6 +197,7 @@ class AcceptedCaseStore:
         meta: dict | None = None,
         labels: dict | None = None,
         draft: sitk.Image | None = None,
+        structures: dict | None = None,
     ) -> str:
         """Store one accepted case; returns its id once every byte of it is durable.
 
@@ -189,11 +205,14 @@ class AcceptedCaseStore:
         them in the store (labels.json) and later cases are checked against them. draft: the
         model's label before the clinician's corrections; the manifest records how many voxels
         differ (`edited_voxels`, None without a draft), so the promotion gate can tell a draft
-        accepted unchanged from a corrected one.
+        accepted unchanged from a corrected one. structures: {name: value} of structures the
+        clinician added that the model has no label for (a lesion); the label may hold their
+        values and the manifest keeps their names.
         """
         _check_pair(image, label)
         labels = self._labels_for(labels)
-        check_label_values(label, labels)
+        structures = _check_structures(structures, labels)
+        check_label_values(label, {**labels, **structures})
         edited = None
         if draft is not None:
             _check_pair(image, draft)
@@ -224,6 +243,7 @@ class AcceptedCaseStore:
             "accepted_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(accepted_at)),
             "meta": meta_json,
             "edited_voxels": edited,
+            "structures": structures,
             "sha256": {name: sha256_file(folder / name) for name in _FILES},
         }
         atomic_write_json(folder / "manifest.json", manifest)
@@ -285,6 +305,7 @@ class AcceptedCaseStore:
             model_version=manifest["model_version"],
             accepted_at=manifest["accepted_at"],
             meta=manifest["meta"],
+            structures=manifest.get("structures", {}),
         )
 
     def image_path(self, case_id: str) -> Path:

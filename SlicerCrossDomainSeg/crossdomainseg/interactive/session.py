@@ -73,16 +73,19 @@ class InteractiveSession:
     probabilities: (C, z, y, x) or (z, y, x, C) array or vector image, C = number of labels
     including background (one-hot of `label` when None); image_features, preview: the refiner's
     intensity channels on the same grid, already normalised (robust rescale of the image when None);
-    refiner: an object with `crop_mm` (z, y, x) and `propose(CropInputs) -> probability array`.
+    refiner: an object with `crop_mm` (z, y, x) and `propose(CropInputs) -> probability array`;
+    structure_refiner: the one that outlines and corrects new structures (the prompt network, when
+    the draft's labels are corrected with another method; default `refiner`).
     """
 
     def __init__(self, image, label, probabilities=None, image_features=None, preview=None,
-                 refiner=None, label_values=None):
+                 refiner=None, label_values=None, structure_refiner=None):
         if refiner is None:
             from .sphere import SphereRefiner
 
             refiner = SphereRefiner()
         self.refiner = refiner
+        self.structure_refiner = structure_refiner
         self.clicks: list[Click] = []
         self._done: list[_Action] = []
         self._undone: list[_Action] = []
@@ -91,7 +94,7 @@ class InteractiveSession:
 
     @classmethod
     def from_result(cls, image: sitk.Image, result, bundle, refiner=None,
-                    domain: str = "target") -> "InteractiveSession":
+                    domain: str = "target", structure_refiner=None) -> "InteractiveSession":
         """A session on an engine SegmentationResult for `image` (the input the engine got).
 
         The refiner's intensity channels are normalised exactly as the bundle's networks saw
@@ -102,7 +105,8 @@ class InteractiveSession:
         if result.preview is not None:
             preview = bundle.normalize(sitk.GetArrayFromImage(result.preview), "source")
         values = [v for v in bundle.labels.values() if v != 0]
-        return cls(image, result.label, result.probabilities, features, preview, refiner, values)
+        return cls(image, result.label, result.probabilities, features, preview, refiner, values,
+                   structure_refiner)
 
     def _set_grid(self, image, label, probabilities, image_features, preview, label_values):
         if not isinstance(image, sitk.Image):
@@ -197,7 +201,7 @@ class InteractiveSession:
         of a box drawn around it. The refiner outlines the structure in the box (it may reach
         BOX_MARGIN_MM past it); the box goes with every later click on the structure. Needs a
         refiner with a box channel. Returns (value, result) as `new_structure`."""
-        if not getattr(self.refiner, "accepts_box", False):
+        if not getattr(self._refiner_for(None), "accepts_box", False):
             raise InputError("This model's click network cannot start a structure from a box; click "
                              "inside the structure instead (a box needs a prompt network with a box "
                              "channel, as in the shipped brain-t1-t2 bundle).")
@@ -216,6 +220,12 @@ class InteractiveSession:
         self._done.append(action)
         self._undone.clear()
         return value, ClickResult(self.label, action.box, self._changed(action))
+
+    def _refiner_for(self, label: int | None):
+        """The refiner for clicks on `label`: a new structure's (None: one to come) or the draft's."""
+        if self.structure_refiner is not None and (label is None or label in self.added):
+            return self.structure_refiner
+        return self.refiner
 
     def _new_value(self, value: int | None) -> int:
         value = max(self.label_values + [0]) + 1 if value is None else int(value)
@@ -238,8 +248,9 @@ class InteractiveSession:
 
     def _apply_box(self, click: Click, corners) -> _Action:
         box = self._voxel_box(corners)
+        refiner = self._refiner_for(click.label)
         size = tuple(max(c, n + 2 * int(np.ceil(m / s))) for c, n, m, s in zip(
-            crop_voxels(self.refiner.crop_mm, self.spacing), box.shape, (8.0,) * 3, self.spacing))
+            crop_voxels(refiner.crop_mm, self.spacing), box.shape, (8.0,) * 3, self.spacing))
         crop = crop_box(tuple((a + b) // 2 for a, b in zip(box.start, box.stop)), size, self.label.shape)
         sl = crop.slices
         current = self.label[sl] == click.label
@@ -247,7 +258,7 @@ class InteractiveSession:
         centre = tuple((a + b - 1) // 2 for a, b in zip(local.start, local.stop))
         inputs = CropInputs(self.features[sl], self.preview[sl], self.probabilities[click.label][sl], current,
                             [], [], centre, True, self.spacing, click.label, local)
-        proposal = np.asarray(self.refiner.propose(inputs)) >= 0.5
+        proposal = np.asarray(refiner.propose(inputs)) >= 0.5
         change = box_answer(proposal & ~self.locked[sl] & ~current, local, self.spacing)
         action = self._write(crop, change, click)
         action.kind, action.corners = "box", corners
@@ -267,7 +278,8 @@ class InteractiveSession:
 
     def _apply_click(self, click: Click) -> _Action:
         index = self.index_of(click.point)
-        box = crop_box(index, crop_voxels(self.refiner.crop_mm, self.spacing), self.label.shape)
+        refiner = self._refiner_for(click.label)
+        box = crop_box(index, crop_voxels(refiner.crop_mm, self.spacing), self.label.shape)
         sl = box.slices
         label_crop = self.label[sl]
         current = label_crop == click.label
@@ -294,7 +306,7 @@ class InteractiveSession:
         inputs = CropInputs(self.features[sl], self.preview[sl], self.probabilities[click.label][sl],
                             current, pos, neg, local, click.positive, self.spacing, click.label,
                             None if drawn is None else Box(box.local(drawn.start), box.local(drawn.stop)))
-        proposal = np.asarray(self.refiner.propose(inputs)) >= 0.5
+        proposal = np.asarray(refiner.propose(inputs)) >= 0.5
         change = free & (proposal if click.positive else ~proposal) & self._nearer(local, opposed, box.shape)
         change[local] = True  # a click always changes at least the voxel clicked
         components, _ = ndimage.label(change)
