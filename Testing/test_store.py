@@ -204,3 +204,25 @@ def test_sigkill_writers_at_random_moments_loses_no_accepted_case(tmp_path):
     leftovers = [p for p in Path(tmp_path, "cases").iterdir() if not (p / "manifest.json").exists()]
     assert all(p.is_dir() for p in leftovers)  # partial folders may remain but are not cases
     assert json.loads((store.cases_dir / cases[0] / "manifest.json").read_text())["sha256"]
+
+
+def test_a_case_with_new_structures_keeps_their_values_and_names(tmp_path):
+    """A structure the clinician added (a lesion the model has no label for) is stored with its
+    value in the label and its name in the manifest; the store's labels stay the model's."""
+    store = AcceptedCaseStore(tmp_path)
+    image, label = make_pair()
+    array = sitk.GetArrayFromImage(label)
+    array[:2] = 7
+    with_lesion = sitk.GetImageFromArray(array)
+    with_lesion.CopyInformation(label)
+    with pytest.raises(InputError, match="values \\[7\\] that the model does not define"):
+        store.accept(image, with_lesion, [], labels=LABELS)  # not declared: refused
+    for bad in ({"Lesion": 1}, {"organ": 7}, {"Lesion": 256}, {"": 7}, {"Lesion": 7, "Cyst": 7}):
+        with pytest.raises(InputError, match="new structure|share a label value"):
+            store.accept(image, with_lesion, [], labels=LABELS, structures=bad)
+    case_id = store.accept(image, with_lesion, [], labels=LABELS, structures={"Lesion": 7})
+    case = store.load(case_id)
+    assert case.structures == {"Lesion": 7} and store.labels() == LABELS
+    assert (sitk.GetArrayFromImage(case.label)[:2] == 7).all()
+    plain = store.load(store.accept(image, label, [], labels=LABELS))
+    assert plain.structures == {}

@@ -1,7 +1,8 @@
 """Click correction on brain-t1-t2 (real anatomy, T2 target with thick coronal slices): the robot
 user against the shipped brain bundle's automatic draft on the target test split, the prompt
 network against the sphere, region-growing and boundary shift refiners on the same starts; the
-prompt network and the baselines from an EMPTY mask (a new structure); the clicks of the front
+prompt network and the baselines from an EMPTY mask (a new structure; the prompt network also from
+the structure's bounding box, then clicks); the clicks of the front
 ends' method and of the prompt network that lower their object's Dice by more than 0.01 on freshly
 generated target subjects; latency per click of the front ends' method on a 128^3 volume. Target
 labels only report; the front ends' method is the one the bundle names (chosen on the source
@@ -53,17 +54,44 @@ def group_figures(result: dict, names, max_clicks: int) -> dict:
             "per_label": per_label}
 
 
-def test_cases(data_dir, limit):
+def test_cases(data_dir, limit, split: str = "test", domain: str = "target"):
     from crossdomainseg.imageio import read_image
 
-    paths = [c for c in data_dir.cases("test", "target") if c[2] is not None][: limit or None]
+    paths = [c for c in data_dir.cases(split, domain) if c[2] is not None][: limit or None]
     for case_id, image_path, label_path in paths:
         yield case_id, read_image(image_path), read_image(label_path)
 
 
-def from_empty(engine, data_dir, refiners: dict, limit, max_clicks: int, log) -> dict:
+def box_corners(image, truth: np.ndarray) -> tuple:
+    """The LPS corners of the voxel bounding box of `truth` (a tight box, as a user draws it)."""
+    from scipy import ndimage
+
+    bounds = ndimage.find_objects(truth.astype(np.uint8))[0]
+    return tuple(image.TransformIndexToPhysicalPoint([int(v) for v in reversed(corner)])
+                 for corner in ([s.start for s in bounds], [s.stop - 1 for s in bounds]))
+
+
+def robot_from_box(session, image, truth: np.ndarray, value: int, max_clicks: int):
+    """The robot starts the structure `value` from its bounding box, then clicks: Dice after 0
+    (nothing), 1 (the box) .. max_clicks interactions, the box counted as one; seconds per
+    interaction."""
+    import time as clock
+
+    from crossdomainseg.evaluation.robot import robot_on_label
+
+    start = clock.perf_counter()
+    session.new_structure_from_box(*box_corners(image, truth == value), value)
+    seconds = clock.perf_counter() - start
+    curve, times, _ = robot_on_label(session, truth, value, max_clicks - 1)
+    return [0.0] + curve, [seconds] + times
+
+
+def from_empty(engine, data_dir, refiners: dict, limit, max_clicks: int, log, split: str = "test",
+               domain: str = "target") -> dict:
     """Per method: the robot outlines each FROM_EMPTY label starting from nothing (no draft: an
-    all-background label map), as a user adds a structure the model does not segment."""
+    all-background label map), as a user adds a structure the model does not segment; for a
+    refiner with a box channel also "<name>_box": the structure started from its bounding box,
+    then clicks (the box counts as the first interaction)."""
     import SimpleITK as sitk
 
     from crossdomainseg.interactive import InteractiveSession
@@ -71,26 +99,33 @@ def from_empty(engine, data_dir, refiners: dict, limit, max_clicks: int, log) ->
     from crossdomainseg.evaluation.robot import robot_on_label
 
     labels = engine.bundle.labels
-    curves = {name: [] for name in refiners}
-    times = {name: [] for name in refiners}
+    starts = [(name, refiner, False) for name, refiner in refiners.items()]
+    starts += [(f"{name}_box", refiner, True) for name, refiner in refiners.items()
+               if getattr(refiner, "accepts_box", False)]
+    curves = {name: [] for name, _, _ in starts}
+    times = {name: [] for name, _, _ in starts}
     objects = []
-    for case_id, image, truth_image in test_cases(data_dir, limit):
+    for case_id, image, truth_image in test_cases(data_dir, limit, split, domain):
         truth = sitk.GetArrayFromImage(truth_image).astype(np.int16)
-        features = engine.bundle.normalize(sitk.GetArrayFromImage(image), "target")
+        features = engine.bundle.normalize(sitk.GetArrayFromImage(image), domain)
         empty = np.zeros(truth.shape, np.int16)
         values = [labels[n] for n in FROM_EMPTY if (truth == labels[n]).any()]
         objects += [f"{case_id}/{n}" for n in FROM_EMPTY if (truth == labels[n]).any()]
-        for name, refiner in refiners.items():
+        for name, refiner, box in starts:
             for value in values:
-                session = InteractiveSession(image, empty, None, features, None, refiner,
-                                             [v for v in labels.values() if v])
-                curve, t, _ = robot_on_label(session, truth, value, max_clicks)
+                others = [v for v in labels.values() if v and (v != value or not box)]
+                session = InteractiveSession(image, empty, None, features, None, refiner, others)
+                if box:
+                    curve, t = robot_from_box(session, image, truth, value, max_clicks)
+                else:
+                    curve, t, _ = robot_on_label(session, truth, value, max_clicks)
                 curves[name].append(curve)
                 times[name] += t
         log(f"from empty {case_id}: " + "  ".join(
-            f"{n} {np.mean([c[-1] for c in curves[n][-len(values):]]):.3f}" for n in refiners))
+            f"{n} {np.mean([c[1] for c in curves[n][-len(values):]]):.3f}>{np.mean([c[-1] for c in curves[n][-len(values):]]):.3f}"
+            for n in curves))
     out = {}
-    for name in refiners:
+    for name in curves:
         summary = summarise(curves[name], times[name], objects)
         summary["curves"] = {o: [round(v, 4) for v in c] for o, c in zip(objects, curves[name])}
         out[name] = {**{k: summary[k] for k in SUMMARY_KEYS},

@@ -9,6 +9,8 @@ Front ends use it like this (points in LPS mm; Slicer's RAS needs x and y negate
     refiner = LearnedRefiner.from_bundle(engine.bundle)          # once per model: loads and warms
     session = InteractiveSession.from_result(image, result, engine.bundle, refiner)
     r = session.add_click((x, y, z), positive=True, label=1)     # r.label (z, y, x), r.box, r.changed
+    value, r = session.new_structure((x, y, z))                  # a label the model has not: one click
+    value, r = session.new_structure_from_box(corner_a, corner_b)  # or a box (prompt network with a box channel)
     session.paint(mask, label)                                   # hand edit: locked against clicks
     session.undo(); session.redo()
     session.set_refiner(new_refiner)                             # model reloaded: clicks kept

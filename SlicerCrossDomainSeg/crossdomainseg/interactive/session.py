@@ -184,17 +184,9 @@ class InteractiveSession:
         value = self._new_value(value)
         click = Click(tuple(float(p) for p in point), True, value)
         self.index_of(click.point)  # InputError outside the image, before anything changes
-        self._add_label(value)
-        action = self._apply_click(click)
-        if action.box is None:
-            self._remove_label(value)
-            raise InputError("The voxel clicked is locked (painted or confirmed by hand); click elsewhere "
-                             "to start the new structure.")
-        action.new_label = True
-        self._done.append(action)
-        self._undone.clear()
-        self.clicks.append(click)
-        return value, ClickResult(self.label, action.box, self._changed(action))
+        return self._start_structure(value, lambda: self._apply_click(click),
+                                     "The voxel clicked is locked (painted or confirmed by hand); click "
+                                     "elsewhere to start the new structure.")
 
     def new_structure_from_box(self, corner_a, corner_b, value: int | None = None) -> tuple[int, ClickResult]:
         """Start a new structure from a box: `corner_a` and `corner_b` (LPS mm) are opposite corners
@@ -210,15 +202,23 @@ class InteractiveSession:
         box = self._voxel_box(corners)  # InputError outside the image, before anything changes
         centre = self.image.TransformContinuousIndexToPhysicalPoint(
             [(a + b - 1) / 2.0 for a, b in zip(reversed(box.start), reversed(box.stop))])
+        return self._start_structure(value, lambda: self._apply_box(Click(tuple(centre), True, value), corners),
+                                     "Nothing in that box could be outlined (or it is all locked); draw the "
+                                     "box closely around the structure, or start it with a click inside it.")
+
+    def _start_structure(self, value: int, apply, refusal: str) -> tuple[int, ClickResult]:
+        """Make `value` a label and run `apply()` (the click or box starting it); when that changes
+        nothing, take the label out again and raise InputError(`refusal`). Undo takes it out."""
         self._add_label(value)
-        action = self._apply_box(Click(tuple(centre), True, value), corners)
+        action = apply()
         if action.box is None:
             self._remove_label(value)
-            raise InputError("Nothing in that box could be outlined (or it is all locked); draw the box "
-                             "closely around the structure, or start it with a click inside it.")
+            raise InputError(refusal)
         action.new_label = True
         self._done.append(action)
         self._undone.clear()
+        if action.kind == "click":
+            self.clicks.append(action.click)
         return value, ClickResult(self.label, action.box, self._changed(action))
 
     def _refiner_for(self, label: int | None):
