@@ -1424,7 +1424,11 @@ def test_new_structure_mode_box_and_roi(app, volume, tmp_path):
     assert logic.new_structure_from_roi(roi, "Boxed")["segment"] == "Boxed"
     assert dice(screen(["Boxed"]) == 1, ball) > 0.9
     with pytest.raises(InputError, match="outside the image"):
-        logic.new_structure_from_box(corners[0], [500.0, 500.0, 500.0])
+        logic.new_structure_from_box([400.0, 400.0, 400.0], [500.0, 500.0, 500.0])
+    # a box reaching past the image is cut to it
+    far = ras_of_index(volume, (hi[2], hi[1], 60))
+    assert logic.new_structure_from_box(corners[0], far, "Past")["segment"] == "Past"
+    assert dice(screen(["Past"]) == 1, ball) > 0.9
 
 
 def test_new_structures_need_a_prompt_network_and_say_which_bundles_have_one(app, volume, bundles, tmp_path):

@@ -49,12 +49,16 @@ def require_prompt_network(session, task: str | None) -> None:
 
 
 def box_corners(image: sitk.Image, corner_a, corner_b) -> tuple[tuple, tuple]:
-    """Opposite corners (LPS mm) of the box a user drew from `corner_a` to `corner_b` (LPS mm).
-    A box drawn on one slice (less than two voxels deep along an axis of the image) is given the
-    mean of its other two extents as its depth along that axis, centred on the slice, so a lesion
-    boxed in one view is outlined in 3D."""
+    """Opposite corners (LPS mm) of the box a user drew from `corner_a` to `corner_b` (LPS mm),
+    cut to the image. A box drawn on one slice (less than two voxels deep along an axis of the
+    image) is given the mean of its other two extents as its depth along that axis, centred on the
+    slice, so a lesion boxed in one view is outlined in 3D."""
     a = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in corner_a]))
     b = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in corner_b]))
+    last = np.array(image.GetSize(), float) - 1.0
+    if np.any(np.maximum(a, b) < -0.5) or np.any(np.minimum(a, b) > last + 0.5):
+        raise InputError("The box is outside the image; draw it around the structure, inside the volume.")
+    a, b = np.clip(a, 0.0, last), np.clip(b, 0.0, last)
     spacing = np.array(image.GetSpacing())
     extent = np.abs(b - a) * spacing
     thin = [axis for axis in range(3) if np.abs(b - a)[axis] < 2.0 and image.GetSize()[axis] > 1]
@@ -62,8 +66,7 @@ def box_corners(image: sitk.Image, corner_a, corner_b) -> tuple[tuple, tuple]:
         axis = thin[0]
         depth = np.mean([extent[i] for i in range(3) if i != axis]) / spacing[axis]
         centre = (a[axis] + b[axis]) / 2.0
-        last = image.GetSize()[axis] - 1
-        a[axis], b[axis] = max(0.0, centre - depth / 2.0), min(float(last), centre + depth / 2.0)
+        a[axis], b[axis] = max(0.0, centre - depth / 2.0), min(last[axis], centre + depth / 2.0)
     elif len(thin) > 1:
         raise InputError("A box needs two corners apart on a slice: drag or click its opposite corners.")
     return (tuple(image.TransformContinuousIndexToPhysicalPoint(a.tolist())),
