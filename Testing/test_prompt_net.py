@@ -346,24 +346,3 @@ def test_a_click_network_widened_to_the_box_channel_answers_as_before(tmp_path):
                    ((2, 3, 4), (8, 20, 9)))
     assert small.shape == (5, 16, 16, 16) and small[4].sum() == 6 * 9 * 5 and not small[4, 10:].any()
 
-
-@pytest.mark.parametrize("inside, outside", [(1.0, 0.3), (0.2, 0.7)])
-def test_the_shipped_prompt_network_outlines_a_new_structure_from_a_box(inside, outside):
-    """The brain bundle's network has the box channel: a box around a structure it never saw
-    outlines it."""
-    from crossdomainseg.evaluation.robot import dice
-    from crossdomainseg.resources import shipped_bundles
-
-    refiner = PromptRefiner.from_bundle(load_bundle(shipped_bundles()["brain-t1-t2"]), "cpu")
-    assert refiner.accepts_box
-    grids = np.ogrid[:60, :80, :80]
-    blob = ((grids[0] - 30) / 3.0) ** 2 + ((grids[1] - 40) / 12.0) ** 2 + ((grids[2] - 38) / 10.0) ** 2 <= 1
-    array = (np.where(blob, inside, outside)
-             + np.random.default_rng(0).normal(0, 0.03, blob.shape)).astype(np.float32)
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((1.0, 1.0, 3.0))
-    session = InteractiveSession(image, np.zeros(blob.shape, np.int16), image_features=array, refiner=refiner,
-                                 label_values=[1])
-    corners = [image.TransformIndexToPhysicalPoint(i) for i in ((28, 28, 27), (48, 52, 33))]
-    value, _ = session.new_structure_from_box(*corners)
-    assert value == 2 and dice(blob, session.label == 2) > 0.6

@@ -1429,9 +1429,21 @@ def test_new_structure_mode_box_and_roi(app, volume, tmp_path):
     far = ras_of_index(volume, (hi[2], hi[1], 60))
     assert logic.new_structure_from_box(corners[0], far, "Past")["segment"] == "Past"
     assert dice(screen(["Past"]) == 1, ball) > 0.9
+    # a prompt network without the box channel: a box is refused before any work, clicks still start one
+    from crossdomainseg.interactive.prompt_net import PromptRefiner
+
+    logic.session.structure_refiner = PromptRefiner(_BrightIsObject(), (24, 24, 24), (2.0, 2.0, 2.0), "cpu",
+                                                    in_channels=4)
+    segments = node.GetSegmentation().GetNumberOfSegments()
+    with pytest.raises(BundleError, match="takes clicks, not a box"):
+        logic.new_structure_from_box(*corners)
+    assert node.GetSegmentation().GetNumberOfSegments() == segments
+    assert logic.new_structure(ras_of_index(volume, BLOB_CENTER[::-1]), "Clicked")["segment"] == "Clicked"
 
 
-def test_new_structures_need_a_prompt_network_and_say_which_bundles_have_one(app, volume, bundles, tmp_path):
+def test_new_structures_need_a_prompt_network_and_say_which_bundles_have_one(app, volume, bundles, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.delenv("CROSSDOMAINSEG_RESOURCES", raising=False)  # the checkout's shipped bundles
     logic = make_logic(app, tmp_path, bundles["empty"])
     node = logic.segment(volume).segmentation_node
     before = segment_label_via_slicer(app, node, volume, ["liver", "kidney"])

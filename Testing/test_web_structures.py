@@ -92,6 +92,15 @@ def test_new_structure_from_a_click_and_from_a_box_in_the_web_app(tmp_path):
     assert state.cds_error == "" and state.cds_segment_names[-1] == "Structure 1"
     assert dice(_shown(flow, "Structure 1"), ball_mask()) > 0.8
     assert flow.logic.clicks == []  # a box is no click point
+    # a prompt network without the box channel: "New: box" is refused at once
+    from crossdomainseg.interactive.prompt_net import PromptRefiner
+
+    refiner = flow.logic.session.structure_refiner
+    flow.logic.session.structure_refiner = PromptRefiner(_BrightIsObject(), (24, 24, 24), (2.0, 2.0, 2.0), "cpu",
+                                                         in_channels=4)
+    flow.new_structure_mode("box")
+    assert "takes clicks, not a box" in state.cds_error and state.cds_structure_mode == ""
+    flow.logic.session.structure_refiner = refiner
     # leaving the mode disarms it
     flow.new_structure_mode("click")
     state.cds_click_mode = "off"

@@ -342,11 +342,12 @@ class CrossDomainSegLogic:
         self.armed_structure = self.check_new_structure(name)
         return self.armed_structure
 
-    def check_new_structure(self, name: str | None = None) -> str:
+    def check_new_structure(self, name: str | None = None, box: bool = False) -> str:
         """The name a new structure `name` would get (default "Structure N"); BundleError when the
-        model cannot outline new structures (saying which can), InputError for a taken name."""
+        model cannot outline new structures (`box`: from a box; saying which can), InputError for a
+        taken name."""
         self._require_clicks()
-        require_prompt_network(self.session, self.metadata.get("task"))
+        require_prompt_network(self.session, self.metadata.get("task"), box)
         return self._structure_name(name)
 
     def start_new_structure(self, ras_point, name: str | None = None, point=None) -> Job:
@@ -381,7 +382,7 @@ class CrossDomainSegLogic:
         `ras_a` and `ras_b` (RAS mm; a box drawn on one slice is given a depth, see
         `structures.box_corners`); the box goes with the clicks that correct it. Returns
         {"segment", "changed_voxels", "seconds"}."""
-        name, value = self._prepare_structure(name)
+        name, value = self._prepare_structure(name, box=True)
         corners = box_corners(self.session.image, nodes.ras_to_lps(ras_a), nodes.ras_to_lps(ras_b))
         for corner in corners:
             self.session.index_of(corner)  # outside the image: refused before any work
@@ -404,10 +405,10 @@ class CrossDomainSegLogic:
         others = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
         return structure_name(name, [*self.case_labels, *others])
 
-    def _prepare_structure(self, name: str | None) -> tuple[str, int]:
+    def _prepare_structure(self, name: str | None, box: bool = False) -> tuple[str, int]:
         """(name, label value) for a new structure; refused before any work when the model cannot
-        outline one, the name is taken or the case has no label value left."""
-        name = self.check_new_structure(name)
+        outline one (from a box), the name is taken or the case has no label value left."""
+        name = self.check_new_structure(name, box)
         value = max(self.session.label_values + [0]) + 1
         if value > 255:
             raise InputError("This case has as many segments as can be stored (255); accept it first.")

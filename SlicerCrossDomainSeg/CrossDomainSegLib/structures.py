@@ -32,20 +32,31 @@ def structure_name(requested: str | None, taken) -> str:
     return name
 
 
-def require_prompt_network(session, task: str | None) -> None:
-    """BundleError, saying which bundles can, when the model cannot outline new structures."""
-    if session.structure_refiner is not None:
+def require_prompt_network(session, task: str | None, box: bool = False) -> None:
+    """BundleError, saying which shipped bundles can, when the model cannot outline new structures
+    (`box`: from a box, which needs the prompt network's box channel)."""
+    refiner = session.structure_refiner
+    if refiner is not None and (not box or getattr(refiner, "accepts_box", False)):
         return
+    from crossdomainseg.interactive.prompt_net import BOX_CHANNELS
     from crossdomainseg.resources import shipped_bundles
 
-    able = []
+    clicks, boxes = [], []  # the shipped bundles that outline new structures from a click, from a box
     for name, path in shipped_bundles().items():
-        networks = json.loads((path / "configs" / "metadata.json").read_text()).get("networks", {})
-        if "prompt" in networks:
-            able.append(name)
-    raise BundleError(f"This model ({task or 'unknown task'}) cannot outline new structures: it has no "
-                      f"prompt network. Models that can: {', '.join(able) or 'none shipped'}; or add one to "
-                      "this model with `crossdomainseg train-prompt`.")
+        spec = json.loads((path / "configs" / "metadata.json").read_text()).get("networks", {}).get("prompt")
+        if spec is not None:
+            clicks.append(name)
+            if spec.get("in_channels", 0) >= BOX_CHANNELS:
+                boxes.append(name)
+    from_box = f"Models that take a box: {', '.join(boxes) or 'none shipped'}"
+    if refiner is None:
+        raise BundleError(f"This model ({task or 'unknown task'}) cannot outline new structures: it has no "
+                          f"prompt network. Models that can: {', '.join(clicks) or 'none shipped'}"
+                          f"{f' ({from_box.lower()})' if box else ''}; or add one to this model with "
+                          "`crossdomainseg train-prompt`.")
+    raise BundleError(f"This model's prompt network ({task or 'unknown task'}) takes clicks, not a box (it has "
+                      f"no box channel): start the structure with a click. {from_box}; or add the box "
+                      "channel with `crossdomainseg train-prompt --fine-tune`.")
 
 
 def box_corners(image: sitk.Image, corner_a, corner_b) -> tuple[tuple, tuple]:

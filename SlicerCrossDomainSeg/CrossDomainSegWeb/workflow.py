@@ -280,7 +280,7 @@ class WorkflowLogic:
                     name = self.logic.arm_new_structure(self.state.cds_structure_name)
                     message = f"Click on the structure: it becomes segment '{name}'."
                 elif kind == "box":
-                    name = self.logic.check_new_structure(self.state.cds_structure_name)
+                    name = self.logic.check_new_structure(self.state.cds_structure_name, box=True)
                     message = f"Click one corner of a box around the structure ('{name}'), then the opposite one."
                 else:
                     raise InputError(f"Start a new structure from a 'click' or a 'box', not {kind!r}.")

@@ -196,7 +196,7 @@ class InteractiveSession:
         if not getattr(self._refiner_for(None), "accepts_box", False):
             raise InputError("This model's click network cannot start a structure from a box; click "
                              "inside the structure instead (a box needs a prompt network with a box "
-                             "channel, as in the shipped brain-t1-t2 bundle).")
+                             "channel: `crossdomainseg train-prompt --fine-tune` adds one).")
         value = self._new_value(value)
         corners = tuple(tuple(float(p) for p in corner) for corner in (corner_a, corner_b))
         box = self._voxel_box(corners)  # InputError outside the image, before anything changes
