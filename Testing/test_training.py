@@ -369,3 +369,29 @@ def test_init_from_fine_tunes_a_bundle_and_domain_randomisation_validates_on_ren
     assert _train_source(folders, tmp_path / "other", ["--epochs", "1", "--init-from", str(start),
                                                        "--channels", "4,8,16,32"]) != 0
     assert "--init-from" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_a_deadline_shortens_source_and_translator_training_but_one_epoch_always_runs(folders, tmp_path, capsys):
+    """`train all` hands each stage the time its share ends: an epoch expected to end past it is
+    not started (a busy machine trains fewer epochs instead of overrunning the budget)."""
+    import time
+
+    from crossdomainseg.training.source import SourceConfig, train_source
+    from crossdomainseg.training.translator import TranslatorConfig, train_translator
+
+    cases = labelled_cases(folders / "src_img", folders / "src_lab")
+    config = SourceConfig(task="t", labels={"background": 0, "label_1": 1}, spatial_dims=3, spacing=[3, 3, 3],
+                          roi_size=[16, 16, 16], channels=[4, 8, 16], strides=[2, 2], steps_per_epoch=2, epochs=3,
+                          normalization={"source": {"kind": "minmax"}, "target": {"kind": "minmax"}})
+    out = tmp_path / "bundle"
+    train_source(config, cases, cases[:1], out, device="cpu", progress=True, deadline=time.time())
+    history = load_bundle(out).metadata["training"]["source"]["history"]
+    assert [h["epoch"] for h in history] == [1]
+    assert "stopped after 1 of 3 epochs" in capsys.readouterr().out
+    target = unlabelled_cases(folders / "tgt_img")
+    train_translator(out, TranslatorConfig(patch_size=[16, 16, 16], generator_channels=4, n_blocks=1, discriminator_channels=4,
+                                           discriminator_layers=2, epochs=3, steps_per_epoch=1),
+                     cases, target, device="cpu", progress=False, deadline=time.time())
+    assert len(load_bundle(out).metadata["training"]["translator"]["history"]) == 1
+    train_source(config, cases, cases[:1], tmp_path / "free", device="cpu", progress=False, deadline=None)
+    assert len(load_bundle(tmp_path / "free").metadata["training"]["source"]["history"]) == 3

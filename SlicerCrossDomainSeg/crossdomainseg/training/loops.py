@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..errors import InputError
 from .datasets import Sample
@@ -138,3 +140,15 @@ def same_run(saved: dict, current: dict) -> bool:
     (resuming with more epochs extends a finished run)."""
     return {k: v for k, v in saved.items() if k != "epochs"} == {
         k: v for k, v in current.items() if k != "epochs"}
+
+
+def past_deadline(deadline: float | None, epoch_wall: float, stage: str, epoch: int, epochs: int,
+                  progress: bool) -> bool:
+    """Whether epoch `epoch` (0-based) would end past `deadline` (a time.time(); None: never),
+    judged by the wall time `epoch_wall` of the last epoch of this run (0 before the first, which
+    always runs); says so in the log when it would."""
+    if deadline is None or epoch_wall == 0 or time.time() + epoch_wall <= deadline:
+        return False
+    if progress:
+        tqdm.write(f"{stage}: its share of the time budget is spent; stopped after {epoch} of {epochs} epochs")
+    return True

@@ -23,8 +23,8 @@ from ..errors import InputError
 from ..networks import build_network
 from .datasets import load_samples
 from .intensity import remap_intensity
-from .loops import (Checkpoint, batch, epoch_rng, predict_probabilities, random_patch, same_run,
-                    seed_everything)
+from .loops import (Checkpoint, batch, epoch_rng, past_deadline, predict_probabilities, random_patch,
+                    same_run, seed_everything)
 from .randomize import crop_normalization, synthesize
 
 PALETTE = [[0, 0, 0], [230, 80, 60], [80, 180, 90], [70, 110, 220], [230, 200, 60], [180, 90, 200],
@@ -142,9 +142,11 @@ def _metadata(config: SourceConfig, history, metrics, command, start: dict | Non
 def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
                  checkpoint_dir: str | Path | None = None, resume: bool = False,
                  device: str | None = None, progress: bool = True, command: str | None = None,
-                 stage: str = "source"):
+                 stage: str = "source", deadline: float | None = None):
     """Train the segmenter on (id, image, label) cases and write the bundle at `out`; `stage`
-    names the run in the progress lines (`train all`'s randomize stage also trains here)."""
+    names the run in the progress lines (`train all`'s randomize stage also trains here).
+    `deadline` (a time.time()): no epoch starts that the last one's wall time says would end past
+    it, so a busy machine shortens the run instead of overrunning a time budget."""
     out = Path(out)
     if not train_cases:
         raise InputError("No labelled source images to train on.")
@@ -182,7 +184,10 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
         optimiser.load_state_dict(state["optimiser"])
         start, history, best = state["epoch"] + 1, state["history"], state["best"]
 
+    epoch_wall = 0.0
     for epoch in range(start, config.epochs):
+        if past_deadline(deadline, epoch_wall, stage, epoch, config.epochs, progress):
+            break
         rng = epoch_rng(config.seed, epoch)
         network.train()
         losses, began = [], time.time()
@@ -224,6 +229,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
         save_bundle(out, _metadata(config, history, metrics, command, started_from), {"segmenter": saved_network, **extras})
         checkpoint.save({"epoch": epoch, "config": asdict(config), "network": network.state_dict(),
                          "optimiser": optimiser.state_dict(), "history": history, "best": best})
+        epoch_wall = time.time() - began
     return load_bundle(out)
 
 

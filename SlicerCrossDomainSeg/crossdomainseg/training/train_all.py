@@ -220,7 +220,8 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
         def run(epochs, again, deadline):
             call = time.time()
             train_source(dataclasses.replace(config, epochs=epochs), data.source_train, data.source_val,
-                         stage_bundle(stage), checkpoints / stage, again, device, progress, command, stage)
+                         stage_bundle(stage), checkpoints / stage, again, device, progress, command, stage,
+                         deadline)
             trained = load_bundle(stage_bundle(stage)).metadata["training"]["source"]["history"][-1]["seconds"]
             return max(trained, time.time() - call - source_load), source_load
         return run
@@ -239,7 +240,7 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
             copy_bundle(stage_bundle(chain[chain.index("translator") - 1]), stage_bundle("translator"), {})
         train_translator(stage_bundle("translator"), dataclasses.replace(tr_config, epochs=epochs),
                          data.source_train, data.target, data.target_val, checkpoints / "translator", again,
-                         device, progress, command)
+                         device, progress, command, deadline=deadline)
         trained = load_bundle(stage_bundle("translator")).metadata["training"]["translator"]["history"][-1]["seconds"]
         return max(trained, time.time() - call - translator_load), translator_load
 
@@ -276,7 +277,7 @@ def _stage(name, plan, save_plan, run, budget_s, resume, log) -> None:
     """Run stage `name` for the epochs that fit in `budget_s` (its first epoch timed), or for the
     epochs the plan already chose (a resumed run). `run(epochs, again, deadline)` trains up to
     `epochs` in all (`again`: continue from the stage's checkpoint; `deadline`: the time.time()
-    its share ends, which runners whose epochs grow dearer stop at) and returns (seconds one epoch
+    its share ends: no runner starts an epoch it expects to end past it) and returns (seconds one epoch
     takes, seconds a further call spends loading before it trains)."""
     began = time.time()
     deadline = began + budget_s

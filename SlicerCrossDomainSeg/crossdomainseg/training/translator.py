@@ -30,8 +30,8 @@ from ..device import pick_device
 from ..errors import InputError
 from ..networks import build_network
 from .datasets import load_samples
-from .loops import (Checkpoint, batch, body_voxels, epoch_rng, predict_probabilities, random_patch,
-                    same_run, seed_everything, translate)
+from .loops import (Checkpoint, batch, body_voxels, epoch_rng, past_deadline, predict_probabilities,
+                    random_patch, same_run, seed_everything, translate)
 from .source import mean_dice
 
 
@@ -108,13 +108,14 @@ def _adversarial(logits: torch.Tensor, real: bool) -> torch.Tensor:
 def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_cases, target_cases,
                      val_target_cases=(), checkpoint_dir: str | Path | None = None,
                      resume: bool = False, device: str | None = None, progress: bool = True,
-                     command: str | None = None, version: str | None = None):
+                     command: str | None = None, version: str | None = None, deadline: float | None = None):
     """Train G_t->s against the bundle's segmenter and store it in the bundle; returns the bundle.
 
     `source_cases` are labelled (id, image, label); `target_cases` unlabelled; labelled
     `val_target_cases` are only evaluated and logged (vanilla vs TD-GAN Dice), never trained on
     nor used to pick weights: the bundle holds the last epoch's generator. A `version` replaces
-    the bundle's (a new generator is a new model); None keeps it.
+    the bundle's (a new generator is a new model); None keeps it. `deadline`: as in
+    `train_source`.
     """
     bundle_path = Path(bundle_path)
     bundle = load_bundle(bundle_path)
@@ -162,7 +163,10 @@ def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_c
             module.load_state_dict(state[name])
         start, history = state["epoch"] + 1, state["history"]
 
+    epoch_wall = 0.0
     for epoch in range(start, config.epochs):
+        if past_deadline(deadline, epoch_wall, "translator", epoch, config.epochs, progress):
+            break
         rng = epoch_rng(config.seed, epoch)
         for m in (g_ts, g_st, d_s, d_t):
             m.train()
@@ -226,6 +230,7 @@ def train_translator(bundle_path: str | Path, config: TranslatorConfig, source_c
         _store(bundle_path, shipped, config, history, command, version)
         checkpoint.save({"epoch": epoch, "config": asdict(config), "history": history,
                          **{name: m.state_dict() for name, m in modules.items()}})
+        epoch_wall = time.time() - began
     return load_bundle(bundle_path)
 
 
