@@ -892,6 +892,10 @@ def test_a_bundle_rebuilt_under_the_same_version_gets_its_own_registry(app, bund
 def module_file(app, monkeypatch):
     """CrossDomainSeg.py imported with Qt's pieces stood in (all undone after the test)."""
     install_module_stand_ins(app, monkeypatch)
+    # importing the module may point CROSSDOMAINSEG_RESOURCES at its own Resources folder: the
+    # set-then-delete makes the teardown remove whatever it set, for the tests after this one
+    monkeypatch.setenv("CROSSDOMAINSEG_RESOURCES", "")
+    monkeypatch.delenv("CROSSDOMAINSEG_RESOURCES")
     monkeypatch.syspath_prepend(str(MODULE_DIR))
     monkeypatch.delitem(sys.modules, "CrossDomainSeg", raising=False)
     module = importlib.import_module("CrossDomainSeg")
