@@ -249,3 +249,25 @@ def test_killed_trainer_reads_crashed_and_frees_the_store(tmp_path):
     second = process.start(store.root, tmp_path / "reg", params={**FAST, "epochs": 1000}, nice=1)
     assert second != pid and process.status(store.root)["running"]
     assert process.stop(store.root, timeout=60)["state"] == "stopped"
+
+
+def test_an_accepted_case_with_a_new_structure_is_left_out_saying_why(tmp_path):
+    """A structure the model has no label for (a lesion outlined from clicks) cannot be learnt as
+    any of its labels: the trainer leaves the case out, names the structure, and keeps the rest."""
+    bundle_path, folder, store = _setup(tmp_path, n_unlabelled=1, n_accepted=1)
+    image, label = _pair(7)
+    lesion = sitk.GetArrayFromImage(label)
+    lesion[1:3, 1:3, 1:3] = 2
+    with_lesion = sitk.GetImageFromArray(lesion)
+    with_lesion.CopyInformation(label)
+    store.accept(image, with_lesion, clicks=[], model_version="random-0",
+                 labels={"background": 0, "organ": 1}, structures={"Lesion": 2})
+    store.set_unlabelled_folder(folder)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({}))
+    run = process._Run(workdir)
+    target, accepted = run.data(load_bundle(bundle_path), store, {})
+    assert len(accepted) == 1 and len(target) == 1
+    (reason,) = run.status["skipped"].values()
+    assert "Lesion" in reason and "stays in the store" in reason

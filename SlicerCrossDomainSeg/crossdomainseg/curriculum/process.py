@@ -318,6 +318,12 @@ class _Run:
         for case_id in store.cases():
             key = f"accepted:{case_id}"
             if key not in known and key not in skipped:
+                added = store.manifest(case_id).get("structures") or {}
+                if added:
+                    skipped[key] = (f"it holds new structures ({', '.join(sorted(added))}) the model has no "
+                                    "label for; the trainer learns only the model's own labels, so it leaves "
+                                    "this case out (the case stays in the store)")
+                    continue
                 try:
                     case = store.load(case_id)
                     known[key] = prepare(bundle, case.image, key, label=case.label)
