@@ -140,7 +140,7 @@ def test_training_samples_click_on_the_right_side_of_the_object():
     empty = boxes = 0
     for _ in range(30):
         x, y = train_prompt.make_prompt_sample(case, rng, size=(24, 24, 24))
-        assert x.shape == (5, 24, 24, 24) and y.shape == (1, 24, 24, 24)
+        assert x.shape == (5, 24, 24, 24) and y.shape == (2, 24, 24, 24)
         for channel, want in ((2, 1.0), (3, 0.0)):
             for peak in np.argwhere(x[channel] == 1.0):
                 assert y[0][tuple(peak)] == want

@@ -9,10 +9,11 @@ import sys
 def add_parser(subparsers) -> None:
     train = subparsers.add_parser(
         "train-prompt", help="train the interactive prompt network (draft correction and new structures)",
-        description="Trains on the task's labelled source training cases only (simulated clicks on "
+        description="Trains on the task's labelled source training cases (simulated clicks on "
         "single labels, their parts, unions and synthetic lesions, from empty and corrupted masks, on "
-        "synthetic contrasts) and writes models/prompt.pt into the bundle, also every "
-        "--checkpoint-minutes while it trains. It does not read the bundle's segmenter.")
+        "synthetic contrasts) and, with --target-share, on its unlabelled target training images with "
+        "the bundle's confident pseudo-labels (target labels are never read); writes models/prompt.pt "
+        "into the bundle, also every --checkpoint-minutes while it trains.")
     train.add_argument("--bundle", required=True, help="model bundle folder to add the network to")
     train.add_argument("--data", required=True, help="task folder (crossdomainseg data make)")
     train.add_argument("--minutes", type=float, default=45.0, help="training wall time")
@@ -25,6 +26,12 @@ def add_parser(subparsers) -> None:
     train.add_argument("--fine-tune", action="store_true",
                        help="start from the bundle's prompt network; most samples then have earlier clicks "
                        "the network answered itself")
+    train.add_argument("--target-share", type=float, default=0.0,
+                       help="share of samples (0-1) on the task's unlabelled target training images, with "
+                       "pseudo-labels from the bundle's segmenter (voxels under 0.9 probability are unknown: "
+                       "never an object, a click or a loss term); shown unchanged, no synthetic contrast")
+    train.add_argument("--clicks-only", action="store_true",
+                       help="a network without the box channel (4 inputs, as the shipped brain network)")
     train.set_defaults(func=run_train_prompt)
 
 
@@ -39,6 +46,6 @@ def run_train_prompt(args) -> int:
     command = "crossdomainseg " + shlex.join(sys.argv[1:])
     train_and_ship_prompt(args.bundle, args.data, args.minutes, args.seed, args.threads, args.batch,
                           args.steps, command=command, checkpoint_minutes=args.checkpoint_minutes, lr=args.lr,
-                          fine_tune=args.fine_tune,
+                          fine_tune=args.fine_tune, target_share=args.target_share, clicks_only=args.clicks_only,
                           log=lambda m: print(m, file=sys.stderr, flush=True))
     return 0

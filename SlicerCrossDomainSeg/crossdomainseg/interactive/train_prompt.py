@@ -1,18 +1,23 @@
-"""Training the prompt network with a simulated user on labelled source cases, and shipping it.
+"""Training the prompt network with a simulated user, and shipping it.
 
-Only labelled *source* training cases are read. Each sample is one object of one case: a single
+It reads labelled *source* training cases and, for a share of the samples (`target_share`), the
+unlabelled *target* training images with the bundle's confident pseudo-labels (target_cases.py;
+unknown voxels are never an object, never clicked and outside the loss, `known_dice_ce`); target
+labels are never read. Each sample is one object of one case: a single
 label (most often), one connected part of a label, the union of two touching labels, or a
 synthetic lesion painted into the image, so the network learns "this object" and not the label
 set. The object's current mask is empty (a new structure) or a corrupted copy of it (a draft);
 the robot clicks 1 to MAX_CLICKS times in the largest error region (earlier regions corrected
-before the last click), and the crop is centred near the last click. BOX_SHARE of the samples
+before the last click), and the crop is centred near the last click. BOX_SHARE of the samples (a
+network with the box channel only)
 start from an empty mask and the object's bounding box, each face moved up to BOX_JITTER voxels
 (as a user draws it), alone or followed by clicks. When fine-tuning, on
 ITERATE_SHARE of the samples the earlier clicks are answered by the network itself, applied as the
 session applies them, so it also learns from the masks its own answers leave (a first answer too
 large, then negative clicks). On SYNTH_SHARE of the
-samples the image is a SynthSeg-style synthesis of the case (training/randomize.py: random
-contrast per tissue, bias, noise, thick slices), so the network works on a modality it never saw;
+source samples the image is a SynthSeg-style synthesis of the case (training/randomize.py: random
+contrast per tissue, bias, noise, thick slices), so the network works on a modality it never saw
+(a target image is shown as it is, with no painted lesion: it already has the target contrast);
 crops are randomly flipped and their axes permuted (target scans come coronal or sagittal).
 """
 
@@ -34,9 +39,10 @@ from ..errors import InputError
 from ..networks import build_network
 from ..training.randomize import crop_normalization, synthesize
 from .encoding import Box, box_answer, crop_box
-from .prompt_net import (CLICK_CHANNELS, NETWORK_NAME, PROMPT_SIZE, PROMPT_SPACING, PROMPT_SPEC, encode,
+from .prompt_net import (BOX_CHANNELS, CLICK_CHANNELS, NETWORK_NAME, PROMPT_SIZE, PROMPT_SPACING, PROMPT_SPEC, encode,
                          widen_to_box_channel)
 from .simulate import next_click, training_clicks
+from .target_cases import CONFIDENCE, UNKNOWN, load_target_cases, target_training_images
 from .train_refiner import corrupt, train_step
 
 MAX_CLICKS = 8
@@ -52,12 +58,16 @@ OBJECT_KINDS = (("label", 0.55), ("part", 0.15), ("union", 0.15), ("lesion", 0.1
 
 
 class PromptCase:
-    """A source case on the network grid: its image (normalised as "source"), label map, and a
-    synthetic image of a random modality, redrawn from time to time."""
+    """A case on the network grid: its image, label map and, for a source case (`synthesize`), a
+    synthetic image of a random modality, redrawn from time to time. A target case
+    (target_cases.py) has pseudo-labels, UNKNOWN where the segmenter was unsure (`known` False),
+    and is always shown as it is (already the target contrast)."""
 
-    def __init__(self, image: np.ndarray, label: np.ndarray, spec: dict):
+    def __init__(self, image: np.ndarray, label: np.ndarray, spec: dict | None, synthesize: bool = True):
         self.image, self.label, self.spec = image.astype(np.float32), label.astype(np.int16), spec
-        self.values = [int(v) for v in np.unique(label) if v != 0]
+        self.synthesize = synthesize
+        self.known = self.label != UNKNOWN
+        self.values = [int(v) for v in np.unique(label) if v not in (0, UNKNOWN)]
         self.synthetic = None
 
     def synthetic_image(self, rng) -> np.ndarray:
@@ -93,8 +103,11 @@ def _ellipsoid(shape, center, radii) -> np.ndarray:
 
 
 def pick_object(case: PromptCase, image: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """(object mask, image) for one sample; a lesion is painted into a copy of the image."""
-    kind = rng.choice([k for k, _ in OBJECT_KINDS], p=[p for _, p in OBJECT_KINDS])
+    """(object mask, image) for one sample; a lesion is painted into a copy of the image (source
+    cases only: a target image is shown unchanged)."""
+    kinds = [(k, p) for k, p in OBJECT_KINDS if case.synthesize or k != "lesion"]
+    shares = np.array([p for _, p in kinds])
+    kind = rng.choice([k for k, _ in kinds], p=shares / shares.sum())
     value = case.values[rng.integers(len(case.values))]
     truth = case.label == value
     if kind == "part":
@@ -105,7 +118,7 @@ def pick_object(case: PromptCase, image: np.ndarray, rng) -> tuple[np.ndarray, n
             truth = parts == big[rng.integers(len(big))]
     elif kind == "union":
         ring = ndimage.binary_dilation(truth, iterations=2) & ~truth
-        touching = [int(v) for v in np.unique(case.label[ring]) if v not in (0, value)]
+        touching = [int(v) for v in np.unique(case.label[ring]) if v not in (0, value, UNKNOWN)]
         if touching:
             truth = truth | (case.label == touching[rng.integers(len(touching))])
     elif kind == "lesion":
@@ -147,14 +160,15 @@ def box_round(truth, image, current, network, box: Box, size=PROMPT_SIZE) -> Non
     here |= box_answer(inside, local, PROMPT_SPACING)
 
 
-def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE, box: Box | None = None):
+def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE, box: Box | None = None,
+                   known: np.ndarray | None = None, channels: int = BOX_CHANNELS):
     """The robot clicks up to `rounds` times on `current` (bool, changed in place), each click
-    answered by `network` on the crop around it (with `box`, the user's box, when given) and
-    applied as the session applies it (one-sided, connected to the click). Returns the clicks as
-    ((z, y, x), positive)."""
+    answered by `network` (of `channels` inputs) on the crop around it (with `box`, the user's
+    box, when given) and applied as the session applies it (one-sided, connected to the click);
+    it never clicks where `known` is False. Returns the clicks as ((z, y, x), positive)."""
     clicks = []
     for _ in range(rounds):
-        click = next_click(truth, current, PROMPT_SPACING)
+        click = next_click(truth, _seen(current, truth, known), PROMPT_SPACING)
         if click is None:
             break
         clicks.append((click.index, click.positive))
@@ -162,7 +176,7 @@ def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE
         local = [(crop.local(c), p) for c, p in clicks if crop.contains(c)]
         here = current[crop.slices]  # a view: writing it writes `current`
         x = encode(image[crop.slices], here, [c for c, p in local if p], [c for c, p in local if not p], size,
-                   _local_box(box, crop))
+                   _local_box(box, crop), channels)
         inside = _run(network, x)[tuple(slice(0, n) for n in here.shape)] >= 0
         change = (inside & ~here) if click.positive else (~inside & here)
         index = crop.local(click.index)
@@ -170,6 +184,12 @@ def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE
         components, _ = ndimage.label(change)
         here[components == components[index]] = click.positive
     return clicks
+
+
+def _seen(current: np.ndarray, truth: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    """`current` as the simulated user judges it: right wherever the truth is unknown, so no
+    click lands there."""
+    return current if known is None else np.where(known, current, truth)
 
 
 def jittered_box(truth: np.ndarray, rng) -> Box:
@@ -180,16 +200,20 @@ def jittered_box(truth: np.ndarray, rng) -> Box:
     return Box(tuple(start), tuple(max(a + 1, b) for a, b in zip(start, stop)))
 
 
-def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None) -> tuple[np.ndarray, np.ndarray]:
-    """(input (5, *size), target (1, *size)) float32 arrays for one simulated prompt; with
-    `network`, ITERATE_SHARE of the samples have earlier prompts it answered (`box_round`,
-    `network_rounds`)."""
-    image = case.synthetic_image(rng) if rng.random() < SYNTH_SHARE else case.image
+def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None,
+                       channels: int = BOX_CHANNELS) -> tuple[np.ndarray, np.ndarray]:
+    """(input (channels, *size), target (2, *size)) float32 arrays for one simulated prompt: the
+    target is the object and where it is known (the loss weight: 0 on a target case's UNKNOWN
+    voxels). With `network`, ITERATE_SHARE of the samples have earlier prompts it answered
+    (`box_round`, `network_rounds`); boxes only for a network with the box channel."""
+    synthetic = case.synthesize and rng.random() < SYNTH_SHARE
+    image = case.synthetic_image(rng) if synthetic else case.image
     truth, image = pick_object(case, image, rng)
     bounds = ndimage.find_objects(truth.astype(np.uint8))[0]
     around = tuple(slice(max(0, s.start - n // 2), s.stop + n // 2) for s, n in zip(bounds, size))
-    truth_a = truth[around]
-    box = jittered_box(truth_a, rng) if rng.random() < BOX_SHARE else None
+    truth_a, known_a = truth[around], case.known[around]
+    with_box = channels >= BOX_CHANNELS and rng.random() < BOX_SHARE
+    box = jittered_box(truth_a, rng) if with_box else None
     empty = box is not None or rng.random() < EMPTY_SHARE
     pred = np.zeros_like(truth_a) if empty else corrupt(truth_a, rng)
     if box is not None and rng.random() < BOX_ONLY:
@@ -199,12 +223,14 @@ def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None) ->
         if box is not None:
             box_round(truth_a, image[around], current, network, box, size)
         earlier = network_rounds(truth_a, image[around], current, network, int(rng.integers(0 if box else 1, 4)),
-                                 size, box)
-        last = next_click(truth_a, current, PROMPT_SPACING)
+                                 size, box, known_a, channels)
+        last = next_click(truth_a, _seen(current, truth_a, known_a), PROMPT_SPACING)
         clicks = [] if last is None else [*earlier, (last.index, last.positive)]
     else:
         n = 1 if empty and rng.random() < 0.6 else int(rng.integers(1, MAX_CLICKS + 1))
-        robot, current = training_clicks(truth_a, pred, n, PROMPT_SPACING)
+        # the robot corrects only known errors; unknown voxels keep the mask they had
+        robot, corrected = training_clicks(truth_a, _seen(pred, truth_a, known_a), n, PROMPT_SPACING)
+        current = np.where(known_a, corrected, pred)
         clicks = [(c.index, c.positive) for c in robot]
     if not clicks and box is None:  # no error left: a confirming click inside the object
         inside = np.argwhere(truth_a)
@@ -218,10 +244,12 @@ def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None) ->
     if rng.random() < 0.5:  # at use the mask is rescaled from the image grid: soft edges
         mask = ndimage.gaussian_filter(mask, rng.uniform(0.3, 1.0))
     x = encode(image[around][crop.slices], mask, [c for c, p in local if p], [c for c, p in local if not p], size,
-               _local_box(box, crop))
-    y = np.zeros((1, *size), np.float32)
+               _local_box(box, crop), channels)
+    y = np.zeros((2, *size), np.float32)
+    y[1] = 1.0  # padding beyond the image counts, as background
     t = truth_a[crop.slices]
     y[0, : t.shape[0], : t.shape[1], : t.shape[2]] = t
+    y[1, : t.shape[0], : t.shape[1], : t.shape[2]] = known_a[crop.slices]
     order = rng.permutation(3)
     x, y = x.transpose(0, *(order + 1)), y.transpose(0, *(order + 1))
     for axis in range(3):
@@ -230,30 +258,41 @@ def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None) ->
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
+def known_dice_ce(logits: torch.Tensor, y: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """Dice + binary cross-entropy of `logits` (B, 1, ...) against y[:, :1] over the voxels where
+    y[:, 1:] is 1 (MONAI's DiceCELoss(sigmoid=True) when every voxel is known)."""
+    truth, weight = y[:, :1], y[:, 1:]
+    probability = torch.sigmoid(logits)
+    axes = tuple(range(2, logits.ndim))
+    overlap = (weight * probability * truth).sum(axes)
+    dice = 1.0 - (2.0 * overlap + smooth) / ((weight * probability).sum(axes) + (weight * truth).sum(axes) + smooth)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, truth, weight=weight, reduction="sum")
+    return dice.mean() + ce / weight.sum().clamp(min=1.0)
+
+
 def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: int = 8, lr: float = 2e-3,
                  steps_limit: int | None = None, checkpoint=None, checkpoint_minutes: float = 5.0,
-                 init: torch.nn.Module | None = None, log=print) -> tuple[torch.nn.Module, dict]:
-    """Train the prompt network (fine-tune `init`, with samples it answers itself, when given) for
-    `steps_limit` steps, else `minutes` of wall time (at least one step); every
+                 init: torch.nn.Module | None = None, log=print, target_cases: list[PromptCase] = (),
+                 target_share: float = 0.0, channels: int = BOX_CHANNELS) -> tuple[torch.nn.Module, dict]:
+    """Train the prompt network of `channels` inputs (fine-tune `init`, with samples it answers
+    itself, when given) for `steps_limit` steps, else `minutes` of wall time (at least one step);
+    `target_share` of the samples come from `target_cases` (pseudo-labelled target images). Every
     `checkpoint_minutes` `checkpoint(network, summary)` is called (e.g. to write it into a bundle
     for evaluation while training goes on). Ctrl-C keeps what is trained so far."""
-    from monai.losses import DiceCELoss
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    network = build_network(PROMPT_SPEC)
+    network = build_network({**PROMPT_SPEC, "in_channels": channels})
     if init is not None:
         network.load_state_dict(init.state_dict())
     optimiser = torch.optim.Adam(network.parameters(), lr=lr)
     total = steps_limit or max(1, int(minutes * 60 / 1.0))  # cosine schedule length; re-estimated below
     scheduler_start = lr
-    loss_fn = DiceCELoss(sigmoid=True)
     network.train()
     start, last_save, steps, losses, stopped = time.time(), time.time(), 0, [], False
 
     def summary() -> dict:
         return {"steps": steps, "seconds": round(time.time() - start, 1), "batch": batch, "lr": lr,
-                "fine_tuned": init is not None,
+                "fine_tuned": init is not None, "target_share": target_share if target_cases else 0.0,
                 "stopped_early": stopped, "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None}
 
     while steps == 0 or (steps < steps_limit if steps_limit else time.time() - start < minutes * 60):
@@ -263,9 +302,12 @@ def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: 
             for group in optimiser.param_groups:
                 group["lr"] = scheduler_start * 0.5 * (1 + np.cos(np.pi * min(1.0, steps / total)))
             answering = None if init is None else network
-            samples = [make_prompt_sample(cases[rng.integers(len(cases))], rng, network=answering)
-                       for _ in range(batch)]
-            loss = train_step(network, optimiser, loss_fn, samples)
+            samples = []
+            for _ in range(batch):
+                pool = target_cases if target_cases and rng.random() < target_share else cases
+                samples.append(make_prompt_sample(pool[rng.integers(len(pool))], rng, network=answering,
+                                                  channels=channels))
+            loss = train_step(network, optimiser, known_dice_ce, samples)
         except KeyboardInterrupt:
             if steps == 0:
                 raise
@@ -286,10 +328,13 @@ def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: 
 
 
 def prompt_metadata(task_dir, cases: int, seed: int, threads: int, command: str, summary: dict,
-                    before: dict | None = None) -> dict:
-    training = {"data": f"{Path(task_dir).name}: source train split ({cases} cases), simulated clicks, "
-                        f"synthetic contrast on {SYNTH_SHARE:.0%} of samples", "seed": seed, "threads": threads,
-                "command": command, **summary}
+                    before: dict | None = None, target_cases: int = 0) -> dict:
+    data = (f"{Path(task_dir).name}: source train split ({cases} cases), simulated clicks, "
+            f"synthetic contrast on {SYNTH_SHARE:.0%} of the source samples")
+    if target_cases:
+        data += (f"; {summary['target_share']:.0%} of samples on the target train split's images ({target_cases}, "
+                 f"unlabelled) with the bundle's pseudo-labels (probability >= {CONFIDENCE})")
+    training = {"data": data, "seed": seed, "threads": threads, "command": command, **summary}
     if before is not None:
         training["fine_tuned_from"] = before
     return {"size": list(PROMPT_SIZE), "spacing": list(PROMPT_SPACING), "training": training}
@@ -298,35 +343,50 @@ def prompt_metadata(task_dir, cases: int, seed: int, threads: int, command: str,
 def train_and_ship_prompt(bundle_path, task_dir, minutes: float, seed: int = 0, threads: int = 1,
                           batch: int = 8, steps: int | None = None, limit_cases: int | None = None,
                           command: str | None = None, checkpoint_minutes: float = 5.0, lr: float = 2e-3,
-                          fine_tune: bool = False, log=print):
-    """Train the prompt network on the task's source training cases (`fine_tune`: the bundle's own,
-    further) and write it into the bundle (also every `checkpoint_minutes` while training)."""
+                          fine_tune: bool = False, target_share: float = 0.0, clicks_only: bool = False,
+                          log=print):
+    """Train the prompt network on the task's source training cases and, for `target_share` of the
+    samples, on its unlabelled target training images with the bundle's pseudo-labels
+    (`fine_tune`: the bundle's own network, further; `clicks_only`: without the box channel, as a
+    network saved before it) and write it into the bundle (also every `checkpoint_minutes`)."""
     from ..device import configure
 
+    if not 0.0 <= target_share <= 1.0:
+        raise InputError(f"The target share must be between 0 and 1, got {target_share}.")
+    if target_share > 0:
+        target_training_images(task_dir)  # refused before any work when there are none
     configure(threads)
     bundle = load_bundle(bundle_path)
     tick = time.time()
     init = before = None
+    channels = CLICK_CHANNELS if clicks_only else BOX_CHANNELS
     if fine_tune:
         if not bundle.has_network(NETWORK_NAME):
             raise InputError(f"The model bundle {bundle_path} has no prompt network to fine-tune; "
                              "train one first (without --fine-tune).")
         init, before = bundle.network(NETWORK_NAME), bundle.metadata.get(NETWORK_NAME, {}).get("training")
-        if bundle.network_spec(NETWORK_NAME).get("in_channels", CLICK_CHANNELS) == CLICK_CHANNELS:
+        has = bundle.network_spec(NETWORK_NAME).get("in_channels", CLICK_CHANNELS)
+        if clicks_only and has != CLICK_CHANNELS:
+            raise InputError(f"The bundle's prompt network has a box channel ({has} inputs); fine-tune it "
+                             "without --clicks-only.")
+        if not clicks_only and has == CLICK_CHANNELS:
             init = widen_to_box_channel(init)  # answers as before; the box channel starts at zero
             log("the bundle's prompt network has no box channel: added one (zero weights)")
     cases = load_prompt_cases(task_dir, bundle, limit=limit_cases)
+    targets = load_target_cases(task_dir, bundle, limit=limit_cases, log=log) if target_share > 0 else []
     command = command or " ".join(sys.argv)
-    log(f"{len(cases)} source training cases ({time.time() - tick:.0f} s); training "
-        f"{f'{steps} steps' if steps else f'{minutes} min'} on {threads} thread(s)")
+    log(f"{len(cases)} source training cases, {len(targets)} pseudo-labelled target images "
+        f"({time.time() - tick:.0f} s); training {f'{steps} steps' if steps else f'{minutes} min'} "
+        f"on {threads} thread(s)")
 
     def ship(network, summary):
         update_bundle(bundle_path, networks={NETWORK_NAME: network},
                       metadata={NETWORK_NAME: prompt_metadata(task_dir, len(cases), seed, threads, command, summary,
-                                                              before)})
+                                                              before, len(targets))})
         log(f"prompt network written to {bundle_path}: {json.dumps(summary)}")
 
     network, summary = train_prompt(cases, minutes, seed, batch, lr, steps_limit=steps, checkpoint=ship,
-                                    checkpoint_minutes=checkpoint_minutes, init=init, log=log)
+                                    checkpoint_minutes=checkpoint_minutes, init=init, log=log,
+                                    target_cases=targets, target_share=target_share, channels=channels)
     ship(network, summary)
     return network, summary
