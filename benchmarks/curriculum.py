@@ -16,7 +16,8 @@ Methods, all from the same bundle and data in one run:
                 voxels only, labels fitted to the image near their boundaries and given back
                 the tissue they swallowed, contained labels found again by their contrast): shows
                 what the image curriculum adds on top of them
-  curriculum    the patent's curriculum (memory bank, U with TTA, tau_u, warm-up gate tau_ts)
+  curriculum    the patent's curriculum (memory bank, U with TTA, tau_u, warm-up gate tau_ts), with
+                the labelled source replayed in the target's appearance (appearance_weight)
   supervised    upper bound: the segmenter fine-tuned on the labelled target val split
   mean_teacher_with_accepted, curriculum_with_accepted  the semi-supervised variant (patent
                 Fig. 5), as the product runs it: the same unlabelled images plus, as accepted
@@ -108,6 +109,8 @@ def train(bundle, params, target, accepted, source, epochs, probe, start=None, l
         print(f"  {label} epoch {summary['epoch']}: confident {summary['confident']} "
               f"losses {({k: round(v, 3) for k, v in summary['losses'].items()})} "
               f"({time.perf_counter() - began:.0f} s)", flush=True)
+        if "appearance_medians" in summary:
+            print(f"  {label} target appearance medians {summary['appearance_medians']}", flush=True)
     return trainer
 
 
@@ -243,7 +246,8 @@ def main():
     if "tdgan" in rows and probe.generator is not None:
         table["tdgan"] = score(probe, probe.reference, test, "preview")
     print(table, flush=True)
-    plain_params = {**base.to_dict(), "curriculum": False, "confidence_threshold": 0.0}
+    # the plain peers train without the curriculum's target-appearance replay
+    plain_params = {**base.to_dict(), "curriculum": False, "confidence_threshold": 0.0, "appearance_weight": 0.0}
     if "mean_teacher" in rows:
         plain = train(bundle, CurriculumParams(**plain_params), target, [], source, args.epochs, probe,
                       label="mean teacher")
@@ -255,7 +259,7 @@ def main():
         table["cps"] = score(cps, cps.student, test, None)
         print("cps", table["cps"], flush=True)
     if base.confidence_threshold > 0 and "mean_teacher_same_pseudo_labels" in rows:
-        same = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False}),
+        same = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False, "appearance_weight": 0.0}),
                      target, [], source, args.epochs, probe, label="mean teacher, same pseudo-labels")
         table["mean_teacher_same_pseudo_labels"] = score(same, same.student, test, None)
         print("mean_teacher_same_pseudo_labels", table["mean_teacher_same_pseudo_labels"], flush=True)

@@ -1,0 +1,145 @@
+"""Target-appearance replay: labelled source anatomy rendered as the target modality shows it.
+
+Image-level adaptation as CyCADA does, but with a class-conditional intensity model instead of
+a GAN, so the labels stay exactly right. The appearance is learned from the unlabelled target
+images through the teacher: `fit` takes, per class, the quantiles of the normalised target
+intensities at the voxels the teacher is confident of, pooled over all target images. `render`
+maps each voxel of a labelled source crop through its class's source CDF to a rank and then
+through the target class's quantile function (per-class histogram matching that keeps the
+source texture's order), then imposes the target acquisition geometry (thick slices along the
+target's slice axis, `slice_geometry`). No target label is read.
+
+Assumptions: within one label the target intensity distribution is roughly the same across
+subjects (true after per-image normalisation for one protocol), and the acquisition geometry
+(slice thickness and direction) is in the target images' headers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..training.randomize import thick_slices
+
+log = logging.getLogger(__name__)
+
+LEVELS = np.linspace(0.0, 1.0, 101)  # quantile levels of every class model
+# Teacher softmax a voxel needs to count in a target class model: a teacher fair on the target
+# (Dice about 0.6 on brain) is wrong mostly at class borders, where its softmax is split; its
+# sure voxels are the class interiors, whose intensities are what the class looks like.
+CONFIDENCE = 0.9
+MIN_VOXELS = 100  # fewer confident voxels than this: the class model falls back to its argmax voxels
+SAMPLE_PER_VOLUME = 200_000  # voxels per class and volume kept for the quantiles (memory bound)
+RANK_GAMMA_STD = 0.1  # per class, the rank u becomes u ** exp(N(0, std)): a few percent of jitter
+ANISOTROPY = 1.5  # images whose largest / smallest spacing is below this count as isotropic
+
+
+def slice_geometry(image: sitk.Image, working_spacing) -> tuple[int, float] | None:
+    """(array axis of the working grid, slice thickness in working voxels) of an image with thick
+    slices, or None for a near-isotropic or single-slice image. The working grid is axis-aligned
+    in patient space with arrays in (z, y, x) order: the axis is the one nearest the direction of
+    the image's thickest spacing; the thickness is that spacing over the working spacing there."""
+    spacing = np.asarray(image.GetSpacing(), float)
+    if image.GetDimension() != 3 or image.GetSize()[2] == 1 or spacing.max() / spacing.min() < ANISOTROPY:
+        return None
+    thick = int(spacing.argmax())
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)[:, thick]  # physical x, y, z
+    physical = int(np.abs(direction).argmax())
+    thickness = float(spacing[thick] / working_spacing[physical])
+    return (2 - physical, thickness) if thickness > 1.0 else None
+
+
+def class_quantiles(x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """(num_classes, len(LEVELS)) quantiles of `x` within each label of `y`; NaN rows for
+    labels absent from `y`."""
+    out = np.full((num_classes, len(LEVELS)), np.nan, np.float32)
+    for c in np.unique(y):
+        out[int(c)] = np.quantile(x[y == c], LEVELS)
+    return out
+
+
+@dataclass
+class TargetAppearance:
+    """Per class: quantiles (NaN row: no model, the class keeps its source intensities) and where
+    they came from ("confident", "predicted" or "none")."""
+
+    quantiles: np.ndarray
+    origin: list[str]
+
+    def medians(self) -> list[float | None]:
+        mid = len(LEVELS) // 2
+        return [None if np.isnan(q[mid]) else round(float(q[mid]), 3) for q in self.quantiles]
+
+
+def fit(volumes, confidence: float = CONFIDENCE, rng: np.random.Generator | None = None) -> TargetAppearance:
+    """The target class models from (x (*spatial), probabilities (C, *spatial)) pairs: the
+    normalised image and the teacher's softmax on it. A class with fewer than MIN_VOXELS
+    confident voxels over all volumes uses every voxel predicted as it; with none it has no model."""
+    rng = rng or np.random.default_rng(0)
+    confident: dict[int, list[np.ndarray]] = {}
+    predicted: dict[int, list[np.ndarray]] = {}
+    num_classes = 0
+    for x, probs in volumes:
+        num_classes = probs.shape[0]
+        x = np.asarray(x, np.float32).ravel()
+        probs = np.asarray(probs).reshape(num_classes, -1)
+        argmax = probs.argmax(0)
+        for c in range(num_classes):
+            confident.setdefault(c, []).append(_sample(x[probs[c] >= confidence], rng))
+            predicted.setdefault(c, []).append(_sample(x[argmax == c], rng))
+    quantiles = np.full((num_classes, len(LEVELS)), np.nan, np.float32)
+    origin = []
+    for c in range(num_classes):
+        for kind, pools in (("confident", confident), ("predicted", predicted)):
+            values = np.concatenate(pools[c])
+            if len(values) >= MIN_VOXELS or (kind == "predicted" and len(values)):
+                quantiles[c] = np.quantile(values, LEVELS)
+                origin.append(kind)
+                break
+        else:
+            origin.append("none")
+            log.info("target appearance: class %d has no predicted voxel; it keeps its source intensities", c)
+    return TargetAppearance(quantiles, origin)
+
+
+def _sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if len(values) <= SAMPLE_PER_VOLUME:
+        return values
+    return values[rng.choice(len(values), SAMPLE_PER_VOLUME, replace=False)]
+
+
+def ranks(values: np.ndarray, quantiles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each value's rank u in [0, 1] under the class CDF given by `quantiles`. Values tied with
+    several quantiles (clipped ends of a normalised image, flat air) get a random rank within the
+    tie, so that they spread over the target's distribution instead of piling on one end."""
+    strict = quantiles + np.arange(len(quantiles)) * 1e-7  # increasing, as np.interp needs
+    u = np.interp(values, strict, LEVELS)
+    lo = np.searchsorted(quantiles, values, "left")
+    hi = np.searchsorted(quantiles, values, "right")
+    tied = hi - lo > 1
+    if tied.any():
+        low, high = LEVELS[lo[tied]], LEVELS[hi[tied] - 1]
+        u[tied] = low + rng.random(int(tied.sum())) * (high - low)
+    return u
+
+
+def render(x: np.ndarray, y: np.ndarray, source_quantiles: np.ndarray, target: TargetAppearance,
+           geometry: tuple[int, float] | None, rng: np.random.Generator) -> np.ndarray:
+    """A source crop `x` (*spatial, normalised) with labels `y` in the target's appearance:
+    per-class histogram matching from the source volume's class quantiles to the target's, with
+    a random gamma on the rank per class, then thick slices when `geometry` (from
+    `slice_geometry` of a target image) says so. Labels are left as they are."""
+    out = np.asarray(x, np.float32).copy()
+    for c in np.unique(y):
+        src, tgt = source_quantiles[int(c)], target.quantiles[int(c)]
+        if np.isnan(src[0]) or np.isnan(tgt[0]):
+            continue
+        mask = y == c
+        u = ranks(out[mask], src, rng) ** np.exp(rng.normal(0.0, RANK_GAMMA_STD))
+        out[mask] = np.interp(u, LEVELS, tgt)
+    if geometry is not None:
+        out = thick_slices(out, geometry[0], geometry[1], rng)
+    return out.astype(np.float32)

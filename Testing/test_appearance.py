@@ -1,0 +1,158 @@
+"""Target-appearance replay (curriculum/appearance.py): the class models fitted from the teacher,
+per-class histogram matching of source crops, the target's slice geometry, and the trainer's
+appearance loss."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy.spatial.transform import Rotation
+
+from crossdomainseg.bundle import make_random_bundle
+from crossdomainseg.curriculum import appearance
+from crossdomainseg.curriculum.cps import CrossPseudoSupervision
+from crossdomainseg.curriculum.params import CurriculumParams
+from crossdomainseg.curriculum.trainer import CurriculumTrainer, prepare
+from crossdomainseg.errors import InputError
+from crossdomainseg.training.loops import load_checkpoint
+
+
+def _two_class_crop(rng):
+    y = np.zeros((12, 12, 12), np.int64)
+    y[3:9, 3:9, 3:9] = 1
+    x = np.where(y == 1, 0.8, 0.2) + rng.normal(0, 0.03, y.shape)
+    return np.clip(x, 0, 1).astype(np.float32), y
+
+
+def test_render_inverts_a_two_class_contrast_keeping_texture_order_and_labels():
+    rng = np.random.default_rng(0)
+    x, y = _two_class_crop(rng)
+    y_before = y.copy()
+    source_q = appearance.class_quantiles(x, y, 2)
+    # target: the foreground class dark, the background bright (an inverted contrast)
+    target_q = np.stack([np.quantile(rng.normal(0.75, 0.05, 5000), appearance.LEVELS),
+                         np.quantile(rng.normal(0.15, 0.02, 5000), appearance.LEVELS)]).astype(np.float32)
+    out = appearance.render(x, y, source_q, appearance.TargetAppearance(target_q, ["confident"] * 2), None, rng)
+    assert np.array_equal(y, y_before) and out.shape == x.shape and out.dtype == np.float32
+    fg, bg = out[y == 1], out[y == 0]
+    assert abs(np.median(fg) - 0.15) < 0.03 and abs(np.median(bg) - 0.75) < 0.05
+    assert fg.max() < bg.min()  # the contrast is inverted
+    # the source texture's order within a class survives (up to the small rank jitter)
+    order = np.argsort(x[y == 1])
+    assert np.corrcoef(np.argsort(order), np.argsort(np.argsort(fg)))[0, 1] > 0.99
+    # a class with no target model keeps its source intensities
+    partial = appearance.TargetAppearance(np.stack([target_q[0], np.full_like(target_q[1], np.nan)]),
+                                          ["confident", "none"])
+    kept = appearance.render(x, y, source_q, partial, None, rng)
+    assert np.array_equal(kept[y == 1], x[y == 1]) and np.median(kept[y == 0]) > 0.6
+
+
+def test_tied_source_values_spread_over_the_target_distribution():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.zeros(600), rng.uniform(0, 1, 400)]).astype(np.float32)  # 60% clipped at 0
+    y = np.zeros(x.shape, np.int64)
+    target = np.quantile(rng.uniform(0.2, 0.6, 5000), appearance.LEVELS)[None].astype(np.float32)
+    out = appearance.render(x, y, appearance.class_quantiles(x, y, 1),
+                            appearance.TargetAppearance(target, ["confident"]), None, rng)
+    tied = out[:600]
+    assert tied.std() > 0.05 and tied.max() < 0.5  # spread over the lower ranks, not piled on one value
+
+
+def _image(size, spacing, direction):
+    image = sitk.Image(size, sitk.sitkFloat32)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
+def test_slice_geometry_of_a_tilted_coronal_image_lands_on_the_y_axis():
+    # coronal slices tilted by 8 and 10 degrees: the slice normal is nearest physical y (LPS),
+    # array axis 1 of a (z, y, x) working grid
+    rotation = (Rotation.from_euler("z", 10, degrees=True) * Rotation.from_euler("x", -82, degrees=True)).as_matrix()
+    assert np.abs(rotation[:, 2]).argmax() == 1
+    coronal = _image((40, 40, 8), (1.0, 1.0, 5.0), tuple(rotation.ravel()))
+    assert appearance.slice_geometry(coronal, (1.5, 2.0, 3.0)) == (1, pytest.approx(2.5))
+    axial = _image((40, 40, 8), (1.0, 1.0, 4.5), tuple(np.eye(3).ravel()))
+    assert appearance.slice_geometry(axial, (1.5, 2.0, 3.0)) == (0, pytest.approx(1.5))
+    sagittal_thick_first = _image((8, 40, 40), (6.0, 1.0, 1.0), tuple(np.eye(3).ravel()))
+    assert appearance.slice_geometry(sagittal_thick_first, (2.0, 2.0, 2.0)) == (2, pytest.approx(3.0))
+    assert appearance.slice_geometry(_image((40, 40, 40), (1.0, 1.0, 1.2), tuple(np.eye(3).ravel())), (1, 1, 1)) is None
+    assert appearance.slice_geometry(_image((40, 40, 8), (1.0, 1.0, 5.0), tuple(np.eye(3).ravel())), (6, 6, 6)) is None
+    assert appearance.slice_geometry(_image((40, 40, 1), (1.0, 1.0, 5.0), tuple(np.eye(3).ravel())), (1, 1, 1)) is None
+
+
+def test_render_blurs_along_the_target_slice_axis_only():
+    rng = np.random.default_rng(2)
+    x = np.zeros((24, 24, 24), np.float32)
+    x[:, ::2, :] = 1.0  # stripes along array axis 1
+    x[:, :, ::2] += 1.0  # and along axis 2
+    x /= 2
+    y = np.zeros(x.shape, np.int64)
+    identity = appearance.TargetAppearance(appearance.LEVELS[None].astype(np.float32), ["confident"])
+    q = appearance.LEVELS[None].astype(np.float32)
+    out = appearance.render(x, y, q, identity, (1, 3.0), rng)
+    assert np.abs(np.diff(out, axis=1)).mean() < 0.2 * np.abs(np.diff(x, axis=1)).mean()
+    assert np.abs(np.diff(out, axis=2)).mean() > 0.5 * np.abs(np.diff(x, axis=2)).mean()
+
+
+def test_fit_ignores_unconfident_voxels_and_falls_back_per_class():
+    rng = np.random.default_rng(3)
+    n = 4000
+    x = np.concatenate([rng.normal(0.8, 0.02, n), rng.normal(0.1, 0.02, n), rng.normal(0.5, 0.02, n)])
+    probs = np.zeros((4, 3 * n), np.float32)
+    probs[1, :n], probs[0, :n] = 0.95, 0.05  # class 1, confident, bright
+    probs[1, n:2 * n], probs[0, n:2 * n] = 0.6, 0.4  # class 1 too, unsure, dark
+    probs[2, 2 * n:], probs[0, 2 * n:] = 0.7, 0.3  # class 2: never confident
+    fitted = appearance.fit([(x[:, None], probs[:, :, None])], confidence=0.9)
+    assert fitted.origin == ["none", "confident", "predicted", "none"]  # class 0 is never the argmax
+    medians = fitted.medians()
+    assert medians[1] == pytest.approx(0.8, abs=0.01)  # the unsure dark voxels are left out
+    assert medians[2] == pytest.approx(0.5, abs=0.01) and medians[3] is None
+    assert np.isnan(fitted.quantiles[3]).all()
+
+
+def _volume(seed):
+    rng = np.random.default_rng(seed)
+    array = rng.normal(0, 0.3, size=(16, 16, 16)).astype(np.float32)
+    array[4:12, 4:12, 4:12] += 3
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((4.0, 4.0, 4.0))
+    label = sitk.GetImageFromArray((array > 1.5).astype(np.uint8))
+    label.CopyInformation(image)
+    return image, label
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_random_bundle(tmp_path_factory.mktemp("b") / "b", spacing=4.0, roi=16, seed=3)
+
+
+def test_train_step_adds_an_appearance_loss_only_with_source_volumes(tmp_path, bundle):
+    params = CurriculumParams(epochs=0, steps_per_epoch=2, tau_u0=1.0, lambda_u=0.0, tau_ts0=1.0,
+                              student_input="image", reference_input="image")
+    target = [prepare(bundle, _volume(i)[0], f"t{i}") for i in range(2)]
+    source = [prepare(bundle, *_volume(10)[:1], "s0", "source", label=_volume(10)[1])]
+    trainer = CurriculumTrainer(bundle, params, target, source=source)
+    summary = trainer.run_epoch()
+    assert summary["losses"]["appearance"] > 0 and "replay" in summary["losses"]
+    assert set(summary["appearance_medians"]) == set(bundle.labels)
+    # the checkpoint keeps the fitted class models (read back with weights_only=True)
+    torch.save(trainer.state_dict(), tmp_path / "checkpoint.pt")
+    resumed = CurriculumTrainer(bundle, params, target, source=source)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt"))
+    assert np.array_equal(resumed.appearance.quantiles, trainer.appearance.quantiles, equal_nan=True)
+    # refit every 2 epochs: epoch 1 trains on the models fitted at epoch 0
+    every_other = CurriculumTrainer(bundle, CurriculumParams(**{**params.to_dict(), "appearance_refit": 2}),
+                                    target, source=source)
+    assert "appearance_medians" in every_other.run_epoch()
+    second = every_other.run_epoch()
+    assert "appearance_medians" not in second and "appearance" in second["losses"]
+    without = CurriculumTrainer(bundle, params, target).run_epoch()
+    assert "appearance" not in without["losses"] and "appearance_medians" not in without
+    off = CurriculumTrainer(bundle, CurriculumParams(**{**params.to_dict(), "appearance_weight": 0.0}),
+                            target, source=source).run_epoch()
+    assert "appearance" not in off["losses"]
+    cps = CrossPseudoSupervision(bundle, params, target, source=source)
+    assert cps.params.appearance_weight == 0 and "appearance" not in cps.run_epoch()["losses"]
+    with pytest.raises(InputError, match="appearance"):
+        CurriculumParams.from_dict({"appearance_refit": 0})
