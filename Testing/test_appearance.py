@@ -111,6 +111,20 @@ def test_fit_ignores_unconfident_voxels_and_falls_back_per_class():
     assert np.isnan(fitted.quantiles[3]).all()
 
 
+def test_fit_keeps_a_labels_main_mode_but_all_of_background():
+    rng = np.random.default_rng(4)
+    # 12% of the confident voxels of label 1 are dark outliers (the teacher's confident errors);
+    # background is air and bright fat at once
+    label = np.concatenate([rng.normal(0.7, 0.03, 8800), rng.normal(0.05, 0.02, 1200)])
+    background = np.concatenate([rng.normal(0.02, 0.01, 5000), rng.normal(0.9, 0.03, 5000)])
+    x = np.concatenate([label, background])
+    probs = np.zeros((2, len(x)), np.float32)
+    probs[1, :len(label)], probs[0, len(label):] = 1.0, 1.0
+    fitted = appearance.fit([(x, probs)])
+    assert fitted.quantiles[1][1] > 0.6  # the 1st percentile is tissue, not the outliers
+    assert fitted.quantiles[0][10] < 0.1 and fitted.quantiles[0][90] > 0.8  # both background modes
+
+
 def _volume(seed):
     rng = np.random.default_rng(seed)
     array = rng.normal(0, 0.3, size=(16, 16, 16)).astype(np.float32)
@@ -156,3 +170,24 @@ def test_train_step_adds_an_appearance_loss_only_with_source_volumes(tmp_path, b
     assert cps.params.appearance_weight == 0 and "appearance" not in cps.run_epoch()["losses"]
     with pytest.raises(InputError, match="appearance"):
         CurriculumParams.from_dict({"appearance_refit": 0})
+
+
+def test_flat_texture_drops_the_source_order_within_a_label_and_keeps_its_fine_texture():
+    rng = np.random.default_rng(5)
+    y = np.zeros((10, 10, 30), np.int64)
+    y[:, :, 5:25] = 1
+    ramp = np.linspace(0.3, 0.9, 30)[None, None, :]  # source intensity rising across label 1
+    x = (np.where(y == 1, ramp, 0.1) + rng.normal(0, 0.01, y.shape)).astype(np.float32)
+    source_q = appearance.class_quantiles(x, y, 2)
+    target = appearance.TargetAppearance(np.stack([np.linspace(0.6, 0.7, 101), np.linspace(0.1, 0.5, 101)]).astype(np.float32),
+                                         ["confident"] * 2)
+    inner = (slice(None), slice(None), slice(8, 22))
+    position = np.broadcast_to(np.arange(30)[None, None, :], y.shape)[inner].ravel()
+    ranked = appearance.render(x, y, source_q, target, None, rng, "rank")[inner].ravel()
+    flat = appearance.render(x, y, source_q, target, None, rng, "flat")[inner].ravel()
+    assert np.corrcoef(ranked, position)[0, 1] > 0.9  # "rank" keeps the source's order
+    assert abs(np.corrcoef(flat, position)[0, 1]) < 0.3 and abs(np.median(flat) - 0.3) < 0.05
+    # the source's fine texture (here its noise) is kept, scaled
+    clean = np.where(y == 1, ramp, 0.1).astype(np.float32)
+    flat_clean = appearance.render(clean, y, source_q, target, None, rng, "flat")[inner].ravel()
+    assert flat.std() > 3 * flat_clean.std()

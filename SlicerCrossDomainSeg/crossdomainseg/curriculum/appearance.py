@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from scipy import ndimage
+
+from ..training.randomize import texture as fine_texture
 from ..training.randomize import thick_slices
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,13 @@ LEVELS = np.linspace(0.0, 1.0, 101)  # quantile levels of every class model
 # sure voxels are the class interiors, whose intensities are what the class looks like.
 CONFIDENCE = 0.9
 MIN_VOXELS = 100  # fewer confident voxels than this: the class model falls back to its argmax voxels
+# A label is one tissue, so its target intensities form one mode; the teacher's confident errors
+# (e.g. dark skull called cortex) lie outside it. Kept: within this many robust SDs (1.4826 MAD)
+# of the median. Not for background (label 0), which is every unlabelled tissue at once.
+TRIM_SD = 3.0
 SAMPLE_PER_VOLUME = 200_000  # voxels per class and volume kept for the quantiles (memory bound)
 RANK_GAMMA_STD = 0.1  # per class, the rank u becomes u ** exp(N(0, std)): a few percent of jitter
+PARTIAL_VOLUME_SIGMA = 0.5  # "flat" rendering: blur (voxels) making partial volume at class edges
 ANISOTROPY = 1.5  # images whose largest / smallest spacing is below this count as isotropic
 
 
@@ -76,7 +84,8 @@ class TargetAppearance:
 
 def fit(volumes, confidence: float = CONFIDENCE, rng: np.random.Generator | None = None) -> TargetAppearance:
     """The target class models from (x (*spatial), probabilities (C, *spatial)) pairs: the
-    normalised image and the teacher's softmax on it. A class with fewer than MIN_VOXELS
+    normalised image and the teacher's softmax on it; a foreground class keeps its main mode
+    (TRIM_SD). A class with fewer than MIN_VOXELS
     confident voxels over all volumes uses every voxel predicted as it; with none it has no model."""
     rng = rng or np.random.default_rng(0)
     confident: dict[int, list[np.ndarray]] = {}
@@ -96,13 +105,20 @@ def fit(volumes, confidence: float = CONFIDENCE, rng: np.random.Generator | None
         for kind, pools in (("confident", confident), ("predicted", predicted)):
             values = np.concatenate(pools[c])
             if len(values) >= MIN_VOXELS or (kind == "predicted" and len(values)):
-                quantiles[c] = np.quantile(values, LEVELS)
+                quantiles[c] = np.quantile(values if c == 0 else _main_mode(values), LEVELS)
                 origin.append(kind)
                 break
         else:
             origin.append("none")
             log.info("target appearance: class %d has no predicted voxel; it keeps its source intensities", c)
     return TargetAppearance(quantiles, origin)
+
+
+def _main_mode(values: np.ndarray) -> np.ndarray:
+    """The values within TRIM_SD robust standard deviations of their median."""
+    median = np.median(values)
+    spread = 1.4826 * np.median(np.abs(values - median))
+    return values[np.abs(values - median) <= TRIM_SD * spread] if spread > 0 else values
 
 
 def _sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -127,19 +143,37 @@ def ranks(values: np.ndarray, quantiles: np.ndarray, rng: np.random.Generator) -
 
 
 def render(x: np.ndarray, y: np.ndarray, source_quantiles: np.ndarray, target: TargetAppearance,
-           geometry: tuple[int, float] | None, rng: np.random.Generator) -> np.ndarray:
-    """A source crop `x` (*spatial, normalised) with labels `y` in the target's appearance:
-    per-class histogram matching from the source volume's class quantiles to the target's, with
-    a random gamma on the rank per class, then thick slices when `geometry` (from
-    `slice_geometry` of a target image) says so. Labels are left as they are."""
-    out = np.asarray(x, np.float32).copy()
+           geometry: tuple[int, float] | None, rng: np.random.Generator, texture: str = "rank") -> np.ndarray:
+    """A source crop `x` (*spatial, normalised) with labels `y` in the target's appearance, then
+    thick slices when `geometry` (from `slice_geometry` of a target image) says so. Labels are
+    left as they are. `texture`:
+    - "rank": per-class histogram matching from the source volume's class quantiles to the
+      target's (a random gamma on the rank per class), keeping the source's order within a class;
+    - "flat": each foreground label at its target median (the same random gamma on its rank) plus
+      the source's fine texture scaled by the ratio of the classes' spreads, then blurred so that
+      partial volume at class edges follows the target's contrast rather than the source's (a
+      label's rank order near an inverted neighbour is inverted too); background as in "rank"."""
+    x = np.asarray(x, np.float32)
+    out = x.copy()
+    fine = fine_texture(x, ndimage.uniform_filter(x, 3), y, len(target.quantiles)) if texture == "flat" else None
     for c in np.unique(y):
         src, tgt = source_quantiles[int(c)], target.quantiles[int(c)]
         if np.isnan(src[0]) or np.isnan(tgt[0]):
             continue
         mask = y == c
-        u = ranks(out[mask], src, rng) ** np.exp(rng.normal(0.0, RANK_GAMMA_STD))
-        out[mask] = np.interp(u, LEVELS, tgt)
+        gamma = np.exp(rng.normal(0.0, RANK_GAMMA_STD))
+        if fine is not None and c != 0:
+            gain = _spread(tgt) / max(_spread(src), 1e-3)
+            out[mask] = np.interp(0.5**gamma, LEVELS, tgt) + gain * fine[mask]
+        else:
+            out[mask] = np.interp(ranks(x[mask], src, rng) ** gamma, LEVELS, tgt)
+    if fine is not None:
+        out = ndimage.gaussian_filter(out, PARTIAL_VOLUME_SIGMA, mode="nearest")
     if geometry is not None:
         out = thick_slices(out, geometry[0], geometry[1], rng)
     return out.astype(np.float32)
+
+
+def _spread(quantiles: np.ndarray) -> float:
+    """Interquartile range of a class model."""
+    return float(quantiles[75] - quantiles[25])

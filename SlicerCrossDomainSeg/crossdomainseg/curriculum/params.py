@@ -58,6 +58,7 @@ class CurriculumParams:
     appearance_weight: float = 1.0
     appearance_batch: int = 2
     appearance_refit: int = 1  # epochs between refits of the target class models from the teacher
+    appearance_texture: str = "rank"  # within-class texture of rendered crops (appearance.render)
     # Every holdout_every-th accepted case (second, then every k-th) is kept out of training and
     # decides promotion (promotion.py): publish when the student's held-out Dice is at least every
     # kept version's + promotion_margin. 0: train on every accepted case (nothing held out, so
@@ -136,6 +137,8 @@ class CurriculumParams:
         if self.appearance_weight < 0 or self.appearance_batch < 1 or self.appearance_refit < 1:
             raise InputError("Appearance replay needs appearance_weight >= 0 (0: off), appearance_batch >= 1 "
                              "and appearance_refit >= 1 epoch.")
+        if self.appearance_texture not in ("rank", "flat"):
+            raise InputError("appearance_texture must be 'rank' or 'flat' (appearance.render).")
         if self.holdout_every < 0 or self.holdout_every == 1:
             raise InputError("holdout_every must be 0 (no hold-out) or >= 2 so that some accepted "
                              "cases are trained on.")

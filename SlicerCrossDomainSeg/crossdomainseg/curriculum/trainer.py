@@ -280,7 +280,8 @@ class CurriculumTrainer:
             x, y = self._crop(volume)
             rng = np.random.default_rng(self.rng.randrange(2**32))
             rendered = appearance.render(x[0].numpy(), y.numpy(), self._source_quantiles[volume.key],
-                                         self.appearance, self.rng.choice(self.target).slices, rng)
+                                         self.appearance, self.rng.choice(self.target).slices, rng,
+                                         self.params.appearance_texture)
             xs.append(torch.from_numpy(rendered)[None])
             ys.append(y)
         return flip_pair(torch.stack(xs).to(self.device), torch.stack(ys).to(self.device), self.rng)
