@@ -95,20 +95,41 @@ def test_render_blurs_along_the_target_slice_axis_only():
     assert np.abs(np.diff(out, axis=2)).mean() > 0.5 * np.abs(np.diff(x, axis=2)).mean()
 
 
-def test_fit_ignores_unconfident_voxels_and_falls_back_per_class():
+def _source_quantiles(medians):
+    return np.stack([np.full(len(appearance.LEVELS), m, np.float32) for m in medians])
+
+
+def test_fit_ignores_unconfident_voxels_and_borrows_for_a_class_the_teacher_is_not_sure_of():
     rng = np.random.default_rng(3)
     n = 4000
-    x = np.concatenate([rng.normal(0.8, 0.02, n), rng.normal(0.1, 0.02, n), rng.normal(0.5, 0.02, n)])
-    probs = np.zeros((4, 3 * n), np.float32)
-    probs[1, :n], probs[0, :n] = 0.95, 0.05  # class 1, confident, bright
-    probs[1, n:2 * n], probs[0, n:2 * n] = 0.6, 0.4  # class 1 too, unsure, dark
-    probs[2, 2 * n:], probs[0, 2 * n:] = 0.7, 0.3  # class 2: never confident
-    fitted = appearance.fit([(x[:, None], probs[:, :, None])], confidence=0.9)
-    assert fitted.origin == ["none", "confident", "predicted", "none"]  # class 0 is never the argmax
+    x = np.concatenate([rng.normal(0.8, 0.02, n), rng.normal(0.1, 0.02, n), rng.normal(0.5, 0.02, n),
+                        rng.normal(0.3, 0.02, n)])
+    probs = np.zeros((5, 4 * n), np.float32)
+    probs[1, :n], probs[0, :n] = 0.95, 0.05  # label 1, confident, bright
+    probs[1, n:2 * n], probs[0, n:2 * n] = 0.6, 0.4  # label 1 too, unsure, dark
+    probs[2, 2 * n:3 * n], probs[0, 2 * n:3 * n] = 0.7, 0.3  # label 2: never confident
+    probs[0, 3 * n:] = 1.0
+    shares = np.array([0, 0.4, 0.2, 0.2, 0.2])
+    # in the source, label 2 looks like label 1, label 3 like background; label 4 is absent
+    source_q = _source_quantiles([0.3, 0.6, 0.62, 0.28, np.nan])
+    fitted = appearance.fit([(x[:, None], probs[:, :, None])], shares, source_q, confidence=0.9)
+    assert fitted.origin == ["confident", "confident", "like 1", "like 0", "none"]
     medians = fitted.medians()
     assert medians[1] == pytest.approx(0.8, abs=0.01)  # the unsure dark voxels are left out
-    assert medians[2] == pytest.approx(0.5, abs=0.01) and medians[3] is None
-    assert np.isnan(fitted.quantiles[3]).all()
+    assert medians[2] == medians[1] and medians[4] is None and np.isnan(fitted.quantiles[4]).all()
+
+
+def test_fit_needs_confident_voxels_covering_a_share_of_the_expected_label():
+    rng = np.random.default_rng(6)
+    x = rng.normal(0.5, 0.02, 100_000)
+    probs = np.zeros((3, len(x)), np.float32)
+    probs[0] = 1.0
+    probs[:, :20_000] = [[0.0], [1.0], [0.0]]  # label 1: 20000 confident voxels
+    probs[:, 20_000:20_300] = [[0.0], [0.0], [1.0]]  # label 2: 300, under 5% of the 10150 expected
+    source_q = _source_quantiles([0.1, 0.5, 0.55])
+    fitted = appearance.fit([(x, probs)], np.array([0, 0.5, 0.5]), source_q)
+    assert fitted.origin == ["confident", "confident", "like 1"]
+    assert appearance.fit([(x, probs)], np.array([0, 0.9, 0.1]), source_q).origin[2] == "confident"
 
 
 def test_fit_keeps_a_labels_main_mode_but_all_of_background():
@@ -120,7 +141,7 @@ def test_fit_keeps_a_labels_main_mode_but_all_of_background():
     x = np.concatenate([label, background])
     probs = np.zeros((2, len(x)), np.float32)
     probs[1, :len(label)], probs[0, len(label):] = 1.0, 1.0
-    fitted = appearance.fit([(x, probs)])
+    fitted = appearance.fit([(x, probs)], np.array([0, 1.0]), _source_quantiles([0.1, 0.5]))
     assert fitted.quantiles[1][1] > 0.6  # the 1st percentile is tissue, not the outliers
     assert fitted.quantiles[0][10] < 0.1 and fitted.quantiles[0][90] > 0.8  # both background modes
 

@@ -34,12 +34,16 @@ LEVELS = np.linspace(0.0, 1.0, 101)  # quantile levels of every class model
 # (Dice about 0.6 on brain) is wrong mostly at class borders, where its softmax is split; its
 # sure voxels are the class interiors, whose intensities are what the class looks like.
 CONFIDENCE = 0.9
-MIN_VOXELS = 100  # fewer confident voxels than this: the class model falls back to its argmax voxels
+MIN_VOXELS = 100  # fewer confident voxels than this: no class model of its own (`fit`)
+# Nor with confident voxels covering less than this share of the voxels the source anatomy leads
+# to expect: such a model holds the few places the teacher is sure of, often its errors (brain
+# T2, 1.1 teacher: confident CSF covers 1% of the expected CSF, every other label 9% or more).
+MIN_COVERAGE = 0.05
 # A label is one tissue, so its target intensities form one mode; the teacher's confident errors
 # (e.g. dark skull called cortex) lie outside it. Kept: within this many robust SDs (1.4826 MAD)
 # of the median. Not for background (label 0), which is every unlabelled tissue at once.
 TRIM_SD = 3.0
-SAMPLE_PER_VOLUME = 200_000  # voxels per class and volume kept for the quantiles (memory bound)
+SAMPLE_PER_CLASS = 1_000_000  # voxels per class kept for its quantiles (time bound)
 RANK_GAMMA_STD = 0.1  # per class, the rank u becomes u ** exp(N(0, std)): a few percent of jitter
 PARTIAL_VOLUME_SIGMA = 0.5  # "flat" rendering: blur (voxels) making partial volume at class edges
 ANISOTROPY = 1.5  # images whose largest / smallest spacing is below this count as isotropic
@@ -69,10 +73,24 @@ def class_quantiles(x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarra
     return out
 
 
+def source_anatomy(volumes, quantiles: dict, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """What `fit` needs of the labelled source volumes: each class's share of their foreground
+    voxels and its mean class quantiles over the volumes (`quantiles`: key -> class_quantiles);
+    None without volumes."""
+    if not quantiles:
+        return None
+    counts = sum(np.bincount(v.y.numpy().ravel(), minlength=num_classes) for v in volumes).astype(float)
+    stacked = np.stack([quantiles[v.key] for v in volumes])
+    present = ~np.isnan(stacked[:, :, 0])
+    mean = np.where(present[:, :, None], stacked, 0).sum(0) / np.maximum(present.sum(0), 1)[:, None]
+    mean[~present.any(0)] = np.nan
+    return counts / max(counts[1:].sum(), 1.0), mean.astype(np.float32)
+
+
 @dataclass
 class TargetAppearance:
     """Per class: quantiles (NaN row: no model, the class keeps its source intensities) and where
-    they came from ("confident", "predicted" or "none")."""
+    they came from ("confident", "like <class>" or "none")."""
 
     quantiles: np.ndarray
     origin: list[str]
@@ -82,35 +100,43 @@ class TargetAppearance:
         return [None if np.isnan(q[mid]) else round(float(q[mid]), 3) for q in self.quantiles]
 
 
-def fit(volumes, confidence: float = CONFIDENCE, rng: np.random.Generator | None = None) -> TargetAppearance:
+def fit(volumes, source_shares: np.ndarray, source_quantiles: np.ndarray, confidence: float = CONFIDENCE,
+        rng: np.random.Generator | None = None) -> TargetAppearance:
     """The target class models from (x (*spatial), probabilities (C, *spatial)) pairs: the
     normalised image and the teacher's softmax on it; a foreground class keeps its main mode
-    (TRIM_SD). A class with fewer than MIN_VOXELS
-    confident voxels over all volumes uses every voxel predicted as it; with none it has no model."""
+    (TRIM_SD).
+
+    A foreground class the teacher is sure of on fewer than MIN_VOXELS voxels, or on less than
+    MIN_COVERAGE of the voxels the source anatomy leads to expect (`source_shares`: each class's
+    share of the source foreground voxels), has no model of its own: the teacher's voxels of it,
+    confident or not, are mostly its errors. It takes the model of the modelled class nearest to
+    it in the source's appearance (`source_quantiles`, (C, levels), NaN rows for classes the
+    source lacks), as two labels of one tissue look alike in both modalities; a class absent
+    from the source gets none (it keeps its source intensities)."""
     rng = rng or np.random.default_rng(0)
     confident: dict[int, list[np.ndarray]] = {}
-    predicted: dict[int, list[np.ndarray]] = {}
-    num_classes = 0
+    num_classes, foreground = len(source_shares), 0
     for x, probs in volumes:
-        num_classes = probs.shape[0]
         x = np.asarray(x, np.float32).ravel()
         probs = np.asarray(probs).reshape(num_classes, -1)
-        argmax = probs.argmax(0)
+        foreground += int((probs.argmax(0) != 0).sum())
         for c in range(num_classes):
-            confident.setdefault(c, []).append(_sample(x[probs[c] >= confidence], rng))
-            predicted.setdefault(c, []).append(_sample(x[argmax == c], rng))
+            confident.setdefault(c, []).append(x[probs[c] >= confidence])
     quantiles = np.full((num_classes, len(LEVELS)), np.nan, np.float32)
-    origin = []
+    origin = ["none"] * num_classes
     for c in range(num_classes):
-        for kind, pools in (("confident", confident), ("predicted", predicted)):
-            values = np.concatenate(pools[c])
-            if len(values) >= MIN_VOXELS or (kind == "predicted" and len(values)):
-                quantiles[c] = np.quantile(values if c == 0 else _main_mode(values), LEVELS)
-                origin.append(kind)
-                break
-        else:
-            origin.append("none")
-            log.info("target appearance: class %d has no predicted voxel; it keeps its source intensities", c)
+        values = np.concatenate(confident.get(c, [np.empty(0, np.float32)]))
+        if len(values) >= max(MIN_VOXELS, MIN_COVERAGE * source_shares[c] * foreground if c else 0):
+            values = _sample(values if c == 0 else _main_mode(values), rng)
+            quantiles[c], origin[c] = np.quantile(values, LEVELS), "confident"
+    modelled = [k for k in range(num_classes) if origin[k] == "confident"]
+    for c in range(num_classes):
+        if origin[c] == "none" and modelled and not np.isnan(source_quantiles[c][0]):
+            distance = [float(np.mean(np.abs(source_quantiles[c] - source_quantiles[k]))) for k in modelled]
+            like = modelled[int(np.argmin(distance))]
+            quantiles[c], origin[c] = quantiles[like], f"like {like}"
+        elif origin[c] == "none":
+            log.info("target appearance: class %d has no model; it keeps its source intensities", c)
     return TargetAppearance(quantiles, origin)
 
 
@@ -122,9 +148,9 @@ def _main_mode(values: np.ndarray) -> np.ndarray:
 
 
 def _sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    if len(values) <= SAMPLE_PER_VOLUME:
+    if len(values) <= SAMPLE_PER_CLASS:
         return values
-    return values[rng.choice(len(values), SAMPLE_PER_VOLUME, replace=False)]
+    return values[rng.choice(len(values), SAMPLE_PER_CLASS, replace=False)]
 
 
 def ranks(values: np.ndarray, quantiles: np.ndarray, rng: np.random.Generator) -> np.ndarray:

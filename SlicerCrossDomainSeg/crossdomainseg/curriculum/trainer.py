@@ -142,6 +142,7 @@ class CurriculumTrainer:
         self._source_quantiles = {
             v.key: appearance.class_quantiles(v.x[0].numpy(), v.y.numpy(), bundle.num_classes)
             for v in self.source} if params.appearance_weight > 0 else {}
+        self._source_anatomy = appearance.source_anatomy(self.source, self._source_quantiles, bundle.num_classes)
         self.appearance: appearance.TargetAppearance | None = None
         sizes = [v.x.shape[1:] for v in self.target + self.accepted + self.source]
         biggest = np.max(np.asarray(sizes), axis=0) if sizes else np.asarray(self.roi)
@@ -292,7 +293,8 @@ class CurriculumTrainer:
         (what the student reads of it); returns each label's fitted median."""
         pairs = ((self.inputs(v)[0].numpy(), self.probs(self.teacher, self.inputs(v)[None])[0].cpu().numpy())
                  for v in self.target)
-        self.appearance = appearance.fit(pairs, rng=np.random.default_rng(self.params.seed + self.epoch))
+        self.appearance = appearance.fit(pairs, *self._source_anatomy,
+                                         rng=np.random.default_rng(self.params.seed + self.epoch))
         names = {value: name for name, value in self.bundle.labels.items()}
         medians = {names.get(c, str(c)): m for c, m in enumerate(self.appearance.medians())}
         log.info("epoch %d: target appearance medians %s (from %s)", self.epoch, medians,
