@@ -1,20 +1,13 @@
 """Target-appearance replay (curriculum/appearance.py): the class models fitted from the teacher,
-per-class histogram matching of source crops, the target's slice geometry, and the trainer's
-appearance loss."""
+per-class histogram matching of source crops and the target's slice geometry (the trainer's
+appearance loss: test_curriculum.py)."""
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from scipy.spatial.transform import Rotation
 
-from crossdomainseg.bundle import make_random_bundle
 from crossdomainseg.curriculum import appearance
-from crossdomainseg.curriculum.cps import CrossPseudoSupervision
-from crossdomainseg.curriculum.params import CurriculumParams
-from crossdomainseg.curriculum.trainer import CurriculumTrainer, prepare
-from crossdomainseg.errors import InputError
-from crossdomainseg.training.loops import load_checkpoint
 
 
 def _two_class_crop(rng):
@@ -144,53 +137,6 @@ def test_fit_keeps_a_labels_main_mode_but_all_of_background():
     fitted = appearance.fit([(x, probs)], np.array([0, 1.0]), _source_quantiles([0.1, 0.5]))
     assert fitted.quantiles[1][1] > 0.6  # the 1st percentile is tissue, not the outliers
     assert fitted.quantiles[0][10] < 0.1 and fitted.quantiles[0][90] > 0.8  # both background modes
-
-
-def _volume(seed):
-    rng = np.random.default_rng(seed)
-    array = rng.normal(0, 0.3, size=(16, 16, 16)).astype(np.float32)
-    array[4:12, 4:12, 4:12] += 3
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((4.0, 4.0, 4.0))
-    label = sitk.GetImageFromArray((array > 1.5).astype(np.uint8))
-    label.CopyInformation(image)
-    return image, label
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_random_bundle(tmp_path_factory.mktemp("b") / "b", spacing=4.0, roi=16, seed=3)
-
-
-def test_train_step_adds_an_appearance_loss_only_with_source_volumes(tmp_path, bundle):
-    params = CurriculumParams(epochs=0, steps_per_epoch=2, tau_u0=1.0, lambda_u=0.0, tau_ts0=1.0,
-                              student_input="image", reference_input="image")
-    target = [prepare(bundle, _volume(i)[0], f"t{i}") for i in range(2)]
-    source = [prepare(bundle, *_volume(10)[:1], "s0", "source", label=_volume(10)[1])]
-    trainer = CurriculumTrainer(bundle, params, target, source=source)
-    summary = trainer.run_epoch()
-    assert summary["losses"]["appearance"] > 0 and "replay" in summary["losses"]
-    assert set(summary["appearance_medians"]) == set(bundle.labels)
-    # the checkpoint keeps the fitted class models (read back with weights_only=True)
-    torch.save(trainer.state_dict(), tmp_path / "checkpoint.pt")
-    resumed = CurriculumTrainer(bundle, params, target, source=source)
-    resumed.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt"))
-    assert np.array_equal(resumed.appearance.quantiles, trainer.appearance.quantiles, equal_nan=True)
-    # refit every 2 epochs: epoch 1 trains on the models fitted at epoch 0
-    every_other = CurriculumTrainer(bundle, CurriculumParams(**{**params.to_dict(), "appearance_refit": 2}),
-                                    target, source=source)
-    assert "appearance_medians" in every_other.run_epoch()
-    second = every_other.run_epoch()
-    assert "appearance_medians" not in second and "appearance" in second["losses"]
-    without = CurriculumTrainer(bundle, params, target).run_epoch()
-    assert "appearance" not in without["losses"] and "appearance_medians" not in without
-    off = CurriculumTrainer(bundle, CurriculumParams(**{**params.to_dict(), "appearance_weight": 0.0}),
-                            target, source=source).run_epoch()
-    assert "appearance" not in off["losses"]
-    cps = CrossPseudoSupervision(bundle, params, target, source=source)
-    assert cps.params.appearance_weight == 0 and "appearance" not in cps.run_epoch()["losses"]
-    with pytest.raises(InputError, match="appearance"):
-        CurriculumParams.from_dict({"appearance_refit": 0})
 
 
 def test_flat_texture_drops_the_source_order_within_a_label_and_keeps_its_fine_texture():
