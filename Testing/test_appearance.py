@@ -25,7 +25,7 @@ def test_render_inverts_a_two_class_contrast_keeping_texture_order_and_labels():
     # target: the foreground class dark, the background bright (an inverted contrast)
     target_q = np.stack([np.quantile(rng.normal(0.75, 0.05, 5000), appearance.LEVELS),
                          np.quantile(rng.normal(0.15, 0.02, 5000), appearance.LEVELS)]).astype(np.float32)
-    out = appearance.render(x, y, source_q, appearance.TargetAppearance(target_q, ["confident"] * 2), None, rng)
+    out = appearance.render(x, y, source_q, appearance.TargetAppearance(target_q, ["confident"] * 2), None, rng, "rank")
     assert np.array_equal(y, y_before) and out.shape == x.shape and out.dtype == np.float32
     fg, bg = out[y == 1], out[y == 0]
     assert abs(np.median(fg) - 0.15) < 0.03 and abs(np.median(bg) - 0.75) < 0.05
@@ -36,7 +36,7 @@ def test_render_inverts_a_two_class_contrast_keeping_texture_order_and_labels():
     # a class with no target model keeps its source intensities
     partial = appearance.TargetAppearance(np.stack([target_q[0], np.full_like(target_q[1], np.nan)]),
                                           ["confident", "none"])
-    kept = appearance.render(x, y, source_q, partial, None, rng)
+    kept = appearance.render(x, y, source_q, partial, None, rng, "rank")
     assert np.array_equal(kept[y == 1], x[y == 1]) and np.median(kept[y == 0]) > 0.6
 
 
@@ -46,7 +46,7 @@ def test_tied_source_values_spread_over_the_target_distribution():
     y = np.zeros(x.shape, np.int64)
     target = np.quantile(rng.uniform(0.2, 0.6, 5000), appearance.LEVELS)[None].astype(np.float32)
     out = appearance.render(x, y, appearance.class_quantiles(x, y, 1),
-                            appearance.TargetAppearance(target, ["confident"]), None, rng)
+                            appearance.TargetAppearance(target, ["confident"]), None, rng, "rank")
     tied = out[:600]
     assert tied.std() > 0.05 and tied.max() < 0.5  # spread over the lower ranks, not piled on one value
 
@@ -83,7 +83,7 @@ def test_render_blurs_along_the_target_slice_axis_only():
     y = np.zeros(x.shape, np.int64)
     identity = appearance.TargetAppearance(appearance.LEVELS[None].astype(np.float32), ["confident"])
     q = appearance.LEVELS[None].astype(np.float32)
-    out = appearance.render(x, y, q, identity, (1, 3.0), rng)
+    out = appearance.render(x, y, q, identity, (1, 3.0), rng, "rank")
     assert np.abs(np.diff(out, axis=1)).mean() < 0.2 * np.abs(np.diff(x, axis=1)).mean()
     assert np.abs(np.diff(out, axis=2)).mean() > 0.5 * np.abs(np.diff(x, axis=2)).mean()
 

@@ -169,7 +169,7 @@ def ranks(values: np.ndarray, quantiles: np.ndarray, rng: np.random.Generator) -
 
 
 def render(x: np.ndarray, y: np.ndarray, source_quantiles: np.ndarray, target: TargetAppearance,
-           geometry: tuple[int, float] | None, rng: np.random.Generator, texture: str = "rank") -> np.ndarray:
+           geometry: tuple[int, float] | None, rng: np.random.Generator, texture: str = "flat") -> np.ndarray:
     """A source crop `x` (*spatial, normalised) with labels `y` in the target's appearance, then
     thick slices when `geometry` (from `slice_geometry` of a target image) says so. Labels are
     left as they are. `texture`:
