@@ -1,5 +1,6 @@
 """Curriculum pieces checked numerically: eq. 4 teacher update, memory bank and its skip rule,
-eq. 1/3 gates, the losses, augmentations, schedules, and the promotion gate."""
+eq. 1/3 gates, the losses, augmentations, schedules, the promotion gate, and the appearance
+replay's loss."""
 
 import random
 
@@ -345,3 +346,35 @@ def test_cross_pseudo_supervision_trains_two_disagreeing_students(bundle):
     assert summary["confident"] == 2 and summary["losses"]["cross"] > 0
     for net, old in zip((trainer.student, trainer.partner), before):
         assert sum(float((a - b).abs().sum()) for a, b in zip(net.parameters(), old)) > 0
+
+
+def test_train_step_adds_an_appearance_loss_only_with_source_volumes(tmp_path, bundle):
+    params = CurriculumParams(epochs=0, steps_per_epoch=2, tau_u0=1.0, lambda_u=0.0, tau_ts0=1.0,
+                              student_input="image", reference_input="image", appearance_weight=1.0)
+    assert CurriculumParams().appearance_weight == 0  # an option, not a default (docs/experiments.md)
+    target = [prepare(bundle, _volume(i)[0], f"t{i}") for i in range(2)]
+    source = [prepare(bundle, *_volume(10)[:1], "s0", "source", label=_volume(10)[1])]
+    trainer = CurriculumTrainer(bundle, params, target, source=source)
+    summary = trainer.run_epoch()
+    assert summary["losses"]["appearance"] > 0 and "replay" in summary["losses"]
+    assert set(summary["appearance_medians"]) == set(bundle.labels)
+    # the checkpoint keeps the fitted class models (read back with weights_only=True)
+    torch.save(trainer.state_dict(), tmp_path / "checkpoint.pt")
+    resumed = CurriculumTrainer(bundle, params, target, source=source)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt"))
+    assert np.array_equal(resumed.appearance.quantiles, trainer.appearance.quantiles, equal_nan=True)
+    # refit every 2 epochs: epoch 1 trains on the models fitted at epoch 0
+    every_other = CurriculumTrainer(bundle, CurriculumParams(**{**params.to_dict(), "appearance_refit": 2}),
+                                    target, source=source)
+    assert "appearance_medians" in every_other.run_epoch()
+    second = every_other.run_epoch()
+    assert "appearance_medians" not in second and "appearance" in second["losses"]
+    without = CurriculumTrainer(bundle, params, target).run_epoch()
+    assert "appearance" not in without["losses"] and "appearance_medians" not in without
+    off = CurriculumTrainer(bundle, CurriculumParams(**{**params.to_dict(), "appearance_weight": 0.0}),
+                            target, source=source).run_epoch()
+    assert "appearance" not in off["losses"]
+    cps = CrossPseudoSupervision(bundle, params, target, source=source)
+    assert cps.params.appearance_weight == 0 and "appearance" not in cps.run_epoch()["losses"]
+    with pytest.raises(InputError, match="appearance"):
+        CurriculumParams.from_dict({"appearance_refit": 0})

@@ -16,7 +16,9 @@ Methods, all from the same bundle and data in one run:
                 voxels only, labels fitted to the image near their boundaries and given back
                 the tissue they swallowed, contained labels found again by their contrast): shows
                 what the image curriculum adds on top of them
-  curriculum    the patent's curriculum (memory bank, U with TTA, tau_u, warm-up gate tau_ts)
+  curriculum    the patent's curriculum (memory bank, U with TTA, tau_u, warm-up gate tau_ts); with
+                --param appearance_weight=1 also the labelled source replayed in the target's
+                appearance (off by default)
   supervised    upper bound: the segmenter fine-tuned on the labelled target val split
   mean_teacher_with_accepted, curriculum_with_accepted  the semi-supervised variant (patent
                 Fig. 5), as the product runs it: the same unlabelled images plus, as accepted
@@ -94,8 +96,11 @@ def share_caches(trainer, probe):
 
 
 def train(bundle, params, target, accepted, source, epochs, probe, start=None, label="",
-          kind=CurriculumTrainer):
+          kind=CurriculumTrainer, watch=(), watch_every=0):
+    """`watch`: labelled cases not trained on whose Dice (working grid) is recorded every
+    `watch_every` epochs and after the last in `trainer.watched` {epoch: Dice}."""
     trainer = kind(bundle, params, target, accepted, source)
+    trainer.watched = {}
     if start is not None:
         trainer.student.load_state_dict(start.student.state_dict())
         trainer.teacher.load_state_dict(start.teacher.state_dict())
@@ -103,11 +108,17 @@ def train(bundle, params, target, accepted, source, epochs, probe, start=None, l
         trainer.epoch = start.epoch
     share_caches(trainer, probe)
     began = time.perf_counter()
-    for _ in range(epochs):
+    for i in range(epochs):
         summary = trainer.run_epoch()
         print(f"  {label} epoch {summary['epoch']}: confident {summary['confident']} "
               f"losses {({k: round(v, 3) for k, v in summary['losses'].items()})} "
               f"({time.perf_counter() - began:.0f} s)", flush=True)
+        if "appearance_medians" in summary:
+            print(f"  {label} target appearance medians {summary['appearance_medians']}", flush=True)
+        done = summary["epoch"] + 1
+        if watch and ((watch_every and done % watch_every == 0) or i == epochs - 1):
+            trainer.watched[done] = round(trainer.mean_dice(trainer.student, watch), 4)
+            print(f"  {label} epoch {summary['epoch']}: Dice on the accepted cases {trainer.watched[done]}", flush=True)
     return trainer
 
 
@@ -212,6 +223,10 @@ def main():
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="curriculum parameter override for all trained methods")
     parser.add_argument("--name", help="results file name (default: curriculum, or curriculum_<task>)")
+    parser.add_argument("--score-accepted", type=int, default=0, metavar="EPOCHS",
+                        help="also score mean teacher and curriculum on the accepted cases (target val, "
+                             "working grid; the data the protocol lets a choice read) every this many "
+                             "epochs and after the last (0: not)")
     parser.add_argument("--rows", nargs="+", default=None, choices=ROWS,
                         help="methods to run (default: all); the accepted-case curve and the click "
                              "latency need `curriculum` and `latency`")
@@ -243,11 +258,15 @@ def main():
     if "tdgan" in rows and probe.generator is not None:
         table["tdgan"] = score(probe, probe.reference, test, "preview")
     print(table, flush=True)
-    plain_params = {**base.to_dict(), "curriculum": False, "confidence_threshold": 0.0}
+    # the plain peers train without the curriculum's target-appearance replay
+    watching = {"watch": accepted, "watch_every": args.score_accepted} if args.score_accepted else {}
+    plain_params = {**base.to_dict(), "curriculum": False, "confidence_threshold": 0.0, "appearance_weight": 0.0}
     if "mean_teacher" in rows:
         plain = train(bundle, CurriculumParams(**plain_params), target, [], source, args.epochs, probe,
-                      label="mean teacher")
+                      label="mean teacher", **watching)
         table["mean_teacher"] = score(plain, plain.student, test, None)
+        if plain.watched:
+            table["mean_teacher"]["accepted_dice_by_epoch"] = plain.watched
         print("mean_teacher", table["mean_teacher"], flush=True)
     if "cps" in rows:
         cps = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False}), target, [], source,
@@ -255,14 +274,16 @@ def main():
         table["cps"] = score(cps, cps.student, test, None)
         print("cps", table["cps"], flush=True)
     if base.confidence_threshold > 0 and "mean_teacher_same_pseudo_labels" in rows:
-        same = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False}),
+        same = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False, "appearance_weight": 0.0}),
                      target, [], source, args.epochs, probe, label="mean teacher, same pseudo-labels")
         table["mean_teacher_same_pseudo_labels"] = score(same, same.student, test, None)
         print("mean_teacher_same_pseudo_labels", table["mean_teacher_same_pseudo_labels"], flush=True)
     confident, after = [], {}
     if "curriculum" in rows:
-        curriculum = train(bundle, base, target, [], source, args.epochs, probe, label="curriculum")
+        curriculum = train(bundle, base, target, [], source, args.epochs, probe, label="curriculum", **watching)
         table["curriculum"] = score(curriculum, curriculum.student, test, None)
+        if curriculum.watched:
+            table["curriculum"]["accepted_dice_by_epoch"] = curriculum.watched
         print("curriculum", table["curriculum"], flush=True)
         confident = [h["confident"] for h in curriculum.history]
     if "supervised" in rows:

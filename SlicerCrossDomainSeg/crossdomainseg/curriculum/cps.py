@@ -3,8 +3,8 @@
 Two students start from the bundle's segmenter, the second with its weights perturbed so that the
 two disagree; on each unlabelled target crop each learns from the other's hard labels (augmented
 views alike for both), and both learn from accepted cases and a low-weight source replay as the
-curriculum's student does. No image gate, no memory bank, no teacher average. The first student is
-the result (`export` and the benchmarks read `student`).
+curriculum's student does. No image gate, no memory bank, no teacher average, no appearance
+replay. The first student is the result (`export` and the benchmarks read `student`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ PERTURBATION = 0.05
 
 class CrossPseudoSupervision(CurriculumTrainer):
     def __init__(self, bundle, params, target, accepted=(), source=(), device=None):
-        super().__init__(bundle, dataclasses.replace(params, curriculum=False), target, accepted, source, device)
+        super().__init__(bundle, dataclasses.replace(params, curriculum=False, appearance_weight=0.0), target,
+                         accepted, source, device)
         self.partner = copy.deepcopy(self.student).train()
         generator = torch.Generator().manual_seed(params.seed + 1)
         with torch.no_grad():

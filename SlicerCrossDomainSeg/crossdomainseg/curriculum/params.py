@@ -51,6 +51,18 @@ class CurriculumParams:
     supervised_batch: int = 2
     replay_weight: float = 0.05  # labelled source data, low weight against forgetting (METHOD.md 3)
     replay_batch: int = 1
+    # Target-appearance replay (appearance.py): labelled source crops rendered in the appearance
+    # the teacher finds in the unlabelled target images, trained on with their source labels.
+    # Unlike pseudo-labels its labels are exact, so it does not reinforce the teacher's errors;
+    # 1.0 weighs it like the consistency loss. Off by default (0): it gained brain T2 +0.008 Dice,
+    # inside the noise, and cost xray-drr 0.010 (docs/experiments.md), so it is not a default.
+    appearance_weight: float = 0.0
+    appearance_batch: int = 2
+    appearance_refit: int = 1  # epochs between refits of the target class models from the teacher
+    # Within-label texture of rendered crops (appearance.render): "flat" (target median + scaled
+    # source fine texture) or "rank" (per-label histogram matching). Chosen on the accepted cases
+    # (brain-t1-t2 target val, 288 steps from 1.1): flat 0.604, rank 0.597 Dice.
+    appearance_texture: str = "flat"
     # Every holdout_every-th accepted case (second, then every k-th) is kept out of training and
     # decides promotion (promotion.py): publish when the student's held-out Dice is at least every
     # kept version's + promotion_margin. 0: train on every accepted case (nothing held out, so
@@ -126,6 +138,11 @@ class CurriculumParams:
         for name in ("student_input", "reference_input"):
             if getattr(self, name) not in ("preview", "image"):
                 raise InputError(f"{name} must be 'preview' (G(x)) or 'image' (raw target).")
+        if self.appearance_weight < 0 or self.appearance_batch < 1 or self.appearance_refit < 1:
+            raise InputError("Appearance replay needs appearance_weight >= 0 (0: off), appearance_batch >= 1 "
+                             "and appearance_refit >= 1 epoch.")
+        if self.appearance_texture not in ("rank", "flat"):
+            raise InputError("appearance_texture must be 'rank' or 'flat' (appearance.render).")
         if self.holdout_every < 0 or self.holdout_every == 1:
             raise InputError("holdout_every must be 0 (no hold-out) or >= 2 so that some accepted "
                              "cases are trained on.")

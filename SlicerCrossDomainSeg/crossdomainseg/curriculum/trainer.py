@@ -9,7 +9,8 @@ fine-tuned. Per step, for each unlabelled target image of the batch (Fig. 4 line
 Loss: consistency D~(H(S_tea(T_i x')), S_stu(T_i x')) over m weak + strong views (eq. 2), on the
 voxels where the teacher is confident (params.confidence_threshold),
 + supervised CE + Dice on accepted (clinician-corrected) cases, + low-weight replay of labelled
-source images. After the optimiser step the teacher follows eq. 4. tau_u and tau_ts rise per epoch.
+source images, + labelled source crops rendered in the target's appearance (appearance.py; the
+class models refitted from the teacher every params.appearance_refit epochs). After the optimiser step the teacher follows eq. 4. tau_u and tau_ts rise per epoch.
 G and S_pre are frozen, so U(x) and S_pre(G(x)) are computed once per image and cached.
 
 x' is what teacher and student read (`params.student_input`): the raw target image x as in the
@@ -25,6 +26,7 @@ and keep the source-trained reference as network `reference`.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -42,11 +44,14 @@ from ..errors import InputError
 from ..metrics import dice
 from ..postprocess import apply_steps, bundle_steps
 from ..uncertainty import default_transforms, image_uncertainty, tta_probabilities
+from . import appearance
 from .augment import flip_pair, views
 from .losses import ce_dice_loss, consistency_loss, dice_distance
 from .memory_bank import MemoryBank
 from .params import CurriculumParams
 from .teacher import update_teacher
+
+log = logging.getLogger(__name__)
 
 REFERENCE = "reference"  # network name of the source-trained S_pre inside fine-tuned bundles
 
@@ -54,13 +59,16 @@ REFERENCE = "reference"  # network name of the source-trained S_pre inside fine-
 @dataclass
 class Volume:
     """One image on the bundle's working grid: x (1, *spatial) normalised, y (*spatial) or None;
-    unchanged_draft_of: the model version whose draft was accepted as y with no voxel edited."""
+    unchanged_draft_of: the model version whose draft was accepted as y with no voxel edited;
+    slices: (working-grid array axis, thickness in working voxels) of an image acquired with
+    thick slices, None otherwise (appearance.slice_geometry)."""
 
     key: str
     x: torch.Tensor
     y: torch.Tensor | None = None
     domain: str = "target"
     unchanged_draft_of: str | None = None
+    slices: tuple[int, float] | None = None
 
 
 def prepare(bundle: Bundle, image: sitk.Image, key: str, domain: str = "target",
@@ -90,7 +98,8 @@ def prepare(bundle: Bundle, image: sitk.Image, key: str, domain: str = "target",
                 f"{bundle.num_classes - 1} foreground labels."
             )
         y = torch.from_numpy(lab_array[0] if bundle.spatial_dims == 2 else lab_array)
-    return Volume(key, torch.from_numpy(np.ascontiguousarray(array))[None], y, domain)
+    slices = appearance.slice_geometry(image, bundle.spacing) if bundle.spatial_dims == 3 else None
+    return Volume(key, torch.from_numpy(np.ascontiguousarray(array))[None], y, domain, slices=slices)
 
 
 def segmenter_input(bundle: Bundle) -> str:
@@ -129,6 +138,12 @@ class CurriculumTrainer:
         self.rng = random.Random(params.seed)
         self._ref_cache: dict[str, torch.Tensor] = {}
         self._translated: dict[str, torch.Tensor] = {}
+        # Appearance replay: each source volume's class quantiles (fixed), the target's (refitted).
+        self._source_quantiles = {
+            v.key: appearance.class_quantiles(v.x[0].numpy(), v.y.numpy(), bundle.num_classes)
+            for v in self.source} if params.appearance_weight > 0 else {}
+        self._source_anatomy = appearance.source_anatomy(self.source, self._source_quantiles, bundle.num_classes)
+        self.appearance: appearance.TargetAppearance | None = None
         sizes = [v.x.shape[1:] for v in self.target + self.accepted + self.source]
         biggest = np.max(np.asarray(sizes), axis=0) if sizes else np.asarray(self.roi)
         # Crops as big as the roi, or as the largest image rounded up to the networks' stride.
@@ -243,6 +258,11 @@ class CurriculumTrainer:
             loss = ce_dice_loss(self.student(x), y)
             losses["replay"] = float(loss.detach())
             total = total + p.replay_weight * loss
+        if self.appearance is not None and p.appearance_weight > 0:
+            x, y = self._rendered_batch(p.appearance_batch)
+            loss = ce_dice_loss(self.student(x), y)
+            losses["appearance"] = float(loss.detach())
+            total = p.appearance_weight * loss + (total if total is not None else 0)
         if total is not None:
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -251,6 +271,40 @@ class CurriculumTrainer:
             losses["total"] = float(total.detach())
         self.step += 1
         return {"selected": [v.key for v in selected], "losses": losses}
+
+    def _rendered_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n labelled source crops in the target's appearance, each with the slice geometry of a
+        random unlabelled target image (appearance.render)."""
+        xs, ys = [], []
+        for _ in range(n):
+            volume = self.rng.choice(self.source)
+            x, y = self._crop(volume)
+            rng = np.random.default_rng(self.rng.randrange(2**32))
+            rendered = appearance.render(x[0].numpy(), y.numpy(), self._source_quantiles[volume.key],
+                                         self.appearance, self.rng.choice(self.target).slices, rng,
+                                         self.params.appearance_texture)
+            xs.append(torch.from_numpy(rendered)[None])
+            ys.append(y)
+        return flip_pair(torch.stack(xs).to(self.device), torch.stack(ys).to(self.device), self.rng)
+
+    @torch.no_grad()
+    def refit_appearance(self) -> dict[str, float | None]:
+        """The target class models from the teacher's softmax on every unlabelled target image
+        (what the student reads of it); returns each label's fitted median."""
+        pairs = ((self.inputs(v)[0].numpy(), self.probs(self.teacher, self.inputs(v)[None])[0].cpu().numpy())
+                 for v in self.target)
+        self.appearance = appearance.fit(pairs, *self._source_anatomy,
+                                         rng=np.random.default_rng(self.params.seed + self.epoch))
+        names = {value: name for name, value in self.bundle.labels.items()}
+        medians = {names.get(c, str(c)): m for c, m in enumerate(self.appearance.medians())}
+        log.info("epoch %d: target appearance medians %s (from %s)", self.epoch, medians,
+                 dict(zip(names.values(), self.appearance.origin)))
+        return medians
+
+    def _appearance_due(self) -> bool:
+        p = self.params
+        return (p.appearance_weight > 0 and bool(self.source) and bool(self.target)
+                and (self.appearance is None or self.epoch % p.appearance_refit == 0))
 
     def train_accepted(self) -> list[Volume]:
         return [v for i, v in enumerate(self.accepted) if not is_heldout(i, self.params.holdout_every)]
@@ -276,6 +330,7 @@ class CurriculumTrainer:
         confident: set[str] = set()
         sums: dict[str, float] = {}
         steps = 0
+        medians = self.refit_appearance() if self._appearance_due() else None
         for batch in self.epoch_batches():
             if stop():
                 return None
@@ -295,6 +350,8 @@ class CurriculumTrainer:
             "losses": {k: v / max(steps, 1) for k, v in sums.items()},
             **self.thresholds(),
         }
+        if medians is not None:
+            summary["appearance_medians"] = medians
         self.history.append(summary)
         self.epoch += 1
         return summary
@@ -365,6 +422,8 @@ class CurriculumTrainer:
             "epoch": self.epoch, "step": self.step, "history": self.history,
             "rng": self.rng.getstate(), "params": self.params.to_dict(),
             "base_version": self.bundle.version,
+            "appearance": None if self.appearance is None else {
+                "quantiles": torch.from_numpy(self.appearance.quantiles), "origin": self.appearance.origin},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -375,6 +434,9 @@ class CurriculumTrainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = list(state["history"])
         self.rng.setstate(state["rng"])
+        fitted = state.get("appearance")
+        self.appearance = None if fitted is None else appearance.TargetAppearance(
+            fitted["quantiles"].numpy(), list(fitted["origin"]))
 
 
 def is_heldout(index: int, every: int) -> bool:

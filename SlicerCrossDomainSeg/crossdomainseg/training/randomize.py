@@ -29,7 +29,7 @@ CLASS_NOISE = 0.05  # per-class noise std up to this
 BIAS_STD = 0.3  # log bias field: a coarse random grid with std up to this
 GAMMA_STD = 0.25  # exponent exp(N(0, std))
 NOISE_STD = 0.05  # Gaussian or Rician image noise up to this
-THICK_SLICES = (0.5, 1.0, 4.0)  # chance of thick slices, and the slice thickness range in voxels
+THICK_SLICES = (0.5, 1.0, 4.0)  # chance of thick slices along a random axis, and their thickness range in voxels
 BLUR_SIGMA = 0.8  # isotropic blur up to this many voxels: partial volume at class edges
 
 
@@ -119,11 +119,10 @@ def bias_field(shape, rng: np.random.Generator) -> np.ndarray:
     return np.exp(field.astype(np.float32))
 
 
-def thick_slices(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """An acquisition with thick slices along one random axis: blurred over the slice
-    thickness, sampled every `thickness` voxels and interpolated back linearly."""
-    axis = int(rng.integers(y.ndim))
-    thickness = rng.uniform(*THICK_SLICES[1:])
+def thick_slices(y: np.ndarray, axis: int, thickness: float, rng: np.random.Generator) -> np.ndarray:
+    """An acquisition with slices `thickness` voxels thick along array `axis`: blurred over the
+    slice thickness, sampled every `thickness` voxels from a random offset and interpolated back
+    linearly."""
     n = y.shape[axis]
     y = ndimage.gaussian_filter1d(y, thickness / 2.355, axis=axis, mode="nearest")
     positions = np.arange(rng.uniform(0, thickness), n, thickness)
@@ -167,5 +166,5 @@ def synthesize(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, s
         y = np.hypot(y + sigma * rng.standard_normal(y.shape, dtype=np.float32),
                      sigma * rng.standard_normal(y.shape, dtype=np.float32))
     if rng.random() < THICK_SLICES[0]:
-        y = thick_slices(y, rng)
+        y = thick_slices(y, int(rng.integers(y.ndim)), rng.uniform(*THICK_SLICES[1:]), rng)
     return normalize(y, spec)
