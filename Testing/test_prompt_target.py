@@ -11,7 +11,7 @@ import torch
 
 from crossdomainseg.bundle import load_bundle, make_random_bundle
 from crossdomainseg.errors import InputError
-from crossdomainseg.interactive import train_prompt
+from crossdomainseg.interactive import prompt_cases, train_prompt
 from crossdomainseg.interactive.target_cases import CONFIDENCE, UNKNOWN, pseudo_label
 
 
@@ -67,7 +67,7 @@ def test_target_samples_carry_no_synthesis(monkeypatch):
     def no_synthesis(*args, **kwargs):
         raise AssertionError("a target image was synthesised")
 
-    monkeypatch.setattr(train_prompt, "synthesize", no_synthesis)
+    monkeypatch.setattr(prompt_cases, "synthesize", no_synthesis)
     case = _target_case(1)
     values = set(np.unique(case.image).tolist()) | {0.0}  # the image's own values, or padding
     rng = np.random.default_rng(1)

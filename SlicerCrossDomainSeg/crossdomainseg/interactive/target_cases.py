@@ -14,10 +14,10 @@ import SimpleITK as sitk
 
 from .. import geometry
 from ..errors import InputError
+from .prompt_cases import UNKNOWN, PromptCase
 from .prompt_net import PROMPT_SPACING
 
 CONFIDENCE = 0.9  # softmax maximum a pseudo-label voxel needs
-UNKNOWN = -1  # pseudo-label of an unconfident voxel (and of voxels outside the image)
 
 
 def pseudo_label(probabilities: np.ndarray) -> np.ndarray:
@@ -45,7 +45,6 @@ def load_target_cases(task_dir, bundle, limit: int | None = None, log=print) -> 
     normalised as "target" (as the session feeds it), the bundle's confident pseudo-labels, no
     synthetic image."""
     from ..engine import Engine
-    from .train_prompt import PromptCase
 
     paths = target_training_images(task_dir)[:limit]
     engine = Engine(bundle, postprocess=False, tta_n=1)

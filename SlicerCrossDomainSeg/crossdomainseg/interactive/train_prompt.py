@@ -37,12 +37,13 @@ from .. import geometry
 from ..bundle import load_bundle, update_bundle
 from ..errors import InputError
 from ..networks import build_network
-from ..training.randomize import crop_normalization, synthesize
+from ..training.randomize import crop_normalization
 from .encoding import Box, box_answer, crop_box
 from .prompt_net import (BOX_CHANNELS, CLICK_CHANNELS, NETWORK_NAME, PROMPT_SIZE, PROMPT_SPACING, PROMPT_SPEC, encode,
                          widen_to_box_channel)
 from .simulate import next_click, training_clicks
-from .target_cases import CONFIDENCE, UNKNOWN, load_target_cases, target_training_images
+from .prompt_cases import UNKNOWN, PromptCase
+from .target_cases import CONFIDENCE, load_target_cases, target_training_images
 from .train_refiner import corrupt, train_step
 
 MAX_CLICKS = 8
@@ -52,28 +53,8 @@ BOX_SHARE = 0.25  # samples starting from an empty mask and a box around the obj
 BOX_ONLY = 0.5  # of those: the box alone, no click yet
 BOX_JITTER = 3  # voxels each face of the box may be off the object's bounding box
 ITERATE_SHARE = 0.6  # fine-tuning: samples whose earlier clicks the network answered itself
-RESYNTH = 0.3  # chance a case's synthetic image is drawn again when the case is sampled
 # object kinds and their shares: one label, one connected part of a label, two touching labels, a lesion
 OBJECT_KINDS = (("label", 0.55), ("part", 0.15), ("union", 0.15), ("lesion", 0.15))
-
-
-class PromptCase:
-    """A case on the network grid: its image, label map and, for a source case (`synthesize`), a
-    synthetic image of a random modality, redrawn from time to time. A target case
-    (target_cases.py) has pseudo-labels, UNKNOWN where the segmenter was unsure (`known` False),
-    and is always shown as it is (already the target contrast)."""
-
-    def __init__(self, image: np.ndarray, label: np.ndarray, spec: dict | None, synthesize: bool = True):
-        self.image, self.label, self.spec = image.astype(np.float32), label.astype(np.int16), spec
-        self.synthesize = synthesize
-        self.known = self.label != UNKNOWN
-        self.values = [int(v) for v in np.unique(label) if v not in (0, UNKNOWN)]
-        self.synthetic = None
-
-    def synthetic_image(self, rng) -> np.ndarray:
-        if self.synthetic is None or rng.random() < RESYNTH:
-            self.synthetic = synthesize(self.image, self.label, rng, self.spec).astype(np.float32)
-        return self.synthetic
 
 
 def load_prompt_cases(task_dir, bundle, limit: int | None = None) -> list[PromptCase]:

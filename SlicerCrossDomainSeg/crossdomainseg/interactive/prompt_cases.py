@@ -1,0 +1,31 @@
+"""The cases the prompt network trains on (train_prompt.py): an image and a label map on the
+network grid; UNKNOWN marks the voxels of a pseudo-labelled target case the segmenter was unsure
+of (target_cases.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..training.randomize import synthesize
+
+UNKNOWN = -1  # pseudo-label of an unconfident voxel (and of voxels outside the image)
+RESYNTH = 0.3  # chance a case's synthetic image is drawn again when the case is sampled
+
+
+class PromptCase:
+    """A case on the network grid: its image, label map and, for a source case (`synthesize`), a
+    synthetic image of a random modality, redrawn from time to time. A target case
+    (target_cases.py) has pseudo-labels, UNKNOWN where the segmenter was unsure (`known` False),
+    and is always shown as it is (already the target contrast)."""
+
+    def __init__(self, image: np.ndarray, label: np.ndarray, spec: dict | None, synthesize: bool = True):
+        self.image, self.label, self.spec = image.astype(np.float32), label.astype(np.int16), spec
+        self.synthesize = synthesize
+        self.known = self.label != UNKNOWN
+        self.values = [int(v) for v in np.unique(label) if v not in (0, UNKNOWN)]
+        self.synthetic = None
+
+    def synthetic_image(self, rng) -> np.ndarray:
+        if self.synthetic is None or rng.random() < RESYNTH:
+            self.synthetic = synthesize(self.image, self.label, rng, self.spec).astype(np.float32)
+        return self.synthetic
