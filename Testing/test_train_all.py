@@ -214,6 +214,12 @@ def test_train_all_stops_after_any_stage_and_resumes_through_every_stage(phantom
     assert len(history) == plan["stages"]["curriculum"]["epochs_done"] >= 1 and "confident" in history[0]
     assert bundle.metadata["training"]["curriculum"]["steps_done"] == len(history)
     assert set(plan["stages"]) == set(STAGES) and all(s["done"] and s["epochs"] >= 1 for s in plan["stages"].values())
+    # the epochs each stage trained (a stage stops at its deadline), as its bundle's history says
+    for name in ("source", "randomize"):
+        trained = load_bundle(checkpoints / name / "bundle").metadata["training"]["source"]["history"]
+        assert plan["stages"][name]["epochs_done"] == len(trained)
+    assert plan["stages"]["translator"]["epochs_done"] == len(bundle.metadata["training"]["translator"]["history"])
+    assert all(1 <= s["epochs_done"] <= s["epochs"] for s in plan["stages"].values())
     # each stage's share is of what the stages before it left of the budget, and its epochs fit in it
     for i, name in enumerate(STAGES):
         stage, before = plan["stages"][name], sum(plan["stages"][s]["seconds"] for s in STAGES[:i])

@@ -211,6 +211,11 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     def stage_bundle(stage) -> Path:
         return checkpoints / stage / "bundle"
 
+    def stage_history(stage) -> list[dict]:
+        """The per-epoch history a segmenter or translator stage's bundle records."""
+        kind = "translator" if stage == "translator" else "source"
+        return load_bundle(stage_bundle(stage)).metadata["training"][kind]["history"]
+
     src_config = source_config(data, plan, steps, seed, version, domain_randomize)
     source_load = 2 * source_read
     # the randomised segmenter reads raw target images; without it the translator's preview is read
@@ -222,7 +227,7 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
             train_source(dataclasses.replace(config, epochs=epochs), data.source_train, data.source_val,
                          stage_bundle(stage), checkpoints / stage, again, device, progress, command, stage,
                          deadline)
-            trained = load_bundle(stage_bundle(stage)).metadata["training"]["source"]["history"][-1]["seconds"]
+            trained = stage_history(stage)[-1]["seconds"]
             return max(trained, time.time() - call - source_load), source_load
         return run
 
@@ -241,7 +246,7 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
         train_translator(stage_bundle("translator"), dataclasses.replace(tr_config, epochs=epochs),
                          data.source_train, data.target, data.target_val, checkpoints / "translator", again,
                          device, progress, command, deadline=deadline)
-        trained = load_bundle(stage_bundle("translator")).metadata["training"]["translator"]["history"][-1]["seconds"]
+        trained = stage_history("translator")[-1]["seconds"]
         return max(trained, time.time() - call - translator_load), translator_load
 
     runners["translator"] = run_translator
@@ -257,8 +262,9 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
         # the translator and the curriculum keep the randomised segmenter's input: the raw image
         extra = {"segmenter_input": reads} if stage == "translator" else {}
         plan["stages"][stage]["done"] = True
-        if stage == "curriculum":
-            plan["stages"][stage]["epochs_done"] = curriculum.epochs_done
+        # a stage stops at its deadline, so the epochs it trained may be fewer than planned
+        plan["stages"][stage]["epochs_done"] = (curriculum.epochs_done if stage == "curriculum"
+                                                else len(stage_history(stage)))
         done.add(stage)
         save_plan()
         copy_bundle(stage_bundle(stage), out, {"plan": plan, **extra})
@@ -266,10 +272,10 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     save_plan()
     # the bundle's plan with this run's wall time (each stage's copy has the plan as it then was)
     bundle = update_bundle(out, metadata={"plan": plan}) if to_run else load_bundle(out)
+    stages = ", ".join(f"{name} {stage.get('epochs_done', stage['epochs'])} of {stage['epochs']} epochs "
+                       f"({stage.get('seconds', 0) / 60:.1f} min)" for name, stage in plan["stages"].items())
     log(f"train all: bundle {out} written, {plan['wall_seconds'] / 60:.1f} min in all (budget "
-        f"{budget_minutes:g} min); " + ", ".join(f"{name} {stage['epochs']} epochs ({stage.get('seconds', 0) / 60:.1f} min)"
-                                               for name, stage in plan["stages"].items())
-        + f"; metrics {bundle.metrics}")
+        f"{budget_minutes:g} min); {stages}; metrics {bundle.metrics}")
     return bundle
 
 
