@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-
 from scipy import ndimage
 
 from ..training.randomize import texture as fine_texture

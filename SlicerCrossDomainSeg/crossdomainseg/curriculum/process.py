@@ -318,7 +318,8 @@ class _Run:
         for case_id in store.cases():
             key = f"accepted:{case_id}"
             if key not in known and key not in skipped:
-                added = store.manifest(case_id).get("structures") or {}
+                manifest = store.manifest(case_id)
+                added = manifest.get("structures") or {}
                 if added:
                     skipped[key] = (f"it holds new structures ({', '.join(sorted(added))}) the model has no "
                                     "label for; the trainer learns only the model's own labels, so it leaves "
@@ -327,7 +328,7 @@ class _Run:
                 try:
                     case = store.load(case_id)
                     known[key] = prepare(bundle, case.image, key, label=case.label)
-                    if store.manifest(case_id).get("edited_voxels") == 0:
+                    if manifest.get("edited_voxels") == 0:
                         known[key].unchanged_draft_of = case.model_version
                 except InputError as error:
                     skipped[key] = str(error)

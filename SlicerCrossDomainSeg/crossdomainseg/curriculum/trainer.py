@@ -9,8 +9,10 @@ fine-tuned. Per step, for each unlabelled target image of the batch (Fig. 4 line
 Loss: consistency D~(H(S_tea(T_i x')), S_stu(T_i x')) over m weak + strong views (eq. 2), on the
 voxels where the teacher is confident (params.confidence_threshold),
 + supervised CE + Dice on accepted (clinician-corrected) cases, + low-weight replay of labelled
-source images, + labelled source crops rendered in the target's appearance (appearance.py; the
-class models refitted from the teacher every params.appearance_refit epochs). After the optimiser step the teacher follows eq. 4. tau_u and tau_ts rise per epoch.
+source images, + with params.appearance_weight > 0, labelled source crops rendered in the target's
+appearance (appearance.py; the class models refitted from the teacher every
+params.appearance_refit epochs). After the optimiser step the teacher follows eq. 4. tau_u and
+tau_ts rise per epoch.
 G and S_pre are frozen, so U(x) and S_pre(G(x)) are computed once per image and cached.
 
 x' is what teacher and student read (`params.student_input`): the raw target image x as in the
@@ -291,8 +293,8 @@ class CurriculumTrainer:
     def refit_appearance(self) -> dict[str, float | None]:
         """The target class models from the teacher's softmax on every unlabelled target image
         (what the student reads of it); returns each label's fitted median."""
-        pairs = ((self.inputs(v)[0].numpy(), self.probs(self.teacher, self.inputs(v)[None])[0].cpu().numpy())
-                 for v in self.target)
+        read = (self.inputs(v) for v in self.target)
+        pairs = ((x[0].numpy(), self.probs(self.teacher, x[None])[0].cpu().numpy()) for x in read)
         self.appearance = appearance.fit(pairs, *self._source_anatomy,
                                          rng=np.random.default_rng(self.params.seed + self.epoch))
         names = {value: name for name, value in self.bundle.labels.items()}
