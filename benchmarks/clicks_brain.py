@@ -1,10 +1,11 @@
 """Click correction on brain-t1-t2 (real anatomy, T2 target with thick coronal slices): the robot
 user against the shipped brain bundle's automatic draft on the target test split, the prompt
-network against the sphere, region-growing and boundary shift refiners on the same starts; the
-prompt network and the baselines from an EMPTY mask (a new structure; the prompt network also from
-the structure's bounding box, then clicks); the clicks of the front
-ends' method and of the prompt network that lower their object's Dice by more than 0.01 on freshly
-generated target subjects; latency per click of the front ends' method on a 128^3 volume. Target
+network and the f-BRS refiner (the bundle's segmenter refined at each click) against the sphere,
+region-growing and boundary shift refiners on the same starts; the prompt network and the
+baselines from an EMPTY mask (a new structure; the prompt network also from the structure's
+bounding box, then clicks); the clicks of the front ends' method, the prompt network and f-BRS
+that lower their object's Dice by more than 0.01 on freshly generated target subjects; latency per
+click of the front ends' method and of f-BRS on a 128^3 volume. Target
 labels only report; the front ends' method is the one the bundle names (chosen on the source
 validation split by `eval clicks --choose`). Merges its figures into
 benchmarks/results/clicks.json under per_task["brain-t1-t2"], leaving the other entries.
@@ -23,7 +24,9 @@ from common import RESULTS, machine_info, task_dir
 COMPACT = ("lateral_ventricles", "thalamus", "caudate", "putamen", "pallidum", "brainstem", "cerebellum")
 TISSUES = ("white_matter", "cortical_grey_matter", "csf")
 FROM_EMPTY = ("lateral_ventricles", "thalamus", "putamen", "brainstem")
-METHODS = ("prompt", "sphere", "region_growing", "boundary_shift")
+METHODS = ("prompt", "brs", "sphere", "region_growing", "boundary_shift")
+# from an empty mask f-BRS has nothing to refine but the segmenter's own draft
+NOT_FROM_EMPTY = ("brs",)
 SUMMARY_KEYS = ("objects", "noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop", "max_dice_drop_where",
                 "clicks_dropping_over_0.01", "clicks_scored", "dice_at_clicks")
 
@@ -202,12 +205,14 @@ def run(args, fresh_seeds) -> int:
                    "latency_ms_p50_test_split": r["latency_ms_p50"], "latency_ms_p95_test_split": r["latency_ms_p95"]}
             for name, r in draft.items()}
     log(f"draft starts done ({time.time() - start:.0f} s)")
-    empty = from_empty(engine, data, refiners, limit, args.max_clicks, log)
+    empty = from_empty(engine, data, {n: r for n, r in refiners.items() if n not in NOT_FROM_EMPTY}, limit,
+                       args.max_clicks, log)
     log(f"empty starts done ({time.time() - start:.0f} s)")
-    fresh_names = [n for n in dict.fromkeys((front, "prompt")) if n in refiners]
+    fresh_names = [n for n in dict.fromkeys((front, "prompt", "brs")) if n in refiners]
     fresh = fresh_subjects(engine, {n: refiners[n] for n in fresh_names}, fresh_seeds, args.max_clicks, log)
     log(f"fresh subjects done ({time.time() - start:.0f} s)")
     latency = latency_128(engine, refiners[front], data, args.threads)
+    latency_brs = latency if front == "brs" else latency_128(engine, refiners["brs"], data, args.threads)
     payload = {
         "task": "brain-t1-t2", "machine": machine_info(args.threads),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -221,6 +226,7 @@ def run(args, fresh_seeds) -> int:
         "from_empty": empty,
         "fresh_subjects": fresh,
         "latency_128": latency,
+        "latency_128_brs": latency_brs,
         "model_version": engine.model_version,
         "prompt_training": engine.bundle.metadata.get("prompt", {}).get("training"),
         "eval_seconds": round(time.time() - start, 1),

@@ -9,11 +9,11 @@ import shlex
 import sys
 from pathlib import Path
 
-METHODS = ("prompt", "learned", "learned_network_only", "sphere", "region_growing", "local_otsu", "boundary_shift")
-# what --choose may pick: the methods front ends click with ("prompt", "learned" and
+METHODS = ("prompt", "brs", "learned", "learned_network_only", "sphere", "region_growing", "local_otsu", "boundary_shift")
+# what --choose may pick: the methods front ends click with ("prompt", "brs", "learned" and
 # interactive.refiner's CLASSICAL); the network alone is a diagnostic (it ignores clicks it
 # contradicts) and region growing a baseline only
-CHOOSABLE = ("prompt", "learned", "sphere", "local_otsu", "boundary_shift")
+CHOOSABLE = ("prompt", "brs", "learned", "sphere", "local_otsu", "boundary_shift")
 
 
 def _eval_subparsers(subparsers):
@@ -60,6 +60,7 @@ def add_parser(subparsers) -> None:
 
 def build_refiners(bundle, methods, device=None) -> dict:
     from ..errors import InputError
+    from ..interactive.feature_brs import FeatureBRSRefiner
     from ..interactive.prompt_net import PromptRefiner
     from ..interactive.refiner import LearnedRefiner
     from .baselines import BASELINES, baseline_refiner
@@ -68,6 +69,7 @@ def build_refiners(bundle, methods, device=None) -> dict:
     if unknown:
         raise InputError(f"Unknown click methods {sorted(unknown)}; choose from {', '.join(METHODS)}.")
     makers = {"prompt": lambda: PromptRefiner.from_bundle(bundle, device),
+              "brs": lambda: FeatureBRSRefiner.from_bundle(bundle, device),
               "learned": lambda: LearnedRefiner.from_bundle(bundle, device),
               "learned_network_only": lambda: LearnedRefiner.from_bundle(bundle, device, fallback=None,
                                                                           small_voxels=0),
@@ -82,7 +84,7 @@ def choose(results: dict) -> str:
     running a network trained on another modality."""
     candidates = [m for m in results if m in CHOOSABLE]
     return min(candidates, key=lambda m: (results[m]["noc90_mean"], results[m]["noc85_mean"],
-                                           results[m]["clicks_dropping_over_0.01"], m in ("prompt", "learned")))
+                                           results[m]["clicks_dropping_over_0.01"], m in ("prompt", "brs", "learned")))
 
 
 def labelled_folders(args) -> tuple[str, str] | None:

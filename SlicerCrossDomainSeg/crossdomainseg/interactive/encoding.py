@@ -59,6 +59,7 @@ class CropInputs:
     spacing: tuple[float, float, float]  # (z, y, x) mm
     label: int = 0  # the value of the label being corrected
     box: Box | None = None  # the user's box around the object, as crop indices (may reach past the crop)
+    direction: tuple | None = None  # the session grid's direction (SimpleITK's, row-major); None: identity
 
 
 def crop_box(center, size, shape) -> Box:

@@ -14,7 +14,7 @@ negative click it agrees with, the fallback's proposal stands except where the n
 sees the label: there the fallback's removal is vetoed.
 
 `click_refiner` gives front ends the method the bundle's metadata names (`click_refiner.name`:
-"learned" or one of CLASSICAL, written by `crossdomainseg eval clicks --choose` from the SOURCE
+"learned", "prompt", "brs" (feature_brs.py) or one of CLASSICAL, written by `crossdomainseg eval clicks --choose` from the SOURCE
 validation split).
 """
 
@@ -132,7 +132,7 @@ class LearnedRefiner:
 
 def click_refiner_name(bundle) -> str:
     """The name of the method front ends click with: the one named in the bundle's metadata
-    `click_refiner` ("prompt", "learned" or a classical name), else "learned" when the bundle ships a
+    `click_refiner` ("prompt", "learned", "brs" or a classical name), else "learned" when the bundle ships a
     refiner network, else "boundary_shift"."""
     name = (bundle.metadata.get("click_refiner") or {}).get("name")
     if name is None:
@@ -149,7 +149,11 @@ def click_refiner(bundle, device=None):
         from .prompt_net import PromptRefiner
 
         return PromptRefiner.from_bundle(bundle, device)
+    if name == "brs":
+        from .feature_brs import FeatureBRSRefiner
+
+        return FeatureBRSRefiner.from_bundle(bundle, device)
     if name not in CLASSICAL:
         raise BundleError(f"The model bundle {bundle.path} names an unknown click refiner {name!r}; "
-                          f"known: prompt, learned, {', '.join(CLASSICAL)}.")
+                          f"known: prompt, learned, brs, {', '.join(CLASSICAL)}.")
     return CLASSICAL[name]()

@@ -257,7 +257,7 @@ class InteractiveSession:
         local = Box(crop.local(box.start), crop.local(box.stop))
         centre = tuple((a + b - 1) // 2 for a, b in zip(local.start, local.stop))
         inputs = CropInputs(self.features[sl], self.preview[sl], self.probabilities[click.label][sl], current,
-                            [], [], centre, True, self.spacing, click.label, local)
+                            [], [], centre, True, self.spacing, click.label, local, self.image.GetDirection())
         proposal = np.asarray(refiner.propose(inputs)) >= 0.5
         change = box_answer(proposal & ~self.locked[sl] & ~current, local, self.spacing)
         action = self._write(crop, change, click)
@@ -305,7 +305,8 @@ class InteractiveSession:
         drawn = self._label_box(click.label)
         inputs = CropInputs(self.features[sl], self.preview[sl], self.probabilities[click.label][sl],
                             current, pos, neg, local, click.positive, self.spacing, click.label,
-                            None if drawn is None else Box(box.local(drawn.start), box.local(drawn.stop)))
+                            None if drawn is None else Box(box.local(drawn.start), box.local(drawn.stop)),
+                            self.image.GetDirection())
         proposal = np.asarray(refiner.propose(inputs)) >= 0.5
         change = free & (proposal if click.positive else ~proposal) & self._nearer(local, opposed, box.shape)
         change[local] = True  # a click always changes at least the voxel clicked
