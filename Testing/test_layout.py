@@ -155,6 +155,6 @@ def test_eval_clicks_chooses_only_among_methods_front_ends_click_with():
     from crossdomainseg.evaluation.cli import CHOOSABLE, METHODS
     from crossdomainseg.interactive.refiner import CLASSICAL
 
-    assert set(CHOOSABLE) == {"prompt", "learned", *CLASSICAL}
+    assert set(CHOOSABLE) == {"prompt", "brs", "learned", *CLASSICAL}
     assert set(CLASSICAL) < set(BASELINES) and set(BASELINES) <= set(METHODS)
     assert "region_growing" in METHODS and "region_growing" not in CHOOSABLE  # compared, never chosen
