@@ -30,8 +30,9 @@ def add_parser(subparsers) -> None:
         "clicks", help="robot-user click correction: Dice after clicks, NoC@85/90, drops, latency",
         description="Start from the bundle's automatic result on each labelled target case and let "
         "a simulated user click up to --max-clicks times per label at the interior of the largest "
-        "error region. Compares the learned refiner with the sphere, region-growing, local Otsu and "
-        "boundary shift baselines. With --choose the robot clicks on the SOURCE validation split "
+        "error region. Compares the prompt network, f-BRS (the bundle's segmenter refined at each "
+        "click) and the learned refiner with the sphere, region-growing, local Otsu and boundary shift "
+        "baselines. With --choose the robot clicks on the SOURCE validation split "
         "instead (target labels only report) and the method needing the fewest clicks for Dice 0.90 "
         "becomes the one front ends click with (bundle metadata click_refiner).")
     clicks.add_argument("--bundle", required=True, help="model bundle folder (with a refiner)")

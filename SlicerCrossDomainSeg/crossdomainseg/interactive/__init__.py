@@ -1,6 +1,7 @@
 """Click correction as front ends use it: the session (session.py), crops and click maps
 (encoding.py), the click methods a bundle may name (refiner.py: the learned refiner and
-`click_refiner`; boundary_shift.py; sphere.py), the simulated user and the `train-refiner`
+`click_refiner`; feature_brs.py: the bundle's segmenter refined at each click; prompt_net.py;
+boundary_shift.py; sphere.py), the simulated user and the `train-refiner`
 command that trains the refiner. The robot user, the baselines and `eval clicks` live in
 crossdomainseg.evaluation, which nothing here imports.
 
