@@ -347,20 +347,28 @@ def test_session_from_an_engine_result(tmp_path):
     assert session.label[zyx] == 2
 
 
-def test_choose_takes_fewest_clicks_and_on_a_tie_the_classical_method():
+def test_choose_takes_fewest_clicks_beyond_noise_then_fewest_harmful_clicks():
     from crossdomainseg.evaluation.cli import choose
 
-    def figures(noc90, noc85=1.0, drop=0.005, over=0):
-        return {"noc90_mean": noc90, "noc85_mean": noc85, "max_dice_drop": drop, "clicks_dropping_over_0.01": over}
+    def figures(nocs, over=0):
+        """Results of one method whose objects reach 0.90 after `nocs` clicks (20 = never)."""
+        curves = {f"case/{i}": [0.5] * n + [0.95] * (21 - n) for i, n in enumerate(nocs)}
+        return {"noc90_mean": sum(nocs) / len(nocs), "noc85_mean": sum(nocs) / len(nocs),
+                "clicks_dropping_over_0.01": over, "curves": curves}
 
-    results = {"learned": figures(1.17, drop=0.0065), "learned_network_only": figures(0.5), "sphere": figures(6.8),
-               "boundary_shift": figures(1.17, drop=0.0067)}
-    assert choose(results) == "boundary_shift"  # worst drops under 0.01 do not count
-    results["learned"] = figures(1.12)
-    assert choose(results) == "learned"
-    results["learned"] = figures(1.17)
-    results["boundary_shift"] = figures(1.17, drop=0.02, over=1)
-    assert choose(results) == "learned"
+    slow = [20] * 20
+    # one object of twenty reached sooner is within noise: the safer method stands
+    results = {"brs": figures([5] + [20] * 19, over=45), "sphere": figures(slow, over=6),
+               "boundary_shift": figures(slow, over=19)}
+    assert choose(results) == "sphere"
+    # fewer clicks on most objects is beyond noise: it wins despite more harmful clicks
+    results["brs"] = figures([3] * 15 + [20] * 5, over=45)
+    assert choose(results) == "brs"
+    # all equal: fewest harmful clicks, then the classical method
+    results = {"prompt": figures(slow, over=3), "sphere": figures(slow, over=3), "boundary_shift": figures(slow, over=4)}
+    assert choose(results) == "sphere"
+    results["prompt"] = figures(slow, over=2)
+    assert choose(results) == "prompt"
 
 
 def test_the_network_sees_the_label_where_it_departs_from_the_probabilities():
