@@ -12,6 +12,7 @@ from torch import nn
 
 from crossdomainseg.bundle import make_random_bundle
 from crossdomainseg.curriculum.augment import flip_pair, views
+from crossdomainseg.curriculum import cps as cps_module
 from crossdomainseg.curriculum.cps import CrossPseudoSupervision
 from crossdomainseg.curriculum.losses import ce_dice_loss, consistency_loss, dice_distance
 from crossdomainseg.curriculum.memory_bank import MemoryBank
@@ -333,17 +334,29 @@ def test_reference_reading_raw_images_needs_no_generator_and_sets_tau_u_from_the
     assert 1 <= summary["confident"] < 3 and summary["tau_u"] == pytest.approx(min(u))
 
 
-def test_cross_pseudo_supervision_trains_two_disagreeing_students(bundle):
+def test_cross_pseudo_supervision_trains_two_disagreeing_students(bundle, monkeypatch):
     torch.manual_seed(0)
-    params = CurriculumParams(epochs=0, steps_per_epoch=2, student_input="image", reference_input="image", lr=3e-3)
+    params = CurriculumParams(epochs=0, steps_per_epoch=2, student_input="image", reference_input="image", lr=3e-3,
+                              consistency_weight=0.5)
     target = [prepare(bundle, _volume(40 + i)[0], f"t{i}") for i in range(2)]
-    trainer = CrossPseudoSupervision(bundle, params, target)
+    source = [prepare(bundle, _volume(50)[0], "s0", "source", label=_volume(50)[1])]
+    with pytest.raises(InputError, match="labelled"):
+        CrossPseudoSupervision(bundle, params, target)
+    trainer = CrossPseudoSupervision(bundle, params, target, source=source)
     assert not trainer.params.curriculum  # every image, every epoch
     differ = sum(float((a - b).abs().sum()) for a, b in zip(trainer.student.parameters(), trainer.partner.parameters()))
     assert differ > 0
     before = [[p.clone() for p in net.parameters()] for net in (trainer.student, trainer.partner)]
+    anchored = []  # labelled batch size of each supervised loss, one per student per step
+    real_loss = cps_module.ce_dice_loss
+    monkeypatch.setattr(cps_module, "ce_dice_loss", lambda logits, y: anchored.append(len(y)) or real_loss(logits, y))
     summary = trainer.run_epoch()
     assert summary["confident"] == 2 and summary["losses"]["cross"] > 0
+    # the labelled anchor (CPS paper: supervised + lambda * cross) at the cross term's weight, for
+    # both students, with as many labelled crops as unlabelled images per step
+    losses = summary["losses"]
+    assert losses["total"] == pytest.approx(losses["cross"] + 0.5 * losses["anchor"], rel=1e-5)
+    assert anchored == [params.batch_size] * 2 * params.steps_per_epoch
     for net, old in zip((trainer.student, trainer.partner), before):
         assert sum(float((a - b).abs().sum()) for a, b in zip(net.parameters(), old)) > 0
 

@@ -2,9 +2,12 @@
 
 Two students start from the bundle's segmenter, the second with its weights perturbed so that the
 two disagree; on each unlabelled target crop each learns from the other's hard labels (augmented
-views alike for both), and both learn from accepted cases and a low-weight source replay as the
-curriculum's student does. No image gate, no memory bank, no teacher average, no appearance
-replay. The first student is the result (`export` and the benchmarks read `student`).
+views alike for both). As in the paper (loss = supervised + lambda * cross), each student also
+learns from labelled crops at the cross term's weight: labelled source crops, as many per step as
+unlabelled target images (the anchor; without it the two students agreed on background and
+collapsed), and accepted cases as the curriculum's student does. No image gate, no memory bank, no
+teacher average, no appearance replay. The first student is the result (`export` and the
+benchmarks read `student`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 
 import torch
 
+from ..errors import InputError
 from .augment import views
 from .losses import ce_dice_loss, consistency_loss
 from .trainer import CurriculumTrainer
@@ -24,6 +28,9 @@ PERTURBATION = 0.05
 
 class CrossPseudoSupervision(CurriculumTrainer):
     def __init__(self, bundle, params, target, accepted=(), source=(), device=None):
+        if not source and not accepted:
+            raise InputError("Cross pseudo supervision needs labelled cases to anchor its two students: "
+                             "give labelled source cases or accepted cases.")
         super().__init__(bundle, dataclasses.replace(params, curriculum=False, appearance_weight=0.0), target,
                          accepted, source, device)
         self.partner = copy.deepcopy(self.student).train()
@@ -57,10 +64,13 @@ class CrossPseudoSupervision(CurriculumTrainer):
             x, y = self._labelled_batch(accepted, p.supervised_batch)
             for i, net in enumerate(networks):
                 add(i, p.supervised_weight, ce_dice_loss(net(x), y))
-        if self.source and p.replay_weight > 0 and totals[0] is not None:
-            x, y = self._labelled_batch(self.source, p.replay_batch)
+        if self.source:
+            x, y = self._labelled_batch(self.source, p.batch_size)
             for i, net in enumerate(networks):
-                add(i, p.replay_weight, ce_dice_loss(net(x), y))
+                loss = ce_dice_loss(net(x), y)
+                add(i, p.consistency_weight, loss)
+                if i == 0:
+                    losses["anchor"] = float(loss.detach())
         if totals[0] is not None:
             for optimizer, total in zip((self.optimizer, self.partner_optimizer), totals):
                 optimizer.zero_grad(set_to_none=True)
