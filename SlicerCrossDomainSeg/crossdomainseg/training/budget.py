@@ -26,8 +26,8 @@ from .datasets import load_samples
 from .plan import regrid
 from .source import VAL_RENDERINGS, evaluate_segmenter, train_step, training_parts
 
-# The shipped brain 1.1 reference was still improving slowly after ~4300 steps of batch 2 (720
-# source + 3600 domain-randomised); fewer steps left it far from converged (1650 gave 0.26 source Dice).
+# Assumption: the brain 1.1 reference needed ~4300 steps of batch 2 (720 source + 3600 domain-randomised)
+# to converge (its source validation Dice was still rising slowly at the end; 1650 steps reached 0.26).
 MIN_SEGMENTER_STEPS = 4000
 # Each coarsening step multiplies the spacing by 4/3 (1.5 mm -> 2 mm -> 2.67 mm): ~2.4x fewer voxels a crop.
 COARSEN_FACTOR = 4 / 3
@@ -42,8 +42,8 @@ VALIDATION_SHARE = 0.1
 # Each segmenter stage is planned for at least this many epochs: a best epoch to choose, and a
 # deadline that can stop the stage between epochs without losing much of its share.
 MIN_EPOCHS = 4
-# At least this many steps an epoch (the former fixed length): saving the bundle and checkpoint
-# after each epoch stays a small share even without validation cases.
+# At least this many steps an epoch: saving the bundle and checkpoint after each epoch stays a small
+# share even without validation cases.
 MIN_EPOCH_STEPS = 25
 # Timed steps of each probed stage (their median), after one untimed warm-up step (first-call allocations).
 PROBE_STEPS = 5
