@@ -13,6 +13,8 @@ import SimpleITK as sitk
 from crossdomainseg.bundle import load_bundle, make_random_bundle
 from crossdomainseg.cli import main
 from crossdomainseg.errors import InputError
+from crossdomainseg.training.budget import (MIN_EPOCH_STEPS, MIN_EPOCHS, MIN_ROUND_TRIP_DICE, MIN_SEGMENTER_STEPS,
+                                            VALIDATION_SHARE, choose_grid, epoch_steps, round_trip_dice)
 from crossdomainseg.training.plan import choose_normalization, epochs_for, make_plan
 from crossdomainseg.training.train_all import RESERVE_SHARE, SHARES, STAGES, recipe, split_validation, stages_to_run
 
@@ -70,6 +72,95 @@ def test_epochs_from_a_budget_and_validation_split():
     train, val = split_validation(list(range(10)), 0.2, 0)
     assert len(val) == 2 and sorted(train + val) == list(range(10))
     assert split_validation([1], 0.2, 0) == ([1], [])
+
+
+def _fake_probe(seconds_per_voxel):
+    """A probe whose step and validation times grow with the crop's voxels, as measured ones do."""
+    def measure(plan):
+        voxels = float(np.prod(plan["roi_size"]))
+        return {"step_seconds": {"source": seconds_per_voxel * voxels, "randomize": seconds_per_voxel * voxels},
+                "val_seconds_per_case": 4 * seconds_per_voxel * voxels}
+    return measure
+
+
+def _mr_plan():
+    mr = np.abs(np.random.default_rng(3).normal(300, 200, 10_000))
+    return make_plan(_print(mr, (1.5, 1.5, 1.5), (115, 141, 120)), _print(mr, (1.5, 1.5, 1.5), (115, 141, 120)))
+
+
+def test_the_grid_is_coarsened_only_when_the_budget_buys_too_few_segmenter_steps():
+    plan, measure, floor = _mr_plan(), _fake_probe(0.4 / 64**3), lambda spacing: 0.95
+    assert plan["spacing"] == [1.5, 1.5, 1.5] and plan["roi_size"] == [64, 64, 64]
+    # 80 minutes' shares buy 6000+ steps of 0.4 s: the plan's grid is kept, after one probe
+    kept, record = choose_grid(plan, {"source": 930.0, "randomize": 2095.0}, measure, floor)
+    assert kept["spacing"] == plan["spacing"] and len(record["candidates"]) == 1
+    assert record["candidates"][0]["steps"] >= MIN_SEGMENTER_STEPS and "fit in the budget" in record["choice"]
+    # a fifth of that buys ~1360: coarsened until 4000 fit, the roi keeping its extent in mm
+    coarse, record = choose_grid(plan, {"source": 186.0, "randomize": 419.0}, measure, floor)
+    assert coarse["spacing"][0] > plan["spacing"][0] and record["candidates"][-1]["steps"] >= MIN_SEGMENTER_STEPS
+    assert [c["steps"] for c in record["candidates"]] == sorted(c["steps"] for c in record["candidates"])
+    assert np.allclose(np.multiply(coarse["roi_size"], coarse["spacing"]), 96, rtol=0.2)
+    assert coarse["roi_size"][0] < 64 and all(r % 8 == 0 for r in coarse["roi_size"])
+    assert record["probe"] == {k: v for k, v in record["candidates"][-1].items() if k in record["probe"]}
+
+
+def test_the_source_labels_round_trip_floor_stops_the_coarsening():
+    plan, measure = _mr_plan(), _fake_probe(0.4 / 64**3)
+    # labels survive 2 mm (0.95) but not 2.67 mm (0.85): the run stays at 2 mm though 4000 steps do not fit
+    floor = lambda spacing: 0.95 if spacing[0] <= 2.0 else 0.85  # noqa: E731
+    chosen, record = choose_grid(plan, {"source": 60.0, "randomize": 120.0}, measure, floor)
+    assert chosen["spacing"] == [2.0, 2.0, 2.0] and chosen["roi_size"] == [48, 48, 48]
+    assert record["candidates"][-1]["round_trip_dice"] < MIN_ROUND_TRIP_DICE and "steps" not in record["candidates"][-1]
+    assert record["candidates"][-2]["steps"] < MIN_SEGMENTER_STEPS and "round trip" in record["choice"]
+
+
+def test_round_trip_dice_of_source_labels_falls_with_a_coarser_grid(tmp_path):
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[5:35, 5:35, 5:35] = 1  # a large block
+    label[20, 8:32, 8:32] = 2  # a sheet one voxel thick
+    path = _write(tmp_path / "label.nii.gz", label)  # 3 mm voxels
+    assert round_trip_dice([path], [3.0, 3.0, 3.0]) > 0.99
+    assert round_trip_dice([path], [4.5, 4.5, 4.5]) < round_trip_dice([path], [3.3, 3.3, 3.3])
+    assert round_trip_dice([path], [9.0, 9.0, 9.0]) < MIN_ROUND_TRIP_DICE  # the sheet is lost
+
+
+def test_steps_per_epoch_follow_the_measured_validation_to_step_ratio():
+    ratio = (1 - VALIDATION_SHARE) / VALIDATION_SHARE
+    steps, reason = epoch_steps(0.5, 20.0, 1e5)
+    assert steps == round(ratio * 20.0 / 0.5) and "at most 10%" in reason
+    assert epoch_steps(0.5, 40.0, 1e5)[0] == 2 * steps  # validation twice as long: epochs twice as long
+    assert epoch_steps(0.25, 20.0, 1e5)[0] == 2 * steps  # steps twice as fast: the same
+    assert epoch_steps(0.5, 0.1, 1e5)[0] == MIN_EPOCH_STEPS  # no validation to speak of
+    # a short stage keeps MIN_EPOCHS epochs, validation then a larger share
+    short, reason = epoch_steps(0.5, 20.0, 600.0)
+    assert short == int(600 * (1 - VALIDATION_SHARE) / 0.5 / MIN_EPOCHS) < steps and f"{MIN_EPOCHS} epochs" in reason
+
+
+def test_fit_to_budget_probes_real_steps_and_sizes_the_segmenter_epochs(tmp_path):
+    from crossdomainseg.training.train_all import TaskData, fit_to_budget
+
+    rng = np.random.default_rng(4)
+    label = np.zeros((24, 24, 24), np.uint8)
+    label[4:20, 4:20, 4:20] = 1
+    cases = [(f"s{i}", _write(tmp_path / f"s{i}.nii.gz", (200.0 * label + rng.normal(0, 20, label.shape)).astype(np.float32)),
+              _write(tmp_path / f"l{i}.nii.gz", label)) for i in range(3)]
+    data = TaskData(source_train=cases[:2], source_val=cases[2:], target=[], labels={"background": 0, "box": 1})
+    mr = np.abs(rng.normal(300, 200, 10_000))
+    plan = make_plan(_print(mr, (3.0, 3.0, 3.0), (24, 24, 24)), _print(mr, (3.0, 3.0, 3.0), (24, 24, 24)))
+    seconds = {"source": 1e5, "randomize": 1e5, "translator": 1e5, "curriculum": 1e5}
+    fitted = fit_to_budget(plan, data, seconds, None, 0, "v", 0.0, 0.8, "cpu")
+    grid = fitted["reasons"]["grid"]
+    assert fitted["spacing"] == plan["spacing"] and len(grid["candidates"]) == 1  # plenty of time: kept
+    probed = grid["probe"]
+    assert probed["step_seconds"]["source"] > 0 and probed["step_seconds"]["randomize"] > 0
+    assert probed["val_seconds_per_case"] > 0
+    # the randomize stage validates real and randomised renderings: twice the validation
+    for stage, renderings in (("source", 1), ("randomize", 2)):
+        expected, _ = epoch_steps(probed["step_seconds"][stage], renderings * probed["val_seconds_per_case"], 1e5)
+        assert fitted["steps_per_epoch"][stage] == expected
+    assert fitted["steps_per_epoch"]["translator"] == fitted["steps_per_epoch"]["curriculum"] == MIN_EPOCH_STEPS
+    explicit = fit_to_budget(plan, data, seconds, 7, 0, "v", 0.0, 0.8, "cpu")
+    assert set(explicit["steps_per_epoch"].values()) == {7}  # --steps overrides every stage
 
 
 def test_stages_run_in_order_and_none_starts_from_a_missing_one():
@@ -224,8 +315,15 @@ def test_train_all_stops_after_any_stage_and_resumes_through_every_stage(phantom
     for i, name in enumerate(STAGES):
         stage, before = plan["stages"][name], sum(plan["stages"][s]["seconds"] for s in STAGES[:i])
         assert stage["budget_seconds"] <= 0.3 * 60 * (1 - RESERVE_SHARE) - before
-        assert stage["epochs"] == 1 or stage["epochs"] * stage["epoch_seconds"] <= stage["budget_seconds"]
+        # (epoch_seconds is rounded to 1 ms: tiny epochs of one step on a coarse grid)
+        assert stage["epochs"] == 1 or stage["epochs"] * (stage["epoch_seconds"] - 5e-4) <= stage["budget_seconds"]
     assert bundle.metadata["normalization"] == plan["normalization"]
+    # the plan was fitted to the budget: probed candidates (0.3 min buys few steps, so coarser grids
+    # were tried), its choice, and --steps as every stage's epoch length
+    grid = plan["reasons"]["grid"]
+    assert grid["candidates"][0]["step_seconds"]["source"] > 0 and grid["choice"]
+    assert plan["spacing"] == next(c["spacing"] for c in reversed(grid["candidates"]) if "steps" in c)
+    assert plan["steps_per_epoch"] == dict.fromkeys(STAGES, 1)
     assert plan["normalization"]["source"]["kind"] == "window"  # the phantom CT has air in HU
     assert plan["normalization"]["target"]["kind"] == "percentile"  # the MR-like target has not
     assert bundle.roi_size == plan["roi_size"] and bundle.spacing == plan["spacing"]
@@ -252,6 +350,10 @@ def test_train_all_stops_after_any_stage_and_resumes_through_every_stage(phantom
     assert (out / "models" / "segmenter.pt").read_bytes() == weights
     resumed = json.loads((checkpoints / "plan.json").read_text())
     assert resumed["stages"] == plan["stages"]
+    # a plan.json from before per-stage epoch lengths is refused by name, not misread
+    (checkpoints / "plan.json").write_text(json.dumps({**resumed, "steps_per_epoch": 25}))
+    assert main(_argv(task, out, "--resume")) == 2
+    assert "earlier version" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -408,7 +408,10 @@ def add_parser(subparsers) -> None:
         "source images), randomize (that segmenter fine-tuned on source crops synthesised with "
         "random contrast per label, so that it reads raw target images), translator (TD-GAN, for "
         "the synthetic preview) and curriculum (the reference's student trained on the unlabelled "
-        "target images; it becomes the bundle's segmenter and reads the raw target image). Each "
+        "target images; it becomes the bundle's segmenter and reads the raw target image). A short probe "
+        "of real training steps first picks the grid the budget affords (coarser, down to what the source "
+        "labels survive, when the segmenter stages would get fewer than 4000 steps) and the segmenter "
+        "stages' epoch length (validation at most 10% of a stage). Each "
         "stage gets as many epochs as fit in its share of --budget-minutes (its first epoch is "
         "timed); after each, --out holds a bundle the engine loads. One log line per epoch; "
         "--resume continues after a kill, or after a run stopped with --stages, at the first "
@@ -420,7 +423,10 @@ def add_parser(subparsers) -> None:
     everything.add_argument("--task-dir", help="instead of the folders: a task made by `crossdomainseg data make`")
     everything.add_argument("--out", required=True, help="bundle folder to write (must not hold a bundle unless --resume)")
     everything.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock time for all stages")
-    everything.add_argument("--steps", type=int, default=25, help="optimiser steps per epoch of each stage")
+    everything.add_argument("--steps", type=int, default=None,
+                            help="optimiser steps per epoch of every stage (default: the source and randomize "
+                            "stages get enough that validating after each epoch takes at most 10%% of the "
+                            "stage, from a timing probe; the translator and curriculum 25)")
     everything.add_argument("--val-share", type=float, default=0.2,
                             help="share of the source images held out to pick the segmenter's epoch")
     everything.add_argument("--label-names", help="e.g. liver=1,spleen=2 (default: label_N for each value found)")

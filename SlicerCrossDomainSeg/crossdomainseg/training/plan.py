@@ -148,6 +148,16 @@ def make_plan(source: dict, target: dict, device: str = "cpu") -> dict:
     }
 
 
+def regrid(plan: dict, factor: float) -> dict:
+    """`plan` on a grid `factor` times coarser: the roi and the translator crop keep their extent in
+    mm (fewer voxels each), as multiples of 8 (the segmenter reads the translator's crops too)."""
+    dims = plan["spatial_dims"]
+    spacing = [round(s * factor, 3) for s in plan["spacing"][:dims]] + plan["spacing"][dims:]
+    roi = [_multiple(r / factor, 8, 16, r) for r in plan["roi_size"]]
+    patch = [_multiple(p / factor, 8, 16, p) for p in plan["translator_patch"]]
+    return {**plan, "spacing": spacing, "roi_size": roi, "translator_patch": patch}
+
+
 def epochs_for(budget_s: float, epoch_s: float, cap: int) -> int:
     """Whole epochs of `epoch_s` seconds that fit in `budget_s`, from 0 to `cap`."""
     if epoch_s <= 0:

@@ -166,13 +166,9 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
 
     extras = _networks_to_keep(out, config)
     seed_everything(config.seed)
-    network = build_network(segmenter_spec(config)).to(device)
+    network, optimiser, loss_fn = training_parts(config, device)
     if initial is not None:
         network.load_state_dict(initial)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=1e-4)
-    from monai.losses import DiceCELoss
-
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     checkpoint = Checkpoint(checkpoint_dir or out.with_name(out.name + ".ckpt"), "source")
     start, history, best = 0, [], {"score": -1.0, "state": None, "epoch": -1}
     state = checkpoint.load() if resume else None
@@ -195,19 +191,10 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
         bar = tqdm(range(config.steps_per_epoch), desc=f"{stage} {epoch + 1}/{config.epochs}",
                    disable=None if progress else True, leave=False)
         for _ in bar:
-            picks = rng.integers(len(train), size=config.batch_size)
-            patches = [random_patch(train[i], config.roi_size, rng, class_balanced=config.class_balanced)
-                       for i in picks]
-            patches = [(_crop_intensities(x, y, rng, config), y) for x, y in patches]
-            images, labels = batch(patches, device)
-            images = _intensity_jitter(images, rng)
-            loss = loss_fn(network(images), labels)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.item())
+            losses.append(train_step(network, optimiser, loss_fn, train, rng, config, device))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "seconds": round(time.time() - began, 2)}
+        validating = time.time()
         score = evaluate_segmenter(network, val, config.roi_size, n_classes, device) if val else epoch
         if val:
             entry["val_dice"] = round(score, 4)
@@ -215,6 +202,8 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
             entry["val_dice_randomized"] = round(evaluate_segmenter(
                 network, val_randomized, config.roi_size, n_classes, device), 4)
             score = (score + entry["val_dice_randomized"]) / 2
+        if val:  # the time validation takes each epoch (`train all` sizes its epochs by it)
+            entry["val_seconds"] = round(time.time() - validating, 2)
         history.append(entry)
         if progress:
             tqdm.write(f"{stage} epoch {epoch + 1}: " + ", ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"))
@@ -231,6 +220,31 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
                          "optimiser": optimiser.state_dict(), "history": history, "best": best})
         epoch_wall = time.time() - began
     return load_bundle(out)
+
+
+def training_parts(config: SourceConfig, device) -> tuple:
+    """(network, optimiser, loss) a segmenter run of `config` trains with."""
+    from monai.losses import DiceCELoss
+
+    network = build_network(segmenter_spec(config)).to(device)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=1e-4)
+    return network, optimiser, DiceCELoss(to_onehot_y=True, softmax=True)
+
+
+def train_step(network, optimiser, loss_fn, train, rng: np.random.Generator, config: SourceConfig,
+               device) -> float:
+    """One optimiser step on `config.batch_size` crops drawn from the samples `train`; its loss."""
+    picks = rng.integers(len(train), size=config.batch_size)
+    patches = [random_patch(train[i], config.roi_size, rng, class_balanced=config.class_balanced)
+               for i in picks]
+    patches = [(_crop_intensities(x, y, rng, config), y) for x, y in patches]
+    images, labels = batch(patches, device)
+    images = _intensity_jitter(images, rng)
+    loss = loss_fn(network(images), labels)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss.item()
 
 
 # Randomised renderings of each source validation case when domain randomisation is on: the best

@@ -12,6 +12,9 @@ Stages, in order (`STAGES`; `--stages` runs some of them, `--randomize 0` leaves
 Each stage writes its own bundle and checkpoints under CHECKPOINT_DIR/<stage>/; when it finishes,
 its bundle is copied to --out with the plan, so --out always holds a bundle the engine loads.
 
+Before any stage, the plan is fitted to the budget (`fit_to_budget`, budget.py): a short probe of
+real segmenter steps and a validation pass picks the working grid the segmenter stages' shares
+afford, and the source and randomize stages' steps per epoch (validation a small share of each).
 Each stage first runs one epoch and times it (data loading excluded by an estimate from the
 planning read), then resumes for as many more epochs as fit in its share (`SHARES`, renormalised
 over the stages of the recipe still to train) of what is left of the budget. Time already spent
@@ -37,6 +40,8 @@ from ..curriculum.params import CurriculumParams
 from ..device import pick_device
 from ..errors import InputError
 from ..store import atomic_write_json
+from .budget import (MIN_EPOCH_STEPS, ROUND_TRIP_CASES, choose_grid, epoch_steps, probe, round_trip_dice,
+                     validation_seconds)
 from .curriculum_stage import CurriculumStage
 from .plan import epochs_for, fingerprint, make_plan
 from .source import SourceConfig, train_source
@@ -52,6 +57,8 @@ SHARES = {
 }
 # Share of the budget kept back for what follows the last epoch (metadata, the summary).
 RESERVE_SHARE = 0.03
+# The stages that train the segmenter (their steps are what the grid is sized by, budget.py).
+SEGMENTER_STAGES = ("source", "randomize")
 EPOCH_CAP = {"source": 300, "randomize": 300, "translator": 100, "curriculum": 100}
 # The randomize stage's learning rate: the fine-tune measured on brain-t1-t2 (`train source
 # --init-from REF --domain-randomize 0.8 --lr 1e-3`).
@@ -140,7 +147,7 @@ def stages_to_run(requested, stages: list[str], done: set) -> list[str]:
 def _check_options(budget_minutes, steps, domain_randomize, randomize) -> None:
     if budget_minutes <= 0:
         raise InputError(f"--budget-minutes must be positive, got {budget_minutes}.")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}.")
     for name, value in (("--domain-randomize", domain_randomize), ("--randomize", randomize)):
         if not 0 <= value <= 1:
@@ -155,11 +162,12 @@ def copy_bundle(source: Path, out: Path, metadata: dict) -> None:
 
 
 def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint_dir=None,
-              resume: bool = False, device: str | None = None, steps: int = 25, seed: int = 0,
+              resume: bool = False, device: str | None = None, steps: int | None = None, seed: int = 0,
               version: str = "0.1.0", domain_randomize: float = 0.0, progress: bool = True,
               command: str | None = None, log=print, randomize: float = 0.8, stages=None):
     """Plan, train the stages of the recipe (`stages`: those to train now, default all) within
-    `budget_minutes` of wall time, and return the bundle written at `out`."""
+    `budget_minutes` of wall time, and return the bundle written at `out`. `steps`: optimiser steps
+    per epoch of every stage (None: segmenter stages sized by their validation time, budget.py)."""
     began = time.time()
     out = Path(out)
     _check_options(budget_minutes, steps, domain_randomize, randomize)
@@ -173,6 +181,9 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     plan_file = checkpoints / "plan.json"
     chain = recipe(randomize)
     plan = json.loads(plan_file.read_text()) if resume and plan_file.is_file() else None
+    if plan is not None and not isinstance(plan.get("steps_per_epoch"), dict):
+        raise InputError(f"{plan_file} was planned by an earlier version (one epoch length for every stage); "
+                         "start afresh without --resume, or with another --out.")
     if plan is not None and plan.get("recipe", chain) != chain:
         raise InputError(f"{plan_file} is a run of the stages {plan['recipe']}, not {chain}; resume it with "
                          "the same --randomize, or start afresh without --resume.")
@@ -187,14 +198,19 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
         log(f"plan: resumed from {plan_file}; finished stages: {', '.join(s for s in chain if s in done) or 'none'}")
     else:
         plan = make_plan(source_print, target_print, torch_device.type)
-        plan.update(budget_minutes=budget_minutes, steps_per_epoch=steps, recipe=chain, stages={})
+        seconds = {stage: (budget * (1 - RESERVE_SHARE) - (time.time() - began)) * SHARES[stage]
+                   / sum(SHARES[s] for s in chain) for stage in chain}
+        plan = fit_to_budget(plan, data, seconds, steps, seed, version, domain_randomize, randomize, device)
+        plan.update(budget_minutes=budget_minutes, recipe=chain, stages={})
         checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_json(plan_file, plan)
     log(f"plan: spacing {plan['spacing']} mm, roi {plan['roi_size']}, translator crop "
-        f"{plan['translator_patch']}, device {torch_device.type}; normalisation source "
+        f"{plan['translator_patch']}, device {torch_device.type} ({plan['reasons']['grid']['choice']}); "
+        f"steps per epoch {plan['steps_per_epoch']}; normalisation source "
         f"{plan['normalization']['source']} ({plan['reasons']['normalization_source']}), target "
         f"{plan['normalization']['target']} ({plan['reasons']['normalization_target']}); "
         f"stages now: {', '.join(to_run) or 'none (all finished)'}")
+    steps = plan["steps_per_epoch"]
     spent_before = plan.get("wall_seconds", 0.0)
 
     def save_plan() -> None:
@@ -216,7 +232,7 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
         kind = "translator" if stage == "translator" else "source"
         return load_bundle(stage_bundle(stage)).metadata["training"][kind]["history"]
 
-    src_config = source_config(data, plan, steps, seed, version, domain_randomize)
+    src_config = source_config(data, plan, steps["source"], seed, version, domain_randomize)
     source_load = 2 * source_read
     # the randomised segmenter reads raw target images; without it the translator's preview is read
     reads = "image" if "randomize" in chain else "preview"
@@ -234,9 +250,10 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     runners = {
         "source": segmenter_runner("source", src_config),
         "randomize": segmenter_runner("randomize", dataclasses.replace(
-            src_config, init_from=str(stage_bundle("source")), domain_randomize=randomize, lr=RANDOMIZE_LR)),
+            src_config, init_from=str(stage_bundle("source")), domain_randomize=randomize, lr=RANDOMIZE_LR,
+            steps_per_epoch=steps.get("randomize", steps["source"]))),
     }
-    tr_config = translator_config(plan, steps, seed)
+    tr_config = translator_config(plan, steps["translator"], seed)
     translator_load = 2 * (source_read * len(data.source_train) / len(source_cases) + target_read)
 
     def run_translator(epochs, again, deadline):
@@ -252,7 +269,7 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     runners["translator"] = run_translator
     curriculum = CurriculumStage(
         stage_bundle("translator"), stage_bundle("curriculum"), checkpoints / "curriculum", data.target,
-        data.source_train, CurriculumParams(reference_input=reads, student_input=reads, steps_per_epoch=steps,
+        data.source_train, CurriculumParams(reference_input=reads, student_input=reads, steps_per_epoch=steps["curriculum"],
                                             seed=seed), torch_device, progress, log)
     # the trainer stays in memory between the timed first epoch and the rest: nothing to reload
     runners["curriculum"] = lambda epochs, again, deadline: (curriculum.run(epochs, again, deadline), 0.0)
@@ -279,6 +296,45 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     return bundle
 
 
+def segmenter_configs(data: TaskData, plan: dict, seed: int, version: str, domain_randomize: float,
+                      randomize: float) -> dict:
+    """{stage: SourceConfig} of the recipe's segmenter stages on `plan`'s grid (steps per epoch not
+    yet chosen)."""
+    config = source_config(data, plan, MIN_EPOCH_STEPS, seed, version, domain_randomize)
+    configs = {"source": config}
+    if randomize > 0:
+        configs["randomize"] = dataclasses.replace(config, domain_randomize=randomize, lr=RANDOMIZE_LR)
+    return configs
+
+
+def fit_to_budget(plan: dict, data: TaskData, seconds: dict, steps, seed: int, version: str,
+                  domain_randomize: float, randomize: float, device) -> dict:
+    """`plan` on the grid the segmenter stages' `seconds` ({stage: seconds of its share}) afford, with
+    each stage's steps per epoch (`steps`, or for the segmenter stages from their probed step and
+    validation times), the candidates, probe timings and choices in its `reasons`."""
+    def measure(candidate):
+        return probe(segmenter_configs(data, candidate, seed, version, domain_randomize, randomize),
+                     data.source_train, data.source_val, device)
+
+    labels = [case[2] for case in data.source_train[:ROUND_TRIP_CASES]]
+    segmenter_seconds = {stage: seconds[stage] for stage in SEGMENTER_STAGES if stage in seconds}
+    plan, record = choose_grid(plan, segmenter_seconds, measure, lambda spacing: round_trip_dice(labels, spacing))
+    configs = segmenter_configs(data, plan, seed, version, domain_randomize, randomize)
+    chosen, reasons = {}, {}
+    for stage in seconds:
+        if steps is not None:
+            chosen[stage], reasons[stage] = steps, "--steps"
+        elif stage in configs:
+            step_s = record["probe"]["step_seconds"][stage]
+            chosen[stage], reasons[stage] = epoch_steps(
+                step_s, validation_seconds(record["probe"], configs[stage], len(data.source_val)), seconds[stage])
+        else:
+            chosen[stage], reasons[stage] = MIN_EPOCH_STEPS, "fixed (no validation pass sizes it)"
+    plan["steps_per_epoch"] = chosen
+    plan["reasons"] = {**plan["reasons"], "grid": record, "steps_per_epoch": reasons}
+    return plan
+
+
 def _stage(name, plan, save_plan, run, budget_s, resume, log) -> None:
     """Run stage `name` for the epochs that fit in `budget_s` (its first epoch timed), or for the
     epochs the plan already chose (a resumed run). `run(epochs, again, deadline)` trains up to
@@ -294,11 +350,11 @@ def _stage(name, plan, save_plan, run, budget_s, resume, log) -> None:
         epoch_s, reload_s = run(1, resume, None)
         wall = time.time() - began
         more = epochs_for(budget_s - wall - reload_s, epoch_s, EPOCH_CAP[name] - 1)
-        chosen = {"epochs": 1 + more, "epoch_seconds": round(epoch_s, 2), "budget_seconds": round(budget_s, 1)}
+        chosen = {"epochs": 1 + more, "epoch_seconds": round(epoch_s, 3), "budget_seconds": round(budget_s, 1)}
         plan["stages"][name] = chosen
         save_plan()
         log(f"{name}: one epoch takes about {epoch_s:.1f} s; {chosen['epochs']} epochs of "
-            f"{plan['steps_per_epoch']} steps fit in its {budget_s / 60:.1f} min")
+            f"{plan['steps_per_epoch'][name]} steps fit in its {budget_s / 60:.1f} min")
         if chosen["epochs"] > 1:
             run(chosen["epochs"], True, deadline)
     chosen["seconds"] = round(chosen.get("seconds", 0.0) + time.time() - began, 1)
