@@ -21,7 +21,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..geometry import resample_to_reference, working_reference
-from ..imageio import read_image
 from .datasets import load_samples
 from .plan import regrid
 from .source import VAL_RENDERINGS, evaluate_segmenter, train_step, training_parts
@@ -51,12 +50,12 @@ PROBE_STEPS = 5
 PROBE_CASES = 2
 
 
-def round_trip_dice(label_paths, spacing) -> float:
-    """Mean Dice over labels (and cases) of each label map taken to the working grid at `spacing`
-    and back to its own grid: linear on the one-hot channels, then argmax."""
+def round_trip_dice(labels, spacing) -> float:
+    """Mean Dice over labels (and cases) of each label map (SimpleITK images, read once by the
+    caller: every candidate grid reuses them) taken to the working grid at `spacing` and back to
+    its own grid: linear on the one-hot channels, then argmax."""
     scores = []
-    for path in label_paths:
-        label = read_image(path)
+    for label in labels:
         array = sitk.GetArrayFromImage(label).astype(np.int64)
         values = [int(v) for v in np.unique(array) if v > 0]
         if not values:
@@ -69,9 +68,9 @@ def round_trip_dice(label_paths, spacing) -> float:
         for value in [0] + values:
             channel = sitk.GetImageFromArray((array == value).astype(np.float32))
             channel.CopyInformation(label)
-            there = resample_to_reference(channel, grid, sitk.sitkLinear, 1.0 if value == 0 else 0.0)
-            back.append(sitk.GetArrayFromImage(resample_to_reference(there, label, sitk.sitkLinear,
-                                                                     1.0 if value == 0 else 0.0)))
+            outside = 1.0 if value == 0 else 0.0  # beyond the image: background
+            there = resample_to_reference(channel, grid, sitk.sitkLinear, outside)
+            back.append(sitk.GetArrayFromImage(resample_to_reference(there, label, sitk.sitkLinear, outside)))
         restored = np.asarray([0] + values)[np.argmax(np.stack(back), axis=0)]
         for value in values:
             a, b = array == value, restored == value

@@ -39,6 +39,7 @@ from ..bundle import load_bundle, save_bundle, update_bundle
 from ..curriculum.params import CurriculumParams
 from ..device import pick_device
 from ..errors import InputError
+from ..imageio import read_image
 from ..store import atomic_write_json
 from .budget import (MIN_EPOCH_STEPS, ROUND_TRIP_CASES, choose_grid, epoch_steps, probe, round_trip_dice,
                      validation_seconds)
@@ -144,6 +145,11 @@ def stages_to_run(requested, stages: list[str], done: set) -> list[str]:
     return [stage for stage in stages if stage in requested and stage not in done]
 
 
+def share(seconds: float, stage: str, stages) -> float:
+    """`stage`'s part of `seconds` split among `stages` by their `SHARES`."""
+    return seconds * SHARES[stage] / sum(SHARES[s] for s in stages)
+
+
 def _check_options(budget_minutes, steps, domain_randomize, randomize) -> None:
     if budget_minutes <= 0:
         raise InputError(f"--budget-minutes must be positive, got {budget_minutes}.")
@@ -198,8 +204,8 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
         log(f"plan: resumed from {plan_file}; finished stages: {', '.join(s for s in chain if s in done) or 'none'}")
     else:
         plan = make_plan(source_print, target_print, torch_device.type)
-        seconds = {stage: (budget * (1 - RESERVE_SHARE) - (time.time() - began)) * SHARES[stage]
-                   / sum(SHARES[s] for s in chain) for stage in chain}
+        left = budget * (1 - RESERVE_SHARE) - (time.time() - began)
+        seconds = {stage: share(left, stage, chain) for stage in chain}
         plan = fit_to_budget(plan, data, seconds, steps, seed, version, domain_randomize, randomize, device)
         plan.update(budget_minutes=budget_minutes, recipe=chain, stages={})
         checkpoints.mkdir(parents=True, exist_ok=True)
@@ -221,8 +227,7 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
         """`stage`'s share of the budget left: its share among the recipe's unfinished stages from
         it on (those a later --resume would train count too)."""
         later = [s for s in chain[chain.index(stage):] if s not in done]
-        left = budget * (1 - RESERVE_SHARE) - spent_before - (time.time() - began)
-        return left * SHARES[stage] / sum(SHARES[s] for s in later)
+        return share(budget * (1 - RESERVE_SHARE) - spent_before - (time.time() - began), stage, later)
 
     def stage_bundle(stage) -> Path:
         return checkpoints / stage / "bundle"
@@ -316,7 +321,7 @@ def fit_to_budget(plan: dict, data: TaskData, seconds: dict, steps, seed: int, v
         return probe(segmenter_configs(data, candidate, seed, version, domain_randomize, randomize),
                      data.source_train, data.source_val, device)
 
-    labels = [case[2] for case in data.source_train[:ROUND_TRIP_CASES]]
+    labels = [read_image(case[2]) for case in data.source_train[:ROUND_TRIP_CASES]]
     segmenter_seconds = {stage: seconds[stage] for stage in SEGMENTER_STAGES if stage in seconds}
     plan, record = choose_grid(plan, segmenter_seconds, measure, lambda spacing: round_trip_dice(labels, spacing))
     configs = segmenter_configs(data, plan, seed, version, domain_randomize, randomize)
