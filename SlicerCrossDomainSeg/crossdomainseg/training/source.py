@@ -193,7 +193,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
         for _ in bar:
             losses.append(train_step(network, optimiser, loss_fn, train, rng, config, device))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "seconds": round(time.time() - began, 2)}
+        entry = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4) if losses else None, "seconds": round(time.time() - began, 2)}
         validating = time.time()
         score = evaluate_segmenter(network, val, config.roi_size, n_classes, device) if val else epoch
         if val:
