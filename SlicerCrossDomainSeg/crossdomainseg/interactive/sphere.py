@@ -1,10 +1,18 @@
 """The simplest click method: a click adds or removes a ball around itself (no model, no image).
-The session's default, and a method a bundle may name (metadata `click_refiner`)."""
+The session's default, and a method a bundle may name (metadata `click_refiner`).
+
+The ball's radius is the click's distance (mm) to the clicked label's boundary in the current
+mask, at most `radius_mm`: a positive click outside the label reaches up to the nearest label
+voxel, a negative click inside it up to the nearest voxel outside it. Assumption: the user clicks
+in the middle of what is wrong. An error region beside the mask spans from the mask's boundary to
+the true one, so a ball that stops at the mask's boundary also stops about at the true boundary
+on the other side, instead of overshooting it where the error is thinner than a fixed ball.
+"""
 
 import numpy as np
 
-from .encoding import DEFAULT_CROP_MM, CropInputs
-from .regions import apply_region, ball_mm
+from .encoding import DEFAULT_CROP_MM, CropInputs, squared_distance_mm
+from .regions import apply_region
 
 
 class SphereRefiner:
@@ -14,5 +22,16 @@ class SphereRefiner:
         self.radius_mm = float(radius_mm)
         self.crop_mm = tuple(float(c) for c in crop_mm)
 
+    def radius(self, inputs: CropInputs, distance2: np.ndarray) -> float:
+        """The ball's radius (mm) for this click: its distance to the nearest voxel on the other
+        side of the label's boundary (`distance2`: squared mm from the click to every crop voxel),
+        capped at `radius_mm`; the cap alone when the crop holds no such voxel."""
+        other = ~inputs.current if not inputs.click_positive else inputs.current
+        if not other.any():
+            return self.radius_mm
+        return min(self.radius_mm, float(np.sqrt(distance2[other].min())))
+
     def propose(self, inputs: CropInputs) -> np.ndarray:
-        return apply_region(inputs, ball_mm(inputs.current.shape, inputs.click, self.radius_mm, inputs.spacing))
+        distance2 = squared_distance_mm(inputs.current.shape, inputs.click, inputs.spacing)
+        # strictly inside: the voxel at the boundary distance is on the label's other side already
+        return apply_region(inputs, distance2 < self.radius(inputs, distance2) ** 2)
