@@ -32,19 +32,19 @@ def _distances_mm(index, spacing, shape=SHAPE):
 
 
 def test_a_positive_click_in_a_thin_missed_band_stays_inside_it():
-    """The draft stops 3 voxels short of the truth along x: the robot clicks in the middle of the
-    missed band and the ball fills the band near the click without crossing the true boundary,
-    where a fixed 5 mm ball overshoots it."""
+    """The draft stops 5 voxels (1 mm) short of the truth along x: the robot clicks in the middle
+    of the missed band and the ball fills the band near the click without crossing the true
+    boundary, where a fixed 5 mm ball overshoots it."""
     draft = np.zeros(SHAPE, np.int16)
     draft[..., :12] = 1
     truth = np.zeros(SHAPE, bool)
-    truth[..., :15] = True  # missed: x = 12, 13, 14
+    truth[..., :17] = True  # missed: x = 12..16
     for refiner, overshoots in ((SphereRefiner(), False), (FixedBallRefiner(radius_mm=5.0), True)):
         session = InteractiveSession(_image(), draft, refiner=refiner)
         click, point = _robot_click(session, truth)
-        assert click.positive and click.index[2] == 13
+        assert click.positive and click.index[2] == 14
         added = (session.add_click(point, True, 1).label == 1) & (draft == 0)
-        assert added[click.index] and added[..., 12].any() and added[..., 14].any()
+        assert added[click.index] and added[..., 12].any() and added[..., 16].any()
         assert (added & ~truth).any() == overshoots
 
 
@@ -86,8 +86,9 @@ def test_anisotropic_spacing_is_measured_in_mm():
     assert ((fixed.add_click(point, True, 1).label == 1) & ~truth).any()
 
 
-def test_a_click_far_from_the_label_takes_the_capped_ball():
-    """No label voxel within the cap (an empty mask, a new structure): a ball of the cap radius."""
+def test_the_radius_stays_between_the_floor_and_the_cap():
+    """No label voxel within the cap (an empty mask, a new structure): a ball of the cap radius;
+    a click beside the label (1 mm from it): a ball of the floor radius."""
     session = InteractiveSession(_image(), np.zeros(SHAPE, np.int16), refiner=SphereRefiner(radius_mm=6.0),
                                  label_values=[1])
     click = (12, 14, 16)
@@ -95,6 +96,11 @@ def test_a_click_far_from_the_label_takes_the_capped_ball():
     added = session.add_click(point, True, 1).label == 1
     distance = _distances_mm(click, session.spacing)
     assert (added == (distance < 6.0)).all()
+    draft = np.zeros(SHAPE, np.int16)
+    draft[..., :16] = 1
+    session = InteractiveSession(_image(), draft, refiner=SphereRefiner(radius_mm=6.0, floor_mm=2.5))
+    added = (session.add_click(point, True, 1).label == 1) & (draft == 0)
+    assert (added == ((distance < 2.5) & (draft == 0))).all() and added.sum() > 1
 
 
 def test_locks_and_undo_hold_through_the_session():
