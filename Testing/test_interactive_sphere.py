@@ -76,7 +76,7 @@ def test_anisotropic_spacing_is_measured_in_mm():
     draft[:3] = 1
     truth = np.zeros(SHAPE, bool)
     truth[:4] = True
-    session = InteractiveSession(_image(spacing_zyx=spacing), draft, refiner=SphereRefiner())
+    session = InteractiveSession(_image(spacing_zyx=spacing), draft, refiner=SphereRefiner(radius_mm=5.0))
     click = (3, 14, 16)
     point = session.image.TransformIndexToPhysicalPoint(tuple(reversed(click)))
     added = (session.add_click(point, True, 1).label == 1) & (draft == 0)
@@ -107,7 +107,7 @@ def test_locks_and_undo_hold_through_the_session():
     draft = np.zeros(SHAPE, np.int16)
     draft[..., :10] = 1
     truth = np.zeros(SHAPE, bool)
-    truth[..., :19] = True  # a wide missed band: the ball reaches the 5 mm cap
+    truth[..., :19] = True  # a wide missed band: the ball reaches the cap
     session = InteractiveSession(_image(), draft)  # the session's default method is the sphere
     assert isinstance(session.refiner, SphereRefiner)
     click, point = _robot_click(session, truth)

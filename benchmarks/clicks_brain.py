@@ -178,8 +178,20 @@ def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int, log) -> dict:
 
     results = evaluate_cases(engine, cases(), len(seeds), refiners, max_clicks, log=log)
     return {name: {"seeds": [seeds[0], seeds[-1]], "subjects": len(seeds),
-                   **{k: r[k] for k in SUMMARY_KEYS}, "per_label": r["per_label"]}
+                   **{k: r[k] for k in SUMMARY_KEYS}, "per_label": r["per_label"],
+                   "clicks_dropping_over_0.01_per_subject": harmful_per_subject(r["curves"])}
             for name, r in results.items()}
+
+
+def harmful_per_subject(curves: dict) -> dict:
+    """Per subject ("seed N"): how many clicks lowered their object's Dice by more than 0.01, from
+    the curves as stored (4 decimals)."""
+    counts = {}
+    for name, curve in curves.items():
+        drops = -np.diff(np.asarray(curve))
+        subject = name.split("/")[0]
+        counts[subject] = counts.get(subject, 0) + int((drops > 0.01).sum())
+    return counts
 
 
 def keep_earlier_rows(payload: dict, earlier: dict, methods) -> dict:

@@ -7,8 +7,10 @@ to the nearest label voxel, a negative click inside it up to the nearest voxel o
 Assumption: the user clicks in the middle of what is wrong. An error region beside the mask spans
 from the mask's boundary to the true one, so a ball that stops at the mask's boundary also stops
 about at the true boundary on the other side, instead of overshooting it where the error is
-thinner than a fixed ball. The cap (5 mm) and the floor (2.5 mm) were chosen on fresh brain
-SOURCE subjects (docs/experiments.md).
+thinner than a fixed ball. The cap (3 mm) and the floor (2.5 mm) were chosen on fresh brain
+SOURCE subjects, on their own grid and resampled to 5.66 mm slices (docs/experiments.md): with
+thick slices the label in the next slice lies beyond a larger cap, and a click on a small error
+in a slice of its own then took a ball several times that error's size.
 """
 
 import numpy as np
@@ -20,7 +22,7 @@ from .regions import apply_region
 class SphereRefiner:
     name = "sphere"
 
-    def __init__(self, radius_mm: float = 5.0, crop_mm=DEFAULT_CROP_MM, floor_mm: float = 2.5):
+    def __init__(self, radius_mm: float = 3.0, crop_mm=DEFAULT_CROP_MM, floor_mm: float = 2.5):
         self.radius_mm = float(radius_mm)
         self.floor_mm = min(float(floor_mm), self.radius_mm)
         self.crop_mm = tuple(float(c) for c in crop_mm)
