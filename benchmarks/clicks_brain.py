@@ -196,20 +196,21 @@ def harmful_per_subject(curves: dict) -> dict:
 
 def keep_earlier_rows(payload: dict, earlier: dict, methods) -> dict:
     """`payload` (a run of `methods` only) with the rows of the other methods, and the latencies
-    it did not measure, from the `earlier` brain entry; which rows are earlier, and from which
-    run (with that run's own "earlier_rows"), is recorded under "earlier_rows"."""
-    kept = set()
+    it did not measure, from the `earlier` brain entry; "earlier_rows" names, per kept row, the
+    run that measured it (its date, command and note)."""
+    origins = earlier.get("earlier_rows", {})
+    run_of = {k: earlier.get(k) for k in ("date", "command", "note")}
+    kept = {}
     for key in ("from_draft", "from_empty", "fresh_subjects", "curves_from_draft"):
         for name, row in earlier.get(key, {}).items():
             if name.split("_box")[0] not in methods and name not in payload[key]:
                 payload[key][name] = row
-                kept.add(name)
+                kept[f"{key}/{name}"] = origins.get(f"{key}/{name}", run_of)
     for key in ("latency_128", "latency_128_brs"):
         if payload[key] is None:
             payload[key] = earlier.get(key)
-            kept.add(key)
-    payload["earlier_rows"] = {"rows": sorted(kept), "date": earlier.get("date"), "command": earlier.get("command"),
-                               "note": earlier.get("note"), "earlier_rows": earlier.get("earlier_rows")}
+            kept[key] = origins.get(key, run_of)
+    payload["earlier_rows"] = kept
     return payload
 
 
