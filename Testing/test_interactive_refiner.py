@@ -299,8 +299,8 @@ def test_train_refiner_and_eval_clicks_commands(tmp_path):
     assert main(["eval", "clicks", "--bundle", str(bundle), "--data", str(data), "--max-clicks", "3",
                  "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert set(results) == {"brs", "learned", "learned_network_only", "sphere", "region_growing", "local_otsu",
-                            "boundary_shift"}
+    assert set(results) == {"brs", "learned", "learned_network_only", "sphere", "fixed_ball", "region_growing",
+                            "local_otsu", "boundary_shift"}
     for r in results.values():
         assert set(r["dice_at_clicks"]) == {"0", "1", "2", "3"}
         assert r["objects"] >= 3 and 0 <= r["never_90_share"] <= 1

@@ -153,6 +153,9 @@ def main() -> int:
     parser.add_argument("--latency-seed", type=int, default=12345)
     parser.add_argument("--limit", type=int, default=None, help="brain-t1-t2: the first N target test subjects")
     parser.add_argument("--note", default=None, help="brain-t1-t2: a note stored with the figures")
+    parser.add_argument("--methods", default=None,
+                        help="brain-t1-t2: comma-separated methods to run (default: all); the other rows "
+                        "of the earlier brain entry stay")
     parser.add_argument("--fresh-subjects", type=int, default=None,
                         help=f"how many of the {len(FRESH_SEEDS)} fresh subjects to click on (the first N)")
     parser.add_argument("--mode", default="auto", choices=("auto", "tdgan", "vanilla"),

@@ -8,9 +8,11 @@ that lower their object's Dice by more than 0.01 on freshly generated target sub
 click of the front ends' method and of f-BRS on a 128^3 volume. Target
 labels only report; the front ends' method is the one the bundle names (chosen on the source
 validation split by `eval clicks --choose`). Merges its figures into
-benchmarks/results/clicks.json under per_task["brain-t1-t2"], leaving the other entries.
+benchmarks/results/clicks.json under per_task["brain-t1-t2"], leaving the other entries; with
+--methods only those methods run, and the other methods' rows of the earlier run stay (listed
+under "earlier_rows" with that run's date and command).
 
-    python benchmarks/clicks.py --task brain-t1-t2 --bundle Resources/bundles/brain-t1-t2 [--limit 6]
+    python benchmarks/clicks.py --task brain-t1-t2 --bundle Resources/bundles/brain-t1-t2 [--limit 6] [--methods sphere,fixed_ball]
 """
 
 import json
@@ -24,7 +26,7 @@ from common import RESULTS, machine_info, task_dir
 COMPACT = ("lateral_ventricles", "thalamus", "caudate", "putamen", "pallidum", "brainstem", "cerebellum")
 TISSUES = ("white_matter", "cortical_grey_matter", "csf")
 FROM_EMPTY = ("lateral_ventricles", "thalamus", "putamen", "brainstem")
-METHODS = ("prompt", "brs", "sphere", "region_growing", "boundary_shift")
+METHODS = ("prompt", "brs", "sphere", "fixed_ball", "region_growing", "boundary_shift")
 # from an empty mask f-BRS has nothing to refine but the segmenter's own draft
 NOT_FROM_EMPTY = ("brs",)
 SUMMARY_KEYS = ("objects", "noc90_mean", "noc85_mean", "never_90_share", "max_dice_drop", "max_dice_drop_where",
@@ -176,8 +178,40 @@ def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int, log) -> dict:
 
     results = evaluate_cases(engine, cases(), len(seeds), refiners, max_clicks, log=log)
     return {name: {"seeds": [seeds[0], seeds[-1]], "subjects": len(seeds),
-                   **{k: r[k] for k in SUMMARY_KEYS}, "per_label": r["per_label"]}
+                   **{k: r[k] for k in SUMMARY_KEYS}, "per_label": r["per_label"],
+                   "clicks_dropping_over_0.01_per_subject": harmful_per_subject(r["curves"])}
             for name, r in results.items()}
+
+
+def harmful_per_subject(curves: dict) -> dict:
+    """Per subject ("seed N"): how many clicks lowered their object's Dice by more than 0.01, from
+    the curves as stored (4 decimals)."""
+    counts = {}
+    for name, curve in curves.items():
+        drops = -np.diff(np.asarray(curve))
+        subject = name.split("/")[0]
+        counts[subject] = counts.get(subject, 0) + int((drops > 0.01).sum())
+    return counts
+
+
+def keep_earlier_rows(payload: dict, earlier: dict, methods) -> dict:
+    """`payload` (a run of `methods` only) with the rows of the other methods, and the latencies
+    it did not measure, from the `earlier` brain entry; "earlier_rows" names, per kept row, the
+    run that measured it (its date, command and note)."""
+    origins = earlier.get("earlier_rows", {})
+    run_of = {k: earlier.get(k) for k in ("date", "command", "note")}
+    kept = {}
+    for key in ("from_draft", "from_empty", "fresh_subjects", "curves_from_draft"):
+        for name, row in earlier.get(key, {}).items():
+            if name.split("_box")[0] not in methods and name not in payload[key]:
+                payload[key][name] = row
+                kept[f"{key}/{name}"] = origins.get(f"{key}/{name}", run_of)
+    for key in ("latency_128", "latency_128_brs"):
+        if payload[key] is None:
+            payload[key] = earlier.get(key)
+            kept[key] = origins.get(key, run_of)
+    payload["earlier_rows"] = kept
+    return payload
 
 
 def run(args, fresh_seeds) -> int:
@@ -192,6 +226,8 @@ def run(args, fresh_seeds) -> int:
     engine = Engine(args.bundle, device="cpu", threads=args.threads, mode=args.mode)
     data = task_dir("brain-t1-t2", args.data)
     methods = [m for m in METHODS if m != "prompt" or engine.bundle.has_network("prompt")]
+    if args.methods:
+        methods = [m for m in methods if m in args.methods.split(",")]
     refiners = build_refiners(engine.bundle, methods, "cpu")
     front = click_refiner_name(engine.bundle)
     chosen = engine.bundle.metadata.get("click_refiner") or {}
@@ -208,11 +244,12 @@ def run(args, fresh_seeds) -> int:
     empty = from_empty(engine, data, {n: r for n, r in refiners.items() if n not in NOT_FROM_EMPTY}, limit,
                        args.max_clicks, log)
     log(f"empty starts done ({time.time() - start:.0f} s)")
-    fresh_names = [n for n in dict.fromkeys((front, "prompt", "brs")) if n in refiners]
+    fresh_names = [n for n in dict.fromkeys((front, "fixed_ball", "prompt", "brs")) if n in refiners]
     fresh = fresh_subjects(engine, {n: refiners[n] for n in fresh_names}, fresh_seeds, args.max_clicks, log)
     log(f"fresh subjects done ({time.time() - start:.0f} s)")
-    latency = latency_128(engine, refiners[front], data, args.threads)
-    latency_brs = latency if front == "brs" else latency_128(engine, refiners["brs"], data, args.threads)
+    latency = latency_128(engine, refiners[front], data, args.threads) if front in refiners else None
+    latency_brs = latency if front == "brs" else (
+        latency_128(engine, refiners["brs"], data, args.threads) if "brs" in refiners else None)
     payload = {
         "task": "brain-t1-t2", "machine": machine_info(args.threads),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -236,6 +273,9 @@ def run(args, fresh_seeds) -> int:
         payload["note"] = args.note
     path = RESULTS / "clicks.json"
     record = json.loads(path.read_text()) if path.exists() else {}
+    earlier = record.get("per_task", {}).get("brain-t1-t2")
+    if earlier and set(methods) != set(METHODS):
+        payload = keep_earlier_rows(payload, earlier, methods)
     record.setdefault("per_task", {})["brain-t1-t2"] = payload
     path.write_text(json.dumps(record, indent=2) + "\n")
     log(json.dumps({k: v for k, v in payload.items() if k != "curves_from_draft"}, indent=1)[:6000])

@@ -10,6 +10,20 @@ from ..interactive.regions import apply_region, ball_mm, component_at
 from ..interactive.sphere import SphereRefiner
 
 
+class FixedBallRefiner:
+    """A ball of a fixed `radius_mm` around the click, whatever the mask: what the sphere did
+    before its radius was bounded by the click's distance to the label's boundary."""
+
+    name = "fixed_ball"
+
+    def __init__(self, radius_mm: float = 5.0, crop_mm=DEFAULT_CROP_MM):
+        self.radius_mm = float(radius_mm)
+        self.crop_mm = tuple(float(c) for c in crop_mm)
+
+    def propose(self, inputs: CropInputs) -> np.ndarray:
+        return apply_region(inputs, ball_mm(inputs.current.shape, inputs.click, self.radius_mm, inputs.spacing))
+
+
 class RegionGrowingRefiner:
     """Grow from the click over voxels whose smoothed intensity is within `tolerance` noise levels
     of the intensity at the click, at most `max_radius_mm` from it (limits leaks through weak
@@ -36,7 +50,7 @@ class RegionGrowingRefiner:
         return apply_region(inputs, component_at(similar, inputs.click))
 
 
-BASELINES = {refiner.name: refiner for refiner in (SphereRefiner, RegionGrowingRefiner, LocalOtsuRefiner,
+BASELINES = {refiner.name: refiner for refiner in (SphereRefiner, FixedBallRefiner, RegionGrowingRefiner, LocalOtsuRefiner,
                                                    BoundaryShiftRefiner)}
 
 

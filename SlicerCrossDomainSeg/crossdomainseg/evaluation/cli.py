@@ -9,10 +9,11 @@ import shlex
 import sys
 from pathlib import Path
 
-METHODS = ("prompt", "brs", "learned", "learned_network_only", "sphere", "region_growing", "local_otsu", "boundary_shift")
+METHODS = ("prompt", "brs", "learned", "learned_network_only", "sphere", "fixed_ball", "region_growing", "local_otsu",
+           "boundary_shift")
 # what --choose may pick: the methods front ends click with ("prompt", "brs", "learned" and
 # interactive.refiner's CLASSICAL); the network alone is a diagnostic (it ignores clicks it
-# contradicts) and region growing a baseline only
+# contradicts), region growing and the fixed ball baselines only
 CHOOSABLE = ("prompt", "brs", "learned", "sphere", "local_otsu", "boundary_shift")
 
 
