@@ -31,7 +31,7 @@ class SphereRefiner:
         """The ball's radius (mm) for this click: its distance to the nearest voxel on the other
         side of the label's boundary (`distance2`: squared mm from the click to every crop voxel),
         between `floor_mm` and `radius_mm`; the cap when the crop holds no such voxel."""
-        other = ~inputs.current if not inputs.click_positive else inputs.current
+        other = inputs.current if inputs.click_positive else ~inputs.current
         if not other.any():
             return self.radius_mm
         return max(self.floor_mm, min(self.radius_mm, float(np.sqrt(distance2[other].min()))))

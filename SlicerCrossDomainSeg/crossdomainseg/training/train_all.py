@@ -255,7 +255,7 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     runners = {
         "source": segmenter_runner("source", src_config),
         "randomize": segmenter_runner("randomize", dataclasses.replace(
-            src_config, init_from=str(stage_bundle("source")), domain_randomize=randomize, lr=RANDOMIZE_LR,
+            randomize_config(src_config, randomize), init_from=str(stage_bundle("source")),
             steps_per_epoch=steps.get("randomize", steps["source"]))),
     }
     tr_config = translator_config(plan, steps["translator"], seed)
@@ -308,8 +308,14 @@ def segmenter_configs(data: TaskData, plan: dict, seed: int, version: str, domai
     config = source_config(data, plan, MIN_EPOCH_STEPS, seed, version, domain_randomize)
     configs = {"source": config}
     if randomize > 0:
-        configs["randomize"] = dataclasses.replace(config, domain_randomize=randomize, lr=RANDOMIZE_LR)
+        configs["randomize"] = randomize_config(config, randomize)
     return configs
+
+
+def randomize_config(source: SourceConfig, randomize: float) -> SourceConfig:
+    """The randomize stage's config from the source stage's: `randomize` of its crops synthesised
+    from their labels, at `RANDOMIZE_LR` (the probe and the stage train the same)."""
+    return dataclasses.replace(source, domain_randomize=randomize, lr=RANDOMIZE_LR)
 
 
 def fit_to_budget(plan: dict, data: TaskData, seconds: dict, steps, seed: int, version: str,
