@@ -3,7 +3,9 @@ for the robot user of the evaluation (evaluation/robot.py).
 
 Each click goes to the interior (distance-transform maximum) of the largest error region:
 positive in a false-negative region, negative in a false-positive one. With an empty prediction
-the whole object is the error region, so the first click lands at the object's deepest point.
+the whole object is the error region, so the first click lands at the object's deepest point. An
+axis along which the whole grid is one voxel (a 2D image stored as one slice) is no direction of
+depth: the interior is measured in the plane.
 """
 
 from dataclasses import dataclass
@@ -21,11 +23,14 @@ class RobotClick:
     mask: np.ndarray  # the error region inside `region`
 
 
-def _interior_point(component: np.ndarray, spacing) -> tuple[int, int, int]:
-    padded = np.pad(component, 1)
+def _interior_point(component: np.ndarray, spacing, flat=()) -> tuple[int, ...]:
+    """The voxel of `component` deepest inside it (mm), its outside reaching past its box except
+    along the `flat` axes (True: the whole grid is one voxel thick there)."""
+    pads = [0 if f else 1 for f in (tuple(flat) or (False,) * component.ndim)]
+    padded = np.pad(component, [(p, p) for p in pads])
     dist = ndimage.distance_transform_edt(padded, sampling=spacing)
-    flat = int(np.argmax(dist))
-    return tuple(int(i) - 1 for i in np.unravel_index(flat, padded.shape))
+    deepest = int(np.argmax(dist))
+    return tuple(int(i) - p for i, p in zip(np.unravel_index(deepest, padded.shape), pads))
 
 
 def next_click(truth: np.ndarray, pred: np.ndarray, spacing=(1.0, 1.0, 1.0),
@@ -37,6 +42,7 @@ def next_click(truth: np.ndarray, pred: np.ndarray, spacing=(1.0, 1.0, 1.0),
     """
     # errors lie inside the box of truth | pred: labelling only that box finds the same regions in
     # the same order (a tenth of the time on a whole brain)
+    flat = _flat_axes(truth)  # of the whole grid, not of the box below
     box = _bounding_box(truth | pred)
     if box is None:
         return None
@@ -45,7 +51,7 @@ def next_click(truth: np.ndarray, pred: np.ndarray, spacing=(1.0, 1.0, 1.0),
     best = _largest([_error_regions(missing, True), _error_regions(pred & ~truth, False)])
     if best is None:
         return None
-    click = _click_on(best, spacing)
+    click = _click_on(best, spacing, flat)
     offset = [s.start for s in box]
     return RobotClick(tuple(i + o for i, o in zip(click.index, offset)), click.positive, click.size,
                       tuple(slice(r.start + o, r.stop + o) for r, o in zip(click.region, offset)), click.mask)
@@ -82,11 +88,16 @@ def _largest(regions):
     return best
 
 
-def _click_on(best, spacing) -> RobotClick:
+def _flat_axes(grid: np.ndarray) -> tuple[bool, ...]:
+    """Per axis, whether `grid` is one voxel thick along it."""
+    return tuple(n == 1 for n in grid.shape)
+
+
+def _click_on(best, spacing, flat=()) -> RobotClick:
     (positive, labels, sizes, boxes), k = best
     box = boxes[k - 1]
     component = labels[box] == k
-    local = _interior_point(component, spacing)
+    local = _interior_point(component, spacing, flat)
     index = tuple(int(s.start) + i for s, i in zip(box, local))
     return RobotClick(index, positive, int(sizes[k]), box, component)
 
@@ -107,11 +118,12 @@ def training_clicks(truth: np.ndarray, pred: np.ndarray, n: int, spacing=(1.0, 1
     # components are found once and the clicked one is struck off, instead of labelling the
     # whole crop again for every click.
     regions = [_error_regions(truth & ~pred, True), _error_regions(pred & ~truth, False)]
+    flat = _flat_axes(truth)
     for i in range(n):
         best = _largest(regions)
         if best is None:
             break
-        click = _click_on(best, spacing)
+        click = _click_on(best, spacing, flat)
         (_, _, sizes, _), k = best
         sizes[k] = 0  # corrected: out of the running
         clicks.append(click)

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from .. import geometry
 from ..errors import InputError
-from .prompt_cases import UNKNOWN, PromptCase
+from .prompt_cases import UNKNOWN, PromptCase, grid_array
 from .prompt_net import PROMPT_SPACING
 
 CONFIDENCE = 0.9  # softmax maximum a pseudo-label voxel needs
@@ -56,8 +56,9 @@ def load_target_cases(task_dir, bundle, limit: int | None = None, log=print) -> 
         labels.CopyInformation(image)
         work = geometry.to_working_grid(image, tuple(reversed(PROMPT_SPACING)), sitk.sitkLinear)
         labels = geometry.resample_to_reference(labels, work, sitk.sitkNearestNeighbor, UNKNOWN)
-        label = sitk.GetArrayFromImage(labels)
-        case = PromptCase(bundle.normalize(sitk.GetArrayFromImage(work), "target"), label, None, synthesize=False)
+        label = grid_array(labels, bundle.spatial_dims)
+        case = PromptCase(bundle.normalize(grid_array(work, bundle.spatial_dims), "target"), label, None,
+                          synthesize=False)
         if case.values:
             cases.append(case)
         log(f"pseudo-labelled {path.name}: {np.mean(label == UNKNOWN):.1%} of voxels unknown"

@@ -39,10 +39,10 @@ from ..errors import InputError
 from ..networks import build_network
 from ..training.randomize import crop_normalization
 from .encoding import Box, box_answer, crop_box
-from .prompt_net import (BOX_CHANNELS, CLICK_CHANNELS, NETWORK_NAME, PROMPT_SIZE, PROMPT_SPACING, PROMPT_SPEC, encode,
+from .prompt_net import (BOX_CHANNELS, CLICK_CHANNELS, NETWORK_NAME, PROMPT_SPACING, encode, prompt_grid, prompt_spec,
                          widen_to_box_channel)
 from .simulate import next_click, training_clicks
-from .prompt_cases import UNKNOWN, PromptCase
+from .prompt_cases import UNKNOWN, PromptCase, grid_array
 from .target_cases import CONFIDENCE, load_target_cases, target_training_images
 from .train_refiner import corrupt, train_step
 
@@ -58,7 +58,8 @@ OBJECT_KINDS = (("label", 0.55), ("part", 0.15), ("union", 0.15), ("lesion", 0.1
 
 
 def load_prompt_cases(task_dir, bundle, limit: int | None = None) -> list[PromptCase]:
-    """The labelled source training cases of a task folder, resampled to the network's grid."""
+    """The labelled source training cases of a task folder, resampled to the network's grid
+    (2D arrays for a 2D bundle)."""
     from ..data import TaskDir
 
     spec = crop_normalization(bundle.metadata["normalization"]["target"])
@@ -69,8 +70,8 @@ def load_prompt_cases(task_dir, bundle, limit: int | None = None) -> list[Prompt
         image = sitk.ReadImage(str(image_path), sitk.sitkFloat32)
         work = geometry.to_working_grid(image, tuple(reversed(PROMPT_SPACING)), sitk.sitkLinear)
         label = geometry.resample_to_reference(sitk.ReadImage(str(label_path)), work, sitk.sitkNearestNeighbor, 0)
-        cases.append(PromptCase(bundle.normalize(sitk.GetArrayFromImage(work), "source"),
-                                sitk.GetArrayFromImage(label), spec))
+        cases.append(PromptCase(bundle.normalize(grid_array(work, bundle.spatial_dims), "source"),
+                                grid_array(label, bundle.spatial_dims), spec))
         if limit and len(cases) >= limit:
             break
     if not cases:
@@ -105,7 +106,7 @@ def pick_object(case: PromptCase, image: np.ndarray, rng) -> tuple[np.ndarray, n
     elif kind == "lesion":
         inside = np.argwhere(case.label > 0)
         centre = inside[rng.integers(len(inside))]
-        radii = rng.uniform(2.0, 10.0, size=3)
+        radii = rng.uniform(2.0, 10.0, size=image.ndim)
         noise = ndimage.gaussian_filter(rng.standard_normal(image.shape).astype(np.float32), 2.0)
         grids = np.ogrid[tuple(slice(0, n) for n in image.shape)]
         distance = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)))
@@ -129,27 +130,29 @@ def _local_box(box: Box | None, crop: Box):
     return None if box is None else (crop.local(box.start), crop.local(box.stop))
 
 
-def box_round(truth, image, current, network, box: Box, size=PROMPT_SIZE) -> None:
+def box_round(truth, image, current, network, box: Box, size=None) -> None:
     """`network`'s answer to `box` alone on the crop around its centre, applied to `current` (bool,
     changed in place) as the session applies a box (`box_answer`)."""
+    size, spacing = _grid(truth, size)
     centre = tuple((a + b) // 2 for a, b in zip(box.start, box.stop))
     crop = crop_box(centre, size, truth.shape)
     here = current[crop.slices]
     x = encode(image[crop.slices], here, [], [], size, _local_box(box, crop))
     inside = _run(network, x)[tuple(slice(0, n) for n in here.shape)] >= 0
     local = Box(tuple(max(0, v) for v in crop.local(box.start)), crop.local(box.stop))
-    here |= box_answer(inside, local, PROMPT_SPACING)
+    here |= box_answer(inside, local, spacing)
 
 
-def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE, box: Box | None = None,
+def network_rounds(truth, image, current, network, rounds: int, size=None, box: Box | None = None,
                    known: np.ndarray | None = None, channels: int = BOX_CHANNELS):
     """The robot clicks up to `rounds` times on `current` (bool, changed in place), each click
     answered by `network` (of `channels` inputs) on the crop around it (with `box`, the user's
     box, when given) and applied as the session applies it (one-sided, connected to the click);
     it never clicks where `known` is False. Returns the clicks as ((z, y, x), positive)."""
+    size, spacing = _grid(truth, size)
     clicks = []
     for _ in range(rounds):
-        click = next_click(truth, _seen(current, truth, known), PROMPT_SPACING)
+        click = next_click(truth, _seen(current, truth, known), spacing)
         if click is None:
             break
         clicks.append((click.index, click.positive))
@@ -167,6 +170,12 @@ def network_rounds(truth, image, current, network, rounds: int, size=PROMPT_SIZE
     return clicks
 
 
+def _grid(array: np.ndarray, size=None) -> tuple[tuple, tuple]:
+    """(crop size, spacing) of the network grid `array` lies on (its dimension's, `size` when given)."""
+    grid_size, spacing = prompt_grid(array.ndim)
+    return tuple(size or grid_size), spacing
+
+
 def _seen(current: np.ndarray, truth: np.ndarray, known: np.ndarray | None) -> np.ndarray:
     """`current` as the simulated user judges it: right wherever the truth is unknown, so no
     click lands there."""
@@ -181,12 +190,15 @@ def jittered_box(truth: np.ndarray, rng) -> Box:
     return Box(tuple(start), tuple(max(a + 1, b) for a, b in zip(start, stop)))
 
 
-def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None,
+def make_prompt_sample(case: PromptCase, rng, size=None, network=None,
                        channels: int = BOX_CHANNELS) -> tuple[np.ndarray, np.ndarray]:
-    """(input (channels, *size), target (2, *size)) float32 arrays for one simulated prompt: the
+    """(input (channels, *size), target (2, *size)) float32 arrays for one simulated prompt on a
+    crop of `size` (default: the network grid's of the case's dimension): the
     target is the object and where it is known (the loss weight: 0 on a target case's UNKNOWN
     voxels). With `network`, ITERATE_SHARE of the samples have earlier prompts it answered
     (`box_round`, `network_rounds`); boxes only for a network with the box channel."""
+    size, spacing = _grid(case.image, size)
+    dims = len(size)
     synthetic = case.synthesize and rng.random() < SYNTH_SHARE
     image = case.synthetic_image(rng) if synthetic else case.image
     truth, image = pick_object(case, image, rng)
@@ -205,12 +217,12 @@ def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None,
             box_round(truth_a, image[around], current, network, box, size)
         earlier = network_rounds(truth_a, image[around], current, network, int(rng.integers(0 if box else 1, 4)),
                                  size, box, known_a, channels)
-        last = next_click(truth_a, _seen(current, truth_a, known_a), PROMPT_SPACING)
+        last = next_click(truth_a, _seen(current, truth_a, known_a), spacing)
         clicks = [] if last is None else [*earlier, (last.index, last.positive)]
     else:
         n = 1 if empty and rng.random() < 0.6 else int(rng.integers(1, MAX_CLICKS + 1))
         # the robot corrects only known errors; unknown voxels keep the mask they had
-        robot, corrected = training_clicks(truth_a, _seen(pred, truth_a, known_a), n, PROMPT_SPACING)
+        robot, corrected = training_clicks(truth_a, _seen(pred, truth_a, known_a), n, spacing)
         current = np.where(known_a, corrected, pred)
         clicks = [(c.index, c.positive) for c in robot]
     if not clicks and box is None:  # no error left: a confirming click inside the object
@@ -218,7 +230,7 @@ def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None,
         clicks = [(tuple(inside[rng.integers(len(inside))]), True)]
     clicks_local, positive = [c for c, _ in clicks], [p for _, p in clicks]
     centre = clicks_local[-1] if clicks else tuple((a + b) // 2 for a, b in zip(box.start, box.stop))
-    centre = np.asarray(centre) + rng.integers(-4, 5, size=3)
+    centre = np.asarray(centre) + rng.integers(-4, 5, size=dims)
     crop = crop_box(centre, size, truth_a.shape)
     local = [(crop.local(c), p) for c, p in zip(clicks_local, positive) if crop.contains(c)]
     mask = current[crop.slices].astype(np.float32)
@@ -229,11 +241,12 @@ def make_prompt_sample(case: PromptCase, rng, size=PROMPT_SIZE, network=None,
     y = np.zeros((2, *size), np.float32)
     y[1] = 1.0  # padding beyond the image counts, as background
     t = truth_a[crop.slices]
-    y[0, : t.shape[0], : t.shape[1], : t.shape[2]] = t
-    y[1, : t.shape[0], : t.shape[1], : t.shape[2]] = known_a[crop.slices]
-    order = rng.permutation(3)
+    inside = tuple(slice(0, n) for n in t.shape)
+    y[(0, *inside)] = t
+    y[(1, *inside)] = known_a[crop.slices]
+    order = rng.permutation(dims)
     x, y = x.transpose(0, *(order + 1)), y.transpose(0, *(order + 1))
-    for axis in range(3):
+    for axis in range(dims):
         if rng.random() < 0.5:
             x, y = np.flip(x, axis + 1), np.flip(y, axis + 1)
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
@@ -257,13 +270,18 @@ def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: 
                  target_share: float = 0.0, channels: int = BOX_CHANNELS) -> tuple[torch.nn.Module, dict]:
     """Train the prompt network of `channels` inputs (fine-tune `init`, with samples it answers
     itself, when given) for `steps_limit` steps, else `minutes` of wall time (at least one step);
-    `target_share` of the samples come from `target_cases` (pseudo-labelled target images). Every
+    `target_share` of the samples come from `target_cases` (pseudo-labelled target images); the
+    network is 2D or 3D as the cases' arrays. Every
     `checkpoint_minutes` `checkpoint(network, summary)` is called (e.g. to write it into a bundle
     for evaluation while training goes on). Ctrl-C keeps what is trained so far."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    network = build_network({**PROMPT_SPEC, "in_channels": channels})
+    dims = cases[0].image.ndim
+    network = build_network(prompt_spec(dims, channels))
     if init is not None:
+        if init.spec["spatial_dims"] != dims:
+            raise InputError(f"The prompt network to fine-tune is {init.spec['spatial_dims']}D but the cases are "
+                             f"{dims}D; train a new one (without --fine-tune).")
         network.load_state_dict(init.state_dict())
     optimiser = torch.optim.Adam(network.parameters(), lr=lr)
     total = steps_limit or max(1, int(minutes * 60 / 1.0))  # cosine schedule length; re-estimated below
@@ -309,7 +327,7 @@ def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: 
 
 
 def prompt_metadata(task_dir, cases: int, seed: int, threads: int, command: str, summary: dict,
-                    before: dict | None = None, target_cases: int = 0) -> dict:
+                    before: dict | None = None, target_cases: int = 0, spatial_dims: int = 3) -> dict:
     data = (f"{Path(task_dir).name}: source train split ({cases} cases), simulated clicks, "
             f"synthetic contrast on {SYNTH_SHARE:.0%} of the source samples")
     if target_cases:
@@ -318,7 +336,8 @@ def prompt_metadata(task_dir, cases: int, seed: int, threads: int, command: str,
     training = {"data": data, "seed": seed, "threads": threads, "command": command, **summary}
     if before is not None:
         training["fine_tuned_from"] = before
-    return {"size": list(PROMPT_SIZE), "spacing": list(PROMPT_SPACING), "training": training}
+    size, spacing = prompt_grid(spatial_dims)
+    return {"size": list(size), "spacing": list(spacing), "training": training}
 
 
 def train_and_ship_prompt(bundle_path, task_dir, minutes: float, seed: int = 0, threads: int = 1,
@@ -363,7 +382,7 @@ def train_and_ship_prompt(bundle_path, task_dir, minutes: float, seed: int = 0, 
     def ship(network, summary):
         update_bundle(bundle_path, networks={NETWORK_NAME: network},
                       metadata={NETWORK_NAME: prompt_metadata(task_dir, len(cases), seed, threads, command, summary,
-                                                              before, len(targets))})
+                                                              before, len(targets), bundle.spatial_dims)})
         log(f"prompt network written to {bundle_path}: {json.dumps(summary)}")
 
     network, summary = train_prompt(cases, minutes, seed, batch, lr, steps_limit=steps, checkpoint=ship,

@@ -131,27 +131,28 @@ def _blob(shape, center, radii):
 
 
 def corrupt(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A plausible wrong automatic mask for `truth` (bool)."""
+    """A plausible wrong automatic mask for `truth` (bool, 2D or 3D)."""
     if rng.random() < 0.2:
         return np.zeros_like(truth)  # missed object: the first click starts from nothing
     pred = truth.copy()
+    dims = truth.ndim
     edge = np.argwhere(truth ^ ndimage.binary_erosion(truth))
     for kind in rng.choice(["morph", "shift", "blobs", "island"], size=rng.integers(1, 3), replace=False,
                            p=[0.35, 0.2, 0.35, 0.1]):
         if kind == "morph":
             r = int(rng.integers(1, 6))  # drafts on a new modality can be far off
             op = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
-            pred = op(pred, ndimage.generate_binary_structure(3, 1), iterations=r)
+            pred = op(pred, ndimage.generate_binary_structure(dims, 1), iterations=r)
         elif kind == "shift":
-            pred = np.roll(pred, tuple(int(v) for v in rng.integers(-3, 4, size=3)), axis=(0, 1, 2))
+            pred = np.roll(pred, tuple(int(v) for v in rng.integers(-3, 4, size=dims)), axis=tuple(range(dims)))
         elif kind == "blobs" and len(edge):
             for _ in range(int(rng.integers(1, 4))):
-                c = edge[rng.integers(len(edge))] + rng.integers(-2, 3, size=3)
-                blob = _blob(pred.shape, c, rng.uniform(2, 10, size=3))
+                c = edge[rng.integers(len(edge))] + rng.integers(-2, 3, size=dims)
+                blob = _blob(pred.shape, c, rng.uniform(2, 10, size=dims))
                 pred = (pred | blob) if rng.random() < 0.5 else (pred & ~blob)
         elif kind == "island":
             c = [rng.integers(n) for n in pred.shape]
-            pred |= _blob(pred.shape, c, rng.uniform(2, 6, size=3))
+            pred |= _blob(pred.shape, c, rng.uniform(2, 6, size=dims))
     return pred
 
 
