@@ -9,10 +9,12 @@ generated subjects (the 6-case test split holds 24 objects: one click more or le
 moves NoC@90 by 0.04, and whether any of its 480 clicks lowers Dice by over 0.01 is a matter of
 luck at the rate the fresh subjects show).
 Writes benchmarks/results/clicks.json (keeping its per_task entries). `--task brain-t1-t2` runs
-the brain benchmark instead (benchmarks/clicks_brain.py) and writes per_task["brain-t1-t2"].
+the brain benchmark instead (benchmarks/clicks_brain.py) and writes per_task["brain-t1-t2"];
+`--task xray-drr` the xray one (benchmarks/clicks_xray.py), per_task["xray-drr"].
 
     python benchmarks/clicks.py --bundle Resources/bundles/phantom-ct-mr [--data DIR]
     python benchmarks/clicks.py --task brain-t1-t2 --bundle Resources/bundles/brain-t1-t2 [--limit 6]
+    python benchmarks/clicks.py --task xray-drr --bundle Resources/bundles/xray-drr
 """
 
 import argparse
@@ -145,13 +147,14 @@ def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="phantom-ct-mr", choices=("phantom-ct-mr", "brain-t1-t2"))
+    parser.add_argument("--task", default="phantom-ct-mr", choices=("phantom-ct-mr", "brain-t1-t2", "xray-drr"))
     parser.add_argument("--bundle", default="Resources/bundles/phantom-ct-mr")
     parser.add_argument("--data", default=None, help="task folder (default: generated like the bundles' training data)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--latency-seed", type=int, default=12345)
-    parser.add_argument("--limit", type=int, default=None, help="brain-t1-t2: the first N target test subjects")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="brain-t1-t2, xray-drr: the first N target test subjects")
     parser.add_argument("--note", default=None, help="brain-t1-t2: a note stored with the figures")
     parser.add_argument("--methods", default=None,
                         help="brain-t1-t2: comma-separated methods to run (default: all); the other rows "
@@ -165,6 +168,10 @@ def main() -> int:
         from clicks_brain import run
 
         return run(args, FRESH_SEEDS[: args.fresh_subjects or 10])  # 10 subjects: 2000 clicks
+    if args.task == "xray-drr":
+        from clicks_xray import run
+
+        return run(args)
 
     from crossdomainseg.engine import Engine
     from crossdomainseg.evaluation.cli import METHODS, build_refiners

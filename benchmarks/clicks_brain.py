@@ -92,8 +92,8 @@ def robot_from_box(session, image, truth: np.ndarray, value: int, max_clicks: in
 
 
 def from_empty(engine, data_dir, refiners: dict, limit, max_clicks: int, log, split: str = "test",
-               domain: str = "target") -> dict:
-    """Per method: the robot outlines each FROM_EMPTY label starting from nothing (no draft: an
+               domain: str = "target", names=FROM_EMPTY) -> dict:
+    """Per method: the robot outlines each label of `names` starting from nothing (no draft: an
     all-background label map), as a user adds a structure the model does not segment; for a
     refiner with a box channel also "<name>_box": the structure started from its bounding box,
     then clicks (the box counts as the first interaction)."""
@@ -114,8 +114,8 @@ def from_empty(engine, data_dir, refiners: dict, limit, max_clicks: int, log, sp
         truth = sitk.GetArrayFromImage(truth_image).astype(np.int16)
         features = engine.bundle.normalize(sitk.GetArrayFromImage(image), domain)
         empty = np.zeros(truth.shape, np.int16)
-        values = [labels[n] for n in FROM_EMPTY if (truth == labels[n]).any()]
-        objects += [f"{case_id}/{n}" for n in FROM_EMPTY if (truth == labels[n]).any()]
+        values = [labels[n] for n in names if (truth == labels[n]).any()]
+        objects += [f"{case_id}/{n}" for n in names if (truth == labels[n]).any()]
         for name, refiner, box in starts:
             for value in values:
                 others = [v for v in labels.values() if v and (v != value or not box)]
@@ -134,7 +134,7 @@ def from_empty(engine, data_dir, refiners: dict, limit, max_clicks: int, log, sp
         summary = summarise(curves[name], times[name], objects)
         summary["curves"] = {o: [round(v, 4) for v in c] for o, c in zip(objects, curves[name])}
         out[name] = {**{k: summary[k] for k in SUMMARY_KEYS},
-                     **group_figures(summary, FROM_EMPTY, max_clicks)}
+                     **group_figures(summary, names, max_clicks)}
     return out
 
 
@@ -166,14 +166,14 @@ def latency_128(engine, refiner, data_dir, threads: int) -> dict:
             "p95": round(float(np.percentile(ms, 95)), 1)}
 
 
-def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int, log) -> dict:
-    """{name: figures} on freshly generated brain target subjects (never a training subject)."""
+def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int, log, task: str = "brain-t1-t2") -> dict:
+    """{name: figures} on freshly generated target subjects of `task` (never a training subject)."""
     from crossdomainseg.data import generate_case
     from crossdomainseg.evaluation.clicks import evaluate_cases
 
     def cases():
         for seed in seeds:
-            case = generate_case("brain-t1-t2", seed, "target")
+            case = generate_case(task, seed, "target")
             yield f"seed {seed}", case.image, case.label
 
     results = evaluate_cases(engine, cases(), len(seeds), refiners, max_clicks, log=log)
