@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from clicks_brain import SUMMARY_KEYS, NOT_FROM_EMPTY, from_empty, fresh_subjects, test_cases
+from clicks_brain import SUMMARY_KEYS, NOT_FROM_EMPTY, click_latency, from_empty, fresh_subjects, test_cases
 from common import RESULTS, machine_info, task_dir
 
 TASK = "xray-drr"
@@ -27,25 +27,11 @@ FRESH_SEEDS = list(range(900001, 900051))  # 50 subjects x 2 labels x 20 clicks:
 
 
 def latency(engine, refiner, data_dir, threads: int) -> dict:
-    """Per-click seconds on the first target test image as it is (128^2): the robot corrects every
-    label of the automatic draft for 20 clicks, model warm."""
+    """Per-click milliseconds on the first target test image as it is (128^2), model warm."""
     import SimpleITK as sitk
 
-    from crossdomainseg.interactive import InteractiveSession
-    from crossdomainseg.evaluation.robot import robot_on_label
-
     _, image, truth_image = next(test_cases(data_dir, 1))
-    truth = sitk.GetArrayFromImage(truth_image).astype(np.int16)
-    result = engine.segment(image, preview=True, uncertainty=False)
-    session = InteractiveSession.from_result(image, result, engine.bundle, refiner)
-    times = []
-    for value in session.label_values:
-        _, t, _ = robot_on_label(session, truth, value, 20)
-        times += t
-    ms = np.asarray(times) * 1000
-    return {"image_shape": list(truth.shape), "clicks": len(times), "threads": threads, "device": "cpu",
-            "model_warm": True, "p50": round(float(np.percentile(ms, 50)), 1),
-            "p95": round(float(np.percentile(ms, 95)), 1)}
+    return click_latency(engine, refiner, image, sitk.GetArrayFromImage(truth_image).astype(np.int16), threads)
 
 
 def run(args) -> int:
