@@ -24,6 +24,7 @@ import numpy as np
 
 from ..bundle import load_bundle
 from ..registry import ModelRegistry
+from .prompt_promotion import carry_current_prompt
 from .trainer import CurriculumTrainer, Volume, segmenter_input
 
 
@@ -93,6 +94,7 @@ def promote_if_best(trainer: CurriculumTrainer, registry: ModelRegistry, candida
         return result
     trainer.export(candidate)
     try:
+        carry_current_prompt(candidate, registry)
         result["published"] = registry.publish(candidate, {
             "heldout_dice": result["student_dice"], "compared": scores, "heldout_cases": len(heldout),
             "epoch": trainer.epoch,

@@ -5,8 +5,11 @@ of (target_cases.py)."""
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
+from .. import geometry
 from ..training.randomize import synthesize
+from .prompt_net import PROMPT_SPACING
 
 UNKNOWN = -1  # pseudo-label of an unconfident voxel (and of voxels outside the image)
 RESYNTH = 0.3  # chance a case's synthetic image is drawn again when the case is sampled
@@ -29,3 +32,12 @@ class PromptCase:
         if self.synthetic is None or rng.random() < RESYNTH:
             self.synthetic = synthesize(self.image, self.label, rng, self.spec).astype(np.float32)
         return self.synthetic
+
+
+def to_prompt_grid(image: sitk.Image, label: sitk.Image, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(image, label) (z, y, x) arrays on the network's grid over `image`'s extent: the image
+    interpolated linearly, the label by nearest neighbour (`fill` where it does not reach)."""
+    work = geometry.to_working_grid(sitk.Cast(image, sitk.sitkFloat32), tuple(reversed(PROMPT_SPACING)),
+                                    sitk.sitkLinear)
+    label = geometry.resample_to_reference(label, work, sitk.sitkNearestNeighbor, fill)
+    return sitk.GetArrayFromImage(work), sitk.GetArrayFromImage(label)
