@@ -189,6 +189,10 @@ def test_a_stopped_prompt_stage_resumes_at_its_epoch(tmp_path, monkeypatch, caps
     again = _run_trainer(tmp_path, bundle, store, {"prompt_epochs": 2})
     assert again["prompt"]["last_gate"] == status["prompt"]["last_gate"]
     assert ModelRegistry(tmp_path / "reg").versions() == ["v0001", "v0002"]
+    # more epochs continue it, and the gate compares with the version it published
+    more = _run_trainer(tmp_path, bundle, store, {"prompt_epochs": 3})
+    assert [h["epoch"] for h in more["prompt"]["history"]] == [1, 2, 3]
+    assert more["prompt"]["last_gate"]["compared_with"] == "v0002"
 
 
 def test_a_published_segmenter_carries_the_current_prompt_network(tmp_path):

@@ -338,18 +338,10 @@ class _Run:
 
     def source(self, bundle):
         from ..imageio import read_image
-        from .trainer import prepare
+        from .trainer import labelled_pairs, prepare
 
-        folder = self.config.get("source")
-        if not folder:
-            return []
-        volumes = []
-        for path in sorted((Path(folder) / "images").iterdir()):
-            label = Path(folder) / "labels" / path.name
-            if label.is_file():
-                volumes.append(prepare(bundle, read_image(path), f"source:{path.name}", "source",
-                                       read_image(label)))
-        return volumes
+        return [prepare(bundle, read_image(image), f"source:{image.name}", "source", read_image(label))
+                for image, label in labelled_pairs(self.config.get("source"))]
 
     def gate(self, trainer, registry) -> dict:
         from .promotion import promote_if_best

@@ -13,6 +13,9 @@ out when the student is compared with V (and when V's own score is taken), and c
 other version. Cases whose draft is unknown (`edited_voxels` None: the caller gave none) count
 as corrected. A version with no held-out case left to compare on blocks promotion: there is no
 evidence that the student does better than it.
+
+The published bundle carries the current version's prompt network, which has its own gate
+(prompt_promotion.py).
 """
 
 from __future__ import annotations

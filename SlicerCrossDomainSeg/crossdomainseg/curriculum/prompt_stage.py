@@ -31,7 +31,7 @@ from ..interactive.train_prompt import source_prompt_case, train_prompt
 from ..store import atomic_write_bytes
 from ..training.loops import load_checkpoint
 from .prompt_promotion import HeldoutCase, channels_of, gate_and_publish
-from .trainer import is_heldout, left_out
+from .trainer import is_heldout, labelled_pairs, left_out
 
 CHECKPOINT = "prompt_checkpoint.pt"
 
@@ -47,7 +47,20 @@ class PromptStage:
 
     def report(self, **values) -> None:
         self.status.update(values)
-        self.run_.write_status(prompt=self.status)
+        self.run_.write_status(prompt=self.status, message=self.message())
+
+    def message(self) -> str:
+        """The stage in one line, for the front ends' trainer panel."""
+        state, gate = self.status.get("state"), self.status.get("last_gate") or {}
+        if state == "training":
+            return f"prompt network: epoch {self.status.get('epoch', 0)} of {self.status.get('epochs')}"
+        if state == "gating":
+            return "prompt network: comparing it with the current one on held-out accepted cases"
+        if state == "published":
+            return f"prompt network published as {gate.get('published')}"
+        if state == "kept":
+            return f"prompt network kept as it was: {gate.get('reason')}"
+        return f"prompt network not retrained: {self.status.get('reason')}"
 
     def save(self, network, epoch: int, history: list, base: str, done: bool = False) -> None:
         import torch
@@ -61,8 +74,8 @@ class PromptStage:
         """Fine-tune, gate and publish; False when a stop request interrupted it."""
         p = self.params
         checkpoint = load_checkpoint(self.path) if self.path.is_file() else None
-        if checkpoint is not None and checkpoint.get("done"):
-            self.report(**checkpoint["status"])
+        if checkpoint is not None and checkpoint.get("done") and checkpoint["epoch"] >= p.prompt_epochs:
+            self.report(**checkpoint["status"])  # finished: more prompt_epochs continue it
             return True
         if p.prompt_epochs == 0:
             self.report(state="skipped", reason="prompt_epochs is 0")
@@ -155,12 +168,5 @@ class PromptStage:
         """The trainer's labelled source data (config "source": images/ and labels/) as source samples."""
         from ..imageio import read_image
 
-        folder = self.run_.config.get("source")
-        if not folder:
-            return []
-        cases = []
-        for path in sorted((Path(folder) / "images").iterdir()):
-            label = Path(folder) / "labels" / path.name
-            if label.is_file():
-                cases.append(source_prompt_case(read_image(path), read_image(label), bundle))
-        return cases
+        return [source_prompt_case(read_image(image), read_image(label), bundle)
+                for image, label in labelled_pairs(self.run_.config.get("source"))]

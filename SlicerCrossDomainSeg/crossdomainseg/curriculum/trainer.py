@@ -454,3 +454,13 @@ def left_out(manifest: dict) -> str | None:
         return None
     return (f"it holds new structures ({', '.join(sorted(added))}) the model has no label for; the trainer "
             "learns only the model's own labels, so it leaves this case out (the case stays in the store)")
+
+
+def labelled_pairs(folder) -> list[tuple[Path, Path]]:
+    """(image, label) paths of a labelled data folder (images/ and labels/, matched by file name);
+    none when `folder` is None."""
+    if not folder:
+        return []
+    labels = Path(folder) / "labels"
+    return [(path, labels / path.name) for path in sorted((Path(folder) / "images").iterdir())
+            if (labels / path.name).is_file()]
