@@ -198,25 +198,25 @@ def test_a_stopped_prompt_stage_resumes_at_its_epoch(tmp_path, monkeypatch, caps
 def test_a_published_segmenter_carries_the_current_prompt_network(tmp_path):
     """The segmenter's gate publishes the student's bundle, made from the version its run started
     from: the prompt network promoted since then goes with it, never the older one."""
-    from crossdomainseg.curriculum.prompt_promotion import carry_current_prompt
+    from crossdomainseg.curriculum.promotion import promote_if_best
+    from crossdomainseg.curriculum.trainer import CurriculumTrainer, prepare
 
     bundle = _bundle(tmp_path)
     registry = ModelRegistry(tmp_path / "reg")
     registry.init_from(bundle)
-    newer = tmp_path / "newer"
+    newer = tmp_path / "newer"  # v0002: the prompt stage's publication, same segmenter
     shutil.copytree(bundle, newer)
     update_bundle(newer, networks={"prompt": build_network(PROMPT_SPEC)},
                   metadata={"prompt": {"size": [48, 48, 48], "spacing": [2.0, 2.0, 2.0], "training": {"steps": 9}}})
     registry.publish(newer)
-    candidate = tmp_path / "candidate"
-    shutil.copytree(bundle, candidate)  # as trainer.export writes it from the run's starting version
-    carry_current_prompt(candidate, registry)
-    carried, current = load_bundle(candidate), load_bundle(registry.current_path())
-    pairs = zip(carried.network("prompt").state_dict().values(), current.network("prompt").state_dict().values())
+    base = load_bundle(registry.versions_dir / "v0001")  # the segmenter's run started from v0001
+    accepted = [prepare(base, *_pair(i)[:1], f"a{i}", label=_pair(i)[1]) for i in range(2)]
+    trainer = CurriculumTrainer(base, CurriculumParams(holdout_every=2), [], accepted)
+    assert promote_if_best(trainer, registry, tmp_path / "candidate")["published"] == "v0003"
+    carried, promoted = (load_bundle(registry.versions_dir / v) for v in ("v0003", "v0002"))
+    pairs = zip(carried.network("prompt").state_dict().values(), promoted.network("prompt").state_dict().values())
     assert all(torch.equal(a, b) for a, b in pairs)
-    assert carried.metadata["weights"]["models/prompt.pt"] != load_bundle(bundle).metadata["weights"]["models/prompt.pt"]
     assert carried.metadata["prompt"]["training"] == {"steps": 9}
-    assert carried.metadata["weights"]["models/segmenter.pt"] == load_bundle(bundle).metadata["weights"]["models/segmenter.pt"]
 
 
 def test_the_next_session_outlines_with_the_published_prompt_network(tmp_path):
