@@ -545,7 +545,8 @@ class CrossDomainSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         running = bool(status.get("running"))
         self.ui.trainerStateLabel.text = (
             f"{status['state']}; {status['accepted_cases']} accepted case(s)"
-            + (f"; epoch {status['epoch']}" if status.get("epoch") is not None else ""))
+            + (f"; epoch {status['epoch']}" if status.get("epoch") is not None else "")
+            + (f"; {status['message']}" if status.get("message") else ""))
         self.ui.trainerProgressBar.value = int(100 * status.get("progress", 0.0))
         versions = status.get("versions") or []
         self.ui.modelVersionsLabel.text = (

@@ -79,6 +79,25 @@ class CurriculumParams:
     reference_input: str = "preview"
     curriculum: bool = True  # False: plain mean teacher (every image, every epoch, no U, no gate)
     steps_per_epoch: int = 0  # 0: one pass over the target images
+    # The prompt network's stage (prompt_stage.py), after the segmenter's epochs, for a bundle
+    # with a prompt network: fine-tuned with train_prompt's simulated user, on this share of the
+    # samples from the training accepted cases (the clinician's labels on the target images it is
+    # used on), the rest from the labelled source data (synthetic contrast, lesions), when the
+    # trainer has it, so it does not forget the objects accepted cases lack. Half and
+    # half keeps both kinds of objects in every batch. Steps: prompt_epochs x prompt_steps of
+    # prompt_batch samples; a fine-tuning step of 4 samples took 0.5 s on one niced CPU thread (an
+    # 80x96x80 case on the 2 mm grid; 0.65 s on a brain-t1-t2 case), so about 4 min in all, and
+    # the gate about 25 s per held-out brain case (10 labels). The learning rate is a quarter of
+    # training from scratch (2e-3): it starts from a trained network. None of these is tuned.
+    prompt_share: float = 0.5
+    prompt_epochs: int = 4
+    prompt_steps: int = 100  # per epoch; the status gets one line per epoch
+    prompt_batch: int = 4
+    prompt_lr: float = 5e-4
+    # Published when, on the held-out accepted cases, each Dice after 1 and 5 simulated clicks
+    # (from an empty mask and from the current model's draft) is at least the current network's
+    # + prompt_margin and no more clicks lower their object's Dice by > 0.01 (prompt_promotion.py).
+    prompt_margin: float = 0.0
     crop_size: int = 0  # training crop edge in voxels; 0: the bundle's roi_size
     seed: int = 0
 
@@ -143,6 +162,10 @@ class CurriculumParams:
                              "and appearance_refit >= 1 epoch.")
         if self.appearance_texture not in ("rank", "flat"):
             raise InputError("appearance_texture must be 'rank' or 'flat' (appearance.render).")
+        if not (0 <= self.prompt_share <= 1 and self.prompt_epochs >= 0 and self.prompt_steps >= 1
+                and self.prompt_batch >= 1 and self.prompt_lr > 0 and -1 <= self.prompt_margin <= 1):
+            raise InputError("The prompt stage needs prompt_share in [0, 1], prompt_epochs >= 0 (0: off), "
+                             "prompt_steps and prompt_batch >= 1, prompt_lr > 0 and prompt_margin in [-1, 1].")
         if self.holdout_every < 0 or self.holdout_every == 1:
             raise InputError("holdout_every must be 0 (no hold-out) or >= 2 so that some accepted "
                              "cases are trained on.")

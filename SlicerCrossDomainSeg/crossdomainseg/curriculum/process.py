@@ -8,8 +8,10 @@ Everything lives in the store's `trainer/` folder:
     start.lock      held by `start` and `stop` while they check, launch or stop the trainer
     trainer.pid     {"pid", "create_time"} of the lock's holder (psutil checks it is that process)
     stop.request    written by `stop`: the trainer stops cleanly after its current step
-    status.json     state, epoch, step, losses, confident samples, tau_u, tau_ts, model version
+    status.json     state, epoch, step, losses, confident samples, tau_u, tau_ts, model version;
+                    "prompt": the prompt network's stage (prompt_stage.py)
     checkpoint.pt   student, teacher, optimiser, memory bank, schedules: the trainer resumes here
+    prompt_checkpoint.pt  the prompt stage's network, epoch and history
     trainer.log     its stdout and stderr
 Files are replaced atomically, so status can be read at any moment and a kill at any moment leaves
 the last checkpoint and the registry's current model loadable. `stop` asks through stop.request
@@ -305,7 +307,7 @@ class _Run:
     def data(self, bundle, store, known: dict):
         """Volumes of every unlabelled image and accepted case, prepared once and kept."""
         from ..imageio import read_image
-        from .trainer import prepare
+        from .trainer import left_out, prepare
 
         skipped = self.status.setdefault("skipped", {})
         for path in store.unlabelled_images():
@@ -319,11 +321,9 @@ class _Run:
             key = f"accepted:{case_id}"
             if key not in known and key not in skipped:
                 manifest = store.manifest(case_id)
-                added = manifest.get("structures") or {}
-                if added:
-                    skipped[key] = (f"it holds new structures ({', '.join(sorted(added))}) the model has no "
-                                    "label for; the trainer learns only the model's own labels, so it leaves "
-                                    "this case out (the case stays in the store)")
+                reason = left_out(manifest)
+                if reason:
+                    skipped[key] = reason
                     continue
                 try:
                     case = store.load(case_id)
@@ -338,18 +338,10 @@ class _Run:
 
     def source(self, bundle):
         from ..imageio import read_image
-        from .trainer import prepare
+        from .trainer import labelled_pairs, prepare
 
-        folder = self.config.get("source")
-        if not folder:
-            return []
-        volumes = []
-        for path in sorted((Path(folder) / "images").iterdir()):
-            label = Path(folder) / "labels" / path.name
-            if label.is_file():
-                volumes.append(prepare(bundle, read_image(path), f"source:{path.name}", "source",
-                                       read_image(label)))
-        return volumes
+        return [prepare(bundle, read_image(image), f"source:{image.name}", "source", read_image(label))
+                for image, label in labelled_pairs(self.config.get("source"))]
 
     def gate(self, trainer, registry) -> dict:
         from .promotion import promote_if_best
@@ -393,7 +385,8 @@ class _Run:
         if checkpoint is not None:
             trainer.load_state_dict(checkpoint)
             print(f"resumed at epoch {trainer.epoch}, step {trainer.step}", flush=True)
-        self.write_status(state="training", base_version=base_version, **self._summary(trainer, registry))
+        self.write_status(state="training", stage="segmenter", base_version=base_version,
+                          **self._summary(trainer, registry))
         ran = 0
         while trainer.epoch < params.epochs and not self.stopping():
             trainer.target, trainer.accepted = self.data(bundle, store, known)
@@ -416,6 +409,11 @@ class _Run:
         if finished and ran and trainer.epoch % params.publish_every:  # the last epochs still get a chance
             self.write_status(last_gate=self.gate(trainer, registry))
         self.save_checkpoint(trainer)
+        if finished and not self.stopping():  # then the prompt network (prompt_stage.py)
+            from .prompt_stage import PromptStage
+
+            self.write_status(stage="prompt")
+            finished = PromptStage(self, params, registry, store).run()
         self.write_status(state="finished" if finished else "stopped", **self._summary(trainer, registry))
         return 0
 

@@ -13,6 +13,9 @@ out when the student is compared with V (and when V's own score is taken), and c
 other version. Cases whose draft is unknown (`edited_voxels` None: the caller gave none) count
 as corrected. A version with no held-out case left to compare on blocks promotion: there is no
 evidence that the student does better than it.
+
+The published bundle carries the current version's prompt network, which has its own gate
+(prompt_promotion.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 from ..bundle import load_bundle
 from ..registry import ModelRegistry
+from .prompt_promotion import carry_current_prompt
 from .trainer import CurriculumTrainer, Volume, segmenter_input
 
 
@@ -93,6 +97,7 @@ def promote_if_best(trainer: CurriculumTrainer, registry: ModelRegistry, candida
         return result
     trainer.export(candidate)
     try:
+        carry_current_prompt(candidate, registry)
         result["published"] = registry.publish(candidate, {
             "heldout_dice": result["student_dice"], "compared": scores, "heldout_cases": len(heldout),
             "epoch": trainer.epoch,

@@ -444,3 +444,23 @@ class CurriculumTrainer:
 def is_heldout(index: int, every: int) -> bool:
     """Accepted case number `index` (acceptance order) is held out: the 2nd, then every k-th."""
     return every > 0 and index % every == 1
+
+
+def left_out(manifest: dict) -> str | None:
+    """Why an accepted case (its store manifest) is left out of training, or None: a case holding
+    new structures the model has no label for."""
+    added = manifest.get("structures") or {}
+    if not added:
+        return None
+    return (f"it holds new structures ({', '.join(sorted(added))}) the model has no label for; the trainer "
+            "learns only the model's own labels, so it leaves this case out (the case stays in the store)")
+
+
+def labelled_pairs(folder) -> list[tuple[Path, Path]]:
+    """(image, label) paths of a labelled data folder (images/ and labels/, matched by file name);
+    none when `folder` is None."""
+    if not folder:
+        return []
+    labels = Path(folder) / "labels"
+    return [(path, labels / path.name) for path in sorted((Path(folder) / "images").iterdir())
+            if (labels / path.name).is_file()]

@@ -12,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .. import geometry
 from ..errors import InputError
-from .prompt_cases import UNKNOWN, PromptCase, grid_array
-from .prompt_net import PROMPT_SPACING
+from .prompt_cases import UNKNOWN, PromptCase, to_prompt_grid
 
 CONFIDENCE = 0.9  # softmax maximum a pseudo-label voxel needs
 
@@ -26,6 +24,13 @@ def pseudo_label(probabilities: np.ndarray) -> np.ndarray:
     label = np.argmax(probabilities, axis=-1).astype(np.int16)
     label[np.max(probabilities, axis=-1) < CONFIDENCE] = UNKNOWN
     return label
+
+
+def target_prompt_case(image: sitk.Image, label: sitk.Image, bundle, fill: int = 0) -> PromptCase:
+    """A target image and its labels on the network's grid (2D arrays for a 2D bundle): the image
+    normalised as "target" (as the session feeds it) and shown as it is (no synthetic contrast)."""
+    image, label = to_prompt_grid(image, label, bundle.spatial_dims, fill)
+    return PromptCase(bundle.normalize(image, "target"), label, None, synthesize=False)
 
 
 def target_training_images(task_dir) -> list:
@@ -54,14 +59,10 @@ def load_target_cases(task_dir, bundle, limit: int | None = None, log=print) -> 
         result = engine.segment(image, preview=False, uncertainty=False)
         labels = sitk.GetImageFromArray(pseudo_label(sitk.GetArrayFromImage(result.probabilities)))
         labels.CopyInformation(image)
-        work = geometry.to_working_grid(image, tuple(reversed(PROMPT_SPACING)), sitk.sitkLinear)
-        labels = geometry.resample_to_reference(labels, work, sitk.sitkNearestNeighbor, UNKNOWN)
-        label = grid_array(labels, bundle.spatial_dims)
-        case = PromptCase(bundle.normalize(grid_array(work, bundle.spatial_dims), "target"), label, None,
-                          synthesize=False)
+        case = target_prompt_case(image, labels, bundle, UNKNOWN)
         if case.values:
             cases.append(case)
-        log(f"pseudo-labelled {path.name}: {np.mean(label == UNKNOWN):.1%} of voxels unknown"
+        log(f"pseudo-labelled {path.name}: {np.mean(case.label == UNKNOWN):.1%} of voxels unknown"
             + ("" if case.values else "; no confident structure, left out"))
     if not cases:
         raise InputError(f"The bundle's segmenter is confident (probability >= {CONFIDENCE}) on no structure of "

@@ -33,16 +33,15 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from .. import geometry
 from ..bundle import load_bundle, update_bundle
 from ..errors import InputError
 from ..networks import build_network
 from ..training.randomize import crop_normalization
 from .encoding import Box, box_answer, crop_box
-from .prompt_net import (BOX_CHANNELS, CLICK_CHANNELS, NETWORK_NAME, PROMPT_SPACING, encode, prompt_grid, prompt_spec,
+from .prompt_net import (BOX_CHANNELS, CLICK_CHANNELS, NETWORK_NAME, encode, prompt_grid, prompt_spec,
                          widen_to_box_channel)
 from .simulate import next_click, training_clicks
-from .prompt_cases import UNKNOWN, PromptCase, grid_array
+from .prompt_cases import UNKNOWN, PromptCase, to_prompt_grid
 from .target_cases import CONFIDENCE, load_target_cases, target_training_images
 from .train_refiner import corrupt, train_step
 
@@ -57,21 +56,24 @@ ITERATE_SHARE = 0.6  # fine-tuning: samples whose earlier clicks the network ans
 OBJECT_KINDS = (("label", 0.55), ("part", 0.15), ("union", 0.15), ("lesion", 0.15))
 
 
+def source_prompt_case(image: sitk.Image, label: sitk.Image, bundle) -> PromptCase:
+    """A labelled source case on the network's grid (2D arrays for a 2D bundle), normalised as
+    "source", with synthetic images drawn in the range of the bundle's target normalisation."""
+    image, label = to_prompt_grid(image, label, bundle.spatial_dims)
+    return PromptCase(bundle.normalize(image, "source"), label,
+                      crop_normalization(bundle.metadata["normalization"]["target"]))
+
+
 def load_prompt_cases(task_dir, bundle, limit: int | None = None) -> list[PromptCase]:
     """The labelled source training cases of a task folder, resampled to the network's grid
     (2D arrays for a 2D bundle)."""
     from ..data import TaskDir
 
-    spec = crop_normalization(bundle.metadata["normalization"]["target"])
     cases = []
     for _, image_path, label_path in TaskDir(task_dir).cases("train", "source"):
         if label_path is None:
             continue
-        image = sitk.ReadImage(str(image_path), sitk.sitkFloat32)
-        work = geometry.to_working_grid(image, tuple(reversed(PROMPT_SPACING)), sitk.sitkLinear)
-        label = geometry.resample_to_reference(sitk.ReadImage(str(label_path)), work, sitk.sitkNearestNeighbor, 0)
-        cases.append(PromptCase(bundle.normalize(grid_array(work, bundle.spatial_dims), "source"),
-                                grid_array(label, bundle.spatial_dims), spec))
+        cases.append(source_prompt_case(sitk.ReadImage(str(image_path)), sitk.ReadImage(str(label_path)), bundle))
         if limit and len(cases) >= limit:
             break
     if not cases:
@@ -144,11 +146,12 @@ def box_round(truth, image, current, network, box: Box, size=None) -> None:
 
 
 def network_rounds(truth, image, current, network, rounds: int, size=None, box: Box | None = None,
-                   known: np.ndarray | None = None, channels: int = BOX_CHANNELS):
+                   known: np.ndarray | None = None, channels: int = BOX_CHANNELS, after_click=None):
     """The robot clicks up to `rounds` times on `current` (bool, changed in place), each click
     answered by `network` (of `channels` inputs) on the crop around it (with `box`, the user's
     box, when given) and applied as the session applies it (one-sided, connected to the click);
-    it never clicks where `known` is False. Returns the clicks as ((z, y, x), positive)."""
+    it never clicks where `known` is False; `after_click(current)` is called after each click.
+    Returns the clicks as ((z, y, x), positive)."""
     size, spacing = _grid(truth, size)
     clicks = []
     for _ in range(rounds):
@@ -167,6 +170,8 @@ def network_rounds(truth, image, current, network, rounds: int, size=None, box: 
         change[index] = True
         components, _ = ndimage.label(change)
         here[components == components[index]] = click.positive
+        if after_click is not None:
+            after_click(current)
     return clicks
 
 
@@ -267,13 +272,15 @@ def known_dice_ce(logits: torch.Tensor, y: torch.Tensor, smooth: float = 1e-5) -
 def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: int = 8, lr: float = 2e-3,
                  steps_limit: int | None = None, checkpoint=None, checkpoint_minutes: float = 5.0,
                  init: torch.nn.Module | None = None, log=print, target_cases: list[PromptCase] = (),
-                 target_share: float = 0.0, channels: int = BOX_CHANNELS) -> tuple[torch.nn.Module, dict]:
+                 target_share: float = 0.0, channels: int = BOX_CHANNELS,
+                 stop=lambda: False) -> tuple[torch.nn.Module, dict]:
     """Train the prompt network of `channels` inputs (fine-tune `init`, with samples it answers
     itself, when given) for `steps_limit` steps, else `minutes` of wall time (at least one step);
     `target_share` of the samples come from `target_cases` (pseudo-labelled target images); the
     network is 2D or 3D as the cases' arrays. Every
     `checkpoint_minutes` `checkpoint(network, summary)` is called (e.g. to write it into a bundle
-    for evaluation while training goes on). Ctrl-C keeps what is trained so far."""
+    for evaluation while training goes on). Ctrl-C, or `stop()` turning True between steps, keeps
+    what is trained so far (`stopped_early` in the summary)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dims = cases[0].image.ndim
@@ -295,6 +302,9 @@ def train_prompt(cases: list[PromptCase], minutes: float, seed: int = 0, batch: 
                 "stopped_early": stopped, "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None}
 
     while steps == 0 or (steps < steps_limit if steps_limit else time.time() - start < minutes * 60):
+        if steps and stop():
+            stopped = True
+            break
         try:
             if not steps_limit and steps == 20:  # measured pace: the cosine schedule ends with the budget
                 total = max(21, int(minutes * 60 / ((time.time() - start) / 20)))
