@@ -4,7 +4,8 @@ where it still sees the label; the network alone is reported too) against the sp
 region-growing, local Otsu and boundary shift baselines (same run, same automatic starts: one
 session per object, from the engine's delivered result), and latency per click on a 128^3 volume
 with a warm model. Also the test figures of the method the bundle names for front ends (chosen on
-the SOURCE validation split by `eval clicks --choose`), and that method and the learned refiner on 48 freshly
+the SOURCE validation split by `eval clicks --choose`), and that method, the learned refiner and
+the prompt network (when the bundle has one; its test figures are among the baselines) on 48 freshly
 generated subjects (the 6-case test split holds 24 objects: one click more or less on one of them
 moves NoC@90 by 0.04, and whether any of its 480 clicks lowers Dice by over 0.01 is a matter of
 luck at the rate the fresh subjects show).
@@ -145,6 +146,17 @@ def fresh_subjects(engine, refiners: dict, seeds, max_clicks: int) -> dict:
         for name, r in results.items()}
 
 
+def prompt_figures(engine, refiners: dict, fresh: dict, latency_seed: int) -> dict:
+    """{"prompt_network": its training record, 128^3 latency and fresh-subject figures} when the
+    bundle has a prompt network (its test split figures are in "baselines"), else {}."""
+    if "prompt" not in refiners:
+        return {}
+    latency = latency_128(engine, refiners["prompt"], latency_seed)
+    return {"prompt_network": {"training": engine.bundle.metadata.get("prompt", {}).get("training"),
+                               "latency_ms_p50": latency["p50"], "latency_ms_p95": latency["p95"],
+                               "latency": latency, "fresh_subjects": fresh["prompt"]}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="phantom-ct-mr", choices=("phantom-ct-mr", "brain-t1-t2", "xray-drr"))
@@ -190,7 +202,9 @@ def main() -> int:
     latency = latency_128(engine, refiners["learned"], args.latency_seed)
     oracle = oracle_noc(engine, task_dir("phantom-ct-mr", args.data).path, args.max_clicks)
     front_name = click_refiner_name(engine.bundle)  # when it is "learned", one run serves both keys
-    fresh = fresh_subjects(engine, {name: refiners[name] for name in dict.fromkeys((front_name, "learned"))},
+    # the prompt network, when the bundle has one, also on the fresh subjects: its harmful clicks
+    fresh_names = (front_name, "learned", *(["prompt"] if "prompt" in refiners else []))
+    fresh = fresh_subjects(engine, {name: refiners[name] for name in dict.fromkeys(fresh_names)},
                            FRESH_SEEDS[: args.fresh_subjects or len(FRESH_SEEDS)], args.max_clicks)
     payload = {
         "task": engine.bundle.task,
@@ -225,6 +239,7 @@ def main() -> int:
         "learned_fresh_subjects": fresh["learned"],
         "oracle_region_fix": oracle,
         "dice_one_voxel_off": one_voxel_off(engine, task_dir("phantom-ct-mr", args.data).path),
+        **prompt_figures(engine, refiners, fresh, args.latency_seed),
         "model_version": engine.model_version,
         "refiner_training": engine.bundle.metadata.get("refiner", {}).get("training"),
         "eval_seconds": round(time.time() - start, 1),
