@@ -38,11 +38,11 @@ def test_default_bundle_script_runs_every_stage(tmp_path, icbm152_templates):
     assert prompt["fine_tuned"] and prompt["fine_tuned_from"]["steps"] == 1
     brain = load_bundle(out / "brain-t1-t2").metadata["training"]
     assert brain["translator"]["config"]["lambda_identity"] == 0
-    # the brain reference is fine-tuned with domain randomisation twice: the second run starts from
-    # the first, and the budget counts the plain run and both
+    # the brain reference is fine-tuned with domain randomisation three times, each run from the one
+    # before, and the budget counts the plain run and all three
     assert brain["source"]["config"]["domain_randomize"] == 0.8 and brain["start"]["config"]["domain_randomize"] == 0.8
-    assert brain["source"]["config"]["lr"] == 5e-4 and brain["start"]["config"]["lr"] == 1e-3
-    assert brain["budget_steps"] == 3 and not list(out.glob("brain-t1-t2.randomize*.ckpt"))
+    assert brain["source"]["config"]["lr"] == 2.5e-4 and brain["start"]["config"]["lr"] == 5e-4
+    assert brain["budget_steps"] == 4 and not list(out.glob("brain-t1-t2.randomize*.ckpt"))
     for task, reference in shipped.items():
         bundle = load_bundle(out / task)
         # the settings given by hand are the shipped ones; the chosen ones come from the source
