@@ -24,6 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from ..bundle import Bundle, load_bundle, update_bundle
+from .. import metrics
 from ..registry import ModelRegistry
 from ..interactive.prompt_cases import to_prompt_grid
 from ..interactive.prompt_net import CLICK_CHANNELS, NETWORK_NAME
@@ -62,11 +63,6 @@ def draft_arrays(bundle: Bundle, cases: list[HeldoutCase]) -> list[tuple[np.ndar
     return arrays
 
 
-def _dice(mask: np.ndarray, truth: np.ndarray) -> float:
-    total = int(mask.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(mask, truth).sum()) / total
-
-
 def click_figures(network: torch.nn.Module, channels: int, arrays) -> dict:
     """The gate's figures of `network` (of `channels` inputs) on `arrays` (draft_arrays)."""
     network = network.cpu().eval()
@@ -77,9 +73,9 @@ def click_figures(network: torch.nn.Module, channels: int, arrays) -> dict:
             truth = truth_map == value
             for start, mask in (("empty", np.zeros_like(truth)), ("draft", draft == value)):
                 current = mask.copy()
-                dice = [_dice(current, truth)]
+                dice = [metrics.dice(current, truth)]
                 network_rounds(truth, image, current, network, max(CLICKS), channels=channels,
-                               after_click=lambda c: dice.append(_dice(c, truth)))
+                               after_click=lambda c: dice.append(metrics.dice(c, truth)))
                 for k in CLICKS:  # a user with no error left stops: the last Dice stands
                     after[(start, k)].append(dice[min(k, len(dice) - 1)])
                 harmful += sum(b < a - HARM_DICE for a, b in zip(dice, dice[1:]))
