@@ -220,6 +220,42 @@ def keep_earlier_rows(payload: dict, earlier: dict, methods) -> dict:
     return payload
 
 
+def task_payload(task: str, args, engine, chosen: dict, front: str, limit: int, n_test: int, start: float,
+                 draft: dict, **figures) -> dict:
+    """The clicks.json per_task entry of a run on `task`'s target test split: what ran and how,
+    the `figures` given (from_draft, from_empty, fresh_subjects, latencies) and the Dice curves of
+    the `draft` starts."""
+    return {
+        "task": task, "machine": machine_info(args.threads),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["python", *sys.argv]), "bundle": str(args.bundle),
+        "split": "test (target domain)", "subjects": limit, "of_test_subjects": n_test,
+        "start": f"the bundle's automatic result (engine mode {engine.mode})",
+        "unit": "one object = one label of one case; Dice of that label; robot clicks only on it",
+        "front_end_refiner": {"name": front, "chosen_on": chosen.get("split"),
+                              "validation_noc90_mean": chosen.get("noc90_mean"),
+                              "validation_clicks_dropping_over_0.01": chosen.get("clicks_dropping_over_0.01")},
+        **figures,
+        "model_version": engine.model_version,
+        "prompt_training": engine.bundle.metadata.get("prompt", {}).get("training"),
+        "eval_seconds": round(time.time() - start, 1),
+        "curves_from_draft": {name: r["curves"] for name, r in draft.items()},
+    }
+
+
+def write_task_payload(task: str, payload: dict, log, methods=None) -> None:
+    """Merge `payload` into benchmarks/results/clicks.json as per_task[task], leaving the other
+    entries; a run of some `methods` only keeps the earlier entry's other rows (keep_earlier_rows)."""
+    path = RESULTS / "clicks.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    earlier = record.get("per_task", {}).get(task)
+    if earlier and methods is not None and set(methods) != set(METHODS):
+        payload = keep_earlier_rows(payload, earlier, methods)
+    record.setdefault("per_task", {})[task] = payload
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    log(json.dumps({k: v for k, v in payload.items() if k != "curves_from_draft"}, indent=1)[:6000])
+
+
 def run(args, fresh_seeds) -> int:
     from crossdomainseg.device import configure
     from crossdomainseg.engine import Engine
@@ -256,33 +292,10 @@ def run(args, fresh_seeds) -> int:
     latency = latency_128(engine, refiners[front], data, args.threads) if front in refiners else None
     latency_brs = latency if front == "brs" else (
         latency_128(engine, refiners["brs"], data, args.threads) if "brs" in refiners else None)
-    payload = {
-        "task": "brain-t1-t2", "machine": machine_info(args.threads),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(["python", *sys.argv]),
-        "split": "test (target domain)", "subjects": limit, "of_test_subjects": n_test,
-        "start": f"the bundle's automatic result (engine mode {engine.mode})",
-        "unit": "one object = one label of one case; Dice of that label; robot clicks only on it",
-        "front_end_refiner": {"name": front, "chosen_on": chosen.get("split"),
-                              "validation_noc90_mean": chosen.get("noc90_mean")},
-        "from_draft": rows,
-        "from_empty": empty,
-        "fresh_subjects": fresh,
-        "latency_128": latency,
-        "latency_128_brs": latency_brs,
-        "model_version": engine.model_version,
-        "prompt_training": engine.bundle.metadata.get("prompt", {}).get("training"),
-        "eval_seconds": round(time.time() - start, 1),
-        "curves_from_draft": {name: r["curves"] for name, r in draft.items()},
-    }
+    payload = task_payload("brain-t1-t2", args, engine, chosen, front, limit, n_test, start, draft,
+                           from_draft=rows, from_empty=empty, fresh_subjects=fresh, latency_128=latency,
+                           latency_128_brs=latency_brs)
     if args.note:
         payload["note"] = args.note
-    path = RESULTS / "clicks.json"
-    record = json.loads(path.read_text()) if path.exists() else {}
-    earlier = record.get("per_task", {}).get("brain-t1-t2")
-    if earlier and set(methods) != set(METHODS):
-        payload = keep_earlier_rows(payload, earlier, methods)
-    record.setdefault("per_task", {})["brain-t1-t2"] = payload
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    log(json.dumps({k: v for k, v in payload.items() if k != "curves_from_draft"}, indent=1)[:6000])
+    write_task_payload("brain-t1-t2", payload, log, methods)
     return 0

@@ -12,14 +12,14 @@ benchmarks/results/clicks.json under per_task["xray-drr"], leaving the other ent
     python benchmarks/clicks.py --task xray-drr --bundle BUNDLE_WITH_PROMPT_NETWORK [--data DIR]
 """
 
-import json
 import sys
 import time
 
 import numpy as np
 
-from clicks_brain import SUMMARY_KEYS, NOT_FROM_EMPTY, click_latency, from_empty, fresh_subjects, test_cases
-from common import RESULTS, machine_info, task_dir
+from clicks_brain import (SUMMARY_KEYS, NOT_FROM_EMPTY, click_latency, from_empty, fresh_subjects, task_payload,
+                          test_cases, write_task_payload)
+from common import task_dir
 
 TASK = "xray-drr"
 FROM_EMPTY = ("lungs", "heart")
@@ -66,28 +66,7 @@ def run(args) -> int:
     fresh = fresh_subjects(engine, {n: refiners[n] for n in fresh_names}, seeds, args.max_clicks, log, TASK)
     log(f"fresh subjects done ({time.time() - start:.0f} s)")
     timed = {n: latency(engine, refiners[n], data, args.threads) for n in fresh_names}
-    payload = {
-        "task": TASK, "machine": machine_info(args.threads),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(["python", *sys.argv]), "bundle": str(args.bundle),
-        "split": "test (target domain)", "subjects": limit, "of_test_subjects": n_test,
-        "start": f"the bundle's automatic result (engine mode {engine.mode})",
-        "unit": "one object = one label of one case; Dice of that label; robot clicks only on it",
-        "front_end_refiner": {"name": front, "chosen_on": chosen.get("split"),
-                              "validation_noc90_mean": chosen.get("noc90_mean"),
-                              "validation_clicks_dropping_over_0.01": chosen.get("clicks_dropping_over_0.01")},
-        "from_draft": rows,
-        "from_empty": empty,
-        "fresh_subjects": fresh,
-        "latency_128": timed,
-        "model_version": engine.model_version,
-        "prompt_training": engine.bundle.metadata.get("prompt", {}).get("training"),
-        "eval_seconds": round(time.time() - start, 1),
-        "curves_from_draft": {name: r["curves"] for name, r in draft.items()},
-    }
-    path = RESULTS / "clicks.json"
-    record = json.loads(path.read_text()) if path.exists() else {}
-    record.setdefault("per_task", {})[TASK] = payload
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    log(json.dumps({k: v for k, v in payload.items() if k != "curves_from_draft"}, indent=1)[:6000])
+    payload = task_payload(TASK, args, engine, chosen, front, limit, n_test, start, draft,
+                           from_draft=rows, from_empty=empty, fresh_subjects=fresh, latency_128=timed)
+    write_task_payload(TASK, payload, log)
     return 0
