@@ -34,6 +34,22 @@ def test_click_goes_to_the_largest_error_region():
     assert click.size == int(fp.sum())
 
 
+def test_a_sliver_one_voxel_thick_is_clicked_in_its_middle():
+    # a draft one voxel short along a face of the object (a boundary sliver, as drafts on brain
+    # leave them): every voxel of the error lies at the same depth, and the user clicks its middle,
+    # not its first voxel in memory order at a corner
+    truth = np.zeros(SHAPE, bool)
+    truth[8:20, 6:26, 4:28] = True
+    pred = truth.copy()
+    pred[8, 6:26, 4:28] = False
+    for spacing in ((1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (5.0, 1.0, 1.0)):
+        click = next_click(truth, pred, spacing)
+        assert click.positive and click.index[0] == 8
+        assert abs(click.index[1] - 15.5) <= 1 and abs(click.index[2] - 15.5) <= 1, (spacing, click.index)
+    clicks, _ = training_clicks(truth, pred, 1, (1.5, 1.5, 1.5))
+    assert abs(clicks[0].index[1] - 15.5) <= 1 and abs(clicks[0].index[2] - 15.5) <= 1
+
+
 def test_training_clicks_fix_earlier_regions():
     truth = _ball((16, 16, 16), 8)
     pred = truth & ~_ball((16, 16, 22), 4)

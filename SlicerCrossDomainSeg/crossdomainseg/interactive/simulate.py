@@ -1,10 +1,10 @@
 """The simulated user: where a careful user would click next, for training click networks and
 for the robot user of the evaluation (evaluation/robot.py).
 
-Each click goes to the interior (distance-transform maximum) of the largest error region:
-positive in a false-negative region, negative in a false-positive one. With an empty prediction
-the whole object is the error region, so the first click lands at the object's deepest point. An
-axis along which the whole grid is one voxel (a 2D image stored as one slice) is no direction of
+Each click goes to the interior (distance-transform maximum; among ties, the one nearest their
+centroid) of the largest error region: positive in a false-negative region, negative in a
+false-positive one. With an empty prediction the whole object is the error region, so the first
+click lands at the object's deepest point. An axis along which the whole grid is one voxel (a 2D image stored as one slice) is no direction of
 depth: the interior is measured in the plane.
 """
 
@@ -25,12 +25,20 @@ class RobotClick:
 
 def _interior_point(component: np.ndarray, spacing, flat=()) -> tuple[int, ...]:
     """The voxel of `component` deepest inside it (mm), its outside reaching past its box except
-    along the `flat` axes (True: the whole grid is one voxel thick there)."""
+    along the `flat` axes (True: the whole grid is one voxel thick there). Voxels tied at that
+    depth (every voxel of a region one voxel thick, a sliver along a boundary) go to the one
+    nearest (mm) their centroid: the middle of the region, as a user clicks it, not its first
+    voxel in memory order at one end."""
     pads = [0 if f else 1 for f in (tuple(flat) or (False,) * component.ndim)]
     padded = np.pad(component, [(p, p) for p in pads])
-    dist = ndimage.distance_transform_edt(padded, sampling=spacing)
-    deepest = int(np.argmax(dist))
-    return tuple(int(i) - p for i, p in zip(np.unravel_index(deepest, padded.shape), pads))
+    dist = ndimage.distance_transform_edt(padded, sampling=spacing)[tuple(slice(p, n - p) for p, n in
+                                                                          zip(pads, padded.shape))]
+    tied = np.argwhere(dist >= dist.max())
+    if len(tied) == 1:
+        return tuple(int(i) for i in tied[0])
+    scale = np.broadcast_to(np.asarray(spacing, float), (component.ndim,))
+    offsets = (tied - tied.mean(axis=0)) * scale
+    return tuple(int(i) for i in tied[int(np.argmin((offsets ** 2).sum(axis=1)))])
 
 
 def next_click(truth: np.ndarray, pred: np.ndarray, spacing=(1.0, 1.0, 1.0),
