@@ -412,3 +412,22 @@ def test_train_step_adds_an_appearance_loss_only_with_source_volumes(tmp_path, b
     assert cps.params.appearance_weight == 0 and "appearance" not in cps.run_epoch()["losses"]
     with pytest.raises(InputError, match="appearance"):
         CurriculumParams.from_dict({"appearance_refit": 0})
+
+
+def test_curriculum_reads_what_the_bundles_segmenter_reads():
+    from pathlib import Path
+
+    from crossdomainseg.bundle import read_metadata
+
+    generator = {"networks": {"segmenter": {}, "generator": {}}}
+    assert CurriculumParams.for_bundle(generator).student_input == "preview"
+    randomised = CurriculumParams.for_bundle({**generator, "segmenter_input": "image"})
+    assert (randomised.student_input, randomised.reference_input) == ("image", "image")
+    plain = CurriculumParams.for_bundle({"networks": {"segmenter": {}}})
+    assert (plain.student_input, plain.reference_input) == ("image", "image")
+    chosen = CurriculumParams.for_bundle({**generator, "curriculum_params": {"reference_input": "image"}},
+                                         {"student_input": "image"})
+    assert (chosen.student_input, chosen.reference_input) == ("image", "image")
+    # the shipped brain bundle segments the raw T2 (domain randomisation); its preview is not for it
+    brain = read_metadata(Path(__file__).resolve().parents[1] / "Resources" / "bundles" / "brain-t1-t2")
+    assert CurriculumParams.for_bundle(brain).student_input == "image"

@@ -127,9 +127,14 @@ class CurriculumParams:
 
     @classmethod
     def for_bundle(cls, metadata: dict, overrides: dict | None = None) -> "CurriculumParams":
-        """The parameters for a bundle: its metadata's `curriculum_params` (what suits its task,
-        chosen on its validation split) under the caller's overrides."""
-        return cls.from_dict({**metadata.get("curriculum_params", {}), **(overrides or {})})
+        """The parameters for a bundle: teacher, student and reference read what its segmenter
+        reads (metadata `segmenter_input`, as the engine decides: the raw image for a bundle
+        without a generator), under its metadata's `curriculum_params` (what suits its task,
+        chosen on its validation split or accepted cases), under the caller's overrides."""
+        image = metadata.get("segmenter_input") == "image" or "generator" not in metadata.get("networks", {})
+        reads = "image" if image else "preview"
+        return cls.from_dict({"student_input": reads, "reference_input": reads,
+                              **metadata.get("curriculum_params", {}), **(overrides or {})})
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "CurriculumParams":
