@@ -14,7 +14,7 @@ from crossdomainseg.bundle import make_random_bundle
 from crossdomainseg.curriculum.augment import flip_pair, views
 from crossdomainseg.curriculum import cps as cps_module
 from crossdomainseg.curriculum.cps import CrossPseudoSupervision
-from crossdomainseg.curriculum.losses import ce_dice_loss, consistency_loss, dice_distance
+from crossdomainseg.curriculum.losses import ce_dice_loss, consistency_loss, dice_distance, pseudo_labels
 from crossdomainseg.curriculum.memory_bank import MemoryBank
 from crossdomainseg.curriculum.params import U_RAMP_EPOCHS, CurriculumParams
 from crossdomainseg.curriculum.promotion import promote_if_best
@@ -119,6 +119,27 @@ def test_consistency_loss_leaves_out_unsure_teacher_voxels():
     assert torch.allclose(consistency_loss(teacher, student), ce_dice_loss(student, teacher.argmax(1)))
     with pytest.raises(InputError, match="confidence_threshold"):
         CurriculumParams.from_dict({"confidence_threshold": 1.0})
+
+
+def test_class_adaptive_threshold_keeps_the_class_the_teacher_is_less_sure_of():
+    # Class 0 (background): 0.99 sure on 12 voxels, 0.80 on 4; class 2: 0.75 sure on 4 voxels.
+    probs = torch.full((1, 3, 4, 5), 0.005)
+    probs[0, 0, :3] = 0.99
+    probs[0, 0, 3, :4], probs[0, 1, 3, :4] = 0.80, 0.195
+    probs[0, 2, :, 4], probs[0, 0, :, 4], probs[0, 1, :, 4] = 0.75, 0.2, 0.05
+    probs[0, 0, 3, 4], probs[0, 2, 3, 4] = 0.2, 0.75
+    teacher = probs.log()
+    labels, kept = pseudo_labels(teacher, 0.9)
+    assert not kept[labels == 2].any()  # one threshold silences class 2
+    labels, kept = pseudo_labels(teacher, 0.9, class_adaptive=True)
+    # class 0's mean 0.94 scales class 2's threshold to 0.9 x 0.75 / 0.94 = 0.72: kept
+    assert kept[labels == 2].all() and int((labels == 2).sum()) == 4
+    # within class 0 (threshold 0.9) the 0.80 voxels still drop out, the 0.99 ones count
+    assert int(kept[labels == 0].sum()) == 12 and not kept[0, 3, :4].any()
+    student = torch.zeros(1, 3, 4, 5, requires_grad=True)
+    consistency_loss(teacher, student, 0.9, class_adaptive=True).backward()
+    assert student.grad[0, :, :, 4].abs().sum() > 0  # class 2 voxels pull the student
+    assert CurriculumParams.from_dict({"class_adaptive_threshold": "true"}).class_adaptive_threshold
 
 
 def test_views_and_flip_pair():
@@ -391,3 +412,22 @@ def test_train_step_adds_an_appearance_loss_only_with_source_volumes(tmp_path, b
     assert cps.params.appearance_weight == 0 and "appearance" not in cps.run_epoch()["losses"]
     with pytest.raises(InputError, match="appearance"):
         CurriculumParams.from_dict({"appearance_refit": 0})
+
+
+def test_curriculum_reads_what_the_bundles_segmenter_reads():
+    from pathlib import Path
+
+    from crossdomainseg.bundle import read_metadata
+
+    generator = {"networks": {"segmenter": {}, "generator": {}}}
+    assert CurriculumParams.for_bundle(generator).student_input == "preview"
+    randomised = CurriculumParams.for_bundle({**generator, "segmenter_input": "image"})
+    assert (randomised.student_input, randomised.reference_input) == ("image", "image")
+    plain = CurriculumParams.for_bundle({"networks": {"segmenter": {}}})
+    assert (plain.student_input, plain.reference_input) == ("image", "image")
+    chosen = CurriculumParams.for_bundle({**generator, "curriculum_params": {"reference_input": "image"}},
+                                         {"student_input": "image"})
+    assert (chosen.student_input, chosen.reference_input) == ("image", "image")
+    # the shipped brain bundle segments the raw T2 (domain randomisation); its preview is not for it
+    brain = read_metadata(Path(__file__).resolve().parents[1] / "Resources" / "bundles" / "brain-t1-t2")
+    assert CurriculumParams.for_bundle(brain).student_input == "image"

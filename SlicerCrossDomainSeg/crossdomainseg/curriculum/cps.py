@@ -56,7 +56,8 @@ class CrossPseudoSupervision(CurriculumTrainer):
             v_all = views(x, p.n_weak, p.n_strong, self.rng, p.strong_ops, p.strong_magnitude)
             logits = [net(v_all) for net in networks]
             for i in (0, 1):
-                loss = consistency_loss(logits[1 - i].detach(), logits[i], p.confidence_threshold)
+                loss = consistency_loss(logits[1 - i].detach(), logits[i], p.confidence_threshold,
+                                        p.class_adaptive_threshold)
                 add(i, p.consistency_weight, loss)
             losses["cross"] = float(totals[0].detach())
         accepted = self.train_accepted()

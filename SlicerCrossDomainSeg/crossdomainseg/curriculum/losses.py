@@ -43,20 +43,30 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
     return ce + dice.mean()
 
 
-def pseudo_labels(teacher_logits: torch.Tensor,
-                  confidence_threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def pseudo_labels(teacher_logits: torch.Tensor, confidence_threshold: float = 0.0,
+                  class_adaptive: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """H(S_tea(T_i x)) of eq. 2 and the voxels that count (None: all). Voxels where the
     teacher's top softmax is below `confidence_threshold` are left out (0: every voxel, as in
-    the patent)."""
+    the patent); `class_adaptive`: below the threshold scaled per labelled class by the teacher's
+    mean top softmax on that class over the batch, relative to its most confident class."""
     teacher = torch.softmax(teacher_logits.detach(), dim=1)
     confidence, labels = teacher.max(dim=1)
-    weight = confidence >= confidence_threshold if confidence_threshold > 0 else None
-    return labels, weight
+    if confidence_threshold <= 0:
+        return labels, None
+    if not class_adaptive:
+        return labels, confidence >= confidence_threshold
+    n = teacher.shape[1]
+    flat = labels.flatten()
+    counts = torch.bincount(flat, minlength=n)
+    means = torch.zeros(n, dtype=confidence.dtype, device=confidence.device).scatter_add_(
+        0, flat, confidence.flatten()) / counts.clamp_min(1)
+    scale = means / means[counts > 0].max()
+    return labels, confidence >= confidence_threshold * scale[labels]
 
 
 def consistency_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-                     confidence_threshold: float = 0.0) -> torch.Tensor:
+                     confidence_threshold: float = 0.0, class_adaptive: bool = False) -> torch.Tensor:
     """Eq. 2 for a batch of augmented views: D~(H(S_tea(T_i x)), S_stu(T_i x)); no gradient to
-    the teacher. `confidence_threshold` as in `pseudo_labels`."""
-    labels, weight = pseudo_labels(teacher_logits, confidence_threshold)
+    the teacher. `confidence_threshold` and `class_adaptive` as in `pseudo_labels`."""
+    labels, weight = pseudo_labels(teacher_logits, confidence_threshold, class_adaptive)
     return ce_dice_loss(student_logits, labels, weight=weight)

@@ -47,6 +47,13 @@ class CurriculumParams:
     # plain mean teacher 0.554 against 0.543 (benchmarks/curriculum.py, 30 epochs; HD95 28 and 21
     # against 35 mm).
     confidence_threshold: float = 0.9
+    # Per-class thresholds (FreeMatch's self-adaptive class thresholds, computed per batch): a
+    # voxel the teacher labels c counts when its top softmax reaches confidence_threshold x (the
+    # teacher's mean top softmax over the voxels it labels c) / (that mean of its most confident
+    # class). Assumption: a single threshold silences the classes the teacher is least sure of
+    # (their voxels rarely reach it), so the student learns to stop predicting them; scaling by
+    # each class's own confidence keeps every predicted class in the pseudo-labels. No constant.
+    class_adaptive_threshold: bool = False
     supervised_weight: float = 1.0  # accepted (clinician-corrected) labels, patent Fig. 5
     supervised_batch: int = 2
     replay_weight: float = 0.05  # labelled source data, low weight against forgetting (METHOD.md 3)
@@ -120,9 +127,14 @@ class CurriculumParams:
 
     @classmethod
     def for_bundle(cls, metadata: dict, overrides: dict | None = None) -> "CurriculumParams":
-        """The parameters for a bundle: its metadata's `curriculum_params` (what suits its task,
-        chosen on its validation split) under the caller's overrides."""
-        return cls.from_dict({**metadata.get("curriculum_params", {}), **(overrides or {})})
+        """The parameters for a bundle: teacher, student and reference read what its segmenter
+        reads (metadata `segmenter_input`, as the engine decides: the raw image for a bundle
+        without a generator), under its metadata's `curriculum_params` (what suits its task,
+        chosen on its validation split or accepted cases), under the caller's overrides."""
+        image = metadata.get("segmenter_input") == "image" or "generator" not in metadata.get("networks", {})
+        reads = "image" if image else "preview"
+        return cls.from_dict({"student_input": reads, "reference_input": reads,
+                              **metadata.get("curriculum_params", {}), **(overrides or {})})
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "CurriculumParams":

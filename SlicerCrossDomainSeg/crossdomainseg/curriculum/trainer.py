@@ -246,7 +246,8 @@ class CurriculumTrainer:
             with torch.no_grad():
                 v_all = views(x, p.n_weak, p.n_strong, self.rng, p.strong_ops, p.strong_magnitude)
                 t_logits = self.teacher(v_all)
-            loss = consistency_loss(t_logits, self.student(v_all), p.confidence_threshold)
+            loss = consistency_loss(t_logits, self.student(v_all), p.confidence_threshold,
+                                    p.class_adaptive_threshold)
             losses["consistency"] = float(loss.detach())
             total = p.consistency_weight * loss
         train_cases = self.train_accepted()
