@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from crossdomainseg.bundle import load_bundle, make_random_bundle, update_bundle
+from crossdomainseg.errors import InputError
 from crossdomainseg.evaluation.choice_starts import (chooser_cases, per_start, randomisation_record, render,
                                                      start_of)
 from crossdomainseg.evaluation.clicks import evaluate_cases, labelled_paths
@@ -121,11 +122,14 @@ def test_every_case_is_clicked_from_its_draft_its_renderings_and_an_empty_mask(t
     cases = list(chooser_cases(source, target, paths, renderings=2))
     case_id = paths[0][0]
     assert [c[0] for c in cases] == [case_id, f"{case_id}@randomised0", f"{case_id}@randomised1", f"{case_id}@empty"]
-    assert [c[3] for c in cases] == [(source, "source"), (target, "target"), (target, "target"), (None, "source")]
+    assert [c[3] for c in cases] == [(source, "source"), (target, "target"), (target, "target"), (target, "target", True)]
     for _, rendered, truth, _ in cases[1:3]:
         assert rendered.GetSpacing() == (4.0, 4.0, 4.0) and rendered.GetSize() == truth.GetSize()
     assert not np.array_equal(sitk.GetArrayFromImage(cases[1][1]), sitk.GetArrayFromImage(cases[2][1]))
-    assert cases[3][1] is cases[0][1]
+    # the empty start clicks on the first rendering, read as a target image as the product meets it
+    assert cases[3][1] is cases[1][1] and cases[3][2] is cases[1][2]
+    with pytest.raises(InputError, match="at least one randomised rendering"):
+        next(chooser_cases(source, target, paths, renderings=0))
 
     results = evaluate_cases(source, iter(cases), len(cases), {"sphere": SphereRefiner()}, 2, log=lambda m: None)
     curves = results["sphere"]["curves"]
@@ -154,6 +158,8 @@ def test_choose_on_a_task_folder_pools_the_starts_and_records_them(tmp_path, pha
                "--methods", "sphere,boundary_shift", "--threads", "1", "--device", "cpu", "--limit", "1"]
     assert main(command + ["--renderings", "1"]) == 2  # renderings go with --choose only
     assert "--renderings" in capsys.readouterr().err
+    assert main(command + ["--choose", "--renderings", "0"]) == 2
+    assert "--renderings (1 or more)" in capsys.readouterr().err
     assert main(command + ["--choose", "--renderings", "1", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     chosen = load_bundle(bundle.path).metadata["click_refiner"]

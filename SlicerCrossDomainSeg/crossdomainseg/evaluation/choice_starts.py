@@ -15,8 +15,12 @@ starts, and the methods are scored on all their objects pooled:
   The assumption: these renderings are the label-free stand-in for target drafts. A bundle whose
   training recorded no domain randomisation is rendered with randomize.py's defaults all the same
   (the record says so);
-- "empty": the plain source image from an empty mask, every label outlined from nothing: a label
-  a target draft missed wholly, and a new structure.
+- "empty": every label outlined from nothing (a label a target draft missed wholly, a new
+  structure) on the case's first rendering, read as a target image as the product meets it. Not
+  on the plain source image: there f-BRS, the bundle's segmenter refined at each click, gets back
+  the source segmenter's own answer for a label it knows (xray-drr: Dice 0.97 after 20 clicks from
+  empty on a source image, as the prompt network, against the sphere's 0.10), which a missed label
+  or a new structure on a target image does not offer.
 
 An object is named `<case>/<label>` from the draft, `<case>@randomised<k>/<label>` and
 `<case>@empty/<label>` from the others, so the chooser pairs methods over the same objects. The
@@ -93,23 +97,26 @@ def _values_of(record, key: str) -> list:
 def chooser_cases(source_engine, target_engine, paths, renderings: int = RENDERINGS):
     """The robot user's cases over labelled source (id, image path, label path) `paths`: for each,
     its draft by `source_engine` (mode "source"), `renderings` randomised renderings drafted by
-    `target_engine` (the bundle's own mode), and the empty start; as `evaluate_cases` reads them
-    (with their (engine, domain)), one at a time."""
+    `target_engine` (the bundle's own mode), and the empty start on the first rendering; as
+    `evaluate_cases` reads them (with their (engine, domain[, empty])), one at a time."""
     from ..imageio import read_image
 
     if source_engine.mode != "source" or target_engine.mode == "source":
         raise InputError("The chooser's starts need an engine in mode 'source' for the source drafts and one "
                          "in a target mode for the renderings.")
+    if renderings < 1:
+        raise InputError("The chooser needs at least one randomised rendering of each case (--renderings 1 "
+                         "or more): the empty start clicks on it.")
     for case_id, image_path, label_path in paths:
         image, truth = read_image(image_path), read_image(label_path)
         if truth.GetSize() != image.GetSize():
             raise InputError(f"Label {label_path} is not on the grid of {image_path}.")
         yield case_id, image, truth, (source_engine, "source")
         rng = np.random.default_rng([RENDER_SEED, zlib.crc32(case_id.encode())])
-        for k in range(renderings):
-            yield (f"{case_id}@randomised{k}", *render(image, truth, source_engine.bundle, rng),
-                   (target_engine, "target"))
-        yield f"{case_id}@empty", image, truth, (None, "source")
+        rendered = [render(image, truth, source_engine.bundle, rng) for _ in range(renderings)]
+        for k, (image_k, truth_k) in enumerate(rendered):
+            yield f"{case_id}@randomised{k}", image_k, truth_k, (target_engine, "target")
+        yield f"{case_id}@empty", *rendered[0], (target_engine, "target", True)
 
 
 def per_start(results: dict) -> dict:

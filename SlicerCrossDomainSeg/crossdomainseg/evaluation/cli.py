@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
         "baselines. With --choose the robot clicks on the SOURCE validation split "
         "instead (target labels only report), from three starts pooled: the source drafts, the source "
         "images re-rendered with the bundle's domain randomisation (a stand-in for target drafts) and "
-        "an empty mask; of the methods needing the fewest clicks for Dice 0.90 "
+        "an empty mask on the first rendering; of the methods needing the fewest clicks for Dice 0.90 "
         "(within noise, paired over the objects) the one whose clicks lower Dice least often "
         "becomes the one front ends click with (bundle metadata click_refiner).")
     clicks.add_argument("--bundle", required=True, help="model bundle folder (with a refiner)")
@@ -64,7 +64,7 @@ def add_parser(subparsers) -> None:
                         "as the one front ends use")
     clicks.add_argument("--renderings", type=int, default=None, metavar="N",
                         help="with --choose on a task folder: randomised renderings of each source validation "
-                        "case (default 2)")
+                        "case (default 2; the empty start clicks on the first)")
     clicks.set_defaults(func=run_eval)
 
 
@@ -155,8 +155,8 @@ def run_eval(args) -> int:
     # the protocol (METHOD.md section 8): on a task folder a choice never sees target labels (it
     # runs on the source val split); user folders are the user's own labelled (accepted) cases
     on_source = args.choose and folders is None
-    if args.renderings is not None and (not on_source or args.renderings < 0):
-        raise InputError("--renderings (0 or more) goes with --choose on a task folder.")
+    if args.renderings is not None and (not on_source or args.renderings < 1):
+        raise InputError("--renderings (1 or more) goes with --choose on a task folder.")
     split, domain = ("val", "source") if on_source else (args.split, "target")
     engine = Engine(args.bundle, device=args.device, threads=args.threads,
                     mode="source" if on_source else args.mode)

@@ -89,11 +89,11 @@ def evaluate_cases(engine, cases, n_cases: int, refiners: dict, max_clicks: int 
                    domain: str = "target") -> dict:
     """Per method name in `refiners`: summary (see `summarise`) plus per-label NoC@90 and the
     Dice curves, over `cases` ((case id, image, reference label image on its grid), `n_cases` of
-    them, read one at a time). A case may carry a fourth item (engine, domain): its sessions start
-    from that engine's result, the image read as `domain`, or with engine None from an empty mask
-    (every label outlined from nothing); without it, from `engine`'s result read as `domain`.
-    `max_other_label_drop`: the largest Dice drop a click on one label caused to another (a
-    positive click may take their voxels)."""
+    them, read one at a time). A case may carry a fourth item (engine, domain[, empty]): its
+    sessions start from that engine's result, the image read as `domain`, or with `empty` true
+    from an empty mask with that result's image channels (every label outlined from nothing);
+    without it, from `engine`'s result read as `domain`. `max_other_label_drop`: the largest Dice
+    drop a click on one label caused to another (a positive click may take their voxels)."""
     from ..interactive.session import InteractiveSession
 
     bundle = engine.bundle
@@ -103,22 +103,19 @@ def evaluate_cases(engine, cases, n_cases: int, refiners: dict, max_clicks: int 
     other_drops = {name: [] for name in refiners}
     objects = []
     for i, (case_id, image, truth_image, *how) in enumerate(cases):
-        drafter, case_domain = how[0] if how else (engine, domain)
+        drafter, case_domain, *empty = how[0] if how else (engine, domain)
         truth = sitk.GetArrayFromImage(truth_image).astype(np.int16)
+        result = drafter.segment(image, preview=True, uncertainty=False)
         values = [v for v in label_names if (truth == v).any()]
         objects += [f"{case_id}/{label_names[v]}" for v in values]
         # normalised once per case; each object's session gets its own label and probabilities
-        if drafter is None:
-            features = bundle.normalize(sitk.GetArrayFromImage(image), case_domain)
-            label, probabilities, preview = np.zeros(truth.shape, np.int16), None, None
-        else:
-            result = drafter.segment(image, preview=True, uncertainty=False)
-            start = InteractiveSession.from_result(image, result, bundle, domain=case_domain)
-            label, probabilities, features, preview = result.label, result.probabilities, start.features, start.preview
+        start = InteractiveSession.from_result(image, result, bundle, domain=case_domain)
+        label, probabilities = ((np.zeros(truth.shape, np.int16), None) if any(empty)
+                                else (result.label, result.probabilities))
         for name, refiner in refiners.items():
             for value in values:
-                session = InteractiveSession(image, label, probabilities, features, preview, refiner,
-                                             list(label_names))
+                session = InteractiveSession(image, label, probabilities, start.features, start.preview, refiner,
+                                             start.label_values)
                 curve, times, other_drop = robot_on_label(session, truth, value, max_clicks)
                 curves[name].append(curve)
                 latencies[name] += times
