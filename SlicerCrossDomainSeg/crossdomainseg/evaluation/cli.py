@@ -1,5 +1,6 @@
 """`crossdomainseg eval clicks`: the robot user corrects the bundle's automatic results with each click
-method; `--choose` records the best on the SOURCE validation split as the one front ends use."""
+method; `--choose` records the best on the SOURCE validation split as the one front ends use, scored
+on its source drafts, randomised renderings and empty masks pooled (choice_starts.py)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def add_parser(subparsers) -> None:
         "error region. Compares the prompt network, f-BRS (the bundle's segmenter refined at each "
         "click) and the learned refiner with the sphere, region-growing, local Otsu and boundary shift "
         "baselines. With --choose the robot clicks on the SOURCE validation split "
-        "instead (target labels only report); of the methods needing the fewest clicks for Dice 0.90 "
+        "instead (target labels only report), from three starts pooled: the source drafts, the source "
+        "images re-rendered with the bundle's domain randomisation (a stand-in for target drafts) and "
+        "an empty mask on the first rendering; of the methods needing the fewest clicks for Dice 0.90 "
         "(within noise, paired over the objects) the one whose clicks lower Dice least often "
         "becomes the one front ends click with (bundle metadata click_refiner).")
     clicks.add_argument("--bundle", required=True, help="model bundle folder (with a refiner)")
@@ -59,6 +62,9 @@ def add_parser(subparsers) -> None:
                         help="record the best method on the source validation split (NoC@90 within noise, "
                         "then clicks lowering Dice by over 0.01, then NoC@90 and NoC@85) in the bundle "
                         "as the one front ends use")
+    clicks.add_argument("--renderings", type=int, default=None, metavar="N",
+                        help="with --choose on a task folder: randomised renderings of each source validation "
+                        "case (default 2; the empty start clicks on the first)")
     clicks.set_defaults(func=run_eval)
 
 
@@ -141,6 +147,7 @@ def labelled_folders(args) -> tuple[str, str] | None:
 def run_eval(args) -> int:
     from ..bundle import update_bundle
     from ..engine import Engine
+    from ..errors import InputError
     from ..training.datasets import labelled_cases
     from .clicks import evaluate, evaluate_paths
 
@@ -148,6 +155,8 @@ def run_eval(args) -> int:
     # the protocol (METHOD.md section 8): on a task folder a choice never sees target labels (it
     # runs on the source val split); user folders are the user's own labelled (accepted) cases
     on_source = args.choose and folders is None
+    if args.renderings is not None and (not on_source or args.renderings < 1):
+        raise InputError("--renderings (1 or more) goes with --choose on a task folder.")
     split, domain = ("val", "source") if on_source else (args.split, "target")
     engine = Engine(args.bundle, device=args.device, threads=args.threads,
                     mode="source" if on_source else args.mode)
@@ -158,7 +167,10 @@ def run_eval(args) -> int:
         methods = [m for m in args.methods.split(",") if m]
     refiners = build_refiners(engine.bundle, methods, args.device)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    if folders is None:
+    starts = None
+    if on_source:
+        results, starts = _choice_results(engine, args, refiners, log)
+    elif folders is None:
         results = evaluate(engine, args.data, refiners, split, args.max_clicks, args.limit, log=log,
                            domain=domain)
     else:
@@ -178,8 +190,38 @@ def run_eval(args) -> int:
             "name": name, "split": "source val" if folders is None else "user folders",
             "data": str(args.data) if folders is None else " ".join(folders), "max_clicks": args.max_clicks,
             "command": "crossdomainseg " + shlex.join(sys.argv[1:]),
-            "noc90_mean": {m: r["noc90_mean"] for m, r in results.items()},
-            "noc85_mean": {m: r["noc85_mean"] for m, r in results.items()},
-            "clicks_dropping_over_0.01": {m: r["clicks_dropping_over_0.01"] for m, r in results.items()}}})
+            **_figures(results), **({"starts": starts} if starts else {})}})
         print(f"click refiner for {args.bundle}: {name}")
     return 0
+
+
+def _figures(results: dict) -> dict:
+    """The figures a choice is recorded with, per method."""
+    return {key: {m: r[key] for m, r in results.items()}
+            for key in ("noc90_mean", "noc85_mean", "clicks_dropping_over_0.01")}
+
+
+def _choice_results(engine, args, refiners: dict, log) -> tuple[dict, dict]:
+    """(results over the pooled objects of every start, each method's entry with its per-start
+    summaries under "starts"; the record of the starts for click_refiner) of the robot user on the
+    task folder's source validation split (choice_starts.py)."""
+    from ..engine import Engine
+    from .choice_starts import RENDER_SEED, RENDERINGS, chooser_cases, per_start, randomisation_record
+    from .clicks import evaluate_cases, labelled_paths
+
+    renderings = RENDERINGS if args.renderings is None else args.renderings
+    paths = labelled_paths(args.data, "val", "source")[: args.limit or None]
+    # the renderings stand in for target images: drafted as the product drafts one
+    target_engine = Engine(engine.bundle, device=args.device, threads=args.threads, mode=args.mode)
+    results = evaluate_cases(engine, chooser_cases(engine, target_engine, paths, renderings),
+                             len(paths) * (renderings + 2), refiners, args.max_clicks, log)
+    figures = per_start(results)
+    for name, r in results.items():
+        r["starts"] = {start: rows[name] for start, rows in figures.items()}
+    record = {"pooled": "each method scored on the objects of every start together",
+              "randomisation": randomisation_record(engine.bundle), "renderings": renderings,
+              "seed": RENDER_SEED, "engine_mode": target_engine.mode}
+    for start, rows in figures.items():
+        record[start] = {"objects": next(iter(rows.values()))["objects"],
+                         "dice_0": {m: r["dice_at_clicks"]["0"] for m, r in rows.items()}, **_figures(rows)}
+    return results, record

@@ -5,8 +5,9 @@ object gets its own session from the engine's automatic result, so every refiner
 starts from the same draft (a positive click may take voxels from another label: in one session
 per case, the labels corrected later would start from what earlier clicks left). The robot
 clicks up to `max_clicks` times on the label, always at the interior of its largest error region.
-Target cases only report; a method is chosen on the source validation split (`domain` "source",
-with an engine in mode "source").
+A case may also say how its sessions start: another engine's draft, or an empty mask (the starts
+`eval clicks --choose` pools, choice_starts.py). Target cases only report; a method is chosen on the
+source validation split (`domain` "source", with an engine in mode "source").
 """
 
 from __future__ import annotations
@@ -52,13 +53,18 @@ def evaluate(engine, data_dir, refiners: dict, split: str = "test", max_clicks: 
     if (domain == "source") != (engine.mode == "source"):
         raise InputError(f"{domain} cases need an engine in mode 'source' exactly when they are source "
                          f"images; this engine is in mode {engine.mode!r}.")
+    return evaluate_paths(engine, labelled_paths(data_dir, split, domain), refiners, max_clicks, limit, log, domain)
+
+
+def labelled_paths(data_dir, split: str, domain: str) -> list:
+    """(id, image path, label path) of the labelled `domain` cases of `split` of a task folder."""
     from ..data import TaskDir
 
     paths = [c for c in TaskDir(data_dir).cases(split, domain) if c[2] is not None]
     if not paths:
         raise InputError(f"{data_dir} has no labelled {domain} cases in split {split!r}: the robot "
                          "user needs reference labels to click against.")
-    return evaluate_paths(engine, paths, refiners, max_clicks, limit, log, domain)
+    return paths
 
 
 def evaluate_paths(engine, paths, refiners: dict, max_clicks: int = 20, limit: int | None = None,
@@ -83,8 +89,11 @@ def evaluate_cases(engine, cases, n_cases: int, refiners: dict, max_clicks: int 
                    domain: str = "target") -> dict:
     """Per method name in `refiners`: summary (see `summarise`) plus per-label NoC@90 and the
     Dice curves, over `cases` ((case id, image, reference label image on its grid), `n_cases` of
-    them, read one at a time). `max_other_label_drop`: the largest Dice drop a click on one label
-    caused to another (a positive click may take their voxels)."""
+    them, read one at a time). A case may carry a fourth item (engine, domain[, empty]): its
+    sessions start from that engine's result, the image read as `domain`, or with `empty` true
+    from an empty mask with that result's image channels (every label outlined from nothing);
+    without it, from `engine`'s result read as `domain`. `max_other_label_drop`: the largest Dice
+    drop a click on one label caused to another (a positive click may take their voxels)."""
     from ..interactive.session import InteractiveSession
 
     bundle = engine.bundle
@@ -93,17 +102,20 @@ def evaluate_cases(engine, cases, n_cases: int, refiners: dict, max_clicks: int 
     latencies = {name: [] for name in refiners}
     other_drops = {name: [] for name in refiners}
     objects = []
-    for i, (case_id, image, truth_image) in enumerate(cases):
+    for i, (case_id, image, truth_image, *how) in enumerate(cases):
+        drafter, case_domain, *empty = how[0] if how else (engine, domain)
         truth = sitk.GetArrayFromImage(truth_image).astype(np.int16)
-        result = engine.segment(image, preview=True, uncertainty=False)
+        result = drafter.segment(image, preview=True, uncertainty=False)
         values = [v for v in label_names if (truth == v).any()]
         objects += [f"{case_id}/{label_names[v]}" for v in values]
         # normalised once per case; each object's session gets its own label and probabilities
-        start = InteractiveSession.from_result(image, result, bundle, domain=domain)
+        start = InteractiveSession.from_result(image, result, bundle, domain=case_domain)
+        label, probabilities = ((np.zeros(truth.shape, np.int16), None) if any(empty)
+                                else (result.label, result.probabilities))
         for name, refiner in refiners.items():
             for value in values:
-                session = InteractiveSession(image, result.label, result.probabilities, start.features,
-                                             start.preview, refiner, start.label_values)
+                session = InteractiveSession(image, label, probabilities, start.features, start.preview, refiner,
+                                             start.label_values)
                 curve, times, other_drop = robot_on_label(session, truth, value, max_clicks)
                 curves[name].append(curve)
                 latencies[name] += times
