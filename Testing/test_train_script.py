@@ -34,8 +34,9 @@ def test_default_bundle_script_runs_every_stage(tmp_path, icbm152_templates):
         assert len(bundle.metadata["training"]["translator"]["history"]) == 1
         assert not (out / f"{task}.ckpt").exists()
     assert load_bundle(out / "phantom-ct-mr").has_network("refiner")
-    prompt = load_bundle(out / "brain-t1-t2").metadata["prompt"]["training"]
-    assert prompt["fine_tuned"] and prompt["fine_tuned_from"]["steps"] == 1
+    for task in ("brain-t1-t2", "xray-drr"):  # the tasks that ship a prompt network
+        prompt = load_bundle(out / task).metadata["prompt"]["training"]
+        assert prompt["fine_tuned"] and prompt["fine_tuned_from"]["steps"] == 1
     brain = load_bundle(out / "brain-t1-t2").metadata["training"]
     assert brain["translator"]["config"]["lambda_identity"] == 0
     # the brain reference is fine-tuned with domain randomisation three times, each run from the one
