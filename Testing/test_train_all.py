@@ -261,6 +261,22 @@ def test_bad_options_are_refused_before_any_work(phantom, capsys, extra, message
     assert not out.exists() and not (phantom / "refused.ckpt").exists()  # nothing planned nor trained
 
 
+def test_a_2d_image_among_3d_targets_is_refused_before_any_work(phantom, capsys, tmp_path):
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    for path in sorted((phantom / "task" / "target" / "images").iterdir()):
+        (targets / path.name).write_bytes(path.read_bytes())
+    volume = sitk.ReadImage(str(path))
+    sitk.WriteImage(volume[:, :, volume.GetSize()[2] // 2], str(targets / "one slice.nii.gz"))
+    out = tmp_path / "refused"
+    argv = _argv(phantom / "task", out)
+    argv[argv.index("--target-images") + 1] = str(targets)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 image(s) are 2D" in err and "one slice.nii.gz" in err
+    assert not out.exists() and not (tmp_path / "refused.ckpt").exists()
+
+
 @pytest.mark.slow
 def test_train_all_stops_after_any_stage_and_resumes_through_every_stage(phantom, capsys):
     from crossdomainseg.engine import Engine
