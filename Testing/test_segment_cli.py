@@ -91,6 +91,10 @@ def test_bad_arguments_give_clear_errors(bundle, tmp_path, capsys):
     write_case(folder / "a.nii.gz")
     assert cli.main(["segment", str(folder), "--bundle", str(bundle.path), "--out", str(tmp_path / "x.nii.gz")]) == 2
     assert "must be a folder" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["segment", str(empty), "--bundle", str(bundle.path), "--out", str(tmp_path / "labels")]) == 2
+    assert "holds no image files" in capsys.readouterr().err and not (tmp_path / "labels").exists()
 
 
 def test_report_says_whether_td_gan_or_vanilla_ran(bundle, tmp_path, capsys):
