@@ -296,6 +296,23 @@ def test_an_out_folder_holding_or_inside_the_users_images_is_refused_and_kept(ph
     assert sorted(p.name for p in targets.iterdir()) == before
 
 
+def test_fractional_label_maps_are_refused_before_any_work(phantom, capsys, tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for path in sorted((phantom / "task" / "source" / "labels").iterdir()):
+        label = sitk.ReadImage(str(path))
+        sitk.WriteImage(sitk.Cast(label, sitk.sitkFloat32) * 0.5, str(labels / path.name))
+    out = tmp_path / "refused"
+    argv = _argv(phantom / "task", out)
+    argv[argv.index("--source-labels") + 1] = str(labels)
+    assert main(argv) == 2  # with --label-names
+    assert "fractional or negative values" in capsys.readouterr().err
+    del argv[argv.index("--label-names"):argv.index("--label-names") + 2]
+    assert main(argv) == 2  # label names from the values found
+    assert "fractional or negative values" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "refused.ckpt").exists()
+
+
 @pytest.mark.slow
 def test_train_all_stops_after_any_stage_and_resumes_through_every_stage(phantom, capsys):
     from crossdomainseg.engine import Engine
