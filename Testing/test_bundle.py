@@ -136,6 +136,14 @@ def test_save_bundle_replaces_existing_and_validates(tmp_path, bundle):
     with pytest.raises(BundleError):
         save_bundle(tmp_path / "bad", bad, {"segmenter": seg})
     assert not (tmp_path / "bad").exists()
+    (tmp_path / "empty").mkdir()  # an empty folder takes a bundle
+    assert save_bundle(tmp_path / "empty", meta, {"segmenter": seg}).version == "new"
+    mine = tmp_path / "my scans"  # a folder of the user's files is never replaced
+    mine.mkdir()
+    (mine / "case1.nii.gz").write_bytes(b"scan")
+    with pytest.raises(BundleError, match="is not a model bundle"):
+        save_bundle(mine, meta, {"segmenter": seg})
+    assert [p.name for p in mine.iterdir()] == ["case1.nii.gz"]
 
 
 @pytest.mark.parametrize("edit", ["rename", "renumber", "normalization", "drop_digest"])

@@ -59,3 +59,31 @@ def test_eval_clicks_folder_errors_say_what_to_give(tmp_path, capsys):
     assert "--images and --labels together" in capsys.readouterr().err
     assert main(common) == 2
     assert "--images DIR --labels DIR" in capsys.readouterr().err
+
+
+def test_a_bad_label_map_is_refused_before_any_case_is_evaluated(tmp_path, capsys):
+    bundle = make_random_bundle(tmp_path / "bundle", spacing=4.0)
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        _write_pair(images, labels, name)
+    bad = sitk.ReadImage(str(labels / "b.nii.gz"))
+    out = tmp_path / "results.json"
+    argv = ["eval", "clicks", "--bundle", str(bundle.path), "--methods", "sphere", "--max-clicks", "1",
+            "--threads", "1", "--device", "cpu", "--images", str(images), "--labels", str(labels),
+            "--out", str(out)]
+
+    value = max(bundle.labels.values()) + 40  # a structure the model has no label for
+    sitk.WriteImage(bad * value, str(labels / "b.nii.gz"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"holds values [{value}] that the model does not define" in err and "b.nii.gz" in err
+    assert "[1/2]" not in err and not out.exists()  # case a was not evaluated first
+
+    shifted = sitk.Image(bad)  # same size, another place: not this image's label map
+    shifted.SetOrigin((30.0, 0.0, 0.0))
+    sitk.WriteImage(shifted, str(labels / "b.nii.gz"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not on the grid of" in err and "[1/2]" not in err and not out.exists()

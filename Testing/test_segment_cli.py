@@ -91,6 +91,10 @@ def test_bad_arguments_give_clear_errors(bundle, tmp_path, capsys):
     write_case(folder / "a.nii.gz")
     assert cli.main(["segment", str(folder), "--bundle", str(bundle.path), "--out", str(tmp_path / "x.nii.gz")]) == 2
     assert "must be a folder" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["segment", str(empty), "--bundle", str(bundle.path), "--out", str(tmp_path / "labels")]) == 2
+    assert "holds no image files" in capsys.readouterr().err and not (tmp_path / "labels").exists()
 
 
 def test_report_says_whether_td_gan_or_vanilla_ran(bundle, tmp_path, capsys):
@@ -126,3 +130,12 @@ def test_raw_writes_the_network_label_without_the_bundles_steps(tmp_path):
     assert np.array_equal(labels["delivered"], remove_islands(labels["raw"], 0.2))
     assert (labels["delivered"] != labels["raw"]).any()  # a random network on noise leaves islands
 
+
+
+def test_a_volume_given_to_a_2d_model_is_refused_by_name(tmp_path, capsys):
+    flat = make_random_bundle(tmp_path / "xray", spatial_dims=2, spacing=2.0, roi=32)
+    write_case(tmp_path / "volume.nii.gz")  # 16 slices, a file whose header is read first
+    assert cli.main(["segment", str(tmp_path / "volume.nii.gz"), "--bundle", str(flat.path),
+                     "--out", str(tmp_path / "label.nii.gz"), "--threads", "1"]) == 2
+    assert "segments 2D images, but a 3D volume of 16 slices" in capsys.readouterr().err
+    assert not (tmp_path / "label.nii.gz").exists()

@@ -261,6 +261,58 @@ def test_bad_options_are_refused_before_any_work(phantom, capsys, extra, message
     assert not out.exists() and not (phantom / "refused.ckpt").exists()  # nothing planned nor trained
 
 
+def test_a_2d_image_among_3d_targets_is_refused_before_any_work(phantom, capsys, tmp_path):
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    for path in sorted((phantom / "task" / "target" / "images").iterdir()):
+        (targets / path.name).write_bytes(path.read_bytes())
+    volume = sitk.ReadImage(str(path))
+    sitk.WriteImage(volume[:, :, volume.GetSize()[2] // 2], str(targets / "one slice.nii.gz"))
+    out = tmp_path / "refused"
+    argv = _argv(phantom / "task", out)
+    argv[argv.index("--target-images") + 1] = str(targets)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 image(s) are 2D" in err and "one slice.nii.gz" in err
+    assert not out.exists() and not (tmp_path / "refused.ckpt").exists()
+
+
+def test_an_out_folder_holding_or_inside_the_users_images_is_refused_and_kept(phantom, capsys, tmp_path):
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    for path in sorted((phantom / "task" / "target" / "images").iterdir()):
+        (targets / path.name).write_bytes(path.read_bytes())
+    before = sorted(p.name for p in targets.iterdir())
+    argv = _argv(phantom / "task", targets)
+    argv[argv.index("--target-images") + 1] = str(targets)
+    assert main(argv) == 2  # the bundle would have replaced the target images
+    assert "is not a model bundle" in capsys.readouterr().err
+    assert sorted(p.name for p in targets.iterdir()) == before
+    assert not (tmp_path / "targets.ckpt").exists()
+
+    argv[argv.index("--out") + 1] = str(targets / "bundle")
+    assert main(argv) == 2  # a bundle inside an image folder would be read as a case next time
+    assert "lies inside the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in targets.iterdir()) == before
+
+
+def test_fractional_label_maps_are_refused_before_any_work(phantom, capsys, tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for path in sorted((phantom / "task" / "source" / "labels").iterdir()):
+        label = sitk.ReadImage(str(path))
+        sitk.WriteImage(sitk.Cast(label, sitk.sitkFloat32) * 0.5, str(labels / path.name))
+    out = tmp_path / "refused"
+    argv = _argv(phantom / "task", out)
+    argv[argv.index("--source-labels") + 1] = str(labels)
+    assert main(argv) == 2  # with --label-names
+    assert "fractional or negative values" in capsys.readouterr().err
+    del argv[argv.index("--label-names"):argv.index("--label-names") + 2]
+    assert main(argv) == 2  # label names from the values found
+    assert "fractional or negative values" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "refused.ckpt").exists()
+
+
 @pytest.mark.slow
 def test_train_all_stops_after_any_stage_and_resumes_through_every_stage(phantom, capsys):
     from crossdomainseg.engine import Engine

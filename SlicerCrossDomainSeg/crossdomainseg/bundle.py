@@ -332,6 +332,15 @@ def _write_weights(bundle_dir: Path, name: str, state: dict) -> str:
     return digest
 
 
+def check_bundle_destination(path: Path) -> None:
+    """A bundle replaces only a bundle or an empty folder: any other folder holds the user's files
+    (a bundle written there would delete them)."""
+    if path.exists() and not (path / "configs" / "metadata.json").is_file() and (
+            not path.is_dir() or any(path.iterdir())):
+        raise BundleError(f"{path} exists and is not a model bundle; a bundle written there would replace "
+                          "what it holds. Choose a new folder (nothing was written).")
+
+
 def save_bundle(path: str | Path, metadata: dict, networks: dict) -> Bundle:
     """Write a complete bundle at `path` (replacing one there) and return it loaded.
 
@@ -341,6 +350,7 @@ def save_bundle(path: str | Path, metadata: dict, networks: dict) -> Bundle:
     half-written bundle.
     """
     path = Path(path)
+    check_bundle_destination(path)
     metadata = copy.deepcopy(metadata)
     metadata["bundle_format"] = BUNDLE_FORMAT
     metadata.setdefault("networks", {})

@@ -254,20 +254,25 @@ class Engine:
         return str(self.bundle.version)
 
     # -- checks -----------------------------------------------------------------------------
-    def _check_image(self, image: sitk.Image, name: str) -> sitk.Image:
-        image = validate_image(image, name)
-        dims = self.bundle.spatial_dims
-        single_slice = image.GetSize()[2] == 1
-        if dims == 2 and not single_slice:
+    def _check_dimension(self, size, name: str) -> None:
+        """A 3D volume for a 2D model, or one slice for a 3D model, is refused (from the file's
+        header too, before anything is read)."""
+        single_slice = len(size) < 3 or size[2] == 1
+        if self.bundle.spatial_dims == 2 and not single_slice:
             raise InputError(
                 f"{name}: this model ({self.bundle.task}) segments 2D images, but a 3D volume of "
-                f"{image.GetSize()[2]} slices was given; give one 2D image (e.g. one X-ray)."
+                f"{size[2]} slices was given; give one 2D image (e.g. one X-ray)."
             )
-        if dims == 3 and single_slice:
+        if self.bundle.spatial_dims == 3 and single_slice:
             raise InputError(
                 f"{name}: this model ({self.bundle.task}) segments 3D volumes, but a single 2D "
                 "slice was given; give the whole volume."
             )
+
+    def _check_image(self, image: sitk.Image, name: str) -> sitk.Image:
+        image = validate_image(image, name)
+        self._check_dimension(image.GetSize(), name)
+        dims = self.bundle.spatial_dims
         spacing = np.asarray(image.GetSpacing(), dtype=float)[:dims]
         wanted = np.asarray(self.bundle.spacing, dtype=float)[:dims]
         ratio = spacing / wanted
@@ -348,6 +353,7 @@ class Engine:
             name = str(image_or_path)
             header = _file_geometry(Path(image_or_path))
             if header is not None:
+                self._check_dimension(header.GetSize(), name)
                 reference = geometry.working_reference(header, self.bundle.spacing)
                 self._check_memory(header.GetSize(), reference.GetSize(), passes)
             image = read_image(image_or_path)

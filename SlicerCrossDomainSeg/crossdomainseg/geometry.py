@@ -21,6 +21,14 @@ def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return corners.min(axis=0), corners.max(axis=0)
 
 
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Whether two images share size, spacing, origin and direction (within file round-off)."""
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+
+
 def working_reference(image: sitk.Image, spacing) -> sitk.Image:
     """An empty image defining the working grid for `image` at `spacing` (mm)."""
     spacing = np.asarray(spacing, dtype=float)[:3]

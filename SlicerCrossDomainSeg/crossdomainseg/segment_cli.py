@@ -91,6 +91,10 @@ def run(args) -> int:
     cases = batch_inputs(source) if source.is_dir() else []
     outputs = {flag: Path(value) for flag, value in
                (("--out", args.out), ("--preview", args.preview), ("--uncertainty", args.uncertainty)) if value}
+    if source.is_dir() and not cases and not outputs["--out"].suffix:
+        # a folder --out asks for a batch, but the folder has no image file to segment
+        raise InputError(f"{source} holds no image files ({', '.join(BATCH_SUFFIXES)}) to segment as a batch; "
+                         "if it is a DICOM series folder, give --out a file name such as label.nii.gz.")
     # where the results go is checked before the model loads and anything runs
     (_check_batch_outputs if cases else _check_single_outputs)(source, cases, outputs)
     engine = Engine(_bundle_path(args.bundle), device=args.device, threads=args.threads,

@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .geometry import same_grid
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _FILES = ("image.nii.gz", "label.nii.gz", "clicks.json")
@@ -130,13 +131,7 @@ def _check_pair(image: sitk.Image, label: sitk.Image) -> None:
         raise InputError("accept() takes the image and the corrected label as SimpleITK images.")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("The accepted image must be a single-channel (scalar) volume.")
-    same = (
-        image.GetSize() == label.GetSize()
-        and np.allclose(image.GetSpacing(), label.GetSpacing(), atol=1e-4)
-        and np.allclose(image.GetOrigin(), label.GetOrigin(), atol=1e-3)
-        and np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-4)
-    )
-    if not same:
+    if not same_grid(image, label):
         # A mismatched image/label pair poisons fine-tuning far more than noise (METHOD.md 3).
         raise InputError(
             "The corrected label does not lie on the image's grid (size, spacing, origin or "

@@ -58,6 +58,11 @@ def run(args) -> int:
     clicks = read_clicks(args.clicks)
     image, label = read_image(args.image), read_image(args.label)
     draft = read_image(args.draft) if args.draft is not None else None
+    single_slice = image.GetSize()[2] == 1
+    if single_slice != (bundle.spatial_dims == 2):
+        # the background trainer would refuse the case only later, in its own process
+        raise InputError(f"{args.image} is {'2D' if single_slice else '3D'} but the model {args.bundle} segments "
+                         f"{bundle.spatial_dims}D images; accept it with a model of its kind, in that model's store.")
     case_id = AcceptedCaseStore(args.store).accept(
         image, label, clicks, model_version=bundle.version, labels=bundle.labels, draft=draft,
         meta={"image": str(Path(args.image).resolve()), "label": str(Path(args.label).resolve())})

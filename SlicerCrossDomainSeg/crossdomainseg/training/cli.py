@@ -31,7 +31,7 @@ import numpy as np
 from ..device import configure
 from ..errors import InputError
 from ..imageio import read_image
-from .datasets import labelled_cases, read_task, task_cases, unlabelled_cases
+from .datasets import check_integer_labels, labelled_cases, read_task, task_cases, unlabelled_cases
 from .source import SourceConfig, train_source
 from .translator import TranslatorConfig, train_translator
 
@@ -98,7 +98,9 @@ def _label_names(text: str | None, cases) -> dict:
     else:  # name the values found in the label maps
         found = set()
         for _, _, label in cases:
-            found |= set(np.unique(_array(label)).tolist())
+            values = np.unique(_array(label))
+            check_integer_labels(values, label)
+            found |= set(values.tolist())
         labels = {f"label_{v}": int(v) for v in sorted(found) if v != 0}
     return {"background": 0, **{k: v for k, v in labels.items() if v != 0}}
 

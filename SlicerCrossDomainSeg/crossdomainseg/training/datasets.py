@@ -142,6 +142,7 @@ def load_sample(case: tuple, spacing, norm_spec: dict, spatial_dims: int,
     label = None
     if label_path is not None:
         label_image = read_image(label_path)
+        check_integer_labels(np.unique(sitk.GetArrayViewFromImage(label_image)), label_path)
         if rotation is not None:
             label_image = rotated(label_image, rotation)
         _check_overlap(image, label_image, image_path, label_path)
@@ -158,6 +159,14 @@ def load_sample(case: tuple, spacing, norm_spec: dict, spatial_dims: int,
         array = array[0]
         label = None if label is None else label[0]
     return Sample(cid, array, label, tuple(spacing))
+
+
+def check_integer_labels(values: np.ndarray, label_path) -> None:
+    """A label map holds whole non-negative values: fractions (a resampled or probability map)
+    would be truncated into other labels."""
+    if values.size and (np.any(values < 0) or not np.all(np.mod(values, 1) == 0)):
+        raise InputError(f"{label_path} holds fractional or negative values; a label map holds whole "
+                         "label values (0 for background). Export it as a label map, not a resampled image.")
 
 
 def _check_overlap(image, label, image_path, label_path):

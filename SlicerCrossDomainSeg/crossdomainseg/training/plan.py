@@ -62,6 +62,7 @@ def fingerprint(cases, seed: int = 0) -> dict:
                     labelled.append(rng.choice(inside, min(SAMPLE_PER_IMAGE, inside.size),
                                                replace=False).astype(np.float32))
     spacings, sizes = np.array(spacings), np.array(sizes)
+    _check_one_dimension(cases, sizes)
     return {
         "n": len(cases),
         "spatial_dims": 2 if np.all(sizes[:, 2] == 1) else 3,
@@ -71,6 +72,16 @@ def fingerprint(cases, seed: int = 0) -> dict:
         "intensities": np.concatenate(samples),
         "labelled_intensities": np.concatenate(labelled) if labelled else None,
     }
+
+
+def _check_one_dimension(cases, sizes: np.ndarray) -> None:
+    """A folder mixing 2D (single-slice) and 3D images is refused here, before any training."""
+    flat = sizes[:, 2] == 1
+    if flat.any() and not flat.all():
+        odd, kind = (flat, "2D") if flat.sum() <= (~flat).sum() else (~flat, "3D")
+        names = [str(cases[i][1]) for i in np.flatnonzero(odd)]
+        raise InputError(f"{len(names)} image(s) are {kind} among {len(cases)} of the other kind, "
+                         f"e.g. {names[:3]}; keep images of one kind (all 2D or all 3D) in a folder.")
 
 
 def _percentiles(values: np.ndarray) -> dict:

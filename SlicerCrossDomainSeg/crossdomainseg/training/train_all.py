@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import load_bundle, save_bundle, update_bundle
+from ..bundle import check_bundle_destination, load_bundle, save_bundle, update_bundle
 from ..curriculum.params import CurriculumParams
 from ..device import pick_device
 from ..errors import InputError
@@ -160,6 +160,19 @@ def _check_options(budget_minutes, steps, domain_randomize, randomize) -> None:
             raise InputError(f"{name} is a share of the training crops, between 0 and 1; got {value}.")
 
 
+def _check_apart_from_inputs(data: TaskData, outputs: dict) -> None:
+    """An output folder may not be an input folder, hold one, or lie inside one: the bundle would
+    replace the user's images, or be read as an image folder by the next run."""
+    folders = {Path(p).resolve().parent for cases in (data.source_train, data.source_val, data.target)
+               for case in cases for p in case[1:] if p is not None}
+    for flag, path in outputs.items():
+        path = path.resolve()
+        for folder in folders:
+            if path == folder or path in folder.parents or folder in path.parents:
+                raise InputError(f"{flag} {path} is, holds or lies inside the input folder {folder}; "
+                                 "write the bundle to a folder of its own (nothing was written).")
+
+
 def copy_bundle(source: Path, out: Path, metadata: dict) -> None:
     """The bundle at `source` written to `out` (replacing one there) with `metadata` keys added."""
     bundle = load_bundle(source)
@@ -182,8 +195,10 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     if (out / "configs" / "metadata.json").exists() and not resume:
         raise InputError(f"{out} already holds a bundle; pass --resume to continue its training, "
                          "or choose another --out (nothing was overwritten).")
+    check_bundle_destination(out)
     budget = 60.0 * budget_minutes
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
+    _check_apart_from_inputs(data, {"--out": out, "the checkpoint folder": checkpoints})
     plan_file = checkpoints / "plan.json"
     chain = recipe(randomize)
     plan = json.loads(plan_file.read_text()) if resume and plan_file.is_file() else None
