@@ -146,12 +146,17 @@ def _check_pair(image: sitk.Image, label: sitk.Image) -> None:
         raise InputError("The corrected label holds negative values; label values start at 0.")
 
 
+def undefined_label_values(label: sitk.Image, labels: dict) -> list[int]:
+    """The values of `label` that neither the model's `labels` ({name: value}) nor background define."""
+    present = {int(v) for v in np.unique(sitk.GetArrayViewFromImage(label))}
+    return sorted(present - {int(v) for v in labels.values()} - {0})
+
+
 def check_label_values(label: sitk.Image, labels: dict) -> None:
     """Refuse label values the model does not define (`labels`: {name: value}); the stored label
     file is uint8, so values above 255 would wrap (256 would become background)."""
-    present = {int(v) for v in np.unique(sitk.GetArrayViewFromImage(label))}
+    unknown = undefined_label_values(label, labels)
     defined = {int(v) for v in labels.values()} | {0}
-    unknown = sorted(present - defined)
     if unknown:
         names = ", ".join(f"{name} = {value}" for name, value in sorted(labels.items(), key=lambda kv: kv[1]))
         raise InputError(

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import same_grid
+from ..store import undefined_label_values
 from .robot import noc, robot_on_label
 
 CHECKPOINTS = (0, 1, 2, 3, 5, 10)
@@ -75,15 +76,13 @@ def evaluate_paths(engine, paths, refiners: dict, max_clicks: int = 20, limit: i
     from ..imageio import read_image
 
     paths = list(paths)[: limit or None]
-    defined = {int(v) for v in engine.bundle.labels.values()} | {0}
 
     def read(image_path, label_path):
         image, truth = read_image(image_path), read_image(label_path)
         if not same_grid(image, truth):
             raise InputError(f"The label map {label_path} is not on the grid of {image_path} (size, spacing, "
                              f"origin or direction differ: image {image.GetSize()}, label {truth.GetSize()}).")
-        values = np.unique(sitk.GetArrayViewFromImage(truth))
-        unknown = sorted({v.item() for v in values} - defined)
+        unknown = undefined_label_values(truth, engine.bundle.labels)
         if unknown:
             raise InputError(f"The label map {label_path} holds values {unknown[:10]} that the model does not "
                              f"define (its labels: {engine.bundle.labels}); relabel them or use the model "
