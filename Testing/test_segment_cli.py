@@ -139,3 +139,22 @@ def test_a_volume_given_to_a_2d_model_is_refused_by_name(tmp_path, capsys):
                      "--out", str(tmp_path / "label.nii.gz"), "--threads", "1"]) == 2
     assert "segments 2D images, but a 3D volume of 16 slices" in capsys.readouterr().err
     assert not (tmp_path / "label.nii.gz").exists()
+
+
+def test_single_file_replaces_an_existing_output_only_with_force(bundle, tmp_path, capsys):
+    write_case(tmp_path / "in.nii.gz")
+    out, preview = tmp_path / "label.nii.gz", tmp_path / "preview.nii.gz"
+    out.write_bytes(b"the user's earlier result")
+    args = ["segment", str(tmp_path / "in.nii.gz"), "--bundle", str(bundle.path), "--out", str(out),
+            "--no-uncertainty", "--threads", "1"]
+    assert cli.main(args) == 2
+    assert f"--out {out} already exists; add --force to replace it" in capsys.readouterr().err
+    assert out.read_bytes() == b"the user's earlier result"
+    # a --preview that exists is refused before --out is written
+    out.unlink()
+    preview.write_bytes(b"kept")
+    assert cli.main(args + ["--preview", str(preview)]) == 2
+    assert f"--preview {preview} already exists" in capsys.readouterr().err
+    assert preview.read_bytes() == b"kept" and not out.exists()
+    assert cli.main(args + ["--preview", str(preview), "--force"]) == 0
+    assert sitk.ReadImage(str(preview)).GetSize() == (20, 18, 16) and out.exists()

@@ -1,7 +1,8 @@
 """`crossdomainseg segment`: one image, or every image in a folder (batch, resumable).
 
 Single: `segment IN --bundle B --out label.nii.gz [--preview P] [--uncertainty U]`; IN is an image
-file or a DICOM series folder; `--out` ending in `.seg.nrrd` writes a Slicer segmentation.
+file or a DICOM series folder; `--out` ending in `.seg.nrrd` writes a Slicer segmentation; an
+output file that exists is replaced only with --force.
 Batch: IN is a folder of image files (NIfTI/NRRD/MHA); `--out`, `--preview` and `--uncertainty`
 are folders and each case keeps its file name. A case is finished when its `<case>.json` report
 (U, model version, which path ran, timings) exists; it is written last, after the images, so a
@@ -49,7 +50,8 @@ def add_parser(subparsers) -> None:
                         help="write the network's raw label, without the bundle's post-processing steps")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
-    parser.add_argument("--force", action="store_true", help="batch: redo cases already finished")
+    parser.add_argument("--force", action="store_true",
+                        help="batch: redo cases already finished; single file: replace output files that exist")
     parser.set_defaults(func=run)
 
 
@@ -96,7 +98,10 @@ def run(args) -> int:
         raise InputError(f"{source} holds no image files ({', '.join(BATCH_SUFFIXES)}) to segment as a batch; "
                          "if it is a DICOM series folder, give --out a file name such as label.nii.gz.")
     # where the results go is checked before the model loads and anything runs
-    (_check_batch_outputs if cases else _check_single_outputs)(source, cases, outputs)
+    if cases:
+        _check_batch_outputs(source, cases, outputs)
+    else:
+        _check_single_outputs(source, outputs, args.force)
     engine = Engine(_bundle_path(args.bundle), device=args.device, threads=args.threads,
                     tta_n=args.tta, mode=args.mode, postprocess=not args.raw)
     if args.preview and engine.generator is None:
@@ -118,10 +123,16 @@ def ran(result) -> str:
     return "vanilla: segmented the image as it is"
 
 
-def _check_single_outputs(source: Path, _cases, outputs: dict[str, Path]) -> None:
+def _check_single_outputs(source: Path, outputs: dict[str, Path], force: bool) -> None:
     for flag, path in outputs.items():
         check_output_file(flag, path, WRITE_SUFFIXES + (".seg.nrrd",) if flag == "--out" else WRITE_SUFFIXES)
     check_distinct([source], outputs)
+    # an earlier result (or any file of the user's) is replaced only on request, as batch mode
+    # redoes a finished case only with --force
+    for flag, path in outputs.items():
+        if path.exists() and not force:
+            raise InputError(f"{flag} {path} already exists; add --force to replace it, "
+                             "or choose another name.")
 
 
 def _check_batch_outputs(source: Path, cases: list[Path], outputs: dict[str, Path]) -> None:
