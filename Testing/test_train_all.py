@@ -313,6 +313,40 @@ def test_fractional_label_maps_are_refused_before_any_work(phantom, capsys, tmp_
     assert not out.exists() and not (tmp_path / "refused.ckpt").exists()
 
 
+def _relabelled(phantom, folder, mapping):
+    """The phantom's source label maps with each value v written as mapping(v), in `folder`."""
+    folder.mkdir()
+    for path in sorted((phantom / "task" / "source" / "labels").iterdir()):
+        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.int32)
+        label = sitk.GetImageFromArray(mapping(array).astype(np.int32))
+        label.CopyInformation(sitk.ReadImage(str(path)))
+        sitk.WriteImage(label, str(folder / path.name))
+    return folder
+
+
+def test_sparse_or_too_many_label_values_are_refused_before_any_work(phantom, capsys, tmp_path):
+    out = tmp_path / "refused"
+    argv = _argv(phantom / "task", out)
+    # the liver written as 1000: a 1001-channel network for four structures
+    argv[argv.index("--source-labels") + 1] = str(_relabelled(
+        phantom, tmp_path / "sparse", lambda a: np.where(a == 1, 1000, a)))
+    names = argv.index("--label-names")
+    argv[names + 1] = "liver=1000,kidneys=2,spleen=3,lesion=4"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "label values 0, 2, 3, 4, 1000 are sparse" in err and "1001 output channels" in err
+    assert "relabel the label maps to consecutive values 0..4 (1000 -> 1)" in err
+    del argv[names:names + 2]
+    assert main(argv) == 2  # label names from the values found: the same refusal
+    assert "label values 0, 2, 3, 4, 1000 are sparse" in capsys.readouterr().err
+    # an image given as label maps: thousands of values, beyond what a label map holds
+    argv[argv.index("--source-labels") + 1] = str(_relabelled(
+        phantom, tmp_path / "many", lambda a: a * 100 + np.arange(a.size).reshape(a.shape) % 300))
+    assert main(argv) == 2
+    assert "a model segments at most 255 structures" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "refused.ckpt").exists()
+
+
 @pytest.mark.slow
 def test_train_all_stops_after_any_stage_and_resumes_through_every_stage(phantom, capsys):
     from crossdomainseg.engine import Engine

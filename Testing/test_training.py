@@ -326,6 +326,21 @@ def test_cli_rejects_missing_inputs(tmp_path, capsys):
     assert main(["train", "translator", "--bundle", str(tmp_path / "none"), "--task-dir", str(tmp_path)]) == 2
 
 
+def test_train_source_refuses_a_sparse_label_value_before_any_work(folders, tmp_path, capsys):
+    labels = tmp_path / "sparse"
+    labels.mkdir()
+    for path in sorted((folders / "src_lab").iterdir()):  # the organ written as 1000
+        label = sitk.ReadImage(str(path))
+        sitk.WriteImage(sitk.Cast(label, sitk.sitkInt16) * 1000, str(labels / path.name))
+    out = tmp_path / "refused"
+    assert main(["train", "source", "--images", str(folders / "src_img"), "--labels", str(labels),
+                 "--out", str(out), "--threads", "1", "--roi", "16", "--channels", "4,8", "--epochs", "1",
+                 "--steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "label values 0, 1000 are sparse" in err and "consecutive values 0..1 (1000 -> 1)" in err
+    assert not out.exists() and not (tmp_path / "refused.ckpt").exists()
+
+
 def test_train_settings_writes_chosen_settings_and_rejects_others(tmp_path, capsys):
     import json
 

@@ -169,6 +169,37 @@ def check_integer_labels(values: np.ndarray, label_path) -> None:
                          "label values (0 for background). Export it as a label map, not a resampled image.")
 
 
+# Largest label value: the engine writes labels as 8-bit maps and the store keeps them so.
+MAX_LABEL_VALUE = 255
+
+
+def check_label_values(labels: dict) -> None:
+    """The segmenter has one output channel per value from 0 to the largest label value, so the
+    values ({name: value}) must be at most `MAX_LABEL_VALUE` and not sparse: more than half of
+    the channels standing for values no label has (e.g. {0, 1000}: 1001 channels for one
+    structure) would make a network that hardly trains. Refused before any work, with the values
+    and the relabelling that fixes them."""
+    values = sorted(set(int(v) for v in labels.values()) | {0})
+    shown = ", ".join(str(v) for v in (values if len(values) <= 12 else values[:8] + ["..."] + values[-2:]))
+    if len(values) > MAX_LABEL_VALUE + 1:
+        raise InputError(f"The labels have {len(values)} values ({shown}); a model segments at most "
+                         f"{MAX_LABEL_VALUE} structures (labels are written as 8-bit maps). If these are "
+                         "images rather than label maps, give the label maps' folder.")
+    # the fewest changes: values already below the count stay, the others take the free values
+    free = sorted(set(range(len(values))) - set(values))
+    moves = [f"{v} -> {new}" for v, new in zip([v for v in values if v >= len(values)], free)]
+    fix = (f"relabel the label maps to consecutive values 0..{len(values) - 1} "
+           f"({', '.join(moves[:3] + (['...'] if len(moves) > 3 else []))}) and name them with "
+           "--label-names, e.g. liver=1,spleen=2")
+    if values[-1] + 1 > 2 * len(values):
+        raise InputError(f"The label values {shown} are sparse: the network would have {values[-1] + 1} "
+                         f"output channels (one per value from 0 to {values[-1]}) for {len(values) - 1} "
+                         f"structure(s); {fix}.")
+    if values[-1] > MAX_LABEL_VALUE:
+        raise InputError(f"The label values {shown} go above {MAX_LABEL_VALUE}, which labels written as "
+                         f"8-bit maps cannot hold; {fix}.")
+
+
 def _check_overlap(image, label, image_path, label_path):
     """A label map must cover the same physical region as its image (guards mismatched pairs)."""
     from ..geometry import physical_bounds

@@ -44,6 +44,7 @@ from ..store import atomic_write_json
 from .budget import (MIN_EPOCH_STEPS, ROUND_TRIP_CASES, choose_grid, epoch_steps, probe, round_trip_dice,
                      validation_seconds)
 from .curriculum_stage import CurriculumStage
+from .datasets import check_label_values
 from .plan import epochs_for, fingerprint, make_plan
 from .source import SourceConfig, train_source
 from .translator import TranslatorConfig, train_translator
@@ -192,6 +193,7 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     _check_options(budget_minutes, steps, domain_randomize, randomize)
     if not data.source_train or not data.target:
         raise InputError("train all needs labelled source images and unlabelled target images.")
+    check_label_values(data.labels)
     if (out / "configs" / "metadata.json").exists() and not resume:
         raise InputError(f"{out} already holds a bundle; pass --resume to continue its training, "
                          "or choose another --out (nothing was overwritten).")
