@@ -48,6 +48,17 @@ def _setup(tmp_path, n_unlabelled=3, n_accepted=2):
     return bundle.path, folder, store
 
 
+def _accept_with_lesion(store):
+    """An accepted case holding a new structure ("Lesion", value 2) the model has no label for."""
+    image, label = _pair(7)
+    lesion = sitk.GetArrayFromImage(label)
+    lesion[1:3, 1:3, 1:3] = 2
+    with_lesion = sitk.GetImageFromArray(lesion)
+    with_lesion.CopyInformation(label)
+    store.accept(image, with_lesion, clicks=[], model_version="random-0",
+                 labels={"background": 0, "organ": 1}, structures={"Lesion": 2})
+
+
 @pytest.fixture(autouse=True)
 def stop_trainers_afterwards(tmp_path):
     """A failing test must not leave its trainer running on the shared cores."""
@@ -130,6 +141,29 @@ def test_cli_start_status_stop_rollback(tmp_path):
                           str(tmp_path / "s2"), "--registry", str(tmp_path / "nowhere")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "not a model registry" in bad.stderr
+
+
+def test_an_empty_unlabelled_folder_is_refused_unless_accepted_cases_can_train(tmp_path, capsys):
+    from crossdomainseg.cli import main
+
+    bundle, folder, store = _setup(tmp_path, n_unlabelled=0, n_accepted=0)
+    _accept_with_lesion(store)  # the only accepted case: the trainer would leave it out too
+    argv = ["trainer", "start", "--store", str(store.root), "--registry", str(tmp_path / "reg"),
+            "--bundle", str(bundle), "--unlabelled", str(folder), "--nice", "1",
+            *[f"--param={k}={v}" for k, v in {**FAST, "epochs": 1000}.items()]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"The unlabelled image folder {folder} holds no images" in err
+    assert "no accepted case to train on" in err and "accept cases first" in err
+    assert not process.is_running(store.root) and not (store.root / "trainer" / "config.json").exists()
+    assert store.unlabelled_folder() is None  # nothing of the refused start was recorded
+
+    # with an accepted case to train on, the trainer starts on it alone and says so
+    store.accept(*_pair(8), clicks=[], model_version="random-0", labels={"background": 0, "organ": 1})
+    assert main(argv) == 0
+    assert "learns from the accepted cases alone" in capsys.readouterr().err
+    assert process.is_running(store.root)
+    assert process.stop(store.root, timeout=60)["state"] == "stopped"
 
 
 WRITER = r"""
@@ -255,13 +289,7 @@ def test_an_accepted_case_with_a_new_structure_is_left_out_saying_why(tmp_path):
     """A structure the model has no label for (a lesion outlined from clicks) cannot be learnt as
     any of its labels: the trainer leaves the case out, names the structure, and keeps the rest."""
     bundle_path, folder, store = _setup(tmp_path, n_unlabelled=1, n_accepted=1)
-    image, label = _pair(7)
-    lesion = sitk.GetArrayFromImage(label)
-    lesion[1:3, 1:3, 1:3] = 2
-    with_lesion = sitk.GetImageFromArray(lesion)
-    with_lesion.CopyInformation(label)
-    store.accept(image, with_lesion, clicks=[], model_version="random-0",
-                 labels={"background": 0, "organ": 1}, structures={"Lesion": 2})
+    _accept_with_lesion(store)
     store.set_unlabelled_folder(folder)
     workdir = tmp_path / "work"
     workdir.mkdir()

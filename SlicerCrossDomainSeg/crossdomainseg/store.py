@@ -181,6 +181,19 @@ def _check_structures(structures: dict | None, labels: dict) -> dict:
     return structures
 
 
+def image_entries(folder: Path) -> list[Path]:
+    """Image files (and non-empty DICOM series folders) directly in `folder`, sorted."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
+            found.append(path)
+        elif path.is_dir() and any(path.iterdir()):
+            found.append(path)
+    return found
+
+
 class AcceptedCaseStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -343,12 +356,4 @@ class AcceptedCaseStore:
             raise InputError(
                 f"The unlabelled image folder {folder} has gone; point the store at it again."
             )
-        found = []
-        for path in sorted(folder.iterdir()):
-            if path.name.startswith("."):
-                continue
-            if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
-                found.append(path)
-            elif path.is_dir() and any(path.iterdir()):
-                found.append(path)
-        return found
+        return image_entries(folder)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 from ..errors import InputError
+from ..store import image_entries
 from . import process
 
 
@@ -23,6 +26,9 @@ def _start(args) -> int:
                         unlabelled=args.unlabelled, params=_params(args.param),
                         threads=args.threads, nice=args.nice, device=args.device)
     print(json.dumps({"started": pid, "status": str(process.trainer_dir(args.store) / "status.json")}))
+    if args.unlabelled and not image_entries(Path(args.unlabelled)):  # start refuses it without accepted cases
+        print(f"note: {args.unlabelled} holds no images yet; the trainer learns from the accepted cases "
+              "alone and picks up images put there later.", file=sys.stderr)
     return 0
 
 

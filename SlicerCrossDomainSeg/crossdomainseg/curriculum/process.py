@@ -37,7 +37,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from ..errors import InputError
-from ..store import AcceptedCaseStore, atomic_write_bytes, atomic_write_json
+from ..store import AcceptedCaseStore, atomic_write_bytes, atomic_write_json, image_entries
 
 DEFAULT_THREADS = 1
 DEFAULT_NICE = 10
@@ -149,10 +149,11 @@ def start(store_root, registry_root, bundle=None, source=None, unlabelled=None,
             raise InputError(f"{registry_root} is not a model registry yet: give the bundle to start from.")
         if source is not None and not (Path(source) / "images").is_dir():
             raise InputError(f"Source data folder {source} must hold images/ and labels/ subfolders.")
-        if unlabelled is not None:
-            store.set_unlabelled_folder(unlabelled)
         base = Path(bundle) if not registry.is_initialised() else registry.current_path()
         checked = CurriculumParams.for_bundle(read_metadata(base), params)
+        if unlabelled is not None:
+            _check_something_to_learn(store, Path(unlabelled), checked.holdout_every)
+            store.set_unlabelled_folder(unlabelled)
         config = {
             "store": str(Path(store_root).resolve()),
             "registry": str(Path(registry_root).resolve()),
@@ -181,6 +182,22 @@ def start(store_root, registry_root, bundle=None, source=None, unlabelled=None,
         _children[proc.pid] = proc
         _wait_until_locked(workdir, proc)
         return proc.pid
+
+
+def _check_something_to_learn(store: AcceptedCaseStore, unlabelled: Path, holdout_every: int) -> None:
+    """An unlabelled folder without images is refused unless the store has an accepted case the
+    trainer trains on (not held out for the gate, not left out): it would run on nothing."""
+    from .trainer import is_heldout, left_out
+
+    if not unlabelled.is_dir() or image_entries(unlabelled):
+        return  # a missing folder is refused by set_unlabelled_folder with its own message
+    kept = [case for case in store.cases() if left_out(store.manifest(case)) is None]
+    if any(not is_heldout(i, holdout_every) for i in range(len(kept))):
+        return
+    raise InputError(f"The unlabelled image folder {unlabelled} holds no images (NIfTI, NRRD, MHA files or "
+                     f"DICOM series folders) and the store {store.root} has no accepted case to train on, "
+                     "so the trainer would have nothing to learn from. Put the target images in that "
+                     "folder (or give the folder that holds them), or accept cases first.")
 
 
 def _wait_until_locked(workdir: Path, proc: subprocess.Popen) -> None:
