@@ -84,5 +84,5 @@ def test_accept_refuses_a_volume_for_a_2d_model(case, capsys):
     flat = make_random_bundle(root / "xray", spatial_dims=2, spacing=4.0)
     assert main(["accept", str(root / "image.nii.gz"), str(root / "label.nrrd"), "--store", str(root / "store"),
                  "--bundle", str(flat.path)]) == 2
-    assert "is 3D but the model" in capsys.readouterr().err
+    assert "segments 2D images, but a 3D volume of" in capsys.readouterr().err
     assert not (root / "store" / "cases").exists() or AcceptedCaseStore(root / "store").cases() == []

@@ -138,6 +138,22 @@ class Bundle:
         return _normalize(array, specs[domain])
 
 
+def check_dimension(bundle: Bundle, size, name: str) -> None:
+    """An image of `size` (SimpleITK order; from a file's header too, before anything is read)
+    must be of the kind `bundle` segments: one slice for a 2D model, a volume for a 3D one."""
+    single_slice = len(size) < 3 or size[2] == 1
+    if bundle.spatial_dims == 2 and not single_slice:
+        raise InputError(
+            f"{name}: this model ({bundle.task}) segments 2D images, but a 3D volume of "
+            f"{size[2]} slices was given; give one 2D image (e.g. one X-ray)."
+        )
+    if bundle.spatial_dims == 3 and single_slice:
+        raise InputError(
+            f"{name}: this model ({bundle.task}) segments 3D volumes, but a single 2D "
+            "slice was given; give the whole volume."
+        )
+
+
 def read_metadata(path: Path) -> dict:
     file = path / METADATA_FILE
     if not path.is_dir():

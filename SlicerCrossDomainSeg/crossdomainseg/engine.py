@@ -28,7 +28,7 @@ from monai.inferers import sliding_window_inference
 
 from . import geometry
 from . import uncertainty as unc
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, check_dimension, load_bundle
 from .device import configure, pick_device
 from .errors import BundleError, InputError
 from .imageio import read_image, validate_image
@@ -254,24 +254,9 @@ class Engine:
         return str(self.bundle.version)
 
     # -- checks -----------------------------------------------------------------------------
-    def _check_dimension(self, size, name: str) -> None:
-        """A 3D volume for a 2D model, or one slice for a 3D model, is refused (from the file's
-        header too, before anything is read)."""
-        single_slice = len(size) < 3 or size[2] == 1
-        if self.bundle.spatial_dims == 2 and not single_slice:
-            raise InputError(
-                f"{name}: this model ({self.bundle.task}) segments 2D images, but a 3D volume of "
-                f"{size[2]} slices was given; give one 2D image (e.g. one X-ray)."
-            )
-        if self.bundle.spatial_dims == 3 and single_slice:
-            raise InputError(
-                f"{name}: this model ({self.bundle.task}) segments 3D volumes, but a single 2D "
-                "slice was given; give the whole volume."
-            )
-
     def _check_image(self, image: sitk.Image, name: str) -> sitk.Image:
         image = validate_image(image, name)
-        self._check_dimension(image.GetSize(), name)
+        check_dimension(self.bundle, image.GetSize(), name)
         dims = self.bundle.spatial_dims
         spacing = np.asarray(image.GetSpacing(), dtype=float)[:dims]
         wanted = np.asarray(self.bundle.spacing, dtype=float)[:dims]
@@ -353,7 +338,7 @@ class Engine:
             name = str(image_or_path)
             header = _file_geometry(Path(image_or_path))
             if header is not None:
-                self._check_dimension(header.GetSize(), name)
+                check_dimension(self.bundle, header.GetSize(), name)
                 reference = geometry.working_reference(header, self.bundle.spacing)
                 self._check_memory(header.GetSize(), reference.GetSize(), passes)
             image = read_image(image_or_path)

@@ -46,7 +46,7 @@ def read_clicks(path: str | None) -> list:
 
 
 def run(args) -> int:
-    from .bundle import load_bundle
+    from .bundle import check_dimension, load_bundle
     from .imageio import read_image
     from .segment_cli import _bundle_path
     from .store import AcceptedCaseStore
@@ -58,11 +58,8 @@ def run(args) -> int:
     clicks = read_clicks(args.clicks)
     image, label = read_image(args.image), read_image(args.label)
     draft = read_image(args.draft) if args.draft is not None else None
-    single_slice = image.GetSize()[2] == 1
-    if single_slice != (bundle.spatial_dims == 2):
-        # the background trainer would refuse the case only later, in its own process
-        raise InputError(f"{args.image} is {'2D' if single_slice else '3D'} but the model {args.bundle} segments "
-                         f"{bundle.spatial_dims}D images; accept it with a model of its kind, in that model's store.")
+    # the background trainer would refuse the case only later, in its own process
+    check_dimension(bundle, image.GetSize(), args.image)
     case_id = AcceptedCaseStore(args.store).accept(
         image, label, clicks, model_version=bundle.version, labels=bundle.labels, draft=draft,
         meta={"image": str(Path(args.image).resolve()), "label": str(Path(args.label).resolve())})
