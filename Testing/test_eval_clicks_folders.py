@@ -61,13 +61,19 @@ def test_eval_clicks_folder_errors_say_what_to_give(tmp_path, capsys):
     assert "--images DIR --labels DIR" in capsys.readouterr().err
 
 
-def test_a_bad_label_map_is_refused_before_any_case_is_evaluated(tmp_path, capsys):
+def _two_cases(tmp_path):
+    """A random bundle and folders images/ and labels/ holding the pairs a.nii.gz and b.nii.gz."""
     bundle = make_random_bundle(tmp_path / "bundle", spacing=4.0)
     images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir()
     labels.mkdir()
     for name in ("a.nii.gz", "b.nii.gz"):
         _write_pair(images, labels, name)
+    return bundle, images, labels
+
+
+def test_a_bad_label_map_is_refused_before_any_case_is_evaluated(tmp_path, capsys):
+    bundle, images, labels = _two_cases(tmp_path)
     bad = sitk.ReadImage(str(labels / "b.nii.gz"))
     out = tmp_path / "results.json"
     argv = ["eval", "clicks", "--bundle", str(bundle.path), "--methods", "sphere", "--max-clicks", "1",
@@ -87,3 +93,16 @@ def test_a_bad_label_map_is_refused_before_any_case_is_evaluated(tmp_path, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "is not on the grid of" in err and "[1/2]" not in err and not out.exists()
+
+
+def test_each_image_is_read_once_the_pairs_checked_from_headers(tmp_path, monkeypatch):
+    import crossdomainseg.imageio as imageio
+
+    bundle, images, labels = _two_cases(tmp_path)
+    reads = []
+    read_image = imageio.read_image
+    monkeypatch.setattr(imageio, "read_image", lambda path, *a, **k: reads.append(path) or read_image(path, *a, **k))
+    assert main(["eval", "clicks", "--bundle", str(bundle.path), "--methods", "sphere", "--max-clicks", "1",
+                 "--threads", "1", "--device", "cpu", "--images", str(images), "--labels", str(labels)]) == 0
+    for name in ("a.nii.gz", "b.nii.gz"):
+        assert reads.count(images / name) == 1  # for its evaluation only; its grid came from the header

@@ -31,7 +31,7 @@ from . import uncertainty as unc
 from .bundle import Bundle, check_dimension, load_bundle
 from .device import configure, pick_device
 from .errors import BundleError, InputError
-from .imageio import read_image, validate_image
+from .imageio import read_header, read_image, validate_image
 from .normalize import denormalize
 from .padding import fill_padding
 from .postprocess import bundle_steps, postprocess_image
@@ -148,15 +148,8 @@ class _FileGeometry:
 def _file_geometry(path: Path) -> _FileGeometry | None:
     """The header geometry of a 3D image file, or None (DICOM folder, 2D, unreadable header:
     the checks after reading cover those)."""
-    if not path.is_file():
-        return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    if reader.GetDimension() != 3 or reader.GetSize()[2] == 1:
+    reader = read_header(path)
+    if reader is None or reader.GetSize()[2] == 1:
         return None
     return _FileGeometry(reader)
 

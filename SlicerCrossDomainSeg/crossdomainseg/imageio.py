@@ -50,15 +50,39 @@ def read_image(path, series_uid: str | None = None) -> sitk.Image:
                 f"unsupported kind (ITK: {_first_line(error)}). Supported: "
                 "NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd), DICOM."
             ) from None
-        if _header_lacks_spacing(path):
-            raise InputError(
-                f"{path}: the file's header gives no voxel spacing, so sizes in mm are unknown. "
-                "Re-export it from the scanner software or viewer with its geometry."
-            )
+        _check_spacing_given(path)
     _check_finite(image, path)
     if image.GetDimension() == 2:
         image = as_single_slice(image)
     return image
+
+
+def read_header(path) -> sitk.ImageFileReader | None:
+    """A 3D image file's header without its voxels (size, spacing, origin and direction as
+    read_image gives them), or None where only reading the image tells: a DICOM series folder,
+    a 2D file (read_image makes it one slice), a header ITK cannot read. A header without voxel
+    spacing is refused as read_image refuses it."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    if reader.GetDimension() != 3:
+        return None
+    _check_spacing_given(path)
+    return reader
+
+
+def _check_spacing_given(path: Path) -> None:
+    if _header_lacks_spacing(path):
+        raise InputError(
+            f"{path}: the file's header gives no voxel spacing, so sizes in mm are unknown. "
+            "Re-export it from the scanner software or viewer with its geometry."
+        )
 
 
 def _check_finite(image: sitk.Image, name) -> None:

@@ -73,25 +73,31 @@ def evaluate_paths(engine, paths, refiners: dict, max_clicks: int = 20, limit: i
                    log=print, domain: str = "target") -> dict:
     """`evaluate_cases` over (id, image path, reference label path) cases (the first `limit`),
     e.g. a user's folders of images and label maps."""
-    from ..imageio import read_image
+    from ..imageio import read_header, read_image
 
     paths = list(paths)[: limit or None]
 
-    def read(image_path, label_path):
-        image, truth = read_image(image_path), read_image(label_path)
+    def check(image_path, label_path) -> None:
+        """The pair's grids from the files' headers (both files read where a header cannot tell:
+        a DICOM folder, a 2D file), the label's values from its voxels: each image is read once,
+        for its evaluation."""
+        image, truth = read_header(image_path), read_header(label_path)
+        label = None
+        if image is None or truth is None:
+            image, truth = read_image(image_path), read_image(label_path)
+            label = truth
         if not same_grid(image, truth):
             raise InputError(f"The label map {label_path} is not on the grid of {image_path} (size, spacing, "
                              f"origin or direction differ: image {image.GetSize()}, label {truth.GetSize()}).")
-        unknown = undefined_label_values(truth, engine.bundle.labels)
+        unknown = undefined_label_values(read_image(label_path) if label is None else label, engine.bundle.labels)
         if unknown:
             raise InputError(f"The label map {label_path} holds values {unknown[:10]} that the model does not "
                              f"define (its labels: {engine.bundle.labels}); relabel them or use the model "
                              "made for these structures.")
-        return image, truth
 
     for _, image_path, label_path in paths:  # every pair checked before any case is evaluated
-        read(image_path, label_path)
-    cases = ((case_id, *read(image_path, label_path)) for case_id, image_path, label_path in paths)
+        check(image_path, label_path)
+    cases = ((case_id, read_image(image_path), read_image(label_path)) for case_id, image_path, label_path in paths)
     return evaluate_cases(engine, cases, len(paths), refiners, max_clicks, log, domain)
 
 
