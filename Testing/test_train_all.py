@@ -313,6 +313,15 @@ def test_fractional_label_maps_are_refused_before_any_work(phantom, capsys, tmp_
     assert not out.exists() and not (tmp_path / "refused.ckpt").exists()
 
 
+def test_an_out_holding_a_bundle_is_continued_only_with_resume(phantom, capsys, tmp_path):
+    out = make_random_bundle(tmp_path / "earlier", spacing=4.0).path
+    before = (out / "configs" / "metadata.json").read_bytes()
+    assert main(_argv(phantom / "task", out)) == 2
+    assert f"{out} already holds a bundle; pass --resume to continue its training" in capsys.readouterr().err
+    assert (out / "configs" / "metadata.json").read_bytes() == before
+    assert not (tmp_path / "earlier.ckpt").exists()
+
+
 def _relabelled(phantom, folder, mapping):
     """The phantom's source label maps with each value v written as mapping(v), in `folder`."""
     folder.mkdir()

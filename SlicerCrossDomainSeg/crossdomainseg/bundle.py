@@ -348,11 +348,14 @@ def _write_weights(bundle_dir: Path, name: str, state: dict) -> str:
     return digest
 
 
-def check_bundle_destination(path: Path) -> None:
+def check_bundle_destination(path: Path, keep_bundle: str | None = None) -> None:
     """A bundle replaces only a bundle or an empty folder: any other folder holds the user's files
-    (a bundle written there would delete them)."""
-    if path.exists() and not (path / "configs" / "metadata.json").is_file() and (
-            not path.is_dir() or any(path.iterdir())):
+    (a bundle written there would delete them). With `keep_bundle` (what to do instead, e.g.
+    train all's "pass --resume ..."), a bundle there is refused too."""
+    holds_bundle = (path / "configs" / "metadata.json").is_file()
+    if holds_bundle and keep_bundle is not None:
+        raise BundleError(f"{path} already holds a bundle; {keep_bundle} (nothing was overwritten).")
+    if path.exists() and not holds_bundle and (not path.is_dir() or any(path.iterdir())):
         raise BundleError(f"{path} exists and is not a model bundle; a bundle written there would replace "
                           "what it holds. Choose a new folder (nothing was written).")
 

@@ -194,10 +194,8 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     if not data.source_train or not data.target:
         raise InputError("train all needs labelled source images and unlabelled target images.")
     check_label_values(data.labels)
-    if (out / "configs" / "metadata.json").exists() and not resume:
-        raise InputError(f"{out} already holds a bundle; pass --resume to continue its training, "
-                         "or choose another --out (nothing was overwritten).")
-    check_bundle_destination(out)
+    check_bundle_destination(out, None if resume else
+                             "pass --resume to continue its training, or choose another --out")
     budget = 60.0 * budget_minutes
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
     _check_apart_from_inputs(data, {"--out": out, "the checkpoint folder": checkpoints})
