@@ -71,4 +71,7 @@ def test_bundles_name_their_curriculum_defaults():
             CurriculumParams.for_bundle({"curriculum_params": {retired: 1}})
     bundles = Path(__file__).resolve().parents[1] / "Resources" / "bundles"
     shipped = CurriculumParams.for_bundle(read_metadata(bundles / "phantom-ct-mr"))
-    assert shipped.student_input == "image" and shipped.tau_u0 > CurriculumParams().tau_u0
+    # teacher, student and reference read the raw MR as its segmenter does (segmenter_input); the
+    # per-class thresholds are the bundle's own setting (off by default)
+    assert shipped.student_input == shipped.reference_input == "image"
+    assert shipped.class_adaptive_threshold and not CurriculumParams().class_adaptive_threshold
