@@ -431,3 +431,55 @@ def test_curriculum_reads_what_the_bundles_segmenter_reads():
     # the shipped brain bundle segments the raw T2 (domain randomisation); its preview is not for it
     brain = read_metadata(Path(__file__).resolve().parents[1] / "Resources" / "bundles" / "brain-t1-t2")
     assert CurriculumParams.for_bundle(brain).student_input == "image"
+
+
+def test_replay_share_is_read_from_the_segmenters_last_training_record():
+    from pathlib import Path
+
+    from crossdomainseg.bundle import read_metadata
+    from crossdomainseg.training.randomize import recorded_share
+
+    # `train source --init-from`: the run's own share, not its start's
+    fine_tuned = {"training": {"start": {"config": {"domain_randomize": 0.0}},
+                               "source": {"config": {"domain_randomize": 0.8}}}}
+    assert recorded_share(fine_tuned) == 0.8
+    assert recorded_share({"training": {"start": {"config": {"domain_randomize": 0.8}},
+                                        "source": {"config": {"domain_randomize": 0.0}}}}) == 0.0
+    # bundles from before the option, and bundles with no training record
+    assert recorded_share({"training": {"source": {"config": {"epochs": 3}}}}) == 0.0
+    assert recorded_share({"training": {"data": "none"}}) == recorded_share({}) == 0.0
+    for bad in ("0.8", -0.1, 1.5, True, None):
+        with pytest.raises(InputError, match="domain_randomize"):
+            recorded_share({"training": {"source": {"config": {"domain_randomize": bad}}}})
+    shipped = Path(__file__).resolve().parents[1] / "Resources" / "bundles"
+    assert recorded_share(read_metadata(shipped / "brain-t1-t2")) == 0.8
+    assert recorded_share(read_metadata(shipped / "xray-drr")) == 0.0
+
+
+@pytest.mark.parametrize("kind", [CurriculumTrainer, CrossPseudoSupervision])
+def test_source_replay_is_drawn_as_the_reference_was_trained(tmp_path, kind):
+    from crossdomainseg.bundle import update_bundle
+
+    def inputs_of_one_step(share):
+        path = tmp_path / f"{kind.__name__}_{share}"
+        bundle = make_random_bundle(path, spacing=4.0, roi=16, seed=3)
+        training = {**bundle.metadata["training"], "source": {"config": {"domain_randomize": share}}}
+        bundle = update_bundle(path, metadata={"training": training})
+        params = CurriculumParams(epochs=0, steps_per_epoch=1, batch_size=1, curriculum=False,
+                                  student_input="image", reference_input="image", replay_batch=3)
+        target = [prepare(bundle, _volume(60)[0], "t0")]
+        source = [prepare(bundle, *_volume(61)[:1], "s0", "source", label=_volume(61)[1])]
+        trainer = kind(bundle, params, target, source=source)
+        seen = []
+        trainer.student.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+        trainer.run_epoch()
+        assert len(seen) == 2  # the unlabelled views, then the labelled source crops
+        return seen[1], source[0].x
+
+    plain, source_x = inputs_of_one_step(0.0)
+    # unchanged without a recorded share: every replayed voxel is a voxel of the source image
+    assert len(plain) == (3 if kind is CurriculumTrainer else 1) and torch.isin(plain, source_x).all()
+    randomised, _ = inputs_of_one_step(1.0)
+    assert randomised.shape == plain.shape
+    assert not torch.isin(randomised, source_x).all() and not torch.allclose(randomised, plain)
+    assert 0.0 <= float(randomised.min()) and float(randomised.max()) <= 1.0  # the target's normalisation
