@@ -3,10 +3,9 @@
 Two students start from the bundle's segmenter, the second with its weights perturbed so that the
 two disagree; on each unlabelled target crop each learns from the other's hard labels (augmented
 views alike for both). As in the paper (loss = supervised + lambda * cross), each student also
-learns from labelled crops at the cross term's weight: labelled source crops (drawn as the
-reference was trained, `CurriculumTrainer._source_batch`), as many per step as unlabelled target
-images (the anchor; without it the two students agreed on background and collapsed), and
-accepted cases as the curriculum's student does. No image gate, no memory bank, no
+learns from labelled crops at the cross term's weight: labelled source crops, as many per step as
+unlabelled target images (the anchor; without it the two students agreed on background and
+collapsed), and accepted cases as the curriculum's student does. No image gate, no memory bank, no
 teacher average, no appearance replay. The first student is the result (`export` and the
 benchmarks read `student`).
 """
@@ -67,7 +66,7 @@ class CrossPseudoSupervision(CurriculumTrainer):
             for i, net in enumerate(networks):
                 add(i, p.supervised_weight, ce_dice_loss(net(x), y))
         if self.source:
-            x, y = self._source_batch(p.batch_size)
+            x, y = self._labelled_batch(self.source, p.batch_size)
             for i, net in enumerate(networks):
                 loss = ce_dice_loss(net(x), y)
                 add(i, p.consistency_weight, loss)

@@ -9,10 +9,10 @@ fine-tuned. Per step, for each unlabelled target image of the batch (Fig. 4 line
 Loss: consistency D~(H(S_tea(T_i x')), S_stu(T_i x')) over m weak + strong views (eq. 2), on the
 voxels where the teacher is confident (params.confidence_threshold),
 + supervised CE + Dice on accepted (clinician-corrected) cases, + low-weight replay of labelled
-source crops (drawn as the reference was trained: `_source_batch`), + with
-params.appearance_weight > 0, labelled source crops rendered in the target's appearance
-(appearance.py; the class models refitted from the teacher every params.appearance_refit epochs).
-After the optimiser step the teacher follows eq. 4. tau_u and tau_ts rise per epoch.
+source images, + with params.appearance_weight > 0, labelled source crops rendered in the target's
+appearance (appearance.py; the class models refitted from the teacher every
+params.appearance_refit epochs). After the optimiser step the teacher follows eq. 4. tau_u and
+tau_ts rise per epoch.
 G and S_pre are frozen, so U(x) and S_pre(G(x)) are computed once per image and cached.
 
 x' is what teacher and student read (`params.student_input`): the raw target image x as in the
@@ -45,7 +45,6 @@ from ..bundle import Bundle, save_bundle
 from ..errors import InputError
 from ..metrics import dice
 from ..postprocess import apply_steps, bundle_steps
-from ..training.randomize import crop_normalization, recorded_share, synthesize
 from ..uncertainty import default_transforms, image_uncertainty, tta_probabilities
 from . import appearance
 from .augment import flip_pair, views
@@ -147,10 +146,6 @@ class CurriculumTrainer:
             for v in self.source} if params.appearance_weight > 0 else {}
         self._source_anatomy = appearance.source_anatomy(self.source, self._source_quantiles, bundle.num_classes)
         self.appearance: appearance.TargetAppearance | None = None
-        # The share of replayed source crops synthesised from their labels: the reference's own
-        # training share, so that a segmenter trained to read any contrast is not pulled back to
-        # the plain source contrast by the replay.
-        self.replay_randomize = recorded_share(bundle.metadata)
         sizes = [v.x.shape[1:] for v in self.target + self.accepted + self.source]
         biggest = np.max(np.asarray(sizes), axis=0) if sizes else np.asarray(self.roi)
         # Crops as big as the roi, or as the largest image rounded up to the networks' stride.
@@ -237,24 +232,7 @@ class CurriculumTrainer:
         return x[(slice(None), *slices)], (y[tuple(slices)] if y is not None else None)
 
     def _labelled_batch(self, volumes: list[Volume], n: int):
-        return self._stack([self._crop(self.rng.choice(volumes)) for _ in range(n)])
-
-    def _source_batch(self, n: int):
-        """n labelled source crops (the replay, CPS's anchor), each synthesised by
-        training/randomize.synthesize with probability `replay_randomize`, as the reference's
-        training drew its crops."""
-        picked = [self._crop(self.rng.choice(self.source)) for _ in range(n)]
-        if self.replay_randomize > 0:
-            spec = crop_normalization(self.bundle.metadata["normalization"]["target"])
-            picked = [(self._synthesized(x, y, spec) if self.rng.random() < self.replay_randomize else x, y)
-                      for x, y in picked]
-        return self._stack(picked)
-
-    def _synthesized(self, x: torch.Tensor, y: torch.Tensor, spec: dict) -> torch.Tensor:
-        rng = np.random.default_rng(self.rng.randrange(2**32))
-        return torch.from_numpy(synthesize(x[0].numpy(), y.numpy(), rng, spec))[None]
-
-    def _stack(self, picked: list[tuple[torch.Tensor, torch.Tensor]]):
+        picked = [self._crop(self.rng.choice(volumes)) for _ in range(n)]
         x = torch.stack([p[0] for p in picked]).to(self.device)
         y = torch.stack([p[1] for p in picked]).to(self.device)
         return flip_pair(x, y, self.rng)
@@ -279,7 +257,7 @@ class CurriculumTrainer:
             losses["supervised"] = float(loss.detach())
             total = p.supervised_weight * loss + (total if total is not None else 0)
         if self.source and p.replay_weight > 0 and total is not None:
-            x, y = self._source_batch(p.replay_batch)
+            x, y = self._labelled_batch(self.source, p.replay_batch)
             loss = ce_dice_loss(self.student(x), y)
             losses["replay"] = float(loss.detach())
             total = total + p.replay_weight * loss
@@ -436,7 +414,7 @@ class CurriculumTrainer:
         metadata["segmenter_input"] = self.params.student_input
         metadata.setdefault("training", {})["curriculum"] = {
             "params": self.params.to_dict(), "epochs_done": self.epoch, "steps_done": self.step,
-            "base_version": self.bundle.version, "replay_randomize": self.replay_randomize,
+            "base_version": self.bundle.version,
         }
         return save_bundle(path, metadata, networks)
 

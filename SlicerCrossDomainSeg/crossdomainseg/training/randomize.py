@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
 from ..normalize import normalize
 
 # Ranges of the random draws (intensities on the [0, 1] scale of the synthesised image).
@@ -41,21 +40,6 @@ def crop_normalization(spec: dict) -> dict:
     if spec.get("kind") == "window":
         return {"kind": "percentile", "lower": 1, "upper": 99, "range": list(spec.get("range", [0, 1]))}
     return dict(spec)
-
-
-def recorded_share(metadata: dict) -> float:
-    """The share of crops `synthesize` made in the last training run of a bundle's segmenter:
-    `training.source.config.domain_randomize`, which `train source` (with or without --init-from:
-    the start's own recipe sits apart, under `training.start`) and `train all` (its last segmenter
-    stage's) write and later stages carry over; 0 for a bundle trained without the option."""
-    training = metadata.get("training")
-    source = training.get("source") if isinstance(training, dict) else None
-    config = source.get("config") if isinstance(source, dict) else None
-    share = config.get("domain_randomize", 0.0) if isinstance(config, dict) else 0.0
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-        raise InputError(f"The bundle's training record gives domain_randomize {share!r}; a share of "
-                         "the training crops between 0 and 1 was expected.")
-    return float(share)
 
 
 def background_classes(values: np.ndarray, k: int, iterations: int = 10, bins: int = 64) -> np.ndarray:
