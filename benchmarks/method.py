@@ -110,7 +110,10 @@ def train_row(row: str, data, bundle, device, steps: int | None = None) -> Path:
             return out
     if row == "supervised":
         train, val = supervised_cases(data, WORK / data.name / "supervised-labels")
+        # trained on target images, so normalised as the target is (the rows are scored that way)
+        target_norm = recipe_config(bundle)["normalization"]["target"]
         config = reference_config(bundle, version=f"{bundle.version}-supervised", **budget,
+                                  normalization={"source": target_norm, "target": target_norm},
                                   data=f"{len(train)} target training cases with their labels (upper bound)")
     else:
         train = list(data.cases("train", "source"))
