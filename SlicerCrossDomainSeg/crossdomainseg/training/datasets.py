@@ -173,7 +173,7 @@ def check_integer_labels(values: np.ndarray, label_path) -> None:
 MAX_LABEL_VALUE = 255
 
 
-def check_label_values(labels: dict) -> None:
+def check_label_channels(labels: dict) -> None:
     """The segmenter has one output channel per value from 0 to the largest label value, so the
     values ({name: value}) must be at most `MAX_LABEL_VALUE` and not sparse: more than half of
     the channels standing for values no label has (e.g. {0, 1000}: 1001 channels for one

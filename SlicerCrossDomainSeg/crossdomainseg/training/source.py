@@ -21,7 +21,7 @@ from ..bundle import load_bundle, save_bundle
 from ..device import pick_device
 from ..errors import InputError
 from ..networks import build_network
-from .datasets import check_label_values, load_samples
+from .datasets import check_label_channels, load_samples
 from .intensity import remap_intensity
 from .loops import (Checkpoint, batch, epoch_rng, past_deadline, predict_probabilities, random_patch,
                     same_run, seed_everything)
@@ -150,7 +150,7 @@ def train_source(config: SourceConfig, train_cases, val_cases, out: str | Path,
     out = Path(out)
     if not train_cases:
         raise InputError("No labelled source images to train on.")
-    check_label_values(config.labels)
+    check_label_channels(config.labels)
     for name in ("intensity_remap", "domain_randomize"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise InputError(f"{name.replace('_', '-')} is a share of the training crops, between 0 "

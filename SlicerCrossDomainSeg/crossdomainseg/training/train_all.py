@@ -44,7 +44,7 @@ from ..store import atomic_write_json
 from .budget import (MIN_EPOCH_STEPS, ROUND_TRIP_CASES, choose_grid, epoch_steps, probe, round_trip_dice,
                      validation_seconds)
 from .curriculum_stage import CurriculumStage
-from .datasets import check_label_values
+from .datasets import check_label_channels
 from .plan import epochs_for, fingerprint, make_plan
 from .source import SourceConfig, train_source
 from .translator import TranslatorConfig, train_translator
@@ -193,7 +193,7 @@ def train_all(data: TaskData, out: str | Path, budget_minutes: float, checkpoint
     _check_options(budget_minutes, steps, domain_randomize, randomize)
     if not data.source_train or not data.target:
         raise InputError("train all needs labelled source images and unlabelled target images.")
-    check_label_values(data.labels)
+    check_label_channels(data.labels)
     check_bundle_destination(out, None if resume else
                              "pass --resume to continue its training, or choose another --out")
     budget = 60.0 * budget_minutes
