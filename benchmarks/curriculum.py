@@ -224,7 +224,7 @@ def main():
                         help="curriculum parameter override for all trained methods")
     parser.add_argument("--name", help="results file name (default: curriculum, or curriculum_<task>)")
     parser.add_argument("--score-accepted", type=int, default=0, metavar="EPOCHS",
-                        help="also score mean teacher and curriculum on the accepted cases (target val, "
+                        help="also score mean teacher, CPS and curriculum on the accepted cases (target val, "
                              "working grid; the data the protocol lets a choice read) every this many "
                              "epochs and after the last (0: not)")
     parser.add_argument("--rows", nargs="+", default=None, choices=ROWS,
@@ -270,8 +270,10 @@ def main():
         print("mean_teacher", table["mean_teacher"], flush=True)
     if "cps" in rows:
         cps = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False}), target, [], source,
-                    args.epochs, probe, label="cps", kind=CrossPseudoSupervision)
+                    args.epochs, probe, label="cps", kind=CrossPseudoSupervision, **watching)
         table["cps"] = score(cps, cps.student, test, None)
+        if cps.watched:
+            table["cps"]["accepted_dice_by_epoch"] = cps.watched
         print("cps", table["cps"], flush=True)
     if base.confidence_threshold > 0 and "mean_teacher_same_pseudo_labels" in rows:
         same = train(bundle, CurriculumParams(**{**base.to_dict(), "curriculum": False, "appearance_weight": 0.0}),
