@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from crossdomainseg.bundle import make_random_bundle
-from crossdomainseg.curriculum import augment
-from crossdomainseg.curriculum.augment import flip_pair, photometric_view, views
+from crossdomainseg.curriculum.augment import flip_pair, views
 from crossdomainseg.curriculum import cps as cps_module
 from crossdomainseg.curriculum.cps import CrossPseudoSupervision
 from crossdomainseg.curriculum.losses import ce_dice_loss, consistency_loss, dice_distance, pseudo_labels
@@ -155,38 +154,6 @@ def test_views_and_flip_pair():
     fx, fy = flip_pair(x, y, random.Random(3))
     assert torch.equal((fx[:, 0] > 0.5).long(), fy)  # image and label stay paired
 
-
-
-def test_photometric_view_moves_no_voxel(monkeypatch):
-    drawn = []
-    real_op = augment._op
-    monkeypatch.setattr(augment, "_op", lambda name, x, m, rng: drawn.append(name) or real_op(name, x, m, rng))
-    x = torch.rand(2, 1, 16, 16)
-    rng = random.Random(0)
-    out = [photometric_view(x, rng, ops=2, magnitude=0.5) for _ in range(60)]
-    assert set(drawn) == set(augment.PHOTOMETRIC_OPS)  # every intensity op, no rotate or scale
-    assert all(o.shape == x.shape and not torch.allclose(o, x) for o in out)
-
-
-def test_student_photometric_shows_the_student_an_intensity_perturbed_view(bundle):
-    """The teacher labels each view; with student_photometric the student reads that view under
-    intensity ops (same anatomy), without it the very same tensor."""
-    target = [prepare(bundle, _volume(60 + i)[0], f"t{i}") for i in range(2)]
-    seen = {}
-    for photometric in (False, True):
-        params = CurriculumParams(epochs=0, steps_per_epoch=1, student_input="image", reference_input="image",
-                                  curriculum=False, confidence_threshold=0.0, student_photometric=photometric)
-        trainer = CurriculumTrainer(bundle, params, target)
-        reads = []
-        for name in ("teacher", "student"):
-            getattr(trainer, name).register_forward_pre_hook(lambda _, args, name=name: reads.append((name, args[0])))
-        summary = trainer.run_epoch()
-        assert summary["losses"]["consistency"] >= 0
-        (first, teacher_x), (second, student_x) = reads
-        assert (first, second) == ("teacher", "student") and teacher_x.shape == student_x.shape
-        seen[photometric] = (teacher_x, student_x)
-    assert torch.equal(*seen[False])
-    assert not torch.allclose(*seen[True], atol=1e-3)
 
 def _volume(seed, shift=0):
     rng = np.random.default_rng(seed)

@@ -1,8 +1,7 @@
 """Augmented views for the consistency loss (eq. 2): weak ones (the TTA family of eq. 1) and
 strong ones drawn RandAugment-style (a few random intensity and geometry ops at one magnitude).
 
-Teacher and student see the same view T_i(x), so views need no inverse; with
-params.student_photometric the student reads it under further intensity ops (photometric_view). Tensors are
+Teacher and student see the same view T_i(x), so views need no inverse. Tensors are
 (B, C, *spatial) with intensities normalised to about [0, 1].
 """
 
@@ -67,22 +66,13 @@ def _op(name: str, x: torch.Tensor, m: float, rng: random.Random) -> torch.Tenso
     raise ValueError(name)
 
 
-PHOTOMETRIC_OPS = ("contrast", "brightness", "gamma", "noise", "blur", "sharpen")  # no voxel moves
-STRONG_OPS = PHOTOMETRIC_OPS + ("rotate", "scale")
+STRONG_OPS = ("contrast", "brightness", "gamma", "noise", "blur", "sharpen", "rotate", "scale")
 
 
-def strong_view(x: torch.Tensor, rng: random.Random, ops: int, magnitude: float,
-                family: tuple[str, ...] = STRONG_OPS) -> torch.Tensor:
-    """`ops` distinct ops of `family` drawn at random, applied in turn at `magnitude`."""
-    for name in rng.sample(family, k=min(ops, len(family))):
+def strong_view(x: torch.Tensor, rng: random.Random, ops: int, magnitude: float) -> torch.Tensor:
+    for name in rng.sample(STRONG_OPS, k=min(ops, len(STRONG_OPS))):
         x = _op(name, x, magnitude, rng)
     return x
-
-
-def photometric_view(x: torch.Tensor, rng: random.Random, ops: int, magnitude: float) -> torch.Tensor:
-    """A strong view of intensity ops only: the anatomy stays where it was, so a label map of
-    `x` is a label map of the result."""
-    return strong_view(x, rng, ops, magnitude, PHOTOMETRIC_OPS)
 
 
 def views(x: torch.Tensor, n_weak: int, n_strong: int, rng: random.Random, ops: int,

@@ -40,12 +40,6 @@ class CurriculumParams:
     strong_ops: int = 2  # RandAugment: ops drawn per strong view
     strong_magnitude: float = 0.5  # RandAugment magnitude in [0, 1]
     consistency_weight: float = 1.0
-    # The student reads each view under further intensity ops (augment.photometric_view, strong_ops
-    # at strong_magnitude) while the teacher labels the view itself, as FixMatch's weak-teacher /
-    # strong-student gap. Assumption: a student shown exactly what its own running average labels
-    # learns almost nothing from it (consistency loss 0.017 on xray-drr from epoch 9), and
-    # invariance to contrast is what crossing modalities needs.
-    student_photometric: bool = False
     # Eq. 2 counts only voxels where the teacher's top softmax reaches this (0: every voxel, as in
     # the patent). Not in the patent: on phantom-ct-mr the starting teacher's pseudo-labels are
     # about 0.5 Dice; of the voxels that it or the truth calls foreground, those it is unsure of

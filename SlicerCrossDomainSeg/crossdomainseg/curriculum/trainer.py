@@ -47,7 +47,7 @@ from ..metrics import dice
 from ..postprocess import apply_steps, bundle_steps
 from ..uncertainty import default_transforms, image_uncertainty, tta_probabilities
 from . import appearance
-from .augment import flip_pair, photometric_view, views
+from .augment import flip_pair, views
 from .losses import ce_dice_loss, consistency_loss, dice_distance
 from .memory_bank import MemoryBank
 from .params import CurriculumParams
@@ -246,8 +246,6 @@ class CurriculumTrainer:
             with torch.no_grad():
                 v_all = views(x, p.n_weak, p.n_strong, self.rng, p.strong_ops, p.strong_magnitude)
                 t_logits = self.teacher(v_all)
-                if p.student_photometric:
-                    v_all = photometric_view(v_all, self.rng, p.strong_ops, p.strong_magnitude)
             loss = consistency_loss(t_logits, self.student(v_all), p.confidence_threshold,
                                     p.class_adaptive_threshold)
             losses["consistency"] = float(loss.detach())
