@@ -21,14 +21,39 @@ def blob(image):
     return out
 
 
-def test_working_grid_is_axis_aligned_at_model_spacing_and_covers_input():
+def test_oblique_scan_fills_its_working_grid_on_its_own_axes():
     image = oblique_image(np.float32, shape=(30, 40, 50))
     working = geometry.to_working_grid(image, (2.0, 2.0, 2.0))
-    assert working.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    direction = np.asarray(working.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(direction, np.asarray(image.GetDirection()).reshape(3, 3), atol=1e-12)
     assert working.GetSpacing() == (2.0, 2.0, 2.0)
     low, high = geometry.physical_bounds(image)
     wlow, whigh = geometry.physical_bounds(working)
     assert np.all(np.abs(wlow - low) < 2.0) and np.all(np.abs(whigh - high) < 2.0)
+    # no padding: every working voxel but the outer rim lies inside the scanned field of view
+    ones = sitk.Image(image.GetSize(), sitk.sitkFloat32) + 1.0
+    ones.CopyInformation(image)
+    inside = sitk.GetArrayFromImage(geometry.to_working_grid(ones, (2.0, 2.0, 2.0), default_value=0.0))
+    assert inside[1:-1, 1:-1, 1:-1].min() == 1.0
+
+
+def test_working_axes_are_the_scan_axes_nearest_l_p_s_in_that_order():
+    # a tilted coronal scan stored flipped left-right: index axes (-L, S, P) rotated by 10 degrees
+    a = np.radians(10)
+    tilt = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    coronal = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+    image = sitk.Image((20, 18, 6), sitk.sitkFloat32)
+    image.SetSpacing((1.0, 1.0, 5.0))
+    image.SetDirection((tilt @ coronal).ravel().tolist())
+    axes = geometry.aligned_direction(image)
+    assert np.allclose(np.diag(axes), [1.0, np.cos(a), np.cos(a)])  # each axis points along +L, +P, +S
+    np.testing.assert_allclose(np.abs(axes.T @ (tilt @ coronal)).max(axis=0), 1.0)  # the scan's own axes
+    # a scan in any storage order without tilt gets the identity (the grid it always had)
+    image.SetDirection(coronal.ravel().tolist())
+    reference = geometry.working_reference(image, (2.0, 2.0, 2.0))
+    assert reference.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    low, _ = geometry.physical_bounds(image)
+    np.testing.assert_allclose(reference.GetOrigin(), low + 1.0)
 
 
 def test_object_keeps_its_patient_position_through_working_grid_and_back():

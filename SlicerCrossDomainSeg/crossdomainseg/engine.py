@@ -77,7 +77,7 @@ class SegmentationCancelled(Exception):
 class WorkingArrays:
     """What the networks saw and produced, on the working grid (for click refinement in a crop).
 
-    reference: empty image defining the working grid (identity direction, bundle spacing);
+    reference: empty image defining the working grid (geometry.working_reference, bundle spacing);
         arrays below are in its SimpleITK array order (z, y, x), a single slice for 2D images.
     image: the target image normalised as "target" (float32).
     preview: G(image) in source-normalised units (float32), None for bundles without a generator
@@ -129,7 +129,7 @@ def _available_memory_bytes() -> int:
 
 class _FileGeometry:
     """Size and geometry of an image file from its header, without its voxels: enough for
-    geometry.working_reference (which reads GetSize and maps indices to physical points)."""
+    geometry.working_reference (which reads GetSize and GetDirection and maps indices to physical points)."""
 
     def __init__(self, reader: sitk.ImageFileReader):
         self.size = reader.GetSize()
@@ -140,6 +140,9 @@ class _FileGeometry:
 
     def GetSize(self):  # noqa: N802 (SimpleITK's naming)
         return self.size
+
+    def GetDirection(self):  # noqa: N802
+        return self._probe.GetDirection()
 
     def TransformContinuousIndexToPhysicalPoint(self, index):  # noqa: N802
         return self._probe.TransformContinuousIndexToPhysicalPoint(index)

@@ -50,9 +50,10 @@ ANISOTROPY = 1.5  # images whose largest / smallest spacing is below this count 
 
 def slice_geometry(image: sitk.Image, working_spacing) -> tuple[int, float] | None:
     """(array axis of the working grid, slice thickness in working voxels) of an image with thick
-    slices, or None for a near-isotropic or single-slice image. The working grid is axis-aligned
-    in patient space with arrays in (z, y, x) order: the axis is the one nearest the direction of
-    the image's thickest spacing; the thickness is that spacing over the working spacing there."""
+    slices, or None for a near-isotropic or single-slice image. A working grid's axes are the
+    ones nearest L, P and S (geometry.aligned_direction), arrays in (z, y, x) order: the axis is
+    the one nearest the direction of the image's thickest spacing; the thickness is that spacing
+    over the working spacing there."""
     spacing = np.asarray(image.GetSpacing(), float)
     if image.GetDimension() != 3 or image.GetSize()[2] == 1 or spacing.max() / spacing.min() < ANISOTROPY:
         return None

@@ -7,9 +7,9 @@ Two ways to name data:
 - a task directory made by `crossdomainseg data make` (layout in docs/ARCHITECTURE.md), read by
   split.
 
-Every image is read, checked, resampled to the working grid (identity direction, the bundle's
-spacing), so scans of differing sizes, spacings and orientations train together, and normalised
-with its domain's spec. Label maps are resampled nearest-neighbour onto the same grid.
+Every image is read, checked, resampled to the working grid (geometry.working_reference: the
+scan's own axes nearest L, P, S, the bundle's spacing), so scans of differing sizes, spacings and
+orientations train together, and normalised with its domain's spec. Label maps are resampled nearest-neighbour onto the same grid.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..geometry import resample_to_reference, working_reference
+from ..geometry import aligned_direction, resample_to_reference, working_reference
 from ..imageio import READ_SUFFIXES, read_image, validate_image
 from ..normalize import normalize
 
@@ -127,14 +127,16 @@ def load_sample(case: tuple, spacing, norm_spec: dict, spatial_dims: int,
     (augmentation: `rotated`)."""
     cid, image_path, label_path = case
     image = validate_image(read_image(image_path), str(image_path))
-    if rotation is not None:
-        image = rotated(image, rotation)
     spacing = [float(s) for s in spacing]
     full_spacing = spacing + [image.GetSpacing()[2]] if spatial_dims == 2 else spacing
     if spatial_dims == 2 and image.GetSize()[2] != 1:
         raise InputError(f"{image_path}: a 2D model needs 2D images, this one has "
                          f"{image.GetSize()[2]} slices.")
-    reference = working_reference(image, full_spacing)
+    # a rotated copy keeps the unrotated scan's working axes, so the anatomy turns on the grid
+    axes = None if rotation is None or image.GetSize()[2] == 1 else aligned_direction(image)
+    if rotation is not None:
+        image = rotated(image, rotation)
+    reference = working_reference(image, full_spacing, axes)
     floor = float(sitk.GetArrayViewFromImage(image).min())
     working = resample_to_reference(sitk.Cast(image, sitk.sitkFloat32), reference,
                                     sitk.sitkLinear, floor)
