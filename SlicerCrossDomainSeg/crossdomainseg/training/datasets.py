@@ -9,7 +9,8 @@ Two ways to name data:
 
 Every image is read, checked, resampled to the working grid (geometry.working_reference: the
 scan's own axes nearest L, P, S, the bundle's spacing), so scans of differing sizes, spacings and
-orientations train together, and normalised with its domain's spec. Label maps are resampled nearest-neighbour onto the same grid.
+orientations train together, and normalised with its domain's spec. Label maps are resampled
+nearest-neighbour onto the same grid.
 """
 
 from __future__ import annotations
