@@ -129,7 +129,8 @@ def _available_memory_bytes() -> int:
 
 class _FileGeometry:
     """Size and geometry of an image file from its header, without its voxels: enough for
-    geometry.working_reference (which reads GetSize and GetDirection and maps indices to physical points)."""
+    geometry.working_reference (which reads GetSize and GetDirection and maps indices to physical
+    points)."""
 
     def __init__(self, reader: sitk.ImageFileReader):
         self.size = reader.GetSize()

@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..geometry import aligned_direction
 from ..training.randomize import texture as fine_texture
 from ..training.randomize import thick_slices
 
@@ -50,16 +51,15 @@ ANISOTROPY = 1.5  # images whose largest / smallest spacing is below this count 
 
 def slice_geometry(image: sitk.Image, working_spacing) -> tuple[int, float] | None:
     """(array axis of the working grid, slice thickness in working voxels) of an image with thick
-    slices, or None for a near-isotropic or single-slice image. A working grid's axes are the
-    ones nearest L, P and S (geometry.aligned_direction), arrays in (z, y, x) order: the axis is
-    the one nearest the direction of the image's thickest spacing; the thickness is that spacing
-    over the working spacing there."""
+    slices, or None for a near-isotropic or single-slice image. The working grid's axes are the
+    image's own (geometry.aligned_direction), arrays in (z, y, x) order: the axis is the one that
+    holds the image's thickest spacing; the thickness is that spacing over the working spacing there."""
     spacing = np.asarray(image.GetSpacing(), float)
     if image.GetDimension() != 3 or image.GetSize()[2] == 1 or spacing.max() / spacing.min() < ANISOTROPY:
         return None
     thick = int(spacing.argmax())
     direction = np.asarray(image.GetDirection(), float).reshape(3, 3)[:, thick]  # physical x, y, z
-    physical = int(np.abs(direction).argmax())
+    physical = int(np.abs(aligned_direction(image).T @ direction).argmax())  # the grid axis along it
     thickness = float(spacing[thick] / working_spacing[physical])
     return (2 - physical, thickness) if thickness > 1.0 else None
 

@@ -2,8 +2,8 @@
 Jang and Kim, CVPR 2019).
 
 At a click the crop around it goes onto the segmenter's working grid (the bundle's spacing,
-geometry.working_reference, as the engine resamples a whole scan) and the segmenter runs once on it up to
-the features its last up-sampling block reads. Then only that block runs again while a scale and
+geometry.working_reference, as the engine resamples a whole scan) and the segmenter runs once on
+it up to the features its last up-sampling block reads. Then only that block runs again while a scale and
 a bias per feature channel are optimised so that the segmenter agrees with every click of the
 label in the crop (positive: the label's logit beats every other label's by MARGIN at the clicked
 voxel; negative: it loses by MARGIN), with an L2 penalty keeping them near identity. Voxels the
